@@ -1,0 +1,204 @@
+/*-------------------------------------------------------------------------
+ *
+ * pg_oauth.h
+ *	  Declarations shared by the pg_oauth hook, queue, workers and session
+ *	  functions.
+ *
+ * The C side knows nothing about JWTs: it moves an opaque token from the
+ * client to a validator worker and a decision back, and enforces it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG_OAUTH_H
+#define PG_OAUTH_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "libpq/libpq-be.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+
+#if PG_VERSION_NUM < 150000
+#error "pg_oauth needs PostgreSQL 15 or later (shmem_request_hook)"
+#endif
+
+/* Hard ceiling of pg_oauth.max_token_bytes (the password packet limit). */
+#define PG_OAUTH_TOKEN_CEILING		65530
+/* Per-slot buffer: the token going in, the decision (claims JSON...) coming out. */
+#define PG_OAUTH_SLOT_DATA_SIZE		(128 * 1024)
+#define PG_OAUTH_MAX_WORKERS		32
+#define PG_OAUTH_MAX_SLOTS			(4 * PG_OAUTH_MAX_WORKERS)
+#define PG_OAUTH_REASON_LEN			32
+#define PG_OAUTH_DETAIL_LEN			512
+#define PG_OAUTH_WORKER_ERROR_LEN	256
+
+/* GUCs (pg_oauth.c) */
+extern char *pg_oauth_database;
+extern int	pg_oauth_workers;
+extern char *pg_oauth_python_path;
+extern bool pg_oauth_require_ssl;
+extern int	pg_oauth_timeout_ms;
+extern int	pg_oauth_max_token_bytes;
+extern bool pg_oauth_allow_superuser;
+extern int	pg_oauth_client_detail;
+
+typedef enum ClientDetailLevel
+{
+	CLIENT_DETAIL_NONE,			/* only "JWT authentication failed" */
+	CLIENT_DETAIL_REASON,		/* plus the reason code */
+	CLIENT_DETAIL_FULL			/* plus the validator's sentence */
+} ClientDetailLevel;
+
+/*
+ * One request/response slot.  Ownership moves with the state; the data buffer
+ * is only touched by the current owner, so the queue lock is held only for
+ * state transitions.
+ */
+typedef enum SlotState
+{
+	SLOT_FREE = 0,
+	SLOT_FILLING,				/* backend is copying the token in */
+	SLOT_PENDING,				/* waiting for a worker */
+	SLOT_WORKING,				/* a worker owns it */
+	SLOT_DONE,					/* decision written, backend owns it again */
+	SLOT_ABANDONED				/* backend left; worker frees it when done */
+} SlotState;
+
+typedef struct TokenSlot
+{
+	SlotState	state;
+	uint64		ticket;			/* unique per request */
+	PGPROC	   *backend;		/* to wake the waiting backend */
+	int			worker;			/* index of the worker that took it, or -1 */
+
+	/* request */
+	char		role[NAMEDATALEN];
+	char		database[NAMEDATALEN];
+	char		client_addr[64];	/* empty: Unix socket */
+	bool		ssl;
+	int			token_len;
+
+	/* response */
+	bool		ok;
+	char		reason[PG_OAUTH_REASON_LEN];
+	char		detail[PG_OAUTH_DETAIL_LEN];
+	bool		has_expires_at;
+	TimestampTz expires_at;
+	/* offsets into data[] of NUL-terminated strings; -1 when NULL */
+	int			off_issuer;
+	int			off_subject;
+	int			off_token_id;
+	int			off_claims;
+	int			off_roles;		/* roles as consecutive strings */
+	int			n_roles;
+
+	char		data[PG_OAUTH_SLOT_DATA_SIZE];
+} TokenSlot;
+
+typedef enum WorkerState
+{
+	WORKER_STOPPED = 0,
+	WORKER_STARTING,			/* connected, pyhook not loaded yet */
+	WORKER_NOT_READY,			/* extension missing or warm-up failed */
+	WORKER_IDLE,
+	WORKER_BUSY
+} WorkerState;
+
+typedef struct WorkerInfo
+{
+	pid_t		pid;
+	PGPROC	   *proc;
+	WorkerState state;
+	bool		wakeup_pending; /* a backend has set our latch for a request */
+	uint64		requests;
+	char		last_error[PG_OAUTH_WORKER_ERROR_LEN];
+} WorkerInfo;
+
+typedef struct PgOAuthShared
+{
+	LWLock	   *lock;			/* protects slot states and worker states */
+	ConditionVariable slot_freed;
+	pg_atomic_uint64 config_version;
+	uint64		next_ticket;
+	int			nworkers;
+	int			nslots;
+	WorkerInfo	workers[PG_OAUTH_MAX_WORKERS];
+	TokenSlot	slots[FLEXIBLE_ARRAY_MEMBER];
+} PgOAuthShared;
+
+extern PgOAuthShared *pg_oauth_shared;
+
+/* pg_oauth.c */
+extern bool pg_oauth_loaded_at_startup;
+
+/* token_queue.c */
+extern Size token_queue_shmem_size(void);
+extern void token_queue_shmem_request(void);
+extern void token_queue_shmem_startup(void);
+extern int	token_queue_nslots(void);
+
+/*
+ * What the backend gets back from a validation request.  Strings live in the
+ * caller's memory context.
+ */
+typedef struct TokenDecision
+{
+	bool		ok;
+	char		reason[PG_OAUTH_REASON_LEN];
+	char		detail[PG_OAUTH_DETAIL_LEN];
+	char	   *issuer;
+	char	   *subject;
+	char	   *token_id;
+	char	   *claims;
+	bool		has_expires_at;
+	TimestampTz expires_at;
+	List	   *allowed_roles;	/* of char * */
+} TokenDecision;
+
+typedef struct TokenRequest
+{
+	const char *token;
+	int			token_len;
+	const char *role;
+	const char *database;
+	const char *client_addr;	/* NULL for a Unix socket */
+	bool		ssl;
+} TokenRequest;
+
+extern void token_queue_validate(const TokenRequest *req, TokenDecision *out);
+
+/* worker side of the queue */
+extern TokenSlot *token_queue_claim(int worker, uint64 *ticket);
+extern void token_queue_complete(TokenSlot *slot, uint64 ticket);
+extern void token_queue_fail(TokenSlot *slot, const char *reason, const char *detail);
+extern void token_queue_set_worker_state(int worker, WorkerState state, const char *error);
+extern void token_queue_worker_exit(int worker);
+
+/* validator_worker.c */
+extern void pg_oauth_register_workers(void);
+extern void pg_oauth_wake_all_workers(void);
+PGDLLEXPORT void pg_oauth_worker_main(Datum main_arg);
+
+/* auth_hook.c */
+extern void pg_oauth_install_auth_hook(void);
+
+/* session_state.c */
+typedef struct OAuthSession
+{
+	bool		active;
+	char	   *issuer;
+	char	   *subject;
+	char	   *token_id;
+	char	   *claims;			/* JSON text */
+	char	   *role;
+	bool		has_expires_at;
+	TimestampTz expires_at;
+} OAuthSession;
+
+extern OAuthSession pg_oauth_session;
+extern void session_state_remember(const TokenDecision *decision, const char *role);
+
+#endif							/* PG_OAUTH_H */

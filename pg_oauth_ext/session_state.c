@@ -1,0 +1,200 @@
+/*-------------------------------------------------------------------------
+ *
+ * session_state.c
+ *	  What a token login leaves behind in its backend (claims, issuer,
+ *	  subject, expiry), the SQL functions that read it, and the
+ *	  configuration-change signal.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_oauth.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(pg_oauth_fn_claims);
+PG_FUNCTION_INFO_V1(pg_oauth_fn_session);
+PG_FUNCTION_INFO_V1(pg_oauth_fn_workers);
+PG_FUNCTION_INFO_V1(pg_oauth_fn_config_version);
+PG_FUNCTION_INFO_V1(pg_oauth_fn_config_changed);
+
+OAuthSession pg_oauth_session = {false};
+
+static char *
+top_strdup(const char *s)
+{
+	return s ? MemoryContextStrdup(TopMemoryContext, s) : NULL;
+}
+
+/*
+ * The hook runs inside the startup transaction: its memory dies with it, so
+ * what the session keeps is copied to TopMemoryContext.
+ */
+void
+session_state_remember(const TokenDecision *decision, const char *role)
+{
+	pg_oauth_session.issuer = top_strdup(decision->issuer);
+	pg_oauth_session.subject = top_strdup(decision->subject);
+	pg_oauth_session.token_id = top_strdup(decision->token_id);
+	pg_oauth_session.claims = top_strdup(decision->claims);
+	pg_oauth_session.role = top_strdup(role);
+	pg_oauth_session.has_expires_at = decision->has_expires_at;
+	pg_oauth_session.expires_at = decision->expires_at;
+	pg_oauth_session.active = true;
+}
+
+Datum
+pg_oauth_fn_claims(PG_FUNCTION_ARGS)
+{
+	if (!pg_oauth_session.active || pg_oauth_session.claims == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in,
+										CStringGetDatum(pg_oauth_session.claims)));
+}
+
+Datum
+pg_oauth_fn_session(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5];
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	memset(nulls, true, sizeof(nulls));
+	if (pg_oauth_session.active)
+	{
+		if (pg_oauth_session.issuer)
+		{
+			values[0] = CStringGetTextDatum(pg_oauth_session.issuer);
+			nulls[0] = false;
+		}
+		if (pg_oauth_session.subject)
+		{
+			values[1] = CStringGetTextDatum(pg_oauth_session.subject);
+			nulls[1] = false;
+		}
+		if (pg_oauth_session.token_id)
+		{
+			values[2] = CStringGetTextDatum(pg_oauth_session.token_id);
+			nulls[2] = false;
+		}
+		if (pg_oauth_session.has_expires_at)
+		{
+			values[3] = TimestampTzGetDatum(pg_oauth_session.expires_at);
+			nulls[3] = false;
+		}
+		if (pg_oauth_session.role)
+		{
+			values[4] = CStringGetTextDatum(pg_oauth_session.role);
+			nulls[4] = false;
+		}
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+static const char *
+worker_state_name(WorkerState state)
+{
+	switch (state)
+	{
+		case WORKER_STOPPED:
+			return "stopped";
+		case WORKER_STARTING:
+			return "starting";
+		case WORKER_NOT_READY:
+			return "not ready";
+		case WORKER_IDLE:
+			return "idle";
+		case WORKER_BUSY:
+			return "busy";
+	}
+	return "unknown";
+}
+
+Datum
+pg_oauth_fn_workers(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	if (pg_oauth_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_oauth is not loaded through shared_preload_libraries")));
+
+	InitMaterializedSRF(fcinfo, 0);
+	for (i = 0; i < pg_oauth_shared->nworkers; i++)
+	{
+		WorkerInfo	w;
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, false};
+
+		LWLockAcquire(pg_oauth_shared->lock, LW_SHARED);
+		w = pg_oauth_shared->workers[i];
+		LWLockRelease(pg_oauth_shared->lock);
+
+		values[0] = Int32GetDatum(i);
+		values[1] = Int32GetDatum(w.pid);
+		nulls[1] = (w.pid == 0);
+		values[2] = CStringGetTextDatum(worker_state_name(w.state));
+		values[3] = Int64GetDatum((int64) w.requests);
+		values[4] = CStringGetTextDatum(w.last_error);
+		nulls[4] = (w.last_error[0] == '\0');
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+Datum
+pg_oauth_fn_config_version(PG_FUNCTION_ARGS)
+{
+	if (pg_oauth_shared == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64((int64) pg_atomic_read_u64(&pg_oauth_shared->config_version));
+}
+
+/*
+ * The version moves only once the change is committed: a worker that sees the
+ * new number and then takes its snapshot is sure to see the new rows.
+ */
+static bool config_change_pending = false;
+static bool xact_callback_registered = false;
+
+static void
+config_xact_callback(XactEvent event, void *arg)
+{
+	if (!config_change_pending)
+		return;
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
+	{
+		config_change_pending = false;
+		if (pg_oauth_shared != NULL)
+		{
+			pg_atomic_fetch_add_u64(&pg_oauth_shared->config_version, 1);
+			pg_oauth_wake_all_workers();
+		}
+	}
+	else if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		config_change_pending = false;
+}
+
+Datum
+pg_oauth_fn_config_changed(PG_FUNCTION_ARGS)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(config_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	config_change_pending = true;
+	PG_RETURN_VOID();
+}

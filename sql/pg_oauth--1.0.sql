@@ -1,0 +1,243 @@
+-- pg_oauth 1.0: configuration tables, the validator contract and session functions.
+\echo Use "CREATE EXTENSION pg_oauth" to load this file. \quit
+
+-- Only the extension owner (a superuser) touches configuration.
+REVOKE ALL ON SCHEMA oauth FROM PUBLIC;
+GRANT USAGE ON SCHEMA oauth TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- Configuration
+------------------------------------------------------------------------------
+
+CREATE TABLE oauth.issuers (
+    issuer              text PRIMARY KEY,
+    audiences           text[] NOT NULL
+                        CHECK (cardinality(audiences) > 0),
+    jwks_uri            text,
+    jwks                jsonb,
+    algorithms          text[] NOT NULL
+                        DEFAULT '{RS256,RS384,RS512,PS256,PS384,PS512,ES256,ES384,ES512,EdDSA}',
+    leeway              interval NOT NULL DEFAULT '30 seconds'
+                        CHECK (leeway >= '0'::interval AND leeway <= '10 minutes'::interval),
+    max_token_lifetime  interval
+                        CHECK (max_token_lifetime > '0'::interval),
+    enabled             boolean NOT NULL DEFAULT true,
+    -- how often keys fetched over HTTP are refreshed, and how soon an unknown
+    -- kid may trigger another fetch
+    jwks_refresh        interval NOT NULL DEFAULT '5 minutes'
+                        CHECK (jwks_refresh >= '1 second'::interval),
+    jwks_cooldown       interval NOT NULL DEFAULT '30 seconds'
+                        CHECK (jwks_cooldown >= '0'::interval),
+    http_timeout        interval NOT NULL DEFAULT '5 seconds'
+                        CHECK (http_timeout > '0'::interval AND http_timeout <= '30 seconds'::interval),
+    -- plain http:// is refused unless the host is a loopback address or this is set
+    allow_insecure_http boolean NOT NULL DEFAULT false,
+    comment             text,
+    CHECK (jwks IS NULL OR jsonb_typeof(jwks) = 'object'),
+    CHECK (NOT algorithms && '{none,HS256,HS384,HS512}'::text[])
+);
+
+COMMENT ON TABLE oauth.issuers IS
+    'Trusted token issuers: exact iss value, accepted audiences, where the keys come from';
+
+CREATE TABLE oauth.role_map (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    issuer          text NOT NULL REFERENCES oauth.issuers (issuer)
+                    ON UPDATE CASCADE ON DELETE CASCADE,
+    claim           text NOT NULL DEFAULT 'sub',
+    pattern         text NOT NULL,
+    role            text NOT NULL,
+    databases       text[],
+    client_cidrs    cidr[],
+    comment         text
+);
+
+COMMENT ON TABLE oauth.role_map IS
+    'Which roles a token may log in as: claim (dotted path) value fully matching pattern gives role (\1 substitutions allowed)';
+
+CREATE INDEX role_map_issuer_idx ON oauth.role_map (issuer);
+
+-- One row whose version moves with every committed configuration change; the
+-- validator caches configuration per version (a standby reads it here).
+CREATE TABLE oauth.config_state (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version     bigint NOT NULL DEFAULT 1
+);
+INSERT INTO oauth.config_state DEFAULT VALUES;
+
+------------------------------------------------------------------------------
+-- C functions
+------------------------------------------------------------------------------
+
+-- Called by the configuration triggers: bumps the shared-memory version and
+-- wakes the validator workers when the transaction commits.
+CREATE FUNCTION oauth._config_changed() RETURNS void
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_config_changed';
+REVOKE ALL ON FUNCTION oauth._config_changed() FROM PUBLIC;
+
+CREATE FUNCTION oauth.claims() RETURNS jsonb
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_claims';
+COMMENT ON FUNCTION oauth.claims() IS
+    'Claims of the token this session logged in with; NULL for a session that did not log in with a token';
+
+CREATE FUNCTION oauth.session(
+        OUT issuer text, OUT subject text, OUT token_id text,
+        OUT expires_at timestamptz, OUT login_role text)
+    RETURNS record
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_session';
+COMMENT ON FUNCTION oauth.session() IS
+    'Issuer, subject, token id and expiry of this session''s token login; all NULL otherwise';
+
+CREATE FUNCTION oauth.workers(
+        OUT worker int, OUT pid int, OUT state text, OUT requests bigint,
+        OUT last_error text)
+    RETURNS SETOF record
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_workers';
+REVOKE ALL ON FUNCTION oauth.workers() FROM PUBLIC;
+COMMENT ON FUNCTION oauth.workers() IS
+    'State of the validator background workers';
+
+CREATE FUNCTION oauth.config_version() RETURNS bigint
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_config_version';
+REVOKE ALL ON FUNCTION oauth.config_version() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Claim access for SQL and RLS policies
+------------------------------------------------------------------------------
+
+-- Path syntax (same as oauth.role_map.claim): a top-level claim whose name is
+-- exactly the path wins (names such as 'https://example.com/groups');
+-- otherwise segments separated by dots, a segment may be double-quoted to
+-- contain dots.  Strings come back unquoted, other JSON values as JSON text.
+CREATE FUNCTION oauth.claim(path text) RETURNS text
+    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+    AS $$
+DECLARE
+    c jsonb := oauth.claims();
+    parts text[];
+BEGIN
+    IF c IS NULL OR path IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF c ? path THEN
+        RETURN c ->> path;
+    END IF;
+    SELECT array_agg(coalesce(m[1], m[2]) ORDER BY ord)
+      INTO parts
+      FROM regexp_matches(path, '"([^"]*)"|([^.]+)', 'g') WITH ORDINALITY AS t(m, ord);
+    IF parts IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN c #>> parts;
+END
+$$;
+COMMENT ON FUNCTION oauth.claim(text) IS
+    'One claim of this session''s token by path (e.g. ''email'', ''realm_access.roles''); NULL when absent or not a token session';
+
+------------------------------------------------------------------------------
+-- The validator (PL/Python); the logic lives in the pyhook package
+------------------------------------------------------------------------------
+
+-- Loads pyhook from pg_oauth.python_path once per process.
+CREATE FUNCTION oauth._adapter_load() RETURNS void
+    LANGUAGE plpython3u
+    AS $$
+if 'pg_oauth_adapter' not in GD:
+    import sys
+    path = plpy.execute("SELECT current_setting('pg_oauth.python_path', true) AS p")[0]['p']
+    if path and path not in sys.path:
+        sys.path.insert(0, path)
+    from pyhook.plpython_adapter import Adapter
+    GD['pg_oauth_adapter'] = Adapter(plpy)
+$$;
+REVOKE ALL ON FUNCTION oauth._adapter_load() FROM PUBLIC;
+
+CREATE FUNCTION oauth.validate(
+        token text, requested_role text, database text, client_addr inet,
+        ssl boolean, config_version bigint)
+    RETURNS TABLE(ok boolean, reason text, detail text, allowed_roles text[],
+                  issuer text, subject text, token_id text,
+                  expires_at timestamptz, claims jsonb)
+    LANGUAGE plpython3u VOLATILE
+    AS $$
+adapter = GD.get('pg_oauth_adapter')
+if adapter is None:
+    plpy.execute("SELECT oauth._adapter_load()")
+    adapter = GD['pg_oauth_adapter']
+return [adapter.validate(token, requested_role, database, client_addr, ssl, config_version)]
+$$;
+REVOKE ALL ON FUNCTION oauth.validate(text, text, text, inet, boolean, bigint) FROM PUBLIC;
+COMMENT ON FUNCTION oauth.validate(text, text, text, inet, boolean, bigint) IS
+    'The validator contract called by the pg_oauth workers: one decision per token';
+
+-- Run by each worker when it starts: imports pyhook, loads configuration and keys.
+CREATE FUNCTION oauth.warmup() RETURNS text
+    LANGUAGE plpython3u VOLATILE
+    AS $$
+adapter = GD.get('pg_oauth_adapter')
+if adapter is None:
+    plpy.execute("SELECT oauth._adapter_load()")
+    adapter = GD['pg_oauth_adapter']
+return adapter.warmup()
+$$;
+REVOKE ALL ON FUNCTION oauth.warmup() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Configuration change tracking and checks
+------------------------------------------------------------------------------
+
+CREATE FUNCTION oauth._config_trigger() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    UPDATE oauth.config_state SET version = version + 1;
+    PERFORM oauth._config_changed();
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION oauth._config_trigger() FROM PUBLIC;
+
+CREATE TRIGGER issuers_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.issuers
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._config_trigger();
+CREATE TRIGGER role_map_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.role_map
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._config_trigger();
+
+-- Reject a rule the validator could not use, at the time it is written.
+CREATE FUNCTION oauth._role_map_check() RETURNS trigger
+    LANGUAGE plpython3u
+    AS $$
+import re
+new = TD['new']
+try:
+    compiled = re.compile(new['pattern'])
+except re.error as e:
+    plpy.error('invalid pattern in oauth.role_map: %s' % e,
+               hint='Patterns use Python regular expression syntax and must match the whole claim value.')
+# groups referenced by the role template must exist in the pattern
+groups = [int(g) for g in re.findall(r'\\(\d+)', new['role'])]
+if groups and max(groups) > compiled.groups:
+    plpy.error('role template %r uses group \\%d but the pattern has %d group(s)'
+               % (new['role'], max(groups), compiled.groups))
+if not new['claim'] or new['claim'].strip() != new['claim']:
+    plpy.error('claim path must be a non-empty claim name or dotted path without surrounding spaces')
+return None
+$$;
+REVOKE ALL ON FUNCTION oauth._role_map_check() FROM PUBLIC;
+
+CREATE TRIGGER role_map_check
+    BEFORE INSERT OR UPDATE ON oauth.role_map
+    FOR EACH ROW EXECUTE FUNCTION oauth._role_map_check();
+
+-- Keep configuration out of pg_dump's way for the config_state row.
+SELECT pg_catalog.pg_extension_config_dump('oauth.issuers', '');
+SELECT pg_catalog.pg_extension_config_dump('oauth.role_map', '');
+
+-- Wake the workers when this CREATE EXTENSION commits.
+SELECT oauth._config_changed();
