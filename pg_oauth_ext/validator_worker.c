@@ -39,6 +39,7 @@ static int	worker_index = -1;
 static bool worker_ready = false;
 static SPIPlanPtr validate_plan = NULL;
 static MemoryContext request_context = NULL;
+static char last_logged_error[PG_OAUTH_WORKER_ERROR_LEN];
 
 void
 pg_oauth_register_workers(void)
@@ -187,7 +188,10 @@ try_become_ready(void)
 	if (edata)
 	{
 		snprintf(msg, sizeof(msg), "validator warm-up failed: %s", edata->message);
-		ereport(LOG, (errmsg("pg_oauth: %s", msg)));
+		/* Retried every second: log a failure once, not every time. */
+		if (strcmp(msg, last_logged_error) != 0)
+			ereport(LOG, (errmsg("pg_oauth: %s", msg)));
+		strlcpy(last_logged_error, msg, sizeof(last_logged_error));
 		token_queue_set_worker_state(worker_index, WORKER_NOT_READY, msg);
 		return false;
 	}
@@ -199,6 +203,7 @@ try_become_ready(void)
 		token_queue_set_worker_state(worker_index, WORKER_NOT_READY, msg);
 		return false;
 	}
+	last_logged_error[0] = '\0';
 	ereport(DEBUG1, (errmsg("pg_oauth validator %d ready: %s", worker_index,
 							rc.summary ? rc.summary : "")));
 	token_queue_set_worker_state(worker_index, WORKER_IDLE, NULL);
