@@ -355,7 +355,14 @@ handle_request(TokenSlot *slot, uint64 ticket)
 	explicit_bzero(token, token_len);
 	explicit_bzero(VARDATA_ANY(DatumGetPointer(call.values[0])), token_len);
 
-	if (edata)
+	/*
+	 * Terminated while validating (PL/Python does not check for interrupts):
+	 * fail closed rather than hand back a decision from a dying worker.
+	 */
+	if (ProcDiePending)
+		token_queue_fail(slot, "validator_unavailable",
+						 "the validator worker was terminated while checking this token");
+	else if (edata)
 	{
 		ereport(LOG,
 				(errmsg("pg_oauth: validator error: %s", edata->message)));

@@ -1,0 +1,156 @@
+"""Fixtures for end-to-end tests: a real PostgreSQL 15 with pg_oauth preloaded,
+a real OIDC dev issuer serving discovery and JWKS on 127.0.0.1, real clients."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import psycopg
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pgcluster import Cluster  # noqa: E402
+from pyhook.dev_issuer import DevIssuer  # noqa: E402
+
+AUDIENCE = "pg-test"
+
+# Every token minted in this run: the log-hygiene test greps the server logs for them.
+MINTED: list[str] = []
+CLUSTERS: list[Cluster] = []
+
+if os.geteuid() == 0 and shutil.which("runuser") is None:  # pragma: no cover
+    raise RuntimeError("runuser is needed to start PostgreSQL as an unprivileged user")
+
+
+class RecordingIssuer:
+    """The dev issuer, remembering every token it mints."""
+
+    def __init__(self, issuer: DevIssuer) -> None:
+        self._issuer = issuer
+
+    def __getattr__(self, name: str):
+        return getattr(self._issuer, name)
+
+    def mint(self, claims: dict | None = None, **kw) -> str:
+        kw.setdefault("aud", AUDIENCE)
+        token = self._issuer.mint(claims, **kw)
+        MINTED.append(token)
+        return token
+
+
+@pytest.fixture(scope="session")
+def issuer() -> Iterator[RecordingIssuer]:
+    keydir = tempfile.mkdtemp(prefix="pg_oauth-issuer-")
+    dev = DevIssuer(keydir)
+    dev.start()
+    yield RecordingIssuer(dev)
+    dev.stop()
+    shutil.rmtree(keydir, ignore_errors=True)
+
+
+def setup_oauth(cluster: Cluster, issuer_url: str, **issuer_cols: str) -> None:
+    """Roles, the extension, one issuer (discovery over HTTP) and the base mapping."""
+    cluster.sql("""
+        CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; CREATE ROLE carol LOGIN;
+        CREATE ROLE su LOGIN SUPERUSER;
+        CREATE EXTENSION pg_oauth CASCADE;
+    """)
+    cols = {"jwks_cooldown": "1 second", **issuer_cols}
+    names = ", ".join(cols)
+    values = ", ".join(f"'{v}'" for v in cols.values())
+    cluster.sql(
+        f"INSERT INTO oauth.issuers (issuer, audiences, {names}) VALUES (%s, %s, {values})",
+        (issuer_url, [AUDIENCE]),
+    )
+    cluster.sql(
+        "INSERT INTO oauth.role_map (issuer, claim, pattern, role) VALUES "
+        "(%s, 'sub', '(alice|bob|su|ghost)', '\\1')",
+        (issuer_url,),
+    )
+
+
+def make_cluster(issuer: RecordingIssuer, **settings) -> Cluster:
+    cluster = Cluster(settings=settings).init().start()
+    CLUSTERS.append(cluster)
+    setup_oauth(cluster, issuer.issuer)
+    cluster.wait_for_workers()
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def cluster(issuer: RecordingIssuer) -> Iterator[Cluster]:
+    c = make_cluster(issuer)
+    yield c
+    c.stop()
+
+
+def refusal(excinfo: pytest.ExceptionInfo) -> str:
+    """The reason code from a refused login's message."""
+    msg = str(excinfo.value)
+    assert "JWT authentication failed for user" in msg, msg
+    for line in msg.splitlines():
+        if "reason=" in line:
+            return line.split("reason=", 1)[1].split(":", 1)[0].strip()
+    raise AssertionError(f"no reason in: {msg}")
+
+
+@pytest.fixture
+def refused(cluster: Cluster) -> Callable[..., str]:
+    """refused(user, token, **conn) -> reason code; fails if the login succeeds."""
+
+    def attempt(user: str, token: str, target: Cluster | None = None, **kw) -> str:
+        with pytest.raises(psycopg.OperationalError) as excinfo:
+            (target or cluster).token_connect(user, token, **kw).close()
+        return refusal(excinfo)
+
+    return attempt
+
+
+# -- a minimal raw protocol client, for what libpq hides ------------------------
+
+def raw_startup(port: int, user: str, database: str = "postgres",
+                ssl_request: bool = False) -> tuple[socket.socket, bytes]:
+    """Send a v3 StartupMessage in clear; return the socket and the first message type."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    params = b"".join(k.encode() + b"\0" + v.encode() + b"\0"
+                      for k, v in (("user", user), ("database", database))) + b"\0"
+    body = struct.pack("!I", 196608) + params
+    sock.sendall(struct.pack("!I", len(body) + 4) + body)
+    first = sock.recv(1)
+    return sock, first
+
+
+def read_message(sock: socket.socket, mtype: bytes) -> tuple[bytes, bytes]:
+    header = mtype + _recv_exact(sock, 4) if mtype else _recv_exact(sock, 5)
+    length = struct.unpack("!I", header[1:5])[0]
+    return header[:1], _recv_exact(sock, length - 4)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf += chunk
+    return buf
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_clusters_at_end() -> Iterator[None]:
+    """Remove the throwaway clusters (keep them with PG_OAUTH_KEEP_CLUSTERS=1)."""
+    yield
+    for c in CLUSTERS:
+        if os.environ.get("PG_OAUTH_KEEP_CLUSTERS"):
+            print(f"kept cluster: {c.base} (log: {c.logfile})")
+        else:
+            c.destroy()

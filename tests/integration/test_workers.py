@@ -1,0 +1,166 @@
+"""The validator workers failing, stalling, dying: logins are refused with a reason,
+the server keeps running, and token logins come back on their own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import make_cluster, refusal
+
+
+@pytest.fixture(scope="module")
+def wcluster(issuer):
+    """A cluster of its own: these tests stall, terminate and kill its workers."""
+    c = make_cluster(issuer, **{"pg_oauth.timeout": "'1500ms'"})
+    yield c
+    issuer.set_delay(0)
+    c.stop()
+
+
+def attempt(cluster, user, token) -> str | None:
+    """None when the login worked, else the reason code."""
+    try:
+        cluster.token_connect(user, token).close()
+        return None
+    except psycopg.OperationalError as e:
+        class Info:  # the shape refusal() reads
+            value = e
+        return refusal(Info)
+
+
+def busy_worker_pid(cluster, timeout=10.0) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = cluster.sql("SELECT pid FROM oauth.workers() WHERE state = 'busy'")
+        if rows:
+            return rows[0][0]
+        time.sleep(0.02)
+    raise TimeoutError("no worker became busy")
+
+
+def test_all_workers_stuck_refused_within_timeout(wcluster, issuer):
+    wcluster.sql("UPDATE oauth.issuers SET jwks_cooldown = '0', http_timeout = '8 seconds'")
+    issuer.set_delay(5)
+    try:
+        # two unknown kids: each sends one worker to the (slow) issuer
+        results: list[str | None] = []
+        threads = [threading.Thread(target=lambda k=k: results.append(
+            attempt(wcluster, "alice", issuer.mint(sub="alice", kid=f"stuck-{k}"))))
+            for k in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        # both workers are stuck; a perfectly good token waits for none of them forever
+        start = time.time()
+        reason = attempt(wcluster, "alice", issuer.mint(sub="alice"))
+        elapsed = time.time() - start
+        for t in threads:
+            t.join()
+        assert reason == "validator_timeout"
+        assert elapsed < 5, "refused by pg_oauth.timeout, not by the issuer's answer"
+        assert results == ["validator_timeout", "validator_timeout"]
+        # the server is up all along
+        assert wcluster.sql("SELECT 1") == [(1,)]
+    finally:
+        issuer.set_delay(0)
+        wcluster.sql("UPDATE oauth.issuers SET jwks_cooldown = '1 second', "
+                     "http_timeout = '5 seconds'")
+    # once the issuer answers again the workers come back by themselves
+    deadline = time.time() + 20
+    while attempt(wcluster, "alice", issuer.mint(sub="alice")) is not None:
+        assert time.time() < deadline, "token logins did not recover"
+        time.sleep(0.5)
+
+
+def test_sigterm_to_busy_worker_fails_that_login_only(wcluster, issuer):
+    wcluster.sql("UPDATE oauth.issuers SET http_timeout = '8 seconds', jwks_cooldown = '0'")
+    wcluster.sql("ALTER SYSTEM SET pg_oauth.timeout = '6s'")
+    wcluster.reload()
+    new_kid = issuer.rotate("ES256")
+    issuer.set_delay(2)
+    try:
+        result: list[str | None] = []
+        # a valid token under a new key: the worker has to fetch the (slow) JWKS
+        t = threading.Thread(target=lambda: result.append(
+            attempt(wcluster, "alice", issuer.mint(sub="alice", alg="ES256", kid=new_kid))))
+        t.start()
+        pid = busy_worker_pid(wcluster)
+        wcluster.sql("SELECT pg_terminate_backend(%s)", (pid,))
+        t.join()
+        assert result == ["validator_unavailable"]
+    finally:
+        issuer.set_delay(0)
+        wcluster.sql("ALTER SYSTEM RESET pg_oauth.timeout")
+        wcluster.sql("UPDATE oauth.issuers SET jwks_cooldown = '1 second', "
+                     "http_timeout = '5 seconds'")
+        wcluster.reload()
+    assert wcluster.is_alive()
+    wcluster.wait_for_workers()
+    assert attempt(wcluster, "alice", issuer.mint(sub="alice", alg="ES256", kid=new_kid)) is None
+    assert "the validator worker was terminated" in wcluster.log_text()
+
+
+def test_sigkill_of_a_worker_cluster_recovers(wcluster, issuer):
+    pid = wcluster.sql("SELECT pid FROM oauth.workers() WHERE pid IS NOT NULL")[0][0]
+    os.kill(pid, signal.SIGKILL)
+    # the postmaster resets shared memory and restarts everything, workers included
+    deadline = time.time() + 60
+    while True:
+        try:
+            wcluster.wait_for_workers(timeout=2)
+            break
+        except (TimeoutError, psycopg.Error):
+            assert time.time() < deadline, "cluster did not recover"
+    assert pid not in [r[1] for r in wcluster.sql("SELECT * FROM oauth.workers()")]
+    assert attempt(wcluster, "alice", issuer.mint(sub="alice")) is None
+
+
+def test_no_workers_refused_quickly(wcluster, issuer):
+    wcluster.restart({"pg_oauth.workers": 0})
+    try:
+        start = time.time()
+        assert attempt(wcluster, "alice", issuer.mint(sub="alice")) == "validator_unavailable"
+        assert time.time() - start < 1.4, "refused at once, not after pg_oauth.timeout"
+        assert wcluster.sql("SELECT 1") == [(1,)]
+    finally:
+        wcluster.restart({"pg_oauth.workers": 2})
+        wcluster.wait_for_workers()
+
+
+def test_validator_database_missing_refused_quickly(wcluster, issuer):
+    wcluster.restart({"pg_oauth.database": "'no_such_db'"})
+    try:
+        time.sleep(1.5)  # the workers try, fail and are restarted in a loop
+        start = time.time()
+        assert attempt(wcluster, "alice", issuer.mint(sub="alice")) == "validator_unavailable"
+        assert time.time() - start < 1.4
+        assert wcluster.sql("SELECT 1") == [(1,)]
+    finally:
+        wcluster.restart({"pg_oauth.database": "'postgres'"})
+        wcluster.wait_for_workers()
+    assert attempt(wcluster, "alice", issuer.mint(sub="alice")) is None
+
+
+def test_extension_not_installed_yet_then_installed(issuer, tmp_path):
+    """The DBA's order of work: preload, restart, then CREATE EXTENSION — no restart after."""
+    from conftest import CLUSTERS, setup_oauth
+    from pgcluster import Cluster
+
+    c = Cluster().init().start()
+    CLUSTERS.append(c)
+    try:
+        time.sleep(1)
+        rows = c.sql("SELECT count(*) FROM pg_extension WHERE extname = 'pg_oauth'")
+        assert rows == [(0,)]
+        assert attempt(c, "alice", issuer.mint(sub="alice")) == "validator_unavailable"
+        setup_oauth(c, issuer.issuer)
+        c.wait_for_workers(timeout=10)
+        assert attempt(c, "alice", issuer.mint(sub="alice")) is None
+    finally:
+        c.stop()
