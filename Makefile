@@ -21,7 +21,11 @@ OBJS = \
 	pg_oauth_ext/session_state.o
 
 MODULEDIR = extension
-DATA = sql/pg_oauth.control $(wildcard sql/pg_oauth--*.sql)
+# The install script is assembled from one file per concern in sql/src/
+# (numbered for order); upgrade scripts sit in sql/ as they are.
+DATA = sql/pg_oauth.control $(filter-out sql/pg_oauth--1.0.sql,$(wildcard sql/pg_oauth--*.sql))
+DATA_built = sql/pg_oauth--1.0.sql
+EXTRA_CLEAN = sql/pg_oauth--1.0.sql
 
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
@@ -38,6 +42,9 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 install: install-python
+
+sql/pg_oauth--1.0.sql: $(sort $(wildcard sql/src/*.sql))
+	cat $^ > $@
 
 # pyhook and pinned dependencies go into a directory of their own, put first on
 # sys.path by the workers (pg_oauth.python_path), so the system Python is untouched.
