@@ -211,8 +211,8 @@ class Cluster:
 
     def token_connect(self, user: str, token: str, dbname: str = "postgres",
                       sslmode: str = "require", **extra: Any) -> psycopg.Connection:
-        return psycopg.connect(self.token_dsn(user, dbname, sslmode, **extra), password=token,
-                               autocommit=True, connect_timeout=20)
+        return psycopg.connect(self.token_dsn(user, dbname, sslmode), password=token,
+                               autocommit=True, connect_timeout=20, **extra)
 
     def wait_for_workers(self, ready: int | None = None, timeout: float = 30.0) -> list[tuple]:
         """Until `ready` workers (default: all) are idle or busy."""

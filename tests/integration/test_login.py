@@ -81,8 +81,19 @@ def test_alg_none(cluster, issuer, refused):
 
 
 def test_hs256_signed_with_rsa_public_key(cluster, issuer, refused):
-    token = forge_hs256_with_public_key(issuer._issuer, sub="alice", aud="pg-test")
+    token = issuer.mint(sub="alice", alg="HS256")  # HMAC keyed with the RSA public key PEM
+    assert token == forge_hs256_with_public_key(
+        issuer._issuer, sub="alice", aud="pg-test", now=None,
+        iat=_claims(token)["iat"], nbf=_claims(token)["nbf"], exp=_claims(token)["exp"],
+        jti=_claims(token)["jti"])
     assert refused("alice", token) == "unsupported_alg"
+
+
+def _claims(token: str) -> dict:
+    import base64
+    import json
+    part = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
 
 def test_token_for_alice_used_as_bob(cluster, issuer, refused):
