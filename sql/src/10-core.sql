@@ -32,6 +32,8 @@ CREATE TABLE oauth.issuers (
                         CHECK (http_timeout > '0'::interval AND http_timeout <= '30 seconds'::interval),
     -- plain http:// is refused unless the host is a loopback address or this is set
     allow_insecure_http boolean NOT NULL DEFAULT false,
+    -- live token sessions one subject may hold at once (NULL: no limit)
+    max_sessions_per_subject integer CHECK (max_sessions_per_subject > 0),
     comment             text,
     CHECK (jwks IS NULL OR jsonb_typeof(jwks) = 'object'),
     CHECK (NOT algorithms && '{none,HS256,HS384,HS512}'::text[])
@@ -49,6 +51,8 @@ CREATE TABLE oauth.role_map (
     role            text NOT NULL,
     databases       text[],
     client_cidrs    cidr[],
+    -- live sessions a subject may hold through this rule (NULL: no limit)
+    max_sessions    integer CHECK (max_sessions > 0),
     comment         text
 );
 
@@ -162,7 +166,8 @@ CREATE FUNCTION oauth.validate(
         ssl boolean, config_version bigint)
     RETURNS TABLE(ok boolean, reason text, detail text, allowed_roles text[],
                   issuer text, subject text, token_id text,
-                  expires_at timestamptz, claims jsonb)
+                  expires_at timestamptz, claims jsonb,
+                  kid text, alg text, key_cache text, max_sessions integer)
     LANGUAGE plpython3u VOLATILE
     AS $$
 adapter = GD.get('pg_oauth_adapter')

@@ -1,0 +1,501 @@
+"""A local OIDC issuer for demos and tests: discovery, JWKS and token minting.
+
+Keys live in ``key_dir`` (PEM private keys plus ``keys.json``, files mode 0600) so
+that a ``pg-oauth dev-issuer`` process and ``pg-oauth mint``/``rotate`` run in other
+processes agree; the server re-reads the index on every request. Never use it for
+anything but development: it signs whatever it is asked to.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import (
+    ECAlgorithm,
+    OKPAlgorithm,
+    RSAAlgorithm,
+    get_default_algorithms,
+)
+
+INDEX_FILE = "keys.json"
+LOCK_FILE = ".lock"
+ISSUER_FILE = "issuer"
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+JWKS_PATH = "/jwks.json"
+DEFAULT_AUDIENCE = "pg_oauth"
+DEFAULT_SUBJECT = "alice"
+INITIAL_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+SIGNING_ALGORITHMS: tuple[str, ...] = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+_EC_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
+
+
+class _Remove:
+    def __repr__(self) -> str:
+        return "REMOVE"
+
+
+# A claim or header value of REMOVE leaves that member out of the token.
+REMOVE: Any = _Remove()
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def _apply(
+    base: dict[str, Any], changes: Mapping[str, Any] | None, remove: Iterable[str]
+) -> None:
+    for name, value in (changes or {}).items():
+        if value is REMOVE:
+            base.pop(name, None)
+        else:
+            base[name] = value
+    for name in remove:
+        base.pop(name, None)
+
+
+def encode_jws(
+    header: Mapping[str, Any], payload: Mapping[str, Any] | bytes, key: Any
+) -> str:
+    """A compact JWS of ``payload`` signed per ``header['alg']`` with a private key.
+
+    ``alg`` "none" gives an empty signature; payload bytes are used as they are.
+    """
+    body = payload if isinstance(payload, bytes) else _json_bytes(dict(payload))
+    signing_input = f"{b64url(_json_bytes(dict(header)))}.{b64url(body)}"
+    alg = header.get("alg")
+    if alg == "none":
+        return signing_input + "."
+    signature = get_default_algorithms()[str(alg)].sign(
+        signing_input.encode("ascii"), key
+    )
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def forge_hs256_with_public_key(
+    source: DevIssuer | bytes,
+    claims: Mapping[str, Any] | None = None,
+    *,
+    headers: Mapping[str, Any] | None = None,
+    **mint_args: Any,
+) -> str:
+    """The classic key-confusion attack token: HS256 keyed with an RSA public key PEM.
+
+    ``source`` is either a DevIssuer (its current RS256 key; ``claims`` and
+    ``mint_args`` as for ``DevIssuer.mint``, e.g. ``sub=``, ``aud=``) or the PEM bytes
+    themselves (then ``claims`` plus ``mint_args`` are the whole payload).
+    PyJWT refuses to build such a token, so the HMAC is done here by hand.
+    """
+    if isinstance(source, DevIssuer):
+        return source.mint(claims, alg="HS256", headers=headers, **mint_args)
+    return _hmac_token(source, {**(claims or {}), **mint_args}, headers)
+
+
+def _hmac_token(
+    secret: bytes, payload: Mapping[str, Any], headers: Mapping[str, Any] | None
+) -> str:
+    header: dict[str, Any] = {"alg": "HS256", "typ": "JWT"}
+    _apply(header, headers, ())
+    signing_input = (
+        f"{b64url(_json_bytes(header))}.{b64url(_json_bytes(dict(payload)))}"
+    )
+    mac = hmac.new(secret, signing_input.encode("ascii"), hashlib.sha256).digest()
+    return f"{signing_input}.{b64url(mac)}"
+
+
+def generate_private_key(alg: str) -> Any:
+    if alg.startswith(("RS", "PS")):
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if alg in _EC_CURVES:
+        return ec.generate_private_key(_EC_CURVES[alg]())
+    if alg == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise ValueError(f"no key type for alg {alg!r}")
+
+
+def public_jwk(private_key: Any, kid: str, alg: str) -> dict[str, Any]:
+    """The public JWK of a private key, with kid, alg and use."""
+    public = private_key.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
+    else:
+        jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
+    jwk.pop("key_ops", None)
+    return {**jwk, "kid": kid, "alg": alg, "use": "sig"}
+
+
+def _write_private(path: str, data: bytes) -> None:
+    """Write a file readable by its owner only, atomically."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class DevIssuer:
+    """A development issuer over the keys in ``key_dir``."""
+
+    def __init__(self, key_dir: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.key_dir = os.path.abspath(key_dir)
+        self.host = host
+        self.port = port
+        self.jwks_requests = 0
+        self.discovery_requests = 0
+        self._delay = 0.0
+        self._broken = False
+        self._counter_lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._private_keys: dict[str, Any] = {}  # file name -> key (files never change)
+        self._unpublished: dict[str, Any] = {}  # alg -> a key that is never published
+
+    # -- keys ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        os.makedirs(self.key_dir, mode=0o700, exist_ok=True)
+        fd = os.open(
+            os.path.join(self.key_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read_index(self) -> list[dict[str, Any]]:
+        try:
+            with open(os.path.join(self.key_dir, INDEX_FILE), encoding="utf-8") as f:
+                return list(json.load(f)["keys"])
+        except FileNotFoundError:
+            return []
+
+    def _write_index(self, entries: list[dict[str, Any]]) -> None:
+        data = json.dumps({"keys": entries}, indent=2).encode("utf-8")
+        _write_private(os.path.join(self.key_dir, INDEX_FILE), data)
+
+    def _add_key(self, entries: list[dict[str, Any]], alg: str) -> str:
+        if alg not in SIGNING_ALGORITHMS:
+            raise ValueError(
+                f"unsupported alg {alg!r}; one of {', '.join(SIGNING_ALGORITHMS)}"
+            )
+        number = 1 + sum(1 for e in entries if e["alg"] == alg)
+        kid = f"{alg.lower()}-{number}"
+        while any(e["kid"] == kid for e in entries):
+            number += 1
+            kid = f"{alg.lower()}-{number}"
+        key = generate_private_key(alg)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        file_name = f"{kid}.pem"
+        _write_private(os.path.join(self.key_dir, file_name), pem)
+        entries.append(
+            {
+                "kid": kid,
+                "alg": alg,
+                "file": file_name,
+                "published": True,
+                "created": int(time.time()),
+            }
+        )
+        return kid
+
+    def ensure_keys(self) -> list[dict[str, Any]]:
+        """The key index, creating the initial RS256, ES256 and EdDSA keys on first use."""
+        entries = self._read_index()
+        if all(any(e["alg"] == alg for e in entries) for alg in INITIAL_ALGORITHMS):
+            return entries
+        with self._locked():
+            entries = self._read_index()
+            missing = [
+                a for a in INITIAL_ALGORITHMS if not any(e["alg"] == a for e in entries)
+            ]
+            for alg in missing:
+                self._add_key(entries, alg)
+            if missing:
+                self._write_index(entries)
+        return entries
+
+    def rotate(self, alg: str = "RS256", retire: bool = False) -> str:
+        """Add a key for ``alg``; old keys stay published unless ``retire``. The new kid."""
+        self.ensure_keys()
+        with self._locked():
+            entries = self._read_index()
+            if retire:
+                for entry in entries:
+                    if entry["alg"] == alg:
+                        entry["published"] = False
+            kid = self._add_key(entries, alg)
+            self._write_index(entries)
+        return kid
+
+    def private_key(self, kid: str) -> Any:
+        entry = self._entry(kid)
+        if entry is None:
+            raise KeyError(kid)
+        return self._load(entry)
+
+    def _load(self, entry: Mapping[str, Any]) -> Any:
+        name = str(entry["file"])
+        key = self._private_keys.get(name)
+        if key is None:
+            with open(os.path.join(self.key_dir, name), "rb") as f:
+                key = serialization.load_pem_private_key(f.read(), password=None)
+            self._private_keys[name] = key
+        return key
+
+    def _entry(self, kid: str) -> dict[str, Any] | None:
+        return next((e for e in self.ensure_keys() if e["kid"] == kid), None)
+
+    def current_kid(self, alg: str) -> str:
+        """The newest published kid for ``alg``, creating a key if there is none."""
+        published = [
+            e for e in self.ensure_keys() if e["alg"] == alg and e["published"]
+        ]
+        return published[-1]["kid"] if published else self.rotate(alg)
+
+    def public_key_pem(self, kid: str) -> bytes:
+        return (
+            self.private_key(kid)
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.PEM,
+                serialization.PublicFormat.SubjectPublicKeyInfo,
+            )
+        )
+
+    def jwks(self) -> dict[str, Any]:
+        """The published public keys as a JWKS document."""
+        return {
+            "keys": [
+                public_jwk(self._load(e), e["kid"], e["alg"])
+                for e in self.ensure_keys()
+                if e["published"]
+            ]
+        }
+
+    # -- tokens -------------------------------------------------------------
+
+    def mint(
+        self,
+        claims: Mapping[str, Any] | None = None,
+        *,
+        alg: str | None = None,
+        kid: str | None = None,
+        lifetime: float = 300,
+        sub: str | None = DEFAULT_SUBJECT,
+        aud: str | list[str] | None = DEFAULT_AUDIENCE,
+        headers: Mapping[str, Any] | None = None,
+        remove: Iterable[str] = (),
+        sign_with_unpublished: bool = False,
+        now: float | None = None,
+        **more_claims: Any,
+    ) -> str:
+        """A signed token.
+
+        Claims default to iss (this issuer), sub, aud, iat = nbf = now, exp = now +
+        ``lifetime`` and a random jti; ``claims`` and ``more_claims`` (e.g. ``jti=``)
+        override them, a value of REMOVE or a name in ``remove`` leaves one out.
+        ``alg`` defaults to RS256, or to the alg of key ``kid``; "none" gives an
+        unsigned token and "HS256" the key-confusion forgery. A ``kid`` not in the
+        index is put in the header of a token signed with the current key.
+        ``sign_with_unpublished`` signs with a key that is never published, under
+        the current kid (or ``kid``). ``headers`` override header members.
+        """
+        issued = int(time.time() if now is None else now)
+        payload: dict[str, Any] = {}
+        if claims is None or "iss" not in claims:
+            payload["iss"] = self.issuer
+        if sub is not None:
+            payload["sub"] = sub
+        if aud is not None:
+            payload["aud"] = aud
+        payload.update(
+            {
+                "iat": issued,
+                "nbf": issued,
+                "exp": issued + int(lifetime),
+                "jti": uuid.uuid4().hex,
+            }
+        )
+        _apply(payload, {**(claims or {}), **more_claims}, remove)
+
+        entry = self._entry(kid) if kid is not None else None
+        alg = alg or (str(entry["alg"]) if entry else "RS256")
+        if alg == "HS256":
+            is_rsa = entry is not None and str(entry["alg"]).startswith(("RS", "PS"))
+            rsa_kid = str(kid) if is_rsa else self.current_kid("RS256")
+            header_changes = {"kid": rsa_kid, **(headers or {})}
+            return _hmac_token(self.public_key_pem(rsa_kid), payload, header_changes)
+
+        header: dict[str, Any] = {"alg": alg, "typ": "JWT"}
+        key: Any = None
+        if alg != "none":
+            if kid is None:
+                kid = self.current_kid(alg)
+                entry = self._entry(kid)
+            header["kid"] = kid
+            if sign_with_unpublished:
+                key = self._unpublished.get(alg)
+                if key is None:
+                    key = self._unpublished[alg] = generate_private_key(alg)
+            elif entry is not None:
+                key = self._load(entry)
+            else:  # a kid that is not in the index: sign with the current key anyway
+                key = self.private_key(self.current_kid(alg))
+        _apply(header, headers, ())
+        return encode_jws(header, payload, key)
+
+    # -- the HTTP server ----------------------------------------------------
+
+    @property
+    def issuer(self) -> str:
+        """``http://host:port`` of the running server (or of key_dir/issuer)."""
+        port = self._server.server_address[1] if self._server else self.port
+        if port:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"http://{host}:{port}"
+        try:
+            with open(os.path.join(self.key_dir, ISSUER_FILE), encoding="utf-8") as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            raise RuntimeError(
+                "the dev issuer is not started and key_dir has no issuer file"
+            ) from None
+
+    def start(self) -> DevIssuer:
+        """Serve discovery and JWKS in a daemon thread."""
+        self.ensure_keys()
+        server = _Server((self.host, self.port), _Handler)
+        server.dev_issuer = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            args=(0.05,),  # shutdown() waits up to one poll interval
+            name="pg-oauth-dev-issuer",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> DevIssuer:  # noqa: PYI034 - typing.Self needs 3.11
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def set_delay(self, seconds: float) -> None:
+        """Answer discovery and JWKS requests only after ``seconds``."""
+        self._delay = seconds
+
+    def set_broken(self, broken: bool = True) -> None:
+        """Answer discovery and JWKS requests with HTTP 500."""
+        self._broken = broken
+
+    def discovery(self) -> dict[str, Any]:
+        issuer = self.issuer
+        algs = sorted({e["alg"] for e in self.ensure_keys() if e["published"]})
+        return {
+            "issuer": issuer,
+            "jwks_uri": issuer + JWKS_PATH,
+            "id_token_signing_alg_values_supported": algs,
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+        }
+
+    def _answer(self, path: str) -> tuple[int, dict[str, Any]]:
+        if path == DISCOVERY_PATH:
+            with self._counter_lock:
+                self.discovery_requests += 1
+            if self._delay:
+                time.sleep(self._delay)
+            return (
+                (500, {"error": "broken"}) if self._broken else (200, self.discovery())
+            )
+        if path == JWKS_PATH:
+            with self._counter_lock:
+                self.jwks_requests += 1
+            if self._delay:
+                time.sleep(self._delay)
+            return (500, {"error": "broken"}) if self._broken else (200, self.jwks())
+        return 404, {"error": "not found"}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    dev_issuer: DevIssuer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        try:
+            status, document = self.server.dev_issuer._answer(path)
+        except Exception as exc:  # noqa: BLE001 - answer 500, keep serving
+            status, document = 500, {"error": type(exc).__name__}
+        body = json.dumps(document).encode("utf-8")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if status == 200:
+                self.send_header("Cache-Control", "max-age=300")
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout test)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # tests and demos need quiet stderr

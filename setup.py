@@ -1,0 +1,11 @@
+from setuptools import setup
+
+setup(
+    name="pyhook",
+    version="1.0.0",
+    description="Validation of OAuth/OIDC JWT logins for the pg_oauth PostgreSQL extension",
+    packages=["pyhook"],
+    python_requires=">=3.9",
+    install_requires=["PyJWT>=2.8,<3", "cryptography>=41"],
+    entry_points={"console_scripts": ["pg-oauth = pyhook.cli:main"]},
+)

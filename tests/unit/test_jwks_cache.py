@@ -1,0 +1,471 @@
+"""The key store: static keys, jwks_uri, discovery, refresh, cooldown, fetch limits."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+from unit_support import ISS, Clock, Documents, issuer_row, no_network
+
+from pyhook.config import Config, IssuerConfig
+from pyhook.dev_issuer import DevIssuer
+from pyhook.errors import JwksUnavailable, KeyNotFound, UnknownKey
+from pyhook.jwks_cache import (
+    MAX_DOCUMENT_BYTES,
+    REFRESH_AHEAD,
+    FetchError,
+    KeyStore,
+    check_url,
+    parse_jwks,
+    urllib_fetch,
+)
+
+JWKS_URL = "https://idp.example.com/keys"
+IDP = "https://idp.example.com"
+DISCOVERY_URL = IDP + "/.well-known/openid-configuration"
+
+
+def remote(**kw: Any) -> IssuerConfig:
+    kw.setdefault("jwks_uri", JWKS_URL)
+    return IssuerConfig.from_row(issuer_row(**kw))
+
+
+def jwks_of(dev: DevIssuer, *kids: str) -> dict[str, Any]:
+    keys = dev.jwks()["keys"]
+    return {"keys": [k for k in keys if not kids or k["kid"] in kids]}
+
+
+# -- parsing ---------------------------------------------------------------------------
+
+
+def test_parse_keeps_signing_keys_only(dev: DevIssuer) -> None:
+    short_rsa = RSAAlgorithm.to_jwk(
+        rsa.generate_private_key(65537, 1024).public_key(), as_dict=True
+    )
+    good = jwks_of(dev, "rs256-1", "es256-1", "eddsa-1")["keys"]
+    rsa_jwk = good[0]
+    doc = {
+        "keys": [
+            *good,
+            dict(rsa_jwk, kid="enc", use="enc"),
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+            dict(short_rsa, kid="short"),
+            dict(rsa_jwk, kid="weird-alg", alg="RSA-OAEP"),
+            {"kty": "EC", "kid": "k1", "crv": "secp256k1", "x": "AA", "y": "AA"},
+            {"kty": "RSA", "kid": "broken", "n": 5},
+            dict(rsa_jwk, kid=7),
+            "not a key",
+        ]
+    }
+    keys, notes = parse_jwks(json.dumps(doc))
+    assert [k.kid for k in keys] == ["rs256-1", "es256-1", "eddsa-1"]
+    assert len(notes) == 8
+    assert any("'enc'" in n for n in notes)
+    assert any("'oct'" in n for n in notes)
+    assert any("too short" in n for n in notes)
+    joined = " ".join(notes)
+    assert rsa_jwk["n"][:20] not in joined  # no key material in notes
+
+
+def test_private_members_are_ignored(dev: DevIssuer) -> None:
+    private = RSAAlgorithm.to_jwk(dev.private_key("rs256-1"), as_dict=True)
+    private.update(kid="rs256-1", alg="RS256")
+    keys, _ = parse_jwks(json.dumps({"keys": [private]}))
+    assert not hasattr(keys[0].key, "private_numbers")
+
+
+@pytest.mark.parametrize("doc", ["", "[]", '{"keys": {}}', '{"nokeys": []}', "{"])
+def test_unusable_documents(doc: str) -> None:
+    with pytest.raises(JwksUnavailable):
+        parse_jwks(doc)
+
+
+# -- static keys ------------------------------------------------------------------------
+
+
+def test_static_jwks_never_fetches(dev: DevIssuer) -> None:
+    issuer = IssuerConfig.from_row(issuer_row(jwks=json.dumps(jwks_of(dev))))
+    store = KeyStore(fetch=no_network)
+    assert store.get_key(issuer, "RS256", "rs256-1").kid == "rs256-1"
+    with pytest.raises(KeyNotFound):
+        store.get_key(issuer, "RS256", "other")
+    assert store.fetch_count == 0
+
+
+def test_static_jwks_change_is_picked_up(dev: DevIssuer) -> None:
+    store = KeyStore(fetch=no_network)
+    one = IssuerConfig.from_row(issuer_row(jwks=json.dumps(jwks_of(dev, "rs256-1"))))
+    two = IssuerConfig.from_row(issuer_row(jwks=json.dumps(jwks_of(dev, "es256-1"))))
+    store.get_key(one, "RS256", "rs256-1")
+    assert store.get_key(two, "ES256", "es256-1").kid == "es256-1"
+    with pytest.raises(UnknownKey):
+        store.get_key(two, "RS256", "rs256-1")
+
+
+# -- fetched keys, refresh, stale-if-error ------------------------------------------------------
+
+
+def test_keys_are_fetched_once_and_refreshed_when_old(dev: DevIssuer) -> None:
+    docs, clock = Documents({JWKS_URL: jwks_of(dev)}), Clock()
+    store = KeyStore(fetch=docs, now=clock)
+    issuer = remote(jwks_refresh=300.0)
+    for _ in range(3):
+        store.get_key(issuer, "RS256", "rs256-1")
+    assert store.fetch_count == 1
+    clock.t += 299
+    store.get_key(issuer, "RS256", "rs256-1")
+    assert store.fetch_count == 1
+    clock.t += 1
+    store.get_key(issuer, "RS256", "rs256-1")
+    assert store.fetch_count == 2
+
+
+def test_stale_keys_keep_working_when_the_refresh_fails(dev: DevIssuer) -> None:
+    docs, clock = Documents({JWKS_URL: jwks_of(dev)}), Clock()
+    store = KeyStore(fetch=docs, now=clock)
+    issuer = remote(jwks_refresh=60.0, jwks_cooldown=30.0)
+    store.get_key(issuer, "RS256", "rs256-1")
+    docs.documents[JWKS_URL] = OSError("connection refused")
+    clock.t += 61
+    assert store.get_key(issuer, "RS256", "rs256-1").kid == "rs256-1"
+    assert store.fetch_count == 2
+    assert any("OSError" in n for n in store.notes(ISS))
+    # a dead IdP is retried once per cooldown, not on every login
+    clock.t += 10
+    store.get_key(issuer, "RS256", "rs256-1")
+    assert store.fetch_count == 2
+    clock.t += 30
+    docs.documents[JWKS_URL] = jwks_of(dev)
+    store.get_key(issuer, "RS256", "rs256-1")
+    assert store.fetch_count == 3 and store.notes(ISS) == []
+
+
+def test_a_document_without_usable_keys_does_not_replace_good_keys(
+    dev: DevIssuer,
+) -> None:
+    docs, clock = Documents({JWKS_URL: jwks_of(dev)}), Clock()
+    store = KeyStore(fetch=docs, now=clock)
+    issuer = remote(jwks_refresh=60.0)
+    store.get_key(issuer, "RS256", "rs256-1")
+    docs.documents[JWKS_URL] = {"keys": [{"kty": "oct", "k": "AA"}]}
+    assert store.refresh_due(Config({ISS: issuer}, []), clock.t + 61) == [issuer]
+    clock.t += 61
+    with pytest.raises(JwksUnavailable):
+        store.refresh(issuer)
+    assert store.get_key(issuer, "RS256", "rs256-1").kid == "rs256-1"
+
+
+def test_no_keys_at_all_is_jwks_unavailable() -> None:
+    store = KeyStore(fetch=Documents(), now=Clock())
+    with pytest.raises(JwksUnavailable) as info:
+        store.get_key(remote(), "RS256", "rs256-1")
+    assert "idp.example.com" in info.value.detail
+
+
+def test_unknown_kid_refetches_at_most_once_per_cooldown(tmp_path: Path) -> None:
+    dev = DevIssuer(str(tmp_path))  # rotated below: not the shared one
+    docs, clock = Documents({JWKS_URL: jwks_of(dev, "rs256-1")}), Clock()
+    store = KeyStore(fetch=docs, now=clock)
+    issuer = remote(jwks_cooldown=30.0)
+    store.get_key(issuer, "RS256", "rs256-1")
+    assert store.fetch_count == 1
+    with pytest.raises(UnknownKey):
+        store.get_key(issuer, "RS256", "rs256-new")
+    assert store.fetch_count == 2  # the one refetch
+    for _ in range(5):
+        with pytest.raises(UnknownKey) as info:
+            store.get_key(issuer, "RS256", "rs256-new")
+    assert store.fetch_count == 2
+    assert "next refetch allowed" in info.value.detail
+    # the IdP rotates; after the cooldown the new kid is found
+    new_kid = dev.rotate("RS256")
+    docs.documents[JWKS_URL] = jwks_of(dev)
+    clock.t += 29
+    with pytest.raises(UnknownKey):
+        store.get_key(issuer, "RS256", new_kid)
+    clock.t += 1
+    assert store.get_key(issuer, "RS256", new_kid).kid == new_kid
+    assert store.fetch_count == 3
+
+
+def test_cooldown_zero_always_refetches(dev: DevIssuer) -> None:
+    docs = Documents({JWKS_URL: jwks_of(dev, "rs256-1")})
+    store = KeyStore(fetch=docs, now=Clock())
+    issuer = remote(jwks_cooldown=0.0)
+    store.get_key(issuer, "RS256", "rs256-1")
+    for _ in range(3):
+        with pytest.raises(UnknownKey):
+            store.get_key(issuer, "RS256", "missing")
+    assert store.fetch_count == 4
+
+
+def test_first_fetch_is_not_repeated_for_an_unknown_kid(dev: DevIssuer) -> None:
+    store = KeyStore(fetch=Documents({JWKS_URL: jwks_of(dev)}), now=Clock())
+    with pytest.raises(UnknownKey):
+        store.get_key(remote(jwks_cooldown=0.0), "RS256", "missing")
+    assert store.fetch_count == 1
+
+
+def test_refresh_due_and_refresh(dev: DevIssuer) -> None:
+    docs, clock = Documents({JWKS_URL: jwks_of(dev)}), Clock()
+    store = KeyStore(fetch=docs, now=clock)
+    fetched = remote(jwks_refresh=100.0)
+    static = IssuerConfig.from_row(
+        issuer_row(issuer="https://static.example.com", jwks=json.dumps(jwks_of(dev)))
+    )
+    disabled = remote(issuer="https://off.example.com", enabled=False)
+    config = Config({i.issuer: i for i in (fetched, static, disabled)}, [])
+    assert {i.issuer for i in store.refresh_due(config)} == {
+        ISS,
+        "https://static.example.com",
+    }
+    for issuer in store.refresh_due(config):
+        assert store.refresh(issuer) >= 3
+    assert store.refresh_due(config) == []
+    assert store.fetch_count == 1
+    clock.t += 100 * REFRESH_AHEAD - 1
+    assert store.refresh_due(config) == []
+    clock.t += 1
+    assert store.refresh_due(config) == [fetched]
+    # a failed refresh is retried after the cooldown only
+    docs.documents[JWKS_URL] = OSError("down")
+    with pytest.raises(JwksUnavailable):
+        store.refresh(fetched)
+    assert store.refresh_due(config) == []
+    assert store.refresh_due(config, clock.t + fetched.jwks_cooldown) == [fetched]
+
+
+def test_prune_forgets_removed_issuers(dev: DevIssuer) -> None:
+    store = KeyStore(fetch=Documents({JWKS_URL: jwks_of(dev)}), now=Clock())
+    store.refresh(remote())
+    assert store.keys(ISS)
+    store.prune(Config({}, []))
+    assert store.keys(ISS) == []
+
+
+# -- discovery --------------------------------------------------------------------------------
+
+
+def test_discovery_finds_the_jwks_uri(dev: DevIssuer) -> None:
+    docs = Documents(
+        {
+            DISCOVERY_URL: {"issuer": IDP + "/", "jwks_uri": JWKS_URL},
+            JWKS_URL: jwks_of(dev),
+        }
+    )
+    store = KeyStore(fetch=docs, now=Clock())
+    issuer = IssuerConfig.from_row(
+        issuer_row(issuer=IDP + "/")
+    )  # trailing slash stripped
+    assert store.get_key(issuer, "EdDSA", "eddsa-1").crv == "Ed25519"
+    assert docs.requests == [DISCOVERY_URL, JWKS_URL]
+
+
+@pytest.mark.parametrize(
+    ("document", "words"),
+    [
+        ({"issuer": "https://evil.example.com", "jwks_uri": JWKS_URL}, "names issuer"),
+        (
+            {"issuer": IDP + "/", "jwks_uri": JWKS_URL},
+            "names issuer",
+        ),  # exact, not normalised
+        ({"jwks_uri": JWKS_URL}, "names issuer"),
+        ({"issuer": IDP}, "no jwks_uri"),
+        ([IDP], "not a JSON object"),
+        (b"<html>", "not valid JSON"),
+    ],
+)
+def test_discovery_refusals(dev: DevIssuer, document: Any, words: str) -> None:
+    docs = Documents({DISCOVERY_URL: document, JWKS_URL: jwks_of(dev)})
+    store = KeyStore(fetch=docs, now=Clock())
+    with pytest.raises(JwksUnavailable) as info:
+        store.get_key(IssuerConfig.from_row(issuer_row(issuer=IDP)), "RS256", "rs256-1")
+    assert words in info.value.detail
+    assert JWKS_URL not in docs.requests
+
+
+def test_discovered_jwks_uri_must_pass_the_url_policy(dev: DevIssuer) -> None:
+    docs = Documents(
+        {DISCOVERY_URL: {"issuer": IDP, "jwks_uri": "http://keys.example.com/k"}}
+    )
+    with pytest.raises(JwksUnavailable) as info:
+        KeyStore(fetch=docs, now=Clock()).refresh(
+            IssuerConfig.from_row(issuer_row(issuer=IDP))
+        )
+    assert "plain http is refused" in info.value.detail
+
+
+# -- URL policy ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://idp.example.com/keys",
+        "http://127.0.0.1:8080/keys",
+        "http://127.9.9.9/keys",
+        "http://localhost/keys",
+        "http://[::1]:9000/keys",
+    ],
+)
+def test_allowed_urls(url: str) -> None:
+    check_url(url, allow_insecure_http=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://idp.example.com/keys",
+        "http://10.0.0.1/keys",
+        "http://127.0.0.1.example.com/keys",
+        "ftp://idp.example.com/keys",
+        "file:///etc/passwd",
+        "https:///nohost",
+        "http://127.0.0.1:99999/keys",
+    ],
+)
+def test_refused_urls(url: str) -> None:
+    with pytest.raises(FetchError):
+        check_url(url, allow_insecure_http=False)
+
+
+def test_non_loopback_http_is_refused_without_any_request() -> None:
+    docs = Documents()
+    store = KeyStore(fetch=docs, now=Clock())
+    with pytest.raises(JwksUnavailable) as info:
+        store.refresh(remote(jwks_uri="http://idp.example.com/keys"))
+    assert "allow_insecure_http" in info.value.detail
+    assert docs.requests == [] and store.fetch_count == 0
+    with pytest.raises(JwksUnavailable):  # now allowed, but there is nothing there
+        store.refresh(
+            remote(jwks_uri="http://idp.example.com/keys", allow_insecure_http=True)
+        )
+    assert docs.requests == ["http://idp.example.com/keys"]
+
+
+def test_oversize_document_from_an_injected_fetch_is_refused(dev: DevIssuer) -> None:
+    docs = Documents({JWKS_URL: b" " * (MAX_DOCUMENT_BYTES + 1)})
+    with pytest.raises(JwksUnavailable) as info:
+        KeyStore(fetch=docs, now=Clock()).refresh(remote())
+    assert "larger than" in info.value.detail
+
+
+# -- the real urllib fetch against a real server on 127.0.0.1 -----------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        if self.path == "/ok":
+            self._send(200, b'{"keys": []}')
+        elif self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "/ok")
+            self.end_headers()
+        elif self.path == "/big":
+            self._send(200, b" " * (MAX_DOCUMENT_BYTES + 10))
+        elif self.path == "/big-unannounced":
+            self.send_response(200)
+            self.end_headers()  # no Content-Length: the limit must hold while reading
+            for _ in range(MAX_DOCUMENT_BYTES // 65536 + 2):
+                self.wfile.write(b" " * 65536)
+        elif self.path == "/slow":
+            time.sleep(2)
+            self._send(200, b"{}")
+        else:
+            self._send(500, b"{}")
+
+    def _send(self, status: int, body: bytes) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def base(http_server: Callable[..., str]) -> str:
+    return http_server(_Handler)
+
+
+def test_urllib_fetch_reads_a_document(base: str) -> None:
+    assert urllib_fetch(base + "/ok", 5, MAX_DOCUMENT_BYTES) == b'{"keys": []}'
+
+
+def test_urllib_fetch_refuses_redirects(base: str) -> None:
+    with pytest.raises(FetchError, match="redirects are not followed"):
+        urllib_fetch(base + "/redirect", 5, MAX_DOCUMENT_BYTES)
+
+
+@pytest.mark.parametrize("path", ["/big", "/big-unannounced"])
+def test_urllib_fetch_refuses_oversize_documents(base: str, path: str) -> None:
+    with pytest.raises(FetchError, match="larger than"):
+        urllib_fetch(base + path, 5, MAX_DOCUMENT_BYTES)
+
+
+def test_urllib_fetch_times_out(base: str) -> None:
+    with pytest.raises(FetchError, match="timed out"):
+        urllib_fetch(base + "/slow", 0.3, MAX_DOCUMENT_BYTES)
+
+
+def test_urllib_fetch_reports_http_errors_and_refused_connections(base: str) -> None:
+    with pytest.raises(FetchError, match="HTTP status 500"):
+        urllib_fetch(base + "/error", 5, MAX_DOCUMENT_BYTES)
+    port = int(base.rsplit(":", 1)[1])
+    with pytest.raises(FetchError, match="connection failed"):
+        urllib_fetch(f"http://127.0.0.1:{port + 1 if port < 65535 else 1}/x", 2, 100)
+
+
+def test_key_store_over_real_http_with_the_dev_issuer(dev: DevIssuer) -> None:
+    server = DevIssuer(dev.key_dir).start()
+    try:
+        store = KeyStore()
+        issuer = IssuerConfig.from_row(
+            issuer_row(issuer=server.issuer, http_timeout=0.5, jwks_cooldown=0.0)
+        )
+        assert store.get_key(issuer, "ES256", "es256-1").crv == "P-256"
+        assert (server.discovery_requests, server.jwks_requests, store.fetch_count) == (
+            1,
+            1,
+            2,
+        )
+        # broken: the cached keys keep working (stale-if-error)
+        server.set_broken(True)
+        with pytest.raises(JwksUnavailable, match="HTTP status 500"):
+            store.refresh(issuer)
+        assert store.get_key(issuer, "ES256", "es256-1")
+        server.set_broken(False)
+        # slow: a timeout, not a hang
+        server.set_delay(2)
+        started = time.monotonic()
+        with pytest.raises(JwksUnavailable, match="timed out"):
+            KeyStore().refresh(issuer)
+        assert time.monotonic() - started < 1.9
+    finally:
+        server.set_delay(0)
+        server.stop()
+
+
+def test_one_login_waits_for_the_network_at_most_once(dev: DevIssuer) -> None:
+    docs, clock = Documents({JWKS_URL: jwks_of(dev, "rs256-1")}), Clock()
+    store = KeyStore(fetch=docs, now=clock)
+    issuer = remote(jwks_refresh=60.0, jwks_cooldown=0.0)
+    store.get_key(issuer, "RS256", "rs256-1")
+    docs.documents[JWKS_URL] = OSError("down")
+    clock.t += 61  # due for a refresh, which fails; then an unknown kid
+    with pytest.raises(UnknownKey):
+        store.get_key(issuer, "RS256", "rs256-new")
+    assert store.fetch_count == 2

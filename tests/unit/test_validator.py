@@ -1,0 +1,695 @@
+"""The validation core: every reason code, with real keys and real signatures."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from unit_support import (
+    ALL_ALGS,
+    AUD,
+    ISS,
+    NOW,
+    Clock,
+    Documents,
+    assert_refused,
+    issuer_row,
+    no_network,
+    rule_row,
+)
+
+from pyhook.config import Config
+from pyhook.decision import FAIL, PASS, SKIP, STEPS, Decision
+from pyhook.dev_issuer import (
+    REMOVE,
+    DevIssuer,
+    b64url,
+    encode_jws,
+    forge_hs256_with_public_key,
+)
+from pyhook.errors import REASONS, ValidationError
+from pyhook.jwks_cache import KeyStore
+from pyhook.validator import MAX_TOKEN_BYTES
+
+Check = Callable[..., Decision]
+Mint = Callable[..., str]
+
+
+def craft(header: Any, payload: Any, signature: bytes = b"sig-bytes-here") -> str:
+    """A token from raw parts (JSON-encoded unless bytes)."""
+
+    def enc(part: Any) -> str:
+        return b64url(part if isinstance(part, bytes) else json.dumps(part).encode())
+
+    return f"{enc(header)}.{enc(payload)}.{b64url(signature)}"
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    base = {"iss": ISS, "sub": "alice", "aud": AUD, "iat": NOW, "exp": NOW + 300}
+    base.update(overrides)
+    return base
+
+
+# -- accepted tokens -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ALL_ALGS)
+def test_valid_token_is_accepted(alg: str, mint: Mint, check: Check) -> None:
+    token = mint({"jti": "id-1", "email": "alice@example.com"}, alg=alg)
+    decision = check(token)
+    assert decision.ok, decision.detail
+    assert (decision.reason, decision.allowed_roles) == ("ok", ["alice"])
+    assert (decision.issuer, decision.subject, decision.token_id) == (
+        ISS,
+        "alice",
+        "id-1",
+    )
+    assert decision.expires_at == datetime.fromtimestamp(NOW + 300, tz=UTC)
+    assert decision.expires_at.tzinfo is not None
+    assert (
+        decision.claims is not None and decision.claims["email"] == "alice@example.com"
+    )
+    assert [c.name for c in decision.trail] == list(STEPS)
+    assert all(c.outcome in (PASS, SKIP) for c in decision.trail)
+    assert token.split(".")[2] not in " ".join(c.info for c in decision.trail)
+
+
+def test_bytes_token_is_accepted(mint: Mint, check: Check) -> None:
+    assert check(mint().encode("ascii")).ok
+
+
+def test_token_within_leeway_is_accepted(mint: Mint, check: Check) -> None:
+    assert check(mint(lifetime=300), now=NOW + 320).ok  # expired 20 s ago, leeway 30 s
+    assert check(mint({"nbf": NOW + 20, "iat": NOW + 20})).ok
+
+
+def test_kidless_token_uses_the_only_fitting_key(
+    dev: DevIssuer, mint: Mint, check: Check
+) -> None:
+    es_only = json.dumps(
+        {"keys": [k for k in dev.jwks()["keys"] if k["alg"] == "ES256"]}
+    )
+    token = mint(alg="ES256", headers={"kid": REMOVE})
+    assert check(token, cfg=static_config(es_only)).ok
+
+
+def static_config(jwks: Any) -> Config:
+    """The default issuer and rules with other static keys."""
+    text = jwks if isinstance(jwks, str) else json.dumps(jwks)
+    return Config.from_rows(
+        [issuer_row(jwks=text)], [rule_row(1, "(alice|bob)", r"\1")]
+    )
+
+
+# -- malformed and too_large --------------------------------------------------------
+
+GOOD_HEADER = {"alg": "RS256", "kid": "rs256-1"}
+
+
+@pytest.mark.parametrize(
+    ("token", "words"),
+    [
+        ("", "empty"),
+        ("abc", "segment"),
+        ("abc.def", "segment"),
+        ("a.b.c.d.e", "JWE"),
+        ("eyJh.eyJi.c2ln=", "padded"),
+        ("eyJh.eyJi .c2ln", "whitespace"),
+        (" eyJh.eyJi.c2ln", "whitespace"),
+        ("eyJh.eyJi.c2ln\n", "whitespace"),
+        ("eyJh.ey+i.c2ln", "outside base64url"),
+        ("eyJh.eyJi.c2é", "outside base64url"),
+        (b"eyJh.eyJi.c2\xff", "outside base64url"),
+        (".eyJi.c2ln", "segment"),
+        ("eyJhb.eyJi.c2ln", "base64url length"),
+        (None, "no token"),
+        (12345, "no token"),
+    ],
+)
+def test_malformed_structure(token: Any, words: str, check: Check) -> None:
+    decision = check(token)
+    assert_refused(decision, "malformed", token)
+    assert words in decision.detail
+    assert decision.claims is None and decision.issuer is None
+    assert decision.trail[0].name == "header" and decision.trail[0].outcome == FAIL
+
+
+@pytest.mark.parametrize(
+    ("header", "payload", "words"),
+    [
+        (b"not json", claims(), "header is not valid"),
+        (["RS256"], claims(), "header is not a JSON object"),
+        ({"kid": "rs256-1"}, claims(), "no alg"),
+        ({"alg": 256}, claims(), "no alg"),
+        ({**GOOD_HEADER, "crit": ["exp"]}, claims(), "crit extensions not supported"),
+        ({"alg": "RS256", "kid": 1}, claims(), "kid is not a string"),
+        (GOOD_HEADER, b"\xff\xfe{}", "payload is not valid"),
+        (GOOD_HEADER, b'{"iss": NaN}', "payload is not valid"),
+        (GOOD_HEADER, b'{"iss": "a", "iss": "b"}', "duplicate member"),
+        (b'{"alg": "RS256", "alg": "none"}', claims(), "duplicate member"),
+        (GOOD_HEADER, b"[" * 5000 + b"]" * 5000, "payload is not valid"),
+        (GOOD_HEADER, b'{"n": 1' + b"0" * 5000 + b"}", "payload is not valid"),
+        (GOOD_HEADER, "a string", "payload is not a JSON object"),
+        (GOOD_HEADER, claims(iss=["a"]), "iss claim is not a string"),
+    ],
+)
+def test_malformed_content(header: Any, payload: Any, words: str, check: Check) -> None:
+    token = craft(header, payload)
+    decision = check(token)
+    assert_refused(decision, "malformed", token)
+    assert words in decision.detail
+    assert (
+        decision.claims is None and decision.issuer is None and decision.subject is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"exp": "tomorrow"}, "exp claim is not a number"),
+        ({"exp": True}, "exp claim is not a number"),
+        ({"exp": 1e300}, "exp claim is out of range"),
+        ({"exp": 10**30}, "exp claim is out of range"),
+        ({"nbf": "now"}, "nbf claim is not a number"),
+        ({"iat": False}, "iat claim is not a number"),
+        ({"aud": 5}, "aud claim"),
+        ({"aud": [AUD, 5]}, "aud claim"),
+    ],
+)
+def test_malformed_claims_after_signature(
+    overrides: dict[str, Any], words: str, mint: Mint, check: Check
+) -> None:
+    token = mint(overrides)
+    decision = check(token)
+    assert_refused(decision, "malformed", token)
+    assert words in decision.detail
+
+
+def test_too_large(check: Check) -> None:
+    token = "a" * (MAX_TOKEN_BYTES + 1)
+    assert_refused(check(token), "too_large", token)
+    assert_refused(check(token.encode()), "too_large", token)
+    assert check("a" * MAX_TOKEN_BYTES).reason == "malformed"
+    assert str(MAX_TOKEN_BYTES) in check(token).detail
+
+
+def test_too_large_counts_bytes_not_characters(check: Check) -> None:
+    token = "é" * (MAX_TOKEN_BYTES // 2 + 1)
+    assert check(token).reason == "too_large"
+
+
+# -- algorithm -------------------------------------------------------------------
+
+
+def test_alg_none_is_refused(mint: Mint, check: Check) -> None:
+    token = mint(alg="none")
+    assert token.endswith(".")
+    decision = check(token)
+    assert_refused(decision, "unsupported_alg", token)
+    assert "'none'" in decision.detail
+
+
+def test_hs256_signed_with_the_rsa_public_key_is_refused(
+    dev: DevIssuer, check: Check
+) -> None:
+    token = forge_hs256_with_public_key(dev, {"iss": ISS}, aud=AUD, now=NOW)
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header["alg"] == "HS256" and header["kid"].startswith("rs256")
+    assert_refused(check(token), "unsupported_alg", token)
+    pem_token = forge_hs256_with_public_key(dev.public_key_pem("rs256-1"), claims())
+    assert_refused(check(pem_token), "unsupported_alg", pem_token)
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS512", "RS1", "ES256K", "none", "NONE", ""])
+def test_other_algorithms_are_refused(alg: str, check: Check) -> None:
+    token = craft({"alg": alg, "kid": "rs256-1"}, claims())
+    assert_refused(check(token), "unsupported_alg", token)
+
+
+def test_alg_outside_the_issuers_allowlist(
+    mint: Mint, check: Check, config: Any
+) -> None:
+    token = mint()  # RS256
+    decision = check(token, cfg=config(algorithms=["ES256", "EdDSA"]))
+    assert_refused(decision, "unsupported_alg", token)
+    assert "ES256" in decision.detail
+    assert [(c.name, c.outcome) for c in decision.trail[:3]] == [
+        ("header", PASS),
+        ("issuer", PASS),
+        ("algorithm", FAIL),
+    ]
+    assert decision.claims is None and decision.issuer is None
+
+
+# -- issuer --------------------------------------------------------------------------
+
+
+def test_untrusted_issuer(mint: Mint, check: Check) -> None:
+    token = mint({"iss": "https://evil.example.com"})
+    decision = check(token)
+    assert_refused(decision, "untrusted_issuer", token)
+    assert "https://evil.example.com" in decision.detail
+    assert decision.issuer is None and decision.claims is None
+
+
+def test_issuer_match_is_exact(mint: Mint, check: Check) -> None:
+    for iss in (ISS + "/", ISS.upper(), " " + ISS):
+        assert check(mint({"iss": iss})).reason == "untrusted_issuer"
+
+
+def test_disabled_issuer(mint: Mint, check: Check, config: Any) -> None:
+    token = mint()
+    decision = check(token, cfg=config(enabled=False))
+    assert_refused(decision, "untrusted_issuer", token)
+    assert "disabled" in decision.detail
+
+
+def test_missing_iss(mint: Mint, check: Check) -> None:
+    token = mint(remove=["iss"])
+    assert_refused(check(token), "missing_claim", token)
+
+
+# -- key ---------------------------------------------------------------------------------
+
+
+def test_unknown_kid(mint: Mint, check: Check) -> None:
+    token = mint(kid="no-such-key")
+    decision = check(token)
+    assert_refused(decision, "unknown_key", token)
+    assert "no-such-key" in decision.detail
+
+
+def test_key_of_the_wrong_type(mint: Mint, check: Check) -> None:
+    token = mint(alg="ES256", headers={"kid": "rs256-1"})  # ES256 signature, RSA kid
+    decision = check(token)
+    assert_refused(decision, "unknown_key", token)
+    assert "RSA" in decision.detail and "ES256" in decision.detail
+
+
+def test_key_alg_must_equal_token_alg(mint: Mint, check: Check) -> None:
+    token = mint(alg="PS256", kid="rs256-1")  # the RSA key published for RS256
+    decision = check(token)
+    assert_refused(decision, "unknown_key", token)
+    assert "RS256" in decision.detail
+
+
+def test_es384_token_cannot_use_a_p256_key(
+    dev: DevIssuer, mint: Mint, check: Check
+) -> None:
+    jwks = dev.jwks()
+    for key in jwks["keys"]:
+        key.pop("alg")  # without alg only the curve tells them apart
+    cfg = static_config(jwks)
+    token = mint(alg="ES384", headers={"kid": dev.current_kid("ES256")})
+    assert_refused(check(token, cfg=cfg), "unknown_key", token)
+
+
+def test_kidless_token_with_several_fitting_keys(
+    dev: DevIssuer, mint: Mint, check: Check
+) -> None:
+    jwks = dev.jwks()
+    second = dict(next(k for k in jwks["keys"] if k["alg"] == "RS256"), kid="copy")
+    jwks["keys"].append(second)
+    cfg = static_config(jwks)
+    token = mint(headers={"kid": REMOVE})
+    decision = check(token, cfg=cfg)
+    assert_refused(decision, "unknown_key", token)
+    assert "kid is required" in decision.detail
+
+
+def test_hmac_oct_keys_are_never_used(dev: DevIssuer, mint: Mint, check: Check) -> None:
+    oct_key = {"kty": "oct", "kid": "rs256-1", "k": b64url(b"secret")}
+    token = mint()
+    decision = check(token, cfg=static_config({"keys": [oct_key]}))
+    assert_refused(decision, "jwks_unavailable", token)  # the only key was skipped
+    rsa_key = next(k for k in dev.jwks()["keys"] if k["kid"] == "rs256-1")
+    mixed = {"keys": [dict(oct_key, kid="hmac"), rsa_key]}
+    hs = craft({"alg": "HS256", "kid": "hmac"}, claims())
+    assert_refused(check(hs, cfg=static_config(mixed)), "unsupported_alg", hs)
+
+
+# -- signature ------------------------------------------------------------------------------
+
+
+def test_signed_by_an_unpublished_key(mint: Mint, check: Check) -> None:
+    token = mint(sign_with_unpublished=True)
+    decision = check(token)
+    assert_refused(decision, "bad_signature", token)
+    assert (
+        decision.claims is None and decision.subject is None and decision.issuer is None
+    )
+    assert [c.outcome for c in decision.trail[:5]] == [PASS, PASS, PASS, PASS, FAIL]
+    assert all(c.outcome == SKIP for c in decision.trail[5:])
+
+
+@pytest.mark.parametrize("alg", ["RS256", "PS256", "ES256", "ES512", "EdDSA"])
+def test_altered_payload(alg: str, mint: Mint, check: Check) -> None:
+    header, _, signature = mint({"sub": "bob"}, alg=alg).split(".")
+    payload = mint({"sub": "alice"}, alg=alg).split(".")[1]
+    token = f"{header}.{payload}.{signature}"
+    assert_refused(check(token), "bad_signature", token)
+
+
+@pytest.mark.parametrize("cut", ["empty", "short", "long"])
+def test_damaged_signature(cut: str, mint: Mint, check: Check) -> None:
+    header, payload, signature = mint(alg="ES256").split(".")
+    damaged = {"empty": "", "short": signature[:-8], "long": signature + "AAAA"}[cut]
+    token = f"{header}.{payload}.{damaged}"
+    assert check(token).reason == "bad_signature"
+
+
+def test_claims_are_not_checked_before_the_signature(mint: Mint, check: Check) -> None:
+    token = mint({"exp": NOW - 10_000, "aud": "other"}, sign_with_unpublished=True)
+    assert check(token).reason == "bad_signature"
+
+
+# -- time claims ----------------------------------------------------------------------------
+
+
+def test_expired(mint: Mint, check: Check) -> None:
+    token = mint(lifetime=300)
+    decision = check(token, now=NOW + 342)
+    assert_refused(decision, "expired", token)
+    assert decision.detail == "token expired 42 s ago (leeway 30 s)"
+    # refused after the signature verified: the decision says whose token it was
+    assert (decision.issuer, decision.subject) == (ISS, "alice")
+    assert decision.claims is not None and decision.expires_at is not None
+    assert decision.allowed_roles == []
+
+
+def test_leeway_comes_from_the_issuer(mint: Mint, check: Check, config: Any) -> None:
+    token = mint(lifetime=300)
+    assert check(token, now=NOW + 320, cfg=config(leeway=0.0)).reason == "expired"
+
+
+def test_missing_exp(mint: Mint, check: Check) -> None:
+    token = mint(remove=["exp"])
+    decision = check(token)
+    assert_refused(decision, "missing_claim", token)
+    assert "exp" in decision.detail
+
+
+def test_not_yet_valid_nbf(mint: Mint, check: Check) -> None:
+    token = mint({"nbf": NOW + 600}, lifetime=1200)
+    decision = check(token)
+    assert_refused(decision, "not_yet_valid", token)
+    assert "600 s" in decision.detail
+
+
+def test_issued_in_the_future(mint: Mint, check: Check) -> None:
+    token = mint({"iat": NOW + 600}, lifetime=1200, remove=["nbf"])
+    decision = check(token)
+    assert_refused(decision, "not_yet_valid", token)
+    assert "issued in the future" in decision.detail
+
+
+def test_lifetime_too_long(mint: Mint, check: Check, config: Any) -> None:
+    cfg = config(max_token_lifetime=600.0)
+    token = mint(lifetime=3600)
+    decision = check(token, cfg=cfg)
+    assert_refused(decision, "lifetime_too_long", token)
+    assert "3600 s" in decision.detail and "600 s" in decision.detail
+    assert check(mint(lifetime=600), cfg=cfg).ok
+
+
+def test_lifetime_without_iat_counts_from_now(
+    mint: Mint, check: Check, config: Any
+) -> None:
+    cfg = config(max_token_lifetime=600.0)
+    token = mint(lifetime=3600, remove=["iat"])
+    assert check(token, cfg=cfg).reason == "lifetime_too_long"
+    assert check(token, cfg=cfg, now=NOW + 3100).ok
+
+
+def test_no_lifetime_limit_is_a_skipped_step(mint: Mint, check: Check) -> None:
+    decision = check(mint(lifetime=10**7))
+    assert decision.ok
+    lifetime = next(c for c in decision.trail if c.name == "lifetime")
+    assert lifetime.outcome == SKIP
+
+
+# -- audience ---------------------------------------------------------------------------------
+
+
+def test_audience_mismatch(mint: Mint, check: Check) -> None:
+    token = mint(aud="someone-else")
+    decision = check(token)
+    assert_refused(decision, "audience_mismatch", token)
+    assert (
+        decision.detail
+        == f"audience ['someone-else'] not accepted; expected one of ['{AUD}']"
+    )
+
+
+def test_audience_list_needs_one_match(mint: Mint, check: Check) -> None:
+    assert check(mint(aud=["other", AUD])).ok
+    assert check(mint(aud=["other", "more"])).reason == "audience_mismatch"
+    assert check(mint(aud=[])).reason == "audience_mismatch"
+
+
+def test_missing_audience(mint: Mint, check: Check) -> None:
+    token = mint(aud=None)
+    assert_refused(check(token), "missing_claim", token)
+
+
+# -- role mapping ------------------------------------------------------------------------------
+
+
+def test_role_not_allowed_lists_the_allowed_roles(mint: Mint, check: Check) -> None:
+    token = mint(sub="alice")
+    decision = check(token, "bob")
+    assert_refused(decision, "role_not_allowed", token)
+    assert "['alice']" in decision.detail
+    assert decision.allowed_roles == ["alice"]
+    assert decision.claims is not None and decision.subject == "alice"
+
+
+def test_role_not_allowed_without_any_role(mint: Mint, check: Check) -> None:
+    token = mint(sub="mallory")
+    decision = check(token, "alice")
+    assert_refused(decision, "role_not_allowed", token)
+    assert "no role" in decision.detail
+    assert decision.allowed_roles == []
+
+
+def test_union_of_rules_and_substitution(mint: Mint, check: Check, config: Any) -> None:
+    rules = [
+        rule_row(1, "(alice|bob)", r"\1"),
+        rule_row(2, r"([a-z]+)@example\.com", r"mail_\1", claim="email"),
+        rule_row(3, "dba", "admin_role", claim="https://example.com/groups"),
+        rule_row(4, "(.*)-reader", r"\1_ro", claim='resource_access."my.app".roles'),
+        rule_row(5, "7", "level_seven", claim="level"),
+        rule_row(6, ".*", "everyone", issuer="https://other.example.com"),
+        rule_row(7, "true", "active_user", claim="active"),
+    ]
+    token = mint(
+        {
+            "email": "carol@example.com",
+            "https://example.com/groups": ["ops", "dba"],
+            "resource_access": {"my.app": {"roles": ["app-reader", "x"]}},
+            "level": 7,
+            "active": True,
+        }
+    )
+    decision = check(token, "mail_carol", cfg=config(rules=rules))
+    assert decision.ok, decision.detail
+    assert decision.allowed_roles == [
+        "active_user",
+        "admin_role",
+        "alice",
+        "app_ro",
+        "level_seven",
+        "mail_carol",
+    ]
+
+
+def test_pattern_must_match_the_whole_value(
+    mint: Mint, check: Check, config: Any
+) -> None:
+    cfg = config(rules=[rule_row(1, "alice", "alice")])
+    assert check(mint(sub="alice2"), cfg=cfg).reason == "role_not_allowed"
+    assert check(mint(sub="xalice"), cfg=cfg).reason == "role_not_allowed"
+
+
+def test_database_restriction(mint: Mint, check: Check, config: Any) -> None:
+    cfg = config(rules=[rule_row(1, "alice", "alice", databases=["app", "reports"])])
+    token = mint()
+    assert check(token, database="reports", cfg=cfg).ok
+    decision = check(token, database="postgres", cfg=cfg)
+    assert_refused(decision, "database_not_allowed", token)
+    assert "postgres" in decision.detail
+
+
+def test_client_cidr_restriction(mint: Mint, check: Check, config: Any) -> None:
+    cfg = config(
+        rules=[rule_row(1, "alice", "alice", client_cidrs=["10.0.0.0/8", "::1/128"])]
+    )
+    token = mint()
+    assert check(token, client_addr="10.1.2.3", cfg=cfg).ok
+    assert check(token, client_addr="::1", cfg=cfg).ok
+    assert check(token, client_addr="::ffff:10.9.9.9", cfg=cfg).ok
+    for addr in ("192.168.1.1", "::2", None, "garbage"):
+        decision = check(token, client_addr=addr, cfg=cfg)
+        assert_refused(decision, "client_not_allowed", token)
+    assert "Unix-socket" in check(token, client_addr=None, cfg=cfg).detail
+
+
+def test_restricted_rule_does_not_hide_an_unrestricted_one(
+    mint: Mint, check: Check, config: Any
+) -> None:
+    rules = [
+        rule_row(1, "alice", "alice", databases=["other"]),
+        rule_row(2, "alice", "alice"),
+    ]
+    assert check(mint(), database="app", cfg=config(rules=rules)).ok
+
+
+def test_database_exclusion_is_reported_before_client_exclusion(
+    mint: Mint, check: Check, config: Any
+) -> None:
+    rules = [
+        rule_row(
+            1, "alice", "alice", databases=["other"], client_cidrs=["192.0.2.0/24"]
+        )
+    ]
+    assert check(mint(), cfg=config(rules=rules)).reason == "database_not_allowed"
+
+
+# -- key sources and internal errors -----------------------------------------------------------
+
+
+def test_jwks_unavailable(mint: Mint, check: Check, config: Any) -> None:
+    token = mint()
+    assert_refused(
+        check(token, cfg=config(jwks='{"keys": []}')), "jwks_unavailable", token
+    )
+    assert_refused(check(token, cfg=config(jwks="not json")), "jwks_unavailable", token)
+    remote = config(jwks=None, jwks_uri="https://idp.example.com/jwks")
+    keys = KeyStore(fetch=Documents(), now=Clock())
+    decision = check(token, cfg=remote, keys=keys)
+    assert_refused(decision, "jwks_unavailable", token)
+    assert "idp.example.com" in decision.detail
+
+
+def test_remote_keys_are_used(
+    dev: DevIssuer, mint: Mint, check: Check, config: Any
+) -> None:
+    docs = Documents({"https://idp.example.com/jwks": dev.jwks()})
+    keys = KeyStore(fetch=docs, now=Clock())
+    cfg = config(jwks=None, jwks_uri="https://idp.example.com/jwks")
+    assert check(mint(), cfg=cfg, keys=keys).ok
+    assert check(mint(alg="EdDSA"), cfg=cfg, keys=keys).ok
+    assert docs.requests == ["https://idp.example.com/jwks"]
+
+
+class _BrokenKeys(KeyStore):
+    def get_key(self, issuer: Any, alg: str, kid: str | None) -> Any:
+        raise RuntimeError(f"bug holding {kid}")
+
+
+def test_unexpected_exception_becomes_validator_error(mint: Mint, check: Check) -> None:
+    token = mint()
+    decision = check(token, keys=_BrokenKeys(fetch=no_network))
+    assert_refused(decision, "validator_error", token)
+    assert decision.detail == "RuntimeError"
+
+
+def test_every_reason_code_is_produced_by_this_module() -> None:
+    # the tests above trigger each of these; this pins the list itself
+    assert set(REASONS) == {
+        "malformed", "too_large", "unsupported_alg", "untrusted_issuer", "unknown_key",
+        "bad_signature", "expired", "not_yet_valid", "lifetime_too_long", "audience_mismatch",
+        "missing_claim", "role_not_allowed", "database_not_allowed", "client_not_allowed",
+        "jwks_unavailable", "validator_error",
+    }  # fmt: skip
+    assert ValidationError("x").detail == "x"
+
+
+def test_encode_jws_round_trip(dev: DevIssuer, check: Check) -> None:
+    token = encode_jws(
+        {"alg": "EdDSA", "kid": dev.current_kid("EdDSA")},
+        claims(),
+        dev.private_key(dev.current_kid("EdDSA")),
+    )
+    assert check(token).ok
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.one_of(st.text(max_size=300), st.binary(max_size=300)))
+def test_arbitrary_input_never_raises_and_never_logs_in(
+    check: Check, junk: Any
+) -> None:
+    decision = check(junk)
+    assert not decision.ok
+    assert decision.reason in REASONS
+    assert decision.claims is None
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.data())
+def test_any_single_character_change_is_refused(
+    mint: Mint, check: Check, data: Any
+) -> None:
+    token = mint(alg=data.draw(st.sampled_from(["RS256", "ES256", "EdDSA"])))
+    position = data.draw(st.integers(0, len(token) - 1))
+    replacement = data.draw(st.sampled_from("AQgw_-.=x9 "))
+    mutated = token[:position] + replacement + token[position + 1 :]
+    if mutated == token:
+        return
+    decision = check(mutated)
+    # changing bits a base64url decoder ignores can leave the bytes intact
+    if decision.ok:
+        assert base64.urlsafe_b64decode(
+            mutated.split(".")[2] + "=="
+        ) == base64.urlsafe_b64decode(token.split(".")[2] + "==")
+    else:
+        assert decision.reason in REASONS
+
+
+def test_embedded_and_remote_key_headers_are_never_used(
+    mint: Mint, check: Check
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    attacker = ec.generate_private_key(ec.SECP256R1())
+    attacker_jwk = ECAlgorithm.to_jwk(attacker.public_key(), as_dict=True)
+    header = {
+        "alg": "ES256",
+        "jwk": attacker_jwk,
+        "jku": "https://evil.example.com/jwks",
+        "x5u": "https://evil.example.com/cert",
+        "x5c": ["MIIB"],
+    }
+    token = encode_jws(
+        header, claims(), attacker
+    )  # no kid: the one published ES256 key
+    decision = check(token)  # the check fixture's key store fails any fetch
+    assert_refused(decision, "bad_signature", token)
+    token = encode_jws(dict(header, kid="es256-1"), claims(), attacker)
+    assert_refused(check(token), "bad_signature", token)
+
+
+def test_numbers_beyond_float_range_are_malformed(dev: DevIssuer, check: Check) -> None:
+    kid = dev.current_kid("ES256")
+    body = json.dumps(claims()).encode()[:-1] + b', "huge": 1e400}'
+    token = encode_jws({"alg": "ES256", "kid": kid}, body, dev.private_key(kid))
+    decision = check(token)
+    assert_refused(decision, "malformed", token)
