@@ -13,12 +13,7 @@ PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_con
 SERVER_PYTHON ?= /usr/bin/python3
 
 MODULE_big = pg_oauth
-OBJS = \
-	pg_oauth_ext/pg_oauth.o \
-	pg_oauth_ext/auth_hook.o \
-	pg_oauth_ext/token_queue.o \
-	pg_oauth_ext/validator_worker.o \
-	pg_oauth_ext/session_state.o
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard pg_oauth_ext/*.c)))
 
 MODULEDIR = extension
 # The install script is assembled from one file per concern in sql/src/

@@ -38,20 +38,80 @@
 
 static ClientAuthentication_hook_type prev_client_auth_hook = NULL;
 
+/* One login attempt, from the hook's start to its decision. */
+typedef struct LoginAttempt
+{
+	Port	   *port;
+	TimestampTz started;
+	const char *client_addr;	/* NULL: Unix socket */
+	bool		token_seen;		/* a token was presented: counts for rate limits */
+	TokenDecision *decision;	/* NULL until a worker answered */
+} LoginAttempt;
+
+/* Refusals that say nothing about the client: never held against its address. */
+static bool
+server_side_reason(const char *reason)
+{
+	return strncmp(reason, "validator_", 10) == 0 || strcmp(reason, "jwks_unavailable") == 0 ||
+		strcmp(reason, "rate_limited") == 0;
+}
+
+/* The audit line, the audit ring and the counters: one call per attempt. */
+static void
+finish_attempt(LoginAttempt *a, bool ok, const char *reason)
+{
+	AuditRecord rec;
+	TokenDecision *d = a->decision;
+	Port	   *port = a->port;
+
+	memset(&rec, 0, sizeof(rec));
+	rec.at = GetCurrentTimestamp();
+	rec.ok = ok;
+	rec.ssl = port->ssl_in_use;
+	rec.pid = MyProcPid;
+	rec.elapsed_us = (int64) (rec.at - a->started);
+	rec.queue_us = d ? d->queue_us : -1;
+	strlcpy(rec.reason, reason, sizeof(rec.reason));
+	strlcpy(rec.role, port->user_name ? port->user_name : "", sizeof(rec.role));
+	strlcpy(rec.database, port->database_name ? port->database_name : "", sizeof(rec.database));
+	strlcpy(rec.client_addr, a->client_addr ? a->client_addr : "", sizeof(rec.client_addr));
+	if (d)
+	{
+		/* pyhook fills issuer/subject/token id only once the signature verified */
+		strlcpy(rec.issuer, d->issuer ? d->issuer : "", sizeof(rec.issuer));
+		strlcpy(rec.subject, d->subject ? d->subject : "", sizeof(rec.subject));
+		strlcpy(rec.token_id, d->token_id ? d->token_id : "", sizeof(rec.token_id));
+		strlcpy(rec.kid, d->kid, sizeof(rec.kid));
+		strlcpy(rec.alg, d->alg, sizeof(rec.alg));
+	}
+	audit_log_record(&rec);
+	login_stats_record(d ? d->issuer : NULL, reason, ok,
+					   d ? d->key_cache_hit : -1,
+					   d ? d->validation_us : -1,
+					   d ? d->queue_us : -1);
+}
+
 /*
  * Refuse the login.  The server log always gets the reason and the whole
- * sentence; pg_oauth.client_detail decides what the client reads.
+ * sentence; pg_oauth.client_detail decides what the client reads.  A client
+ * address that keeps presenting bad tokens waits a little longer each time.
  */
 static void
-refuse(Port *port, const char *reason, const char *detail, const char *hint,
-	   const TokenDecision *decision)
+refuse(LoginAttempt *a, const char *reason, const char *detail, const char *hint)
 pg_attribute_noreturn();
 
 static void
-refuse(Port *port, const char *reason, const char *detail, const char *hint,
-	   const TokenDecision *decision)
+refuse(LoginAttempt *a, const char *reason, const char *detail, const char *hint)
 {
 	StringInfoData logdetail;
+	TokenDecision *decision = a->decision;
+	int			delay = 0;
+
+	finish_attempt(a, false, reason);
+	if (a->token_seen && !server_side_reason(reason))
+		delay = rate_limit_record_failure(a->client_addr ? a->client_addr : "local");
+	if (delay > 0)
+		rate_limit_sleep(delay);
 
 	initStringInfo(&logdetail);
 	appendStringInfo(&logdetail, "reason=%s: %s", reason, detail);
@@ -63,7 +123,7 @@ refuse(Port *port, const char *reason, const char *detail, const char *hint,
 
 	ereport(FATAL,
 			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-			 errmsg("JWT authentication failed for user \"%s\"", port->user_name),
+			 errmsg("JWT authentication failed for user \"%s\"", a->port->user_name),
 			 pg_oauth_client_detail == CLIENT_DETAIL_FULL ?
 			 errdetail("reason=%s: %s", reason, detail) :
 			 pg_oauth_client_detail == CLIENT_DETAIL_REASON ?
@@ -114,8 +174,9 @@ option_sets_forbidden(const char *opt)
  * become a session acting as another role.
  */
 static void
-check_startup_options(Port *port)
+check_startup_options(LoginAttempt *a)
 {
+	Port	   *port = a->port;
 	ListCell   *lc;
 
 	/* name/value pairs sent as startup packet parameters */
@@ -125,10 +186,9 @@ check_startup_options(Port *port)
 
 		lc = lnext(port->guc_options, lc);
 		if (is_forbidden_setting(name, strlen(name)))
-			refuse(port, "startup_option_forbidden",
+			refuse(a, "startup_option_forbidden",
 				   psprintf("startup parameter \"%s\" is not allowed on token logins", name),
-				   "Connect as the role you need; SET ROLE after login is subject to normal privileges.",
-				   NULL);
+				   "Connect as the role you need; SET ROLE after login is subject to normal privileges.");
 		if (lc == NULL)
 			break;
 	}
@@ -153,10 +213,9 @@ check_startup_options(Port *port)
 			else if (strncmp(arg, "-c", 2) == 0)
 				setting = (arg[2] != '\0') ? arg + 2 : (i + 1 < ac ? av[++i] : NULL);
 			if (setting && option_sets_forbidden(setting))
-				refuse(port, "startup_option_forbidden",
+				refuse(a, "startup_option_forbidden",
 					   "startup options may not set role or session_authorization on token logins",
-					   "Connect as the role you need; SET ROLE after login is subject to normal privileges.",
-					   NULL);
+					   "Connect as the role you need; SET ROLE after login is subject to normal privileges.");
 		}
 	}
 }
@@ -183,8 +242,9 @@ discard_bytes(size_t n)
  * NUL-terminated string; *len excludes the terminator.
  */
 static char *
-read_token(Port *port, int *len)
+read_token(LoginAttempt *a, int *len)
 {
+	Port	   *port = a->port;
 	int			mtype;
 	uint32		netlen;
 	int64		body;
@@ -212,6 +272,7 @@ read_token(Port *port, int *len)
 				(errcode(ERRCODE_PROTOCOL_VIOLATION),
 				 errmsg("invalid password packet length")));
 
+	a->token_seen = true;
 	/* body includes the terminating NUL */
 	if (body > (int64) pg_oauth_max_token_bytes + 1)
 	{
@@ -219,10 +280,10 @@ read_token(Port *port, int *len)
 		if (body <= OVERSIZE_DRAIN_LIMIT)
 			discard_bytes((size_t) body);
 		pq_endmsgread();
-		refuse(port, "too_large",
+		refuse(a, "too_large",
 			   psprintf("the token is %lld bytes; pg_oauth.max_token_bytes is %d",
 						(long long) (body - 1), pg_oauth_max_token_bytes),
-			   NULL, NULL);
+			   NULL);
 	}
 
 	buf = palloc(body + 1);
@@ -234,8 +295,8 @@ read_token(Port *port, int *len)
 	if (body < 2 || buf[body - 1] != '\0' || strlen(buf) != (size_t) (body - 1))
 	{
 		explicit_bzero(buf, body);
-		refuse(port, "malformed", "the password is empty or not a single string",
-			   "Send the JWT as the password.", NULL);
+		refuse(a, "malformed", "the password is empty or not a single string",
+			   "Send the JWT as the password.");
 	}
 	*len = (int) (body - 1);
 	return buf;
@@ -336,6 +397,8 @@ hint_for(const char *reason)
 static void
 authenticate_with_token(Port *port)
 {
+	LoginAttempt attempt;
+	LoginAttempt *a = &attempt;
 	TokenRequest req;
 	TokenDecision decision;
 	char		addrbuf[NI_MAXHOST];
@@ -343,56 +406,77 @@ authenticate_with_token(Port *port)
 	int			token_len = 0;
 	HeapTuple	roletup;
 	bool		rolsuper;
+	int			live;
 
-	/* Before asking: a token must never cross the network in clear. */
+	memset(a, 0, sizeof(*a));
+	a->port = port;
+	a->started = GetCurrentTimestamp();
+	a->client_addr = client_address(port, addrbuf, sizeof(addrbuf));
+
+	/* Cheap refusals first: none of these asks for a token or needs a worker. */
+	if (rate_limit_blocked(a->client_addr ? a->client_addr : "local"))
+		refuse(a, "rate_limited",
+			   "too many refused token logins from this address; it is blocked for pg_oauth.rate_limit_window",
+			   "Wait, then log in with a valid token.");
+
+	/* A token must never cross the network in clear. */
 	if (pg_oauth_require_ssl && !connection_encrypted(port) &&
 		port->raddr.addr.ss_family != AF_UNIX)
-		refuse(port, "ssl_required",
+		refuse(a, "ssl_required",
 			   "token logins need an encrypted connection; the token was not requested",
-			   "Connect with sslmode=require (or verify-full).", NULL);
+			   "Connect with sslmode=require (or verify-full).");
 
-	check_startup_options(port);
+	check_startup_options(a);
 
-	token = read_token(port, &token_len);
+	token = read_token(a, &token_len);
 	if (!looks_like_jws(token, token_len))
 	{
 		explicit_bzero(token, token_len);
-		refuse(port, "malformed", "the password is not a compact JWS (three base64url parts)",
-			   "Send the JWT as the password.", NULL);
+		refuse(a, "malformed", "the password is not a compact JWS (three base64url parts)",
+			   "Send the JWT as the password.");
 	}
 
 	req.token = token;
 	req.token_len = token_len;
 	req.role = port->user_name;
 	req.database = port->database_name ? port->database_name : "";
-	req.client_addr = client_address(port, addrbuf, sizeof(addrbuf));
+	req.client_addr = a->client_addr;
 	req.ssl = port->ssl_in_use;
 	token_queue_validate(&req, &decision);
 	explicit_bzero(token, token_len);
+	a->decision = &decision;
 
 	if (!decision.ok)
-		refuse(port, decision.reason, decision.detail, hint_for(decision.reason), &decision);
+		refuse(a, decision.reason, decision.detail, hint_for(decision.reason));
 
 	if (!role_in_list(port->user_name, decision.allowed_roles))
-		refuse(port, "role_not_allowed",
+		refuse(a, "role_not_allowed",
 			   psprintf("the token allows roles: %s", roles_as_text(decision.allowed_roles)),
-			   NULL, &decision);
+			   NULL);
 
 	/* pg_authid is a shared catalog, readable before a database is chosen. */
 	roletup = SearchSysCache1(AUTHNAME, CStringGetDatum(port->user_name));
 	if (!HeapTupleIsValid(roletup))
-		refuse(port, "unknown_role",
-			   psprintf("role \"%s\" does not exist", port->user_name),
-			   NULL, &decision);
+		refuse(a, "unknown_role",
+			   psprintf("role \"%s\" does not exist", port->user_name), NULL);
 	rolsuper = ((Form_pg_authid) GETSTRUCT(roletup))->rolsuper;
 	ReleaseSysCache(roletup);
 	if (rolsuper && !pg_oauth_allow_superuser)
-		refuse(port, "superuser_forbidden",
+		refuse(a, "superuser_forbidden",
 			   psprintf("role \"%s\" is a superuser and pg_oauth.allow_superuser is off",
 						port->user_name),
-			   NULL, &decision);
+			   NULL);
+
+	/* oauth.sessions, and the subject's session limit, counted atomically */
+	live = session_registry_enter(&decision, port->user_name, req.database, a->client_addr);
+	if (live >= 0)
+		refuse(a, "too_many_connections",
+			   psprintf("subject already has %d live token sessions (limit %d)",
+						live, decision.max_sessions),
+			   "Close another session of this identity first.");
 
 	session_state_remember(&decision, port->user_name);
+	finish_attempt(a, true, "ok");
 
 	if (Log_connections)
 		ereport(LOG,

@@ -31,6 +31,13 @@ int			pg_oauth_timeout_ms = 5000;
 int			pg_oauth_max_token_bytes = 16384;
 bool		pg_oauth_allow_superuser = false;
 int			pg_oauth_client_detail = CLIENT_DETAIL_REASON;
+int			pg_oauth_session_expiry = SESSION_EXPIRY_OFF;
+int			pg_oauth_session_expiry_grace = 0;
+bool		pg_oauth_audit_log = true;
+int			pg_oauth_audit_retention = 30 * 24 * 60;
+int			pg_oauth_rate_limit_failures = 10;
+int			pg_oauth_rate_limit_window = 60;
+int			pg_oauth_rate_limit_max_delay = 1000;
 
 bool		pg_oauth_loaded_at_startup = false;
 
@@ -44,14 +51,29 @@ static const struct config_enum_entry client_detail_options[] = {
 	{NULL, 0, false}
 };
 
+static const struct config_enum_entry session_expiry_options[] = {
+	{"off", SESSION_EXPIRY_OFF, false},
+	{"idle", SESSION_EXPIRY_IDLE, false},
+	{"always", SESSION_EXPIRY_ALWAYS, false},
+	{NULL, 0, false}
+};
+
 void		_PG_init(void);
 
 static void
 pg_oauth_shmem_request(void)
 {
+	Size		size;
+
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	token_queue_shmem_request();
+	size = token_queue_shmem_size();
+	size = add_size(size, session_registry_shmem_size());
+	size = add_size(size, login_stats_shmem_size());
+	size = add_size(size, rate_limit_shmem_size());
+	size = add_size(size, audit_log_shmem_size());
+	RequestAddinShmemSpace(size);
+	RequestNamedLWLockTranche("pg_oauth", PG_OAUTH_NUM_LOCKS);
 }
 
 static void
@@ -59,7 +81,13 @@ pg_oauth_shmem_startup(void)
 {
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	token_queue_shmem_startup();
+	session_registry_shmem_startup();
+	login_stats_shmem_startup();
+	rate_limit_shmem_startup();
+	audit_log_shmem_startup();
+	LWLockRelease(AddinShmemInitLock);
 }
 
 static void
@@ -130,6 +158,63 @@ define_settings(void)
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomEnumVariable("pg_oauth.session_expiry",
+							 "Whether token sessions end when their token expires: off, idle (when waiting for a command) or always.",
+							 NULL,
+							 &pg_oauth_session_expiry,
+							 SESSION_EXPIRY_OFF,
+							 session_expiry_options,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_oauth.session_expiry_grace",
+							"How long after its token's expiry a token session may go on.",
+							NULL,
+							&pg_oauth_session_expiry_grace,
+							0, 0, 7 * 24 * 3600,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("pg_oauth.audit_log",
+							 "Also keep login attempts in the table oauth.audit_log (the server log always gets a line).",
+							 NULL,
+							 &pg_oauth_audit_log,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_oauth.audit_retention",
+							"How long rows stay in oauth.audit_log; 0 keeps them.",
+							NULL,
+							&pg_oauth_audit_retention,
+							30 * 24 * 60, 0, INT_MAX / 2,
+							PGC_SIGHUP, GUC_UNIT_MIN,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_oauth.rate_limit_failures",
+							"Refused token logins from one client address within the window before it is blocked; 0 disables.",
+							NULL,
+							&pg_oauth_rate_limit_failures,
+							10, 0, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_oauth.rate_limit_window",
+							"Window for counting refusals per client address, and how long a block lasts.",
+							NULL,
+							&pg_oauth_rate_limit_window,
+							60, 1, 24 * 3600,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_oauth.rate_limit_max_delay",
+							"Longest delay added to a refusal of a client address that keeps failing.",
+							NULL,
+							&pg_oauth_rate_limit_max_delay,
+							1000, 0, 10000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("pg_oauth");
 }
 
@@ -174,5 +259,7 @@ _PG_init(void)
 	shmem_startup_hook = pg_oauth_shmem_startup;
 
 	pg_oauth_install_auth_hook();
+	session_registry_install_hooks();
 	pg_oauth_register_workers();
+	pg_oauth_register_housekeeper();
 }

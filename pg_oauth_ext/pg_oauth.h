@@ -34,6 +34,10 @@
 #define PG_OAUTH_REASON_LEN			32
 #define PG_OAUTH_DETAIL_LEN			512
 #define PG_OAUTH_WORKER_ERROR_LEN	256
+/* issuer, subject, token id as kept in shared memory (longer ones are cut) */
+#define PG_OAUTH_IDENT_LEN			256
+#define PG_OAUTH_KID_LEN			64
+#define PG_OAUTH_ALG_LEN			16
 
 /* GUCs (pg_oauth.c) */
 extern char *pg_oauth_database;
@@ -44,6 +48,20 @@ extern int	pg_oauth_timeout_ms;
 extern int	pg_oauth_max_token_bytes;
 extern bool pg_oauth_allow_superuser;
 extern int	pg_oauth_client_detail;
+extern int	pg_oauth_session_expiry;
+extern int	pg_oauth_session_expiry_grace;
+extern bool pg_oauth_audit_log;
+extern int	pg_oauth_audit_retention;
+extern int	pg_oauth_rate_limit_failures;
+extern int	pg_oauth_rate_limit_window;
+extern int	pg_oauth_rate_limit_max_delay;
+
+typedef enum SessionExpiryMode
+{
+	SESSION_EXPIRY_OFF,
+	SESSION_EXPIRY_IDLE,		/* end an expired session when it waits for a command */
+	SESSION_EXPIRY_ALWAYS		/* end it at once, even mid-query */
+} SessionExpiryMode;
 
 typedef enum ClientDetailLevel
 {
@@ -87,6 +105,11 @@ typedef struct TokenSlot
 	char		detail[PG_OAUTH_DETAIL_LEN];
 	bool		has_expires_at;
 	TimestampTz expires_at;
+	char		kid[PG_OAUTH_KID_LEN];
+	char		alg[PG_OAUTH_ALG_LEN];
+	int			key_cache_hit;	/* 1 hit, 0 miss, -1 unknown */
+	int			max_sessions;	/* -1: no limit */
+	int64		validation_us;	/* time the worker spent, -1 unknown */
 	/* offsets into data[] of NUL-terminated strings; -1 when NULL */
 	int			off_issuer;
 	int			off_subject;
@@ -136,7 +159,8 @@ extern bool pg_oauth_loaded_at_startup;
 
 /* token_queue.c */
 extern Size token_queue_shmem_size(void);
-extern void token_queue_shmem_request(void);
+/* locks of the "pg_oauth" tranche: queue, sessions, audit ring, stats */
+#define PG_OAUTH_NUM_LOCKS			4
 extern void token_queue_shmem_startup(void);
 extern int	token_queue_nslots(void);
 
@@ -156,6 +180,12 @@ typedef struct TokenDecision
 	bool		has_expires_at;
 	TimestampTz expires_at;
 	List	   *allowed_roles;	/* of char * */
+	char		kid[PG_OAUTH_KID_LEN];
+	char		alg[PG_OAUTH_ALG_LEN];
+	int			key_cache_hit;	/* 1 hit, 0 miss, -1 unknown */
+	int			max_sessions;	/* -1: no limit */
+	int64		validation_us;	/* -1 when no worker answered */
+	int64		queue_us;		/* waiting for a worker, -1 unknown */
 } TokenDecision;
 
 typedef struct TokenRequest
@@ -176,6 +206,57 @@ extern void token_queue_complete(TokenSlot *slot, uint64 ticket);
 extern void token_queue_fail(TokenSlot *slot, const char *reason, const char *detail);
 extern void token_queue_set_worker_state(int worker, WorkerState state, const char *error);
 extern void token_queue_worker_exit(int worker);
+
+/* session_registry.c */
+extern Size session_registry_shmem_size(void);
+extern void session_registry_shmem_startup(void);
+extern int	session_registry_enter(const TokenDecision *decision, const char *role,
+								   const char *database, const char *client_addr);
+extern int	session_registry_end_expired(int mode, int grace_s);
+extern void session_registry_install_hooks(void);
+
+/* login_stats.c */
+extern Size login_stats_shmem_size(void);
+extern void login_stats_shmem_startup(void);
+extern void login_stats_record(const char *issuer, const char *reason, bool ok,
+							   int key_cache_hit, int64 validation_us, int64 queue_us);
+
+/* rate_limit.c */
+extern Size rate_limit_shmem_size(void);
+extern void rate_limit_shmem_startup(void);
+extern bool rate_limit_blocked(const char *addr);
+extern int	rate_limit_record_failure(const char *addr);
+extern void rate_limit_sleep(int ms);
+
+/* audit_log.c */
+typedef struct AuditRecord
+{
+	TimestampTz at;
+	bool		ok;
+	bool		ssl;
+	int			pid;
+	int64		elapsed_us;
+	int64		queue_us;
+	char		reason[PG_OAUTH_REASON_LEN];
+	char		role[NAMEDATALEN];
+	char		database[NAMEDATALEN];
+	char		client_addr[64];
+	char		issuer[PG_OAUTH_IDENT_LEN];
+	char		subject[PG_OAUTH_IDENT_LEN];
+	char		token_id[PG_OAUTH_IDENT_LEN];
+	char		kid[PG_OAUTH_KID_LEN];
+	char		alg[PG_OAUTH_ALG_LEN];
+} AuditRecord;
+
+extern Size audit_log_shmem_size(void);
+extern void audit_log_shmem_startup(void);
+extern void audit_log_record(const AuditRecord *rec);
+extern int	audit_log_take(AuditRecord *out, int max);
+extern uint64 audit_log_dropped(void);
+
+/* housekeeper.c */
+extern void pg_oauth_register_housekeeper(void);
+PGDLLEXPORT void pg_oauth_housekeeper_main(Datum main_arg);
 
 /* validator_worker.c */
 extern void pg_oauth_register_workers(void);

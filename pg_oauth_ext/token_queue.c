@@ -43,12 +43,6 @@ token_queue_shmem_size(void)
 					mul_size(token_queue_nslots(), sizeof(TokenSlot)));
 }
 
-void
-token_queue_shmem_request(void)
-{
-	RequestAddinShmemSpace(token_queue_shmem_size());
-	RequestNamedLWLockTranche("pg_oauth", 1);
-}
 
 void
 token_queue_shmem_startup(void)
@@ -56,7 +50,6 @@ token_queue_shmem_startup(void)
 	bool		found;
 	int			i;
 
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	pg_oauth_shared = ShmemInitStruct("pg_oauth", token_queue_shmem_size(), &found);
 	if (!found)
 	{
@@ -71,7 +64,6 @@ token_queue_shmem_startup(void)
 		for (i = 0; i < pg_oauth_workers; i++)
 			pg_oauth_shared->workers[i].state = WORKER_STARTING;
 	}
-	LWLockRelease(AddinShmemInitLock);
 }
 
 static void
@@ -84,6 +76,9 @@ set_failure(TokenSlot *slot, const char *reason, const char *detail)
 	slot->off_claims = slot->off_roles = -1;
 	slot->n_roles = 0;
 	slot->has_expires_at = false;
+	slot->kid[0] = slot->alg[0] = '\0';
+	slot->key_cache_hit = -1;
+	slot->max_sessions = -1;
 }
 
 static void
@@ -93,6 +88,10 @@ decision_fail(TokenDecision *out, const char *reason, const char *detail)
 	out->ok = false;
 	strlcpy(out->reason, reason, sizeof(out->reason));
 	strlcpy(out->detail, detail, sizeof(out->detail));
+	out->key_cache_hit = -1;
+	out->max_sessions = -1;
+	out->validation_us = -1;
+	out->queue_us = -1;
 }
 
 /* Free a slot the caller owns (lock held); wipes whatever token bytes remain. */
@@ -200,6 +199,12 @@ copy_decision(TokenSlot *slot, TokenDecision *out)
 	out->claims = slot->off_claims >= 0 ? pstrdup(slot->data + slot->off_claims) : NULL;
 	out->has_expires_at = slot->has_expires_at;
 	out->expires_at = slot->expires_at;
+	strlcpy(out->kid, slot->kid, sizeof(out->kid));
+	strlcpy(out->alg, slot->alg, sizeof(out->alg));
+	out->key_cache_hit = slot->key_cache_hit;
+	out->max_sessions = slot->max_sessions;
+	out->validation_us = slot->validation_us;
+	out->queue_us = -1;
 	out->allowed_roles = NIL;
 	if (slot->off_roles >= 0)
 	{
@@ -222,6 +227,7 @@ void
 token_queue_validate(const TokenRequest *req, TokenDecision *out)
 {
 	TimestampTz deadline;
+	TimestampTz submitted;
 	TokenSlot  *slot = NULL;
 	PGPROC	   *wake = NULL;
 	int			ready,
@@ -303,6 +309,7 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 	memcpy(slot->data, req->token, req->token_len);
 	slot->data[req->token_len] = '\0';
 
+	submitted = GetCurrentTimestamp();
 	LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
 	slot->state = SLOT_PENDING;
 	wake = pick_idle_worker_locked();
@@ -349,6 +356,8 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 	}
 
 	copy_decision(slot, out);
+	if (out->validation_us >= 0)
+		out->queue_us = Max(0, (int64) (GetCurrentTimestamp() - submitted) - out->validation_us);
 
 	LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
 	slot_release_locked(slot);
@@ -387,6 +396,7 @@ token_queue_claim(int worker, uint64 *ticket)
 	{
 		best->state = SLOT_WORKING;
 		best->worker = worker;
+		best->validation_us = -1;
 		*ticket = best->ticket;
 		w->state = WORKER_BUSY;
 		w->requests++;

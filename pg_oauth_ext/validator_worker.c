@@ -161,7 +161,7 @@ ready_step(void *arg)
 		Oid			argtypes[6] = {TEXTOID, TEXTOID, TEXTOID, INETOID, BOOLOID, INT8OID};
 
 		plan = SPI_prepare("SELECT ok, reason, detail, allowed_roles, issuer, subject, "
-						   "token_id, expires_at, claims::text "
+						   "token_id, expires_at, claims::text, kid, alg, key_cache, max_sessions "
 						   "FROM oauth.validate($1, $2, $3, $4, $5, $6)",
 						   6, argtypes);
 		if (plan == NULL)
@@ -309,6 +309,15 @@ validate_step(void *arg)
 	if (fits && (s = text_column(tup, desc, 9)) != NULL)
 		fits = put_string(slot, &used, s, &slot->off_claims);
 
+	s = text_column(tup, desc, 10);
+	strlcpy(slot->kid, s ? s : "", sizeof(slot->kid));
+	s = text_column(tup, desc, 11);
+	strlcpy(slot->alg, s ? s : "", sizeof(slot->alg));
+	s = text_column(tup, desc, 12);
+	slot->key_cache_hit = s == NULL ? -1 : (strcmp(s, "hit") == 0 ? 1 : 0);
+	d = SPI_getbinval(tup, desc, 13, &isnull);
+	slot->max_sessions = isnull ? -1 : DatumGetInt32(d);
+
 	if (!fits)
 		token_queue_fail(slot, "validator_error",
 						 "the validator's decision is too large to hand back");
@@ -321,6 +330,7 @@ handle_request(TokenSlot *slot, uint64 ticket)
 	ErrorData  *edata;
 	char	   *token;
 	int			token_len = slot->token_len;
+	TimestampTz started;
 
 	MemoryContextReset(request_context);
 	MemoryContextSwitchTo(request_context);
@@ -349,7 +359,9 @@ handle_request(TokenSlot *slot, uint64 ticket)
 		call.values[5] = Int64GetDatum((int64) pg_atomic_read_u64(&pg_oauth_shared->config_version));
 
 	pgstat_report_activity(STATE_RUNNING, "pg_oauth: validating a token");
+	started = GetCurrentTimestamp();
 	edata = run_in_transaction(validate_step, &call);
+	slot->validation_us = (int64) (GetCurrentTimestamp() - started);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	explicit_bzero(token, token_len);

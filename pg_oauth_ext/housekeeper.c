@@ -1,0 +1,264 @@
+/*-------------------------------------------------------------------------
+ *
+ * housekeeper.c
+ *	  One background worker that does the work nobody should wait for:
+ *	  ending token sessions whose token expired, writing audit records into
+ *	  oauth.audit_log, and trimming that table to pg_oauth.audit_retention.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_oauth.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/inet.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#define HOUSEKEEPER_TICK_MS		500
+#define AUDIT_BATCH				64
+#define EXTENSION_RECHECK_MS	10000
+#define RETENTION_EVERY_MS		(10 * 60 * 1000)
+
+static SPIPlanPtr insert_plan = NULL;
+static MemoryContext tick_context = NULL;
+
+void
+pg_oauth_register_housekeeper(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_oauth");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "pg_oauth_housekeeper_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_oauth housekeeper");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "pg_oauth housekeeper");
+	RegisterBackgroundWorker(&worker);
+}
+
+/* Run one SPI step in its own transaction; errors are logged, not raised. */
+static bool
+housekeeper_transaction(void (*step) (void *), void *arg, const char *what)
+{
+	volatile bool ok = true;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, what);
+		step(arg);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(tick_context);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(LOG, (errmsg("pg_oauth housekeeper: %s failed: %s", what, edata->message)));
+		ok = false;
+		insert_plan = NULL;		/* the extension may have been dropped */
+	}
+	PG_END_TRY();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	MemoryContextSwitchTo(tick_context);
+	return ok;
+}
+
+static void
+extension_step(void *arg)
+{
+	bool	   *installed = (bool *) arg;
+
+	if (SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_oauth'",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up the pg_oauth extension");
+	*installed = (SPI_processed == 1);
+}
+
+typedef struct AuditBatch
+{
+	AuditRecord *records;
+	int			n;
+} AuditBatch;
+
+static Datum
+text_or_null(const char *s, char *isnull)
+{
+	*isnull = (s[0] == '\0') ? 'n' : ' ';
+	return s[0] == '\0' ? (Datum) 0 : CStringGetTextDatum(s);
+}
+
+static void
+audit_insert_step(void *arg)
+{
+	AuditBatch *batch = (AuditBatch *) arg;
+	int			i;
+
+	if (insert_plan == NULL)
+	{
+		Oid			types[14] = {TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+			TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INETOID, BOOLOID, FLOAT8OID, FLOAT8OID};
+		SPIPlanPtr	plan = SPI_prepare(
+									   "INSERT INTO oauth.audit_log (at, outcome, reason, issuer, subject, token_id, "
+									   "kid, alg, role, database, client_addr, ssl, elapsed_ms, queue_ms) "
+									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+									   14, types);
+
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not prepare the audit insert: %s",
+				 SPI_result_code_string(SPI_result));
+		insert_plan = plan;
+	}
+
+	for (i = 0; i < batch->n; i++)
+	{
+		AuditRecord *r = &batch->records[i];
+		Datum		v[14];
+		char		n[14];
+
+		memset(n, ' ', sizeof(n));
+		v[0] = TimestampTzGetDatum(r->at);
+		v[1] = CStringGetTextDatum(r->ok ? "ok" : "refused");
+		v[2] = CStringGetTextDatum(r->reason);
+		v[3] = text_or_null(r->issuer, &n[3]);
+		v[4] = text_or_null(r->subject, &n[4]);
+		v[5] = text_or_null(r->token_id, &n[5]);
+		v[6] = text_or_null(r->kid, &n[6]);
+		v[7] = text_or_null(r->alg, &n[7]);
+		v[8] = text_or_null(r->role, &n[8]);
+		v[9] = text_or_null(r->database, &n[9]);
+		if (r->client_addr[0] != '\0')
+			v[10] = DirectFunctionCall1(inet_in, CStringGetDatum(r->client_addr));
+		else
+		{
+			v[10] = (Datum) 0;
+			n[10] = 'n';
+		}
+		v[11] = BoolGetDatum(r->ssl);
+		v[12] = Float8GetDatum(r->elapsed_us / 1000.0);
+		if (r->queue_us >= 0)
+			v[13] = Float8GetDatum(r->queue_us / 1000.0);
+		else
+		{
+			v[13] = (Datum) 0;
+			n[13] = 'n';
+		}
+		if (SPI_execute_plan(insert_plan, v, n, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "audit insert failed");
+	}
+}
+
+static void
+retention_step(void *arg)
+{
+	char		query[256];
+
+	snprintf(query, sizeof(query),
+			 "DELETE FROM oauth.audit_log WHERE at < now() - interval '%d minutes'",
+			 pg_oauth_audit_retention);
+	if (SPI_execute(query, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "audit retention delete failed");
+}
+
+void
+pg_oauth_housekeeper_main(Datum main_arg)
+{
+	bool		installed = false;
+	TimestampTz last_check = 0;
+	TimestampTz last_retention = 0;
+	AuditRecord *records;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(pg_oauth_database, NULL, 0);
+	pgstat_report_appname("pg_oauth housekeeper");
+
+	tick_context = AllocSetContextCreate(TopMemoryContext, "pg_oauth housekeeper",
+										 ALLOCSET_DEFAULT_SIZES);
+	records = MemoryContextAlloc(TopMemoryContext, sizeof(AuditRecord) * AUDIT_BATCH);
+
+	for (;;)
+	{
+		TimestampTz now;
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 HOUSEKEEPER_TICK_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		MemoryContextReset(tick_context);
+		MemoryContextSwitchTo(tick_context);
+
+		/* Shared memory only: works on a standby and without the extension. */
+		session_registry_end_expired(pg_oauth_session_expiry, pg_oauth_session_expiry_grace);
+
+		/* A standby queues no audit records (audit_log_record checks). */
+		if (RecoveryInProgress())
+			continue;
+
+		now = GetCurrentTimestamp();
+		if (!installed && TimestampDifferenceExceeds(last_check, now, EXTENSION_RECHECK_MS))
+		{
+			last_check = now;
+			if (!housekeeper_transaction(extension_step, &installed, "pg_oauth: checking extension"))
+				installed = false;
+		}
+		if (!installed)
+		{
+			/* no table to write to: keep the ring from filling with old records */
+			(void) audit_log_take(records, AUDIT_BATCH);
+			continue;
+		}
+
+		for (;;)
+		{
+			AuditBatch	batch;
+
+			batch.records = records;
+			batch.n = audit_log_take(records, AUDIT_BATCH);
+			if (batch.n == 0)
+				break;
+			if (!housekeeper_transaction(audit_insert_step, &batch, "pg_oauth: writing audit log"))
+			{
+				installed = false;
+				break;
+			}
+			CHECK_FOR_INTERRUPTS();
+		}
+
+		if (installed && pg_oauth_audit_retention > 0 &&
+			TimestampDifferenceExceeds(last_retention, now, RETENTION_EVERY_MS))
+		{
+			last_retention = now;
+			(void) housekeeper_transaction(retention_step, NULL, "pg_oauth: trimming audit log");
+		}
+	}
+}

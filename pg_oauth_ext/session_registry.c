@@ -1,0 +1,321 @@
+/*-------------------------------------------------------------------------
+ *
+ * session_registry.c
+ *	  Every live token session in shared memory: the oauth.sessions view,
+ *	  per-subject connection limits, ending sessions whose token expired or
+ *	  was revoked, and the clear FATAL those sessions get.
+ *
+ * Entries are indexed by backend id, so a backend finds its own without a
+ * search.  Sessions are ended by the housekeeper worker (expiry) or by
+ * oauth.revoke() with SIGTERM; the backend's emit_log_hook turns the
+ * generic "terminating connection" FATAL into one that says why.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_oauth.h"
+
+#include <signal.h>
+
+#include "access/htup_details.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/backendid.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/elog.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+PG_FUNCTION_INFO_V1(pg_oauth_fn_sessions);
+PG_FUNCTION_INFO_V1(pg_oauth_fn_end_sessions);
+
+typedef enum SessionEnd
+{
+	SESSION_LIVE = 0,
+	SESSION_END_EXPIRED,
+	SESSION_END_REVOKED
+} SessionEnd;
+
+typedef struct SessionEntry
+{
+	pid_t		pid;			/* 0: free */
+	PGPROC	   *proc;
+	SessionEnd	end;			/* set by whoever ends the session */
+	TimestampTz login_time;
+	bool		has_expires_at;
+	TimestampTz expires_at;
+	char		role[NAMEDATALEN];
+	char		database[NAMEDATALEN];
+	char		client_addr[64];
+	char		issuer[PG_OAUTH_IDENT_LEN];
+	char		subject[PG_OAUTH_IDENT_LEN];
+	char		token_id[PG_OAUTH_IDENT_LEN];
+} SessionEntry;
+
+typedef struct SessionRegistry
+{
+	LWLock	   *lock;
+	int			nentries;
+	SessionEntry entries[FLEXIBLE_ARRAY_MEMBER];
+} SessionRegistry;
+
+static SessionRegistry *registry = NULL;
+static emit_log_hook_type prev_emit_log_hook = NULL;
+static int	my_entry = -1;
+
+Size
+session_registry_shmem_size(void)
+{
+	return add_size(offsetof(SessionRegistry, entries),
+					mul_size(MaxBackends, sizeof(SessionEntry)));
+}
+
+void
+session_registry_shmem_startup(void)
+{
+	bool		found;
+
+	registry = ShmemInitStruct("pg_oauth sessions", session_registry_shmem_size(), &found);
+	if (!found)
+	{
+		memset(registry, 0, session_registry_shmem_size());
+		registry->lock = &(GetNamedLWLockTranche("pg_oauth"))[1].lock;
+		registry->nentries = MaxBackends;
+	}
+}
+
+static void
+registry_exit_callback(int code, Datum arg)
+{
+	if (my_entry < 0 || registry == NULL)
+		return;
+	LWLockAcquire(registry->lock, LW_EXCLUSIVE);
+	if (registry->entries[my_entry].pid == MyProcPid)
+		memset(&registry->entries[my_entry], 0, sizeof(SessionEntry));
+	LWLockRelease(registry->lock);
+	my_entry = -1;
+}
+
+static bool
+same(const char *a, const char *b)
+{
+	return a != NULL && b != NULL && strcmp(a, b) == 0;
+}
+
+/*
+ * Enter this backend's token session, unless its subject already has
+ * max_sessions live sessions with the same issuer (max_sessions < 0: no
+ * limit).  Counting and entering happen under one lock, so concurrent logins
+ * cannot both slip under the limit.  Returns the number of live sessions of
+ * the subject when refused, -1 when entered.
+ */
+int
+session_registry_enter(const TokenDecision *decision, const char *role,
+					   const char *database, const char *client_addr)
+{
+	SessionEntry *e;
+	int			live = 0;
+	int			i;
+
+	if (registry == NULL || MyBackendId == InvalidBackendId || MyBackendId > registry->nentries)
+		return -1;
+
+	LWLockAcquire(registry->lock, LW_EXCLUSIVE);
+	if (decision->max_sessions >= 0 && decision->subject != NULL)
+	{
+		for (i = 0; i < registry->nentries; i++)
+		{
+			SessionEntry *o = &registry->entries[i];
+
+			if (o->pid != 0 && o->end == SESSION_LIVE &&
+				same(o->issuer, decision->issuer) && same(o->subject, decision->subject))
+				live++;
+		}
+		if (live >= decision->max_sessions)
+		{
+			LWLockRelease(registry->lock);
+			return live;
+		}
+	}
+
+	my_entry = MyBackendId - 1;
+	e = &registry->entries[my_entry];
+	memset(e, 0, sizeof(*e));
+	e->pid = MyProcPid;
+	e->proc = MyProc;
+	e->login_time = GetCurrentTimestamp();
+	e->has_expires_at = decision->has_expires_at;
+	e->expires_at = decision->expires_at;
+	strlcpy(e->role, role, sizeof(e->role));
+	strlcpy(e->database, database, sizeof(e->database));
+	strlcpy(e->client_addr, client_addr ? client_addr : "", sizeof(e->client_addr));
+	strlcpy(e->issuer, decision->issuer ? decision->issuer : "", sizeof(e->issuer));
+	strlcpy(e->subject, decision->subject ? decision->subject : "", sizeof(e->subject));
+	strlcpy(e->token_id, decision->token_id ? decision->token_id : "", sizeof(e->token_id));
+	LWLockRelease(registry->lock);
+
+	before_shmem_exit(registry_exit_callback, (Datum) 0);
+	return -1;
+}
+
+/* Mark and signal one session (lock held exclusively). */
+static void
+end_session_locked(SessionEntry *e, SessionEnd why)
+{
+	e->end = why;
+	/* die() in the backend; our emit_log_hook words its FATAL */
+	kill(e->pid, SIGTERM);
+}
+
+/*
+ * Housekeeper: end token sessions whose token has expired (plus the grace).
+ * In "idle" mode only sessions waiting for the client's next command.
+ * Returns how many were ended.
+ */
+int
+session_registry_end_expired(int mode, int grace_s)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			ended = 0;
+	int			i;
+
+	if (registry == NULL || mode == SESSION_EXPIRY_OFF)
+		return 0;
+
+	LWLockAcquire(registry->lock, LW_EXCLUSIVE);
+	for (i = 0; i < registry->nentries; i++)
+	{
+		SessionEntry *e = &registry->entries[i];
+
+		if (e->pid == 0 || e->end != SESSION_LIVE || !e->has_expires_at)
+			continue;
+		if (now < TimestampTzPlusMilliseconds(e->expires_at, (int64) grace_s * 1000))
+			continue;
+		if (mode == SESSION_EXPIRY_IDLE &&
+			((volatile PGPROC *) e->proc)->wait_event_info != WAIT_EVENT_CLIENT_READ)
+			continue;
+		end_session_locked(e, SESSION_END_EXPIRED);
+		ended++;
+	}
+	LWLockRelease(registry->lock);
+	return ended;
+}
+
+/*
+ * The live sessions a revocation covers (NULL arguments match anything, but
+ * at least one must be given), ended at once.
+ */
+Datum
+pg_oauth_fn_end_sessions(PG_FUNCTION_ARGS)
+{
+	char	   *issuer = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *subject = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *token_id = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	int			ended = 0;
+	int			i;
+
+	if (issuer == NULL && subject == NULL && token_id == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a revocation needs an issuer, a subject or a token id")));
+	if (registry == NULL)
+		PG_RETURN_INT32(0);
+
+	LWLockAcquire(registry->lock, LW_EXCLUSIVE);
+	for (i = 0; i < registry->nentries; i++)
+	{
+		SessionEntry *e = &registry->entries[i];
+
+		if (e->pid == 0 || e->end != SESSION_LIVE)
+			continue;
+		if ((issuer && strcmp(e->issuer, issuer) != 0) ||
+			(subject && strcmp(e->subject, subject) != 0) ||
+			(token_id && strcmp(e->token_id, token_id) != 0))
+			continue;
+		end_session_locked(e, SESSION_END_REVOKED);
+		ended++;
+	}
+	LWLockRelease(registry->lock);
+	PG_RETURN_INT32(ended);
+}
+
+Datum
+pg_oauth_fn_sessions(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (registry == NULL)
+		return (Datum) 0;
+
+	for (i = 0; i < registry->nentries; i++)
+	{
+		SessionEntry e;
+		Datum		values[10];
+		bool		nulls[10];
+
+		LWLockAcquire(registry->lock, LW_SHARED);
+		e = registry->entries[i];
+		LWLockRelease(registry->lock);
+		if (e.pid == 0)
+			continue;
+
+		memset(nulls, false, sizeof(nulls));
+		values[0] = Int32GetDatum(e.pid);
+		values[1] = CStringGetTextDatum(e.role);
+		values[2] = CStringGetTextDatum(e.database);
+		values[3] = CStringGetTextDatum(e.issuer);
+		values[4] = CStringGetTextDatum(e.subject);
+		values[5] = CStringGetTextDatum(e.token_id);
+		nulls[5] = (e.token_id[0] == '\0');
+		values[6] = TimestampTzGetDatum(e.expires_at);
+		nulls[6] = !e.has_expires_at;
+		if (e.client_addr[0] != '\0')
+			values[7] = DirectFunctionCall1(inet_in, CStringGetDatum(e.client_addr));
+		else
+			nulls[7] = true;
+		values[8] = TimestampTzGetDatum(e.login_time);
+		values[9] = CStringGetTextDatum(e.end == SESSION_LIVE ? "live" :
+										e.end == SESSION_END_EXPIRED ? "ending: expired" :
+										"ending: revoked");
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * die() reports "terminating connection due to administrator command"; for a
+ * session we ended, say why instead, so the client reads a clear FATAL.
+ */
+static void
+session_emit_log_hook(ErrorData *edata)
+{
+	if (my_entry >= 0 && registry != NULL &&
+		edata->elevel == FATAL && edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+	{
+		SessionEnd	why = registry->entries[my_entry].end;
+
+		if (why != SESSION_LIVE)
+		{
+			edata->sqlerrcode = ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION;
+			edata->message = pstrdup(why == SESSION_END_EXPIRED ?
+									 "pg_oauth: session ended: its token expired" :
+									 "pg_oauth: session ended: its token was revoked");
+			edata->detail = pstrdup(why == SESSION_END_EXPIRED ?
+									"reason=expired" : "reason=revoked");
+			edata->hint = pstrdup("Log in again with a fresh token.");
+		}
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+void
+session_registry_install_hooks(void)
+{
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = session_emit_log_hook;
+}

@@ -1,0 +1,58 @@
+
+------------------------------------------------------------------------------
+-- Audit log and counters
+------------------------------------------------------------------------------
+
+-- One row per login attempt, written by the housekeeper off the login path
+-- (primary only; a standby has the server-log line).
+CREATE TABLE oauth.audit_log (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at          timestamptz NOT NULL,
+    outcome     text NOT NULL CHECK (outcome IN ('ok', 'refused')),
+    reason      text NOT NULL,
+    issuer      text,
+    subject     text,
+    token_id    text,
+    kid         text,
+    alg         text,
+    role        text,
+    database    text,
+    client_addr inet,
+    ssl         boolean,
+    elapsed_ms  float8,
+    queue_ms    float8
+);
+CREATE INDEX audit_log_at_idx ON oauth.audit_log (at);
+CREATE INDEX audit_log_subject_idx ON oauth.audit_log (issuer, subject);
+REVOKE ALL ON oauth.audit_log FROM PUBLIC;
+COMMENT ON TABLE oauth.audit_log IS
+    'Token login attempts (never the token), kept for pg_oauth.audit_retention';
+
+CREATE FUNCTION oauth._stats(
+        OUT issuer text, OUT attempts bigint, OUT successes bigint, OUT refusals jsonb,
+        OUT jwks_fetches_ok bigint, OUT jwks_fetches_failed bigint,
+        OUT key_cache_hits bigint, OUT key_cache_misses bigint,
+        OUT validation_p50_ms float8, OUT validation_p99_ms float8,
+        OUT queue_wait_p50_ms float8, OUT queue_wait_p99_ms float8,
+        OUT since timestamptz)
+    RETURNS SETOF record
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_stats';
+REVOKE ALL ON FUNCTION oauth._stats() FROM PUBLIC;
+
+-- Counters per issuer since the server started or oauth.stats_reset();
+-- issuer NULL: attempts refused before a trusted issuer was established.
+CREATE VIEW oauth.stats AS SELECT * FROM oauth._stats();
+REVOKE ALL ON oauth.stats FROM PUBLIC;
+GRANT SELECT ON oauth.stats TO pg_read_all_stats;
+
+CREATE FUNCTION oauth.stats_reset() RETURNS void
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_stats_reset';
+REVOKE ALL ON FUNCTION oauth.stats_reset() FROM PUBLIC;
+
+-- pyhook reports every discovery/JWKS fetch here.
+CREATE FUNCTION oauth._record_jwks_fetch(issuer text, ok boolean) RETURNS void
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_record_jwks_fetch';
+REVOKE ALL ON FUNCTION oauth._record_jwks_fetch(text, boolean) FROM PUBLIC;
