@@ -136,6 +136,19 @@ audit_log_take(AuditRecord *out, int max)
 }
 
 uint64
+audit_log_pending(void)
+{
+	uint64		n;
+
+	if (ring == NULL)
+		return 0;
+	LWLockAcquire(ring->lock, LW_SHARED);
+	n = ring->head - ring->tail;
+	LWLockRelease(ring->lock);
+	return n;
+}
+
+uint64
 audit_log_dropped(void)
 {
 	uint64		d;

@@ -224,19 +224,21 @@ pg_oauth_housekeeper_main(Datum main_arg)
 		if (RecoveryInProgress())
 			continue;
 
+		/*
+		 * Until CREATE EXTENSION there is no table: records wait in the ring
+		 * (which overwrites its oldest when full), and we look again soon.
+		 */
 		now = GetCurrentTimestamp();
-		if (!installed && TimestampDifferenceExceeds(last_check, now, EXTENSION_RECHECK_MS))
+		if (!installed &&
+			TimestampDifferenceExceeds(last_check, now,
+									   audit_log_pending() > 0 ? HOUSEKEEPER_TICK_MS : EXTENSION_RECHECK_MS))
 		{
 			last_check = now;
 			if (!housekeeper_transaction(extension_step, &installed, "pg_oauth: checking extension"))
 				installed = false;
 		}
 		if (!installed)
-		{
-			/* no table to write to: keep the ring from filling with old records */
-			(void) audit_log_take(records, AUDIT_BATCH);
 			continue;
-		}
 
 		for (;;)
 		{
@@ -246,6 +248,7 @@ pg_oauth_housekeeper_main(Datum main_arg)
 			batch.n = audit_log_take(records, AUDIT_BATCH);
 			if (batch.n == 0)
 				break;
+			/* a failed batch is lost from the table; its log lines remain */
 			if (!housekeeper_transaction(audit_insert_step, &batch, "pg_oauth: writing audit log"))
 			{
 				installed = false;

@@ -252,6 +252,7 @@ extern Size audit_log_shmem_size(void);
 extern void audit_log_shmem_startup(void);
 extern void audit_log_record(const AuditRecord *rec);
 extern int	audit_log_take(AuditRecord *out, int max);
+extern uint64 audit_log_pending(void);
 extern uint64 audit_log_dropped(void);
 
 /* housekeeper.c */

@@ -24,7 +24,7 @@ typedef struct AddressEntry
 	char		addr[64];		/* "" free; "local" for Unix sockets */
 	TimestampTz window_start;
 	int			failures;
-	TimestampTz blocked_until;
+	TimestampTz blocked_at;		/* 0: not blocked; a block lasts one (current) window */
 } AddressEntry;
 
 typedef struct RateLimitTable
@@ -109,7 +109,9 @@ rate_limit_blocked(const char *addr)
 		return false;
 	SpinLockAcquire(&table->mutex);
 	e = lookup(addr, false);
-	if (e && e->blocked_until > GetCurrentTimestamp())
+	if (e && e->blocked_at != 0 &&
+		GetCurrentTimestamp() < TimestampTzPlusMilliseconds(e->blocked_at,
+															(int64) pg_oauth_rate_limit_window * 1000))
 		blocked = true;
 	SpinLockRelease(&table->mutex);
 	return blocked;
@@ -140,8 +142,7 @@ rate_limit_record_failure(const char *addr)
 	}
 	n = ++e->failures;
 	if (n >= pg_oauth_rate_limit_failures)
-		e->blocked_until = TimestampTzPlusMilliseconds(now,
-													   (int64) pg_oauth_rate_limit_window * 1000);
+		e->blocked_at = now;
 	SpinLockRelease(&table->mutex);
 
 	/* no delay for the first refusal; then 25 ms, 50 ms, ... up to the cap */

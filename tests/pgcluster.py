@@ -82,8 +82,10 @@ local   all   {admin}                 scram-sha-256
 host    all   {admin}  127.0.0.1/32   scram-sha-256
 host    all   scram_user 127.0.0.1/32 scram-sha-256
 host    all   md5_user 127.0.0.1/32   md5
+host    replication {admin} 127.0.0.1/32 scram-sha-256
 # token logins (pg_oauth hooks every trust line)
 hostssl all   all      127.0.0.1/32   trust
+hostssl all   all      ::1/128        trust
 host    all   all      127.0.0.1/32   trust
 local   all   all                     trust
 """
@@ -134,7 +136,8 @@ class Cluster:
     def write_config(self) -> None:
         conf: dict[str, Any] = {
             "port": self.port,
-            "listen_addresses": "'127.0.0.1'",
+            # ::1 gives tests a second client address (if the machine has IPv6)
+            "listen_addresses": "'127.0.0.1,::1'",
             "unix_socket_directories": f"'{self.sockdir}'",
             "ssl": "on",
             "ssl_cert_file": "'server.crt'",
@@ -152,6 +155,32 @@ class Cluster:
         (self.data / "postgresql.auto.conf").write_text(
             "# written by tests/pgcluster.py\n" + "\n".join(lines) + "\n")
         (self.data / "pg_hba.conf").write_text(self.hba.format(admin=ADMIN_USER))
+
+    @classmethod
+    def standby_of(cls, primary: "Cluster", **settings: Any) -> "Cluster":
+        """A streaming standby of primary, cloned with pg_basebackup."""
+        standby = cls(settings={
+            **primary.settings, **settings,
+            "primary_conninfo": f"'host=127.0.0.1 port={primary.port} user={ADMIN_USER} "
+                                f"password={ADMIN_PASSWORD}'",
+            "hot_standby": "on",
+        }, preload=primary.preload, hba=primary.hba)
+        standby.base.mkdir(parents=True, exist_ok=True)
+        os.chmod(standby.base, 0o755)
+        standby.sockdir.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            uid = pwd.getpwnam(SERVER_USER).pw_uid
+            os.chown(standby.base, uid, -1)
+            os.chown(standby.sockdir, uid, -1)
+        subprocess.run(
+            _as_server_user([str(PG_BIN / "pg_basebackup"), "-D", str(standby.data),
+                             "-h", "127.0.0.1", "-p", str(primary.port), "-U", ADMIN_USER,
+                             "-X", "stream", "-R", "--no-sync"]),
+            check=True, env={**os.environ, "PGPASSWORD": ADMIN_PASSWORD},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        standby.write_config()
+        return standby
 
     def pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -1,0 +1,138 @@
+"""Audit: one log line and one oauth.audit_log row per attempt; counters in oauth.stats;
+the same on a streaming standby (log line only there)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import CLUSTERS
+from pgcluster import Cluster
+
+
+def wait_rows(cluster, query, params=None, count=1, timeout=15.0):
+    deadline = time.time() + timeout
+    rows: list = []
+    while time.time() < deadline:
+        rows = cluster.sql(query, params)
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.1)
+    raise TimeoutError(f"{query}: {rows}")
+
+
+def attempts(cluster, issuer, refused) -> dict[str, str]:
+    """One attempt per refusal class, plus a success; returns jti per case."""
+    cases = {}
+    ok = issuer.mint(sub="alice", jti="audit-ok")
+    cluster.token_connect("alice", ok).close()
+    cases["ok"] = "audit-ok"
+    assert refused("alice", issuer.mint(sub="alice", lifetime=-300, jti="audit-exp")) == "expired"
+    assert refused("bob", issuer.mint(sub="alice", jti="audit-role")) == "role_not_allowed"
+    assert refused("alice", issuer.mint({"iss": "https://nope.example"}, sub="alice")) == \
+        "untrusted_issuer"
+    assert refused("alice", "not-a-token") == "malformed"
+    assert refused("alice", issuer.mint(sub="alice"), sslmode="disable") == "ssl_required"
+    return cases
+
+
+def test_audit_line_and_row_per_attempt(cluster, issuer, refused):
+    cluster.sql("SELECT oauth.stats_reset()")
+    start = cluster.sql("SELECT now()")[0][0]
+    attempts(cluster, issuer, refused)
+
+    rows = wait_rows(cluster,
+                     "SELECT outcome, reason, issuer, subject, token_id, kid, alg, role, "
+                     "database, host(client_addr), ssl, elapsed_ms FROM oauth.audit_log "
+                     "WHERE at >= %s ORDER BY id", (start,), count=6)
+    by_reason = {r[1]: r for r in rows}
+    ok = by_reason["ok"]
+    assert ok[0] == "ok" and ok[2:5] == (issuer.issuer, "alice", "audit-ok")
+    assert ok[6] == "RS256" and ok[5] and ok[7:11] == ("alice", "postgres", "127.0.0.1", True)
+    assert ok[11] > 0
+    # a refusal after the signature verified names the identity ...
+    role = by_reason["role_not_allowed"]
+    assert role[0] == "refused" and role[3:5] == ("alice", "audit-role") and role[7] == "bob"
+    assert by_reason["expired"][4] == "audit-exp"
+    # ... one before it (or without a token at all) does not
+    for reason in ("untrusted_issuer", "malformed", "ssl_required"):
+        assert by_reason[reason][0] == "refused"
+        assert by_reason[reason][2] is None and by_reason[reason][3] is None
+    assert by_reason["ssl_required"][10] is False
+
+    log = cluster.log_text()
+    for reason in ("ok", "expired", "role_not_allowed", "untrusted_issuer", "malformed",
+                   "ssl_required"):
+        outcome = "ok" if reason == "ok" else "refused"
+        assert f"pg_oauth audit: outcome={outcome} reason={reason} " in log, reason
+    assert 'subject="alice" token_id="audit-ok"' in log
+
+
+def test_stats_counters_move(cluster, issuer, refused):
+    cluster.sql("SELECT oauth.stats_reset()")
+    for _ in range(3):
+        cluster.token_connect("alice", issuer.mint(sub="alice")).close()
+    assert refused("alice", issuer.mint(sub="alice", lifetime=-300)) == "expired"
+    assert refused("alice", issuer.mint(sub="alice", aud="other")) == "audience_mismatch"
+    assert refused("alice", "x.y") == "malformed"
+    rows = cluster.sql("SELECT issuer, attempts, successes, refusals, key_cache_hits, "
+                       "validation_p50_ms, validation_p99_ms, queue_wait_p50_ms FROM oauth.stats")
+    stats = {r[0]: r for r in rows}
+    mine = stats[issuer.issuer]
+    # exp and aud are checked after the signature, so those refusals carry the issuer
+    assert mine[1] == 5 and mine[2] == 3
+    assert mine[3] == {"expired": 1, "audience_mismatch": 1}
+    assert mine[4] >= 5
+    assert mine[5] is not None and mine[6] >= mine[5] and mine[7] is not None
+    assert stats[None][3] == {"malformed": 1}
+    cluster.sql("SELECT oauth.stats_reset()")
+    assert cluster.sql("SELECT count(*) FROM oauth.stats") == [(0,)]
+
+
+def test_audit_rows_never_hold_the_token(cluster, issuer):
+    token = issuer.mint(sub="alice", jti="audit-secret")
+    cluster.token_connect("alice", token).close()
+    wait_rows(cluster, "SELECT 1 FROM oauth.audit_log WHERE token_id = 'audit-secret'")
+    dump = cluster.sql("SELECT string_agg(t::text, ' ') FROM oauth.audit_log t")[0][0]
+    signature = token.split(".")[2]
+    assert signature not in dump and token.split(".")[1] not in dump
+
+
+@pytest.fixture(scope="module")
+def standby(cluster):
+    s = Cluster.standby_of(cluster)
+    CLUSTERS.append(s)
+    s.start()
+    s.wait_for_workers()
+    yield s
+    s.stop()
+
+
+def test_standby_validates_logs_but_writes_no_rows(cluster, standby, issuer):
+    token = issuer.mint(sub="alice", jti="standby-login")
+    with standby.token_connect("alice", token) as conn:
+        assert conn.execute("SELECT current_user, pg_is_in_recovery(), oauth.claim('jti')"
+                            ).fetchone() == ("alice", True, "standby-login")
+    assert 'token_id="standby-login"' in standby.log_text()
+    stats = standby.sql("SELECT attempts, successes FROM oauth.stats WHERE issuer = %s",
+                        (issuer.issuer,))
+    assert stats and stats[0][1] >= 1
+    time.sleep(1.5)  # the housekeepers run every 0.5 s
+    assert cluster.sql("SELECT count(*) FROM oauth.audit_log WHERE token_id = 'standby-login'") \
+        == [(0,)]
+    # a mapping added on the primary replicates and applies on the standby too
+    cluster.sql("INSERT INTO oauth.role_map (issuer, claim, pattern, role) "
+                "VALUES (%s, 'sub', 'carol-standby', 'carol')", (issuer.issuer,))
+    try:
+        carol = issuer.mint(sub="carol-standby")
+        deadline = time.time() + 15
+        while True:
+            try:
+                standby.token_connect("carol", carol).close()
+                break
+            except Exception:
+                assert time.time() < deadline, "mapping did not reach the standby"
+                time.sleep(0.3)
+    finally:
+        cluster.sql("DELETE FROM oauth.role_map WHERE pattern = 'carol-standby'")

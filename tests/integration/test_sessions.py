@@ -1,0 +1,192 @@
+"""Life under the token: claims in RLS, the sessions view, sessions ended at expiry
+or by revocation, per-subject connection limits."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from pgcluster import ADMIN_PASSWORD
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not reached")
+
+
+def live_pids(cluster) -> set[int]:
+    return {r[0] for r in cluster.sql("SELECT pid FROM oauth.sessions")}
+
+
+@pytest.fixture
+def expiry_mode(cluster):
+    def set_mode(mode: str, grace: int = 0) -> None:
+        cluster.sql(f"ALTER SYSTEM SET pg_oauth.session_expiry = '{mode}'")
+        cluster.sql(f"ALTER SYSTEM SET pg_oauth.session_expiry_grace = {grace}")
+        cluster.reload()
+
+    yield set_mode
+    cluster.sql("ALTER SYSTEM RESET pg_oauth.session_expiry")
+    cluster.sql("ALTER SYSTEM RESET pg_oauth.session_expiry_grace")
+    cluster.reload()
+
+
+def test_rls_recipe_tenants_see_only_their_rows(cluster, issuer):
+    """docs/rls.md, as written there."""
+    cluster.sql("""
+        CREATE TABLE tenant_notes (tenant_id text NOT NULL, note text NOT NULL);
+        INSERT INTO tenant_notes VALUES ('acme', 'acme plan'), ('acme', 'acme budget'),
+                                        ('globex', 'globex plan');
+        ALTER TABLE tenant_notes ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY tenant_isolation ON tenant_notes
+            USING (tenant_id = oauth.claim('tenant_id'));
+        GRANT SELECT ON tenant_notes TO alice, bob, scram_reader;
+    """.replace("scram_reader", "carol"))
+    with cluster.token_connect("alice", issuer.mint({"tenant_id": "acme"}, sub="alice")) as a:
+        assert sorted(r[0] for r in a.execute("SELECT note FROM tenant_notes")) == \
+            ["acme budget", "acme plan"]
+    with cluster.token_connect("bob", issuer.mint({"tenant_id": "globex"}, sub="bob")) as b:
+        assert [r[0] for r in b.execute("SELECT note FROM tenant_notes")] == ["globex plan"]
+    # a session that did not log in with a token sees nothing
+    cluster.sql("CREATE ROLE scram_user LOGIN PASSWORD 'scram-pw'; "
+                "GRANT SELECT ON tenant_notes TO scram_user")
+    with psycopg.connect(f"host=127.0.0.1 port={cluster.port} dbname=postgres "
+                         "user=scram_user password=scram-pw sslmode=disable") as s:
+        assert s.execute("SELECT oauth.claims()").fetchone()[0] is None
+        assert s.execute("SELECT count(*) FROM tenant_notes").fetchone()[0] == 0
+    assert ADMIN_PASSWORD  # the admin (superuser) bypasses RLS, as PostgreSQL intends
+
+
+def test_sessions_view_lists_live_token_sessions(cluster, issuer):
+    token = issuer.mint(sub="alice", jti="view-check-1")
+    with cluster.token_connect("alice", token) as conn:
+        pid = conn.info.backend_pid
+        rows = cluster.sql("SELECT role, database, issuer, subject, token_id, expires_at, "
+                           "host(client_addr), login_time, state FROM oauth.sessions "
+                           "WHERE pid = %s", (pid,))
+        assert len(rows) == 1
+        role, db, iss, sub, jti, exp, addr, login, state = rows[0]
+        assert (role, db, iss, sub, jti, addr, state) == \
+            ("alice", "postgres", issuer.issuer, "alice", "view-check-1", "127.0.0.1", "live")
+        assert exp is not None and login is not None
+    wait_until(lambda: pid not in live_pids(cluster))
+    # sessions that did not log in with a token are not listed
+    assert all(r[0] != "postgres" for r in cluster.sql("SELECT role FROM oauth.sessions"))
+
+
+def test_session_expiry_always_ends_a_busy_session(cluster, issuer, expiry_mode):
+    expiry_mode("always")
+    conn = cluster.token_connect("alice", issuer.mint(sub="alice", lifetime=2))
+    with pytest.raises(psycopg.OperationalError) as e:
+        conn.execute("SELECT pg_sleep(30)")
+    assert "session ended: its token expired" in str(e.value)
+    conn.close()
+
+
+def test_session_expiry_idle_waits_for_an_idle_moment(cluster, issuer, expiry_mode):
+    expiry_mode("idle")
+    idle = cluster.token_connect("alice", issuer.mint(sub="alice", lifetime=2))
+    busy = cluster.token_connect("bob", issuer.mint(sub="bob", lifetime=2))
+    idle_pid, busy_pid = idle.info.backend_pid, busy.info.backend_pid
+    result: list = []
+    worker = threading.Thread(
+        target=lambda: result.append(busy.execute("SELECT pg_sleep(5), 'done'").fetchone()))
+    worker.start()
+    # the idle session goes shortly after its token expires ...
+    wait_until(lambda: idle_pid not in live_pids(cluster))
+    # ... while the busy one finishes its query first
+    assert busy_pid in live_pids(cluster)
+    worker.join()
+    assert result and result[0][1] == "done"
+    wait_until(lambda: busy_pid not in live_pids(cluster))
+    with pytest.raises(psycopg.OperationalError) as e:
+        idle.execute("SELECT 1")
+    assert "session ended" in str(e.value) or "closed" in str(e.value)
+    idle.close()
+    busy.close()
+
+
+def test_session_expiry_grace(cluster, issuer, expiry_mode):
+    expiry_mode("always", grace=60)
+    with cluster.token_connect("alice", issuer.mint(sub="alice", lifetime=1)) as conn:
+        time.sleep(2.5)
+        assert conn.execute("SELECT current_user").fetchone()[0] == "alice"
+
+
+def test_session_expiry_off_by_default(cluster, issuer):
+    with cluster.token_connect("alice", issuer.mint(sub="alice", lifetime=1)) as conn:
+        time.sleep(2.5)
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_revoke_subject_ends_live_sessions_and_refuses_next_login(cluster, issuer, refused):
+    a1 = cluster.token_connect("bob", issuer.mint(sub="bob"))
+    a2 = cluster.token_connect("bob", issuer.mint(sub="bob"))
+    other = cluster.token_connect("alice", issuer.mint(sub="alice"))
+    try:
+        assert cluster.sql("SELECT oauth.revoke(subject => 'bob', reason => 'laptop stolen')") \
+            == [(2,)]
+        for conn in (a1, a2):
+            with pytest.raises(psycopg.OperationalError) as e:
+                conn.execute("SELECT 1")
+            assert "revoked" in str(e.value) or "closed" in str(e.value)
+        assert other.execute("SELECT current_user").fetchone()[0] == "alice"
+        assert refused("bob", issuer.mint(sub="bob")) == "revoked"
+    finally:
+        for conn in (a1, a2, other):
+            conn.close()
+        cluster.sql("DELETE FROM oauth.revocations WHERE subject = 'bob'")
+    cluster.token_connect("bob", issuer.mint(sub="bob")).close()
+
+
+def test_revoke_token_id(cluster, issuer, refused):
+    token = issuer.mint(sub="alice", jti="revoke-me")
+    conn = cluster.token_connect("alice", token)
+    try:
+        assert cluster.sql("SELECT oauth.revoke(token_id => 'revoke-me')") == [(1,)]
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+        assert refused("alice", token) == "revoked"
+        # another token of the same subject is fine
+        cluster.token_connect("alice", issuer.mint(sub="alice")).close()
+    finally:
+        conn.close()
+        cluster.sql("DELETE FROM oauth.revocations WHERE token_id = 'revoke-me'")
+
+
+def test_per_subject_session_limit(cluster, issuer, refused):
+    cluster.sql("UPDATE oauth.issuers SET max_sessions_per_subject = 2")
+    conns = []
+    try:
+        conns = [cluster.token_connect("alice", issuer.mint(sub="alice")) for _ in range(2)]
+        assert refused("alice", issuer.mint(sub="alice")) == "too_many_connections"
+        # another subject is not affected
+        cluster.token_connect("bob", issuer.mint(sub="bob")).close()
+        conns.pop().close()
+        wait_until(lambda: len(cluster.sql(
+            "SELECT 1 FROM oauth.sessions WHERE subject = 'alice'")) == 1)
+        conns.append(cluster.token_connect("alice", issuer.mint(sub="alice")))
+    finally:
+        for c in conns:
+            c.close()
+        cluster.sql("UPDATE oauth.issuers SET max_sessions_per_subject = NULL")
+
+
+def test_per_rule_session_limit(cluster, issuer, refused):
+    cluster.sql("INSERT INTO oauth.role_map (issuer, claim, pattern, role, max_sessions) "
+                "VALUES (%s, 'team', 'ops', 'carol', 1)", (issuer.issuer,))
+    try:
+        first = cluster.token_connect("carol", issuer.mint({"team": "ops"}, sub="op-1"))
+        assert refused("carol", issuer.mint({"team": "ops"}, sub="op-1")) == \
+            "too_many_connections"
+        first.close()
+    finally:
+        cluster.sql("DELETE FROM oauth.role_map WHERE claim = 'team'")
