@@ -93,6 +93,8 @@ audit_log_record(const AuditRecord *rec)
 	append_quoted(&buf, "token_id", rec->token_id);
 	append_quoted(&buf, "kid", rec->kid);
 	append_quoted(&buf, "alg", rec->alg);
+	if (rec->cached)
+		appendStringInfoString(&buf, " cache=hit");
 	appendStringInfo(&buf, " elapsed_ms=%.3f", rec->elapsed_us / 1000.0);
 	if (rec->queue_us >= 0)
 		appendStringInfo(&buf, " queue_ms=%.3f", rec->queue_us / 1000.0);

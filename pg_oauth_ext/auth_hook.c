@@ -68,6 +68,7 @@ finish_attempt(LoginAttempt *a, bool ok, const char *reason)
 	rec.at = GetCurrentTimestamp();
 	rec.ok = ok;
 	rec.ssl = port->ssl_in_use;
+	rec.cached = d ? d->from_cache : false;
 	rec.pid = MyProcPid;
 	rec.elapsed_us = (int64) (rec.at - a->started);
 	rec.queue_us = d ? d->queue_us : -1;
@@ -86,6 +87,7 @@ finish_attempt(LoginAttempt *a, bool ok, const char *reason)
 	}
 	audit_log_record(&rec);
 	login_stats_record(d ? d->issuer : NULL, reason, ok,
+					   d ? d->from_cache : false,
 					   d ? d->key_cache_hit : -1,
 					   d ? d->validation_us : -1,
 					   d ? d->queue_us : -1);
@@ -407,6 +409,10 @@ authenticate_with_token(Port *port)
 	HeapTuple	roletup;
 	bool		rolsuper;
 	int			live;
+	uint8		token_hash[PG_OAUTH_TOKEN_HASH_LEN];
+	bool		hashed;
+	uint64		config_version,
+				key_epoch;
 
 	memset(a, 0, sizeof(*a));
 	a->port = port;
@@ -442,7 +448,12 @@ authenticate_with_token(Port *port)
 	req.database = port->database_name ? port->database_name : "";
 	req.client_addr = a->client_addr;
 	req.ssl = port->ssl_in_use;
-	token_queue_validate(&req, &decision);
+
+	/* A token seen again is admitted from the cache; otherwise a worker decides. */
+	decision_cache_versions(&config_version, &key_epoch);
+	hashed = decision_cache_hash(token, token_len, token_hash);
+	if (!hashed || !decision_cache_lookup(&req, token_hash, &decision))
+		token_queue_validate(&req, &decision);
 	explicit_bzero(token, token_len);
 	a->decision = &decision;
 
@@ -475,6 +486,8 @@ authenticate_with_token(Port *port)
 						live, decision.max_sessions),
 			   "Close another session of this identity first.");
 
+	if (hashed && !decision.from_cache)
+		decision_cache_store(&req, token_hash, &decision, config_version, key_epoch);
 	session_state_remember(&decision, port->user_name);
 	finish_attempt(a, true, "ok");
 

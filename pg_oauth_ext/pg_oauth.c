@@ -38,6 +38,7 @@ int			pg_oauth_audit_retention = 30 * 24 * 60;
 int			pg_oauth_rate_limit_failures = 10;
 int			pg_oauth_rate_limit_window = 60;
 int			pg_oauth_rate_limit_max_delay = 1000;
+bool		pg_oauth_decision_cache = true;
 
 bool		pg_oauth_loaded_at_startup = false;
 
@@ -72,6 +73,7 @@ pg_oauth_shmem_request(void)
 	size = add_size(size, login_stats_shmem_size());
 	size = add_size(size, rate_limit_shmem_size());
 	size = add_size(size, audit_log_shmem_size());
+	size = add_size(size, decision_cache_shmem_size());
 	RequestAddinShmemSpace(size);
 	RequestNamedLWLockTranche("pg_oauth", PG_OAUTH_NUM_LOCKS);
 }
@@ -87,6 +89,7 @@ pg_oauth_shmem_startup(void)
 	login_stats_shmem_startup();
 	rate_limit_shmem_startup();
 	audit_log_shmem_startup();
+	decision_cache_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -214,6 +217,14 @@ define_settings(void)
 							1000, 0, 10000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("pg_oauth.decision_cache",
+							 "Admit a token presented again (same role, database, client) from a cache of recent decisions, without a worker.",
+							 NULL,
+							 &pg_oauth_decision_cache,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("pg_oauth");
 }

@@ -55,6 +55,7 @@ extern int	pg_oauth_audit_retention;
 extern int	pg_oauth_rate_limit_failures;
 extern int	pg_oauth_rate_limit_window;
 extern int	pg_oauth_rate_limit_max_delay;
+extern bool pg_oauth_decision_cache;
 
 typedef enum SessionExpiryMode
 {
@@ -159,8 +160,8 @@ extern bool pg_oauth_loaded_at_startup;
 
 /* token_queue.c */
 extern Size token_queue_shmem_size(void);
-/* locks of the "pg_oauth" tranche: queue, sessions, audit ring, stats */
-#define PG_OAUTH_NUM_LOCKS			4
+/* locks of the "pg_oauth" tranche: queue, sessions, audit ring, stats, decision cache */
+#define PG_OAUTH_NUM_LOCKS			5
 extern void token_queue_shmem_startup(void);
 extern int	token_queue_nslots(void);
 
@@ -186,6 +187,7 @@ typedef struct TokenDecision
 	int			max_sessions;	/* -1: no limit */
 	int64		validation_us;	/* -1 when no worker answered */
 	int64		queue_us;		/* waiting for a worker, -1 unknown */
+	bool		from_cache;		/* answered by the decision cache, no worker */
 } TokenDecision;
 
 typedef struct TokenRequest
@@ -215,11 +217,23 @@ extern int	session_registry_enter(const TokenDecision *decision, const char *rol
 extern int	session_registry_end_expired(int mode, int grace_s);
 extern void session_registry_install_hooks(void);
 
+/* decision_cache.c */
+#define PG_OAUTH_TOKEN_HASH_LEN		32
+extern Size decision_cache_shmem_size(void);
+extern void decision_cache_shmem_startup(void);
+extern bool decision_cache_hash(const char *token, int len, uint8 *hash);
+extern bool decision_cache_lookup(const TokenRequest *req, const uint8 *hash, TokenDecision *out);
+extern void decision_cache_store(const TokenRequest *req, const uint8 *hash,
+								 const TokenDecision *d, uint64 version, uint64 epoch);
+extern void decision_cache_versions(uint64 *version, uint64 *epoch);
+extern void decision_cache_keys_changed(void);
+
 /* login_stats.c */
 extern Size login_stats_shmem_size(void);
 extern void login_stats_shmem_startup(void);
 extern void login_stats_record(const char *issuer, const char *reason, bool ok,
-							   int key_cache_hit, int64 validation_us, int64 queue_us);
+							   bool from_cache, int key_cache_hit,
+							   int64 validation_us, int64 queue_us);
 
 /* rate_limit.c */
 extern Size rate_limit_shmem_size(void);
@@ -234,6 +248,7 @@ typedef struct AuditRecord
 	TimestampTz at;
 	bool		ok;
 	bool		ssl;
+	bool		cached;			/* admitted by the decision cache */
 	int			pid;
 	int64		elapsed_us;
 	int64		queue_us;

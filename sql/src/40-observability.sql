@@ -34,7 +34,7 @@ CREATE FUNCTION oauth._stats(
         OUT key_cache_hits bigint, OUT key_cache_misses bigint,
         OUT validation_p50_ms float8, OUT validation_p99_ms float8,
         OUT queue_wait_p50_ms float8, OUT queue_wait_p99_ms float8,
-        OUT since timestamptz)
+        OUT decision_cache_hits bigint, OUT since timestamptz)
     RETURNS SETOF record
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_stats';

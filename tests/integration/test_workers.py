@@ -4,6 +4,7 @@ the server keeps running, and token logins come back on their own."""
 from __future__ import annotations
 
 import os
+import subprocess
 import signal
 import threading
 import time
@@ -166,3 +167,63 @@ def test_extension_not_installed_yet_then_installed(issuer, tmp_path):
         assert attempt(c, "alice", issuer.mint(sub="alice")) is None
     finally:
         c.stop()
+
+
+def auth_waiting_pids() -> list[int]:
+    """Backends still in authentication (their process title says so)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()
+            if "postgres:" in line and line.rstrip().endswith("authentication")]
+
+
+def test_backends_killed_while_waiting_free_their_slots(wcluster, issuer):
+    """More waiting logins than queue slots are terminated mid-wait: none may leak."""
+    wcluster.sql("UPDATE oauth.issuers SET jwks_cooldown = '0', http_timeout = '8 seconds'")
+    wcluster.sql("ALTER SYSTEM SET pg_oauth.timeout = '20s'")
+    wcluster.reload()
+    issuer.set_delay(6)
+    try:
+        results: list[str | None] = []
+
+        def login(k: int) -> None:
+            try:
+                wcluster.token_connect("alice", issuer.mint(sub="alice", kid=f"leak-{k}")).close()
+                results.append(None)
+            except psycopg.OperationalError as e:
+                # killed mid-wait: the connection just closes
+                results.append("refused" if "JWT authentication failed" in str(e) else "closed")
+
+        threads = [threading.Thread(target=login, args=(k,)) for k in range(24)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 15
+        while len(auth_waiting_pids()) < 20 and time.time() < deadline:
+            time.sleep(0.1)
+        pids = auth_waiting_pids()
+        assert len(pids) >= 16, "more waiting logins than the 16 queue slots"
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        for t in threads:
+            t.join()
+        assert len(results) == 24 and None not in results
+    finally:
+        issuer.set_delay(0)
+        wcluster.sql("ALTER SYSTEM RESET pg_oauth.timeout")
+        wcluster.sql("UPDATE oauth.issuers SET jwks_cooldown = '1 second', "
+                     "http_timeout = '5 seconds'")
+        wcluster.reload()
+    assert wcluster.is_alive()
+    # the two requests the workers were already fetching keys for finish on their own
+    deadline = time.time() + 30
+    while wcluster.sql("SELECT count(*) FROM oauth.workers() WHERE state = 'idle'")[0][0] < 2:
+        assert time.time() < deadline, "workers stayed busy"
+        time.sleep(0.2)
+    # every slot came back: a burst of logins still gets through
+    ok: list[str | None] = []
+    burst = [threading.Thread(target=lambda: ok.append(
+        attempt(wcluster, "alice", issuer.mint(sub="alice")))) for _ in range(20)]
+    for t in burst:
+        t.start()
+    for t in burst:
+        t.join()
+    assert ok == [None] * 20

@@ -1,0 +1,254 @@
+/*-------------------------------------------------------------------------
+ *
+ * decision_cache.c
+ *	  Recent successful decisions in shared memory, keyed by the SHA-256 of
+ *	  the token together with role, database, client address and SSL, so a
+ *	  token presented again (a connection pool opening connections) is
+ *	  admitted without a round trip to a validator worker.
+ *
+ * Only the hash is kept, never the token.  An entry is used only while
+ *	- the token has not expired (its exp, without leeway),
+ *	- the configuration version is the one it was made under (any change to
+ *	  issuers, mappings or revocations empties the cache in effect),
+ *	- no JWKS was fetched since (a fetch may have removed its key),
+ *	- the server is a primary (a standby's configuration changes through WAL,
+ *	  which bumps no counter).
+ * Refusals are never cached.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_oauth.h"
+
+#include "access/xlog.h"
+#include "common/cryptohash.h"
+#include "common/sha2.h"
+#include "miscadmin.h"
+#include "storage/shmem.h"
+#include "utils/timestamp.h"
+
+#define CACHE_ENTRIES		512
+#define CACHE_PROBE			8
+#define CACHE_CLAIMS_MAX	4096	/* larger claims are simply not cached */
+
+typedef struct CacheEntry
+{
+	bool		used;
+	uint8		token_hash[PG_SHA256_DIGEST_LENGTH];
+	char		role[NAMEDATALEN];
+	char		database[NAMEDATALEN];
+	char		client_addr[64];
+	bool		ssl;
+	uint64		config_version;
+	uint64		key_epoch;
+	TimestampTz expires_at;
+	TimestampTz stored_at;
+	int			max_sessions;
+	char		kid[PG_OAUTH_KID_LEN];
+	char		alg[PG_OAUTH_ALG_LEN];
+	char		issuer[PG_OAUTH_IDENT_LEN];
+	char		subject[PG_OAUTH_IDENT_LEN];
+	char		token_id[PG_OAUTH_IDENT_LEN];
+	bool		has_subject;
+	bool		has_token_id;
+	char		claims[CACHE_CLAIMS_MAX];
+} CacheEntry;
+
+typedef struct DecisionCache
+{
+	LWLock	   *lock;
+	pg_atomic_uint64 key_epoch;
+	CacheEntry	entries[CACHE_ENTRIES];
+} DecisionCache;
+
+static DecisionCache *cache = NULL;
+
+Size
+decision_cache_shmem_size(void)
+{
+	return sizeof(DecisionCache);
+}
+
+void
+decision_cache_shmem_startup(void)
+{
+	bool		found;
+
+	cache = ShmemInitStruct("pg_oauth decision cache", sizeof(DecisionCache), &found);
+	if (!found)
+	{
+		memset(cache, 0, sizeof(DecisionCache));
+		cache->lock = &(GetNamedLWLockTranche("pg_oauth"))[4].lock;
+		pg_atomic_init_u64(&cache->key_epoch, 1);
+	}
+}
+
+/* Keys may have changed: no cached decision made before this is used again. */
+void
+decision_cache_keys_changed(void)
+{
+	if (cache != NULL)
+		pg_atomic_fetch_add_u64(&cache->key_epoch, 1);
+}
+
+bool
+decision_cache_hash(const char *token, int len, uint8 *out)
+{
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	bool		ok;
+
+	if (ctx == NULL)
+		return false;
+	ok = pg_cryptohash_init(ctx) == 0 &&
+		pg_cryptohash_update(ctx, (const uint8 *) token, len) == 0 &&
+		pg_cryptohash_final(ctx, out, PG_SHA256_DIGEST_LENGTH) == 0;
+	pg_cryptohash_free(ctx);
+	return ok;
+}
+
+static uint32
+bucket_of(const uint8 *hash)
+{
+	uint32		b;
+
+	memcpy(&b, hash, sizeof(b));
+	return b % CACHE_ENTRIES;
+}
+
+static bool
+entry_matches(const CacheEntry *e, const uint8 *hash, const TokenRequest *req)
+{
+	return e->used &&
+		memcmp(e->token_hash, hash, PG_SHA256_DIGEST_LENGTH) == 0 &&
+		strcmp(e->role, req->role) == 0 &&
+		strcmp(e->database, req->database) == 0 &&
+		strcmp(e->client_addr, req->client_addr ? req->client_addr : "") == 0 &&
+		e->ssl == req->ssl;
+}
+
+static bool
+cache_usable(void)
+{
+	return cache != NULL && pg_oauth_decision_cache && pg_oauth_shared != NULL &&
+		!RecoveryInProgress();
+}
+
+/*
+ * A still-valid cached decision for this request (hash: decision_cache_hash
+ * of its token), copied into *out with palloc'd strings; false when none.
+ */
+bool
+decision_cache_lookup(const TokenRequest *req, const uint8 *hash, TokenDecision *out)
+{
+	uint64		version,
+				epoch;
+	TimestampTz now;
+	uint32		start;
+	int			i;
+	bool		hit = false;
+
+	if (!cache_usable())
+		return false;
+
+	version = pg_atomic_read_u64(&pg_oauth_shared->config_version);
+	epoch = pg_atomic_read_u64(&cache->key_epoch);
+	now = GetCurrentTimestamp();
+	start = bucket_of(hash);
+
+	LWLockAcquire(cache->lock, LW_SHARED);
+	for (i = 0; i < CACHE_PROBE; i++)
+	{
+		CacheEntry *e = &cache->entries[(start + i) % CACHE_ENTRIES];
+
+		if (!entry_matches(e, hash, req))
+			continue;
+		if (e->config_version != version || e->key_epoch != epoch || now >= e->expires_at)
+			break;
+		memset(out, 0, sizeof(*out));
+		out->ok = true;
+		strlcpy(out->reason, "ok", sizeof(out->reason));
+		strlcpy(out->detail, "cached decision", sizeof(out->detail));
+		out->issuer = pstrdup(e->issuer);
+		out->subject = e->has_subject ? pstrdup(e->subject) : NULL;
+		out->token_id = e->has_token_id ? pstrdup(e->token_id) : NULL;
+		out->claims = pstrdup(e->claims);
+		out->has_expires_at = true;
+		out->expires_at = e->expires_at;
+		out->allowed_roles = list_make1(pstrdup(e->role));
+		strlcpy(out->kid, e->kid, sizeof(out->kid));
+		strlcpy(out->alg, e->alg, sizeof(out->alg));
+		out->key_cache_hit = 1;
+		out->max_sessions = e->max_sessions;
+		out->validation_us = -1;
+		out->queue_us = -1;
+		out->from_cache = true;
+		hit = true;
+		break;
+	}
+	LWLockRelease(cache->lock);
+	return hit;
+}
+
+/*
+ * Remember an admitted decision.  version/epoch are the ones read before the
+ * request was handed to a worker, so a change that raced with the validation
+ * makes the entry stale at once rather than wrongly fresh.
+ */
+void
+decision_cache_store(const TokenRequest *req, const uint8 *hash,
+					 const TokenDecision *d, uint64 version, uint64 epoch)
+{
+	uint32		start;
+	CacheEntry *slot = NULL;
+	int			i;
+
+	if (!cache_usable() || !d->ok || !d->has_expires_at || d->issuer == NULL ||
+		d->claims == NULL || strlen(d->claims) >= CACHE_CLAIMS_MAX ||
+		strlen(d->issuer) >= PG_OAUTH_IDENT_LEN ||
+		(d->subject && strlen(d->subject) >= PG_OAUTH_IDENT_LEN) ||
+		(d->token_id && strlen(d->token_id) >= PG_OAUTH_IDENT_LEN))
+		return;
+
+	start = bucket_of(hash);
+	LWLockAcquire(cache->lock, LW_EXCLUSIVE);
+	for (i = 0; i < CACHE_PROBE; i++)
+	{
+		CacheEntry *e = &cache->entries[(start + i) % CACHE_ENTRIES];
+
+		if (entry_matches(e, hash, req) || !e->used)
+		{
+			slot = e;
+			break;
+		}
+		if (slot == NULL || e->stored_at < slot->stored_at)
+			slot = e;
+	}
+	memset(slot, 0, sizeof(*slot));
+	slot->used = true;
+	memcpy(slot->token_hash, hash, PG_SHA256_DIGEST_LENGTH);
+	strlcpy(slot->role, req->role, sizeof(slot->role));
+	strlcpy(slot->database, req->database, sizeof(slot->database));
+	strlcpy(slot->client_addr, req->client_addr ? req->client_addr : "", sizeof(slot->client_addr));
+	slot->ssl = req->ssl;
+	slot->config_version = version;
+	slot->key_epoch = epoch;
+	slot->expires_at = d->expires_at;
+	slot->stored_at = GetCurrentTimestamp();
+	slot->max_sessions = d->max_sessions;
+	strlcpy(slot->kid, d->kid, sizeof(slot->kid));
+	strlcpy(slot->alg, d->alg, sizeof(slot->alg));
+	strlcpy(slot->issuer, d->issuer, sizeof(slot->issuer));
+	slot->has_subject = d->subject != NULL;
+	strlcpy(slot->subject, d->subject ? d->subject : "", sizeof(slot->subject));
+	slot->has_token_id = d->token_id != NULL;
+	strlcpy(slot->token_id, d->token_id ? d->token_id : "", sizeof(slot->token_id));
+	strlcpy(slot->claims, d->claims, sizeof(slot->claims));
+	LWLockRelease(cache->lock);
+}
+
+/* The two counters a lookup/store pair must agree on. */
+void
+decision_cache_versions(uint64 *version, uint64 *epoch)
+{
+	*version = pg_oauth_shared ? pg_atomic_read_u64(&pg_oauth_shared->config_version) : 0;
+	*epoch = cache ? pg_atomic_read_u64(&cache->key_epoch) : 0;
+}
