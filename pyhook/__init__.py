@@ -1,8 +1,10 @@
 """pyhook: validation of OAuth/OIDC JWT logins for the pg_oauth PostgreSQL extension.
 
 The modules have one job each: ``validator`` decides, ``jwks_cache`` holds keys,
-``config`` reads the oauth.* tables' rows, ``plpython_adapter`` is the PL/Python
-entry point, ``dev_issuer`` and ``cli`` serve development and tests.
+``config`` reads the oauth.* tables' rows, ``claim_path`` resolves claim paths,
+``plpython_adapter`` is the PL/Python entry point, ``offline_config`` feeds
+``pg-oauth explain``/``check`` from a JSON file or a database, ``dev_issuer`` and
+``cli`` serve development and tests.
 Importing the package itself loads nothing heavy.
 """
 

@@ -1,4 +1,11 @@
-"""The ``pg-oauth`` command: a development issuer, minting and key rotation."""
+"""The ``pg-oauth`` command: a development issuer, minting and key rotation, and
+``explain``/``check``: the validator's decision on a token, offline.
+
+``explain`` and ``check`` run pyhook's validation (the same code the server runs)
+against configuration from a JSON file (``--config``) or read from a database
+(``--dsn``, with psycopg). The token is read from a file or standard input, never
+from the command line, where other users could see it.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from pyhook.dev_issuer import ISSUER_FILE, SIGNING_ALGORITHMS, DevIssuer
+from pyhook.jwks_cache import FetchError, KeyStore
+from pyhook.offline_config import (
+    ConfigFileError,
+    config_from_database,
+    config_from_file,
+)
+from pyhook.plpython_adapter import explain_rows
+from pyhook.validator import validate
+
+# exit codes of explain/check
+EXIT_ALLOWED, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
 
 
 def _claim(text: str) -> tuple[str, Any]:
@@ -75,6 +93,36 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stop publishing the older keys of this alg",
     )
+
+    for name, text in (
+        ("explain", "every check of a token login with its input and outcome"),
+        ("check", "one line: would this token log in? (exit 0 yes, 1 no, 2 error)"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        source = sub.add_mutually_exclusive_group(required=True)
+        source.add_argument("--config", help="configuration as a JSON file")
+        source.add_argument(
+            "--dsn", help="read oauth.* from this database (needs psycopg)"
+        )
+        sub.add_argument("--role", required=True, help="the requested user")
+        sub.add_argument("--database", default="postgres")
+        sub.add_argument(
+            "--client-addr", default=None, help="client IP address (default: none)"
+        )
+        sub.add_argument(
+            "--token-file",
+            default="-",
+            help="file holding the token (default: standard input)",
+        )
+        sub.add_argument(
+            "--no-fetch",
+            action="store_true",
+            help="never use the network: static or cached keys only",
+        )
+        sub.add_argument(
+            "--now", type=float, default=None, help="evaluate at this Unix time"
+        )
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -121,6 +169,68 @@ def _rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_network(
+    url: str, timeout: float, max_bytes: int, etag: str | None = None
+) -> bytes:
+    raise FetchError("network disabled (--no-fetch)")
+
+
+def _read_token(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read().strip()
+    with open(path, encoding="ascii", errors="replace") as f:
+        return f.read().strip()
+
+
+def _decide(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
+    if args.config:
+        config, cached = config_from_file(args.config)
+    else:
+        config, cached = config_from_database(args.dsn)
+    keys = KeyStore(fetch=_no_network) if args.no_fetch else KeyStore()
+    for entry in cached:
+        issuer = config.issuers.get(entry.issuer)
+        if issuer is not None:
+            keys.seed(issuer, entry)
+    decision = validate(
+        _read_token(args.token_file),
+        args.role,
+        args.database,
+        args.client_addr,
+        True,
+        config,
+        keys,
+        now=args.now,
+        explain=True,
+    )
+    return explain_rows(decision), decision.ok
+
+
+def _explain(args: argparse.Namespace) -> int:
+    rows, ok = _decide(args)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        for row in rows:
+            print(
+                f"{row['step']:>2} {row['name']:<16} {row['outcome']:<5} {row['detail']}"
+            )
+            if row["input"]:
+                print(f"{'':>2} {'':<16} {'':<5} input: {row['input']}")
+    return EXIT_ALLOWED if ok else EXIT_REFUSED
+
+
+def _check(args: argparse.Namespace) -> int:
+    rows, ok = _decide(args)
+    verdict = rows[-1]
+    if args.json:
+        print(json.dumps(verdict, ensure_ascii=False))
+    else:
+        reason, _, detail = verdict["detail"].partition(": ")
+        print(f"ok: {detail}" if ok else f"refused: {reason}: {detail}")
+    return EXIT_ALLOWED if ok else EXIT_REFUSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -128,10 +238,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "mint":
             return _mint(args)
+        if args.command == "explain":
+            return _explain(args)
+        if args.command == "check":
+            return _check(args)
         return _rotate(args)
+    except ConfigFileError as exc:
+        print(f"pg-oauth {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"pg-oauth {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR if args.command in ("explain", "check") else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Configuration built from the rows of oauth.issuers and oauth.role_map.
+"""Configuration built from the rows of oauth.issuers, oauth.role_map and oauth.revocations.
 
 Rows are dicts as the PL/Python adapter's queries return them (intervals already
 converted to seconds, text[] as lists, NULL as None). Regular expressions and CIDRs
@@ -9,6 +9,7 @@ is skipped and noted in ``Config.skipped_rules``, never raised.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,12 +38,73 @@ DEFAULT_LEEWAY = 30.0
 DEFAULT_JWKS_REFRESH = 300.0
 DEFAULT_JWKS_COOLDOWN = 30.0
 DEFAULT_HTTP_TIMEOUT = 5.0
+DEFAULT_JWKS_MAX_STALE = 86400.0
+DEFAULT_JWKS_REFRESH_MIN = 60.0
+DEFAULT_JWKS_REFRESH_MAX = 3600.0
 
 _GROUP_REFERENCE = re.compile(r"\\(\d+)|\\g<(\d+)>")
 
 
 def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _optional_texts(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else tuple(str(v) for v in value if v is not None)
+
+
+def normalize_typ(value: str) -> str:
+    """A ``typ`` value compared case-insensitively, ``application/`` optional (RFC 7515 4.1.9)."""
+    value = value.strip().lower()
+    return value.removeprefix("application/")
+
+
+_ANY_VALUE = object()
+
+
+def _split_requirement(text: str) -> tuple[str, str | None]:
+    """``path`` or ``path=value``; an ``=`` inside a double-quoted segment is part of the path."""
+    quoted = False
+    for position, char in enumerate(text):
+        if char == '"':
+            quoted = not quoted
+        elif char == "=" and not quoted:
+            return text[:position], text[position + 1 :]
+    return text, None
+
+
+@dataclass(frozen=True)
+class RequiredClaim:
+    """One entry of oauth.issuers.required_claims: a claim path, optionally ``=value``.
+
+    The value is JSON when it parses (``email_verified=true``) and a string otherwise
+    (``hd=example.com``); a string claim also matches the value as written, since
+    providers send numbers and booleans as strings (``repository_owner_id=65``
+    matches ``"65"``). An entry that cannot be used refuses every token (fail closed).
+    """
+
+    text: str
+    path: str
+    value: Any = _ANY_VALUE
+    usable: bool = True
+    raw: str | None = None  # the value as written
+
+    @property
+    def presence_only(self) -> bool:
+        return self.value is _ANY_VALUE
+
+    @classmethod
+    def parse(cls, text: str) -> RequiredClaim:
+        path, raw = _split_requirement(text)
+        if not path or path.strip() != path:
+            return cls(text=text, path=path, usable=False)
+        if raw is None:
+            return cls(text=text, path=path)
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        return cls(text=text, path=path, value=value, raw=raw)
 
 
 @dataclass(frozen=True)
@@ -60,6 +122,16 @@ class IssuerConfig:
     http_timeout: float = DEFAULT_HTTP_TIMEOUT
     allow_insecure_http: bool = False
     max_sessions_per_subject: int | None = None
+    # accepted typ header values, normalized (None: any typ, or none)
+    typ: tuple[str, ...] | None = None
+    required_claims: tuple[RequiredClaim, ...] = ()
+    # accepted azp values (None: azp not checked)
+    authorized_parties: tuple[str, ...] | None = None
+    # the last good keys keep working this long after their fetch when refreshes fail
+    jwks_max_stale: float = DEFAULT_JWKS_MAX_STALE
+    # Cache-Control max-age is honoured within [jwks_refresh_min, jwks_refresh_max]
+    jwks_refresh_min: float = DEFAULT_JWKS_REFRESH_MIN
+    jwks_refresh_max: float = DEFAULT_JWKS_REFRESH_MAX
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> IssuerConfig:
@@ -90,7 +162,30 @@ class IssuerConfig:
             or DEFAULT_HTTP_TIMEOUT,
             allow_insecure_http=bool(row.get("allow_insecure_http") or False),
             max_sessions_per_subject=_optional_int(row.get("max_sessions_per_subject")),
+            typ=(
+                None
+                if row.get("typ") is None
+                else tuple(normalize_typ(t) for t in _optional_texts(row["typ"]) or ())
+            ),
+            required_claims=tuple(
+                RequiredClaim.parse(text)
+                for text in _optional_texts(row.get("required_claims")) or ()
+            ),
+            authorized_parties=_optional_texts(row.get("authorized_parties")),
+            jwks_max_stale=seconds("jwks_max_stale", DEFAULT_JWKS_MAX_STALE)
+            or DEFAULT_JWKS_MAX_STALE,
+            jwks_refresh_min=seconds("jwks_refresh_min", DEFAULT_JWKS_REFRESH_MIN)
+            or DEFAULT_JWKS_REFRESH_MIN,
+            jwks_refresh_max=seconds("jwks_refresh_max", DEFAULT_JWKS_REFRESH_MAX)
+            or DEFAULT_JWKS_REFRESH_MAX,
         )
+
+    def refresh_interval(self, max_age: float | None) -> float:
+        """How long fetched keys count as fresh: the document's max-age within the
+        issuer's floor and ceiling, or ``jwks_refresh`` when it sent none."""
+        if max_age is None:
+            return self.jwks_refresh
+        return min(max(max_age, self.jwks_refresh_min), self.jwks_refresh_max)
 
 
 @dataclass(frozen=True)
@@ -138,6 +233,59 @@ class RoleRule:
         )
 
 
+@dataclass(frozen=True)
+class Revocation:
+    """One row of oauth.revocations: every non-NULL column must match the token."""
+
+    id: int
+    issuer: str | None = None
+    subject: str | None = None
+    token_id: str | None = None
+    reason: str | None = None
+    expires_at: float | None = None  # epoch seconds; None: forever
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Revocation:
+        def text(name: str) -> str | None:
+            value = row.get(name)
+            return None if value is None else str(value)
+
+        expires = row.get("expires_at")
+        return cls(
+            id=int(row["id"]),
+            issuer=text("issuer"),
+            subject=text("subject"),
+            token_id=text("token_id"),
+            reason=text("reason"),
+            expires_at=None if expires is None else float(expires),
+        )
+
+    def matches(
+        self, issuer: str | None, subject: str | None, token_id: str | None, now: float
+    ) -> bool:
+        if self.expires_at is not None and now >= self.expires_at:
+            return False
+        if self.issuer is None and self.subject is None and self.token_id is None:
+            return False  # the table's CHECK forbids it; never revoke everything
+        return (
+            (self.issuer is None or self.issuer == issuer)
+            and (self.subject is None or self.subject == subject)
+            and (self.token_id is None or self.token_id == token_id)
+        )
+
+    def describe(self) -> str:
+        parts = [
+            f"{name} {value!a}"
+            for name, value in (
+                ("token id", self.token_id),
+                ("subject", self.subject),
+                ("issuer", self.issuer),
+            )
+            if value is not None
+        ]
+        return f"revocation {self.id} (by {', '.join(parts)})"
+
+
 @dataclass
 class Config:
     issuers: dict[str, IssuerConfig]
@@ -145,7 +293,12 @@ class Config:
     version: object = None
     # one sentence per role_map row that could not be used (for the server log)
     skipped_rules: list[str] = field(default_factory=list)
+    revocations: list[Revocation] = field(default_factory=list)
     _rules_by_issuer: dict[str, list[RoleRule]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    # each revocation under its most specific column, for O(1) lookups per login
+    _revocations_by: dict[tuple[str, str], list[Revocation]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -154,10 +307,41 @@ class Config:
         for rule in sorted(self.rules, key=lambda r: r.id):
             by_issuer.setdefault(rule.issuer, []).append(rule)
         self._rules_by_issuer = by_issuer
+        index: dict[tuple[str, str], list[Revocation]] = {}
+        for rev in self.revocations:
+            if rev.token_id is not None:
+                key = ("token_id", rev.token_id)
+            elif rev.subject is not None:
+                key = ("subject", rev.subject)
+            elif rev.issuer is not None:
+                key = ("issuer", rev.issuer)
+            else:
+                continue
+            index.setdefault(key, []).append(rev)
+        self._revocations_by = index
 
     def rules_for(self, issuer: str) -> list[RoleRule]:
         """The rules of one issuer in id order."""
         return self._rules_by_issuer.get(issuer, [])
+
+    def revocation_for(
+        self, issuer: str | None, subject: str | None, token_id: str | None, now: float
+    ) -> Revocation | None:
+        """The first active revocation that covers this token, if any."""
+        if not self._revocations_by:
+            return None
+        candidates: list[Revocation] = []
+        for column, value in (
+            ("token_id", token_id),
+            ("subject", subject),
+            ("issuer", issuer),
+        ):
+            if value is not None:
+                candidates.extend(self._revocations_by.get((column, value), ()))
+        for rev in sorted(candidates, key=lambda r: r.id):
+            if rev.matches(issuer, subject, token_id, now):
+                return rev
+        return None
 
     @classmethod
     def from_rows(
@@ -165,6 +349,7 @@ class Config:
         issuer_rows: Iterable[Mapping[str, Any]],
         rule_rows: Iterable[Mapping[str, Any]],
         version: object = None,
+        revocation_rows: Iterable[Mapping[str, Any]] = (),
     ) -> Config:
         issuers: dict[str, IssuerConfig] = {}
         for row in issuer_rows:
@@ -177,4 +362,12 @@ class Config:
                 rules.append(RoleRule.from_row(row))
             except Exception as exc:  # noqa: BLE001 - a broken rule must not break other logins
                 skipped.append(f"role_map rule id {row.get('id')} skipped: {exc}")
-        return cls(issuers=issuers, rules=rules, version=version, skipped_rules=skipped)
+        # a revocation row that cannot be read must not be skipped (fail closed): let it raise
+        revocations = [Revocation.from_row(row) for row in revocation_rows]
+        return cls(
+            issuers=issuers,
+            rules=rules,
+            version=version,
+            skipped_rules=skipped,
+            revocations=revocations,
+        )

@@ -15,6 +15,7 @@ STEPS: tuple[str, ...] = (
     "header",
     "issuer",
     "algorithm",
+    "typ",
     "key",
     "signature",
     "exp",
@@ -22,17 +23,25 @@ STEPS: tuple[str, ...] = (
     "iat",
     "lifetime",
     "audience",
+    "azp",
+    "required_claims",
+    "revocation",
     "mapping",
 )
 
 
 @dataclass(frozen=True)
 class Check:
-    """One step of a validation; ``info`` never holds the signature or key material."""
+    """One step of a validation.
+
+    ``input`` is what the step looked at, ``info`` what it concluded; neither ever
+    holds the token, its signature or key material.
+    """
 
     name: str
     outcome: str  # PASS, FAIL or SKIP
     info: str
+    input: str = ""
 
 
 @dataclass(frozen=True)

@@ -177,8 +177,11 @@ class DevIssuer:
         self.port = port
         self.jwks_requests = 0
         self.discovery_requests = 0
+        self.not_modified_responses = 0  # JWKS requests answered 304
         self._delay = 0.0
         self._broken = False
+        self._garbage = False
+        self._cache_control: str | None = "max-age=300"
         self._counter_lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -440,6 +443,14 @@ class DevIssuer:
         """Answer discovery and JWKS requests with HTTP 500."""
         self._broken = broken
 
+    def set_garbage(self, garbage: bool = True) -> None:
+        """Answer JWKS requests with 200 and a body that is not JSON."""
+        self._garbage = garbage
+
+    def set_cache_control(self, value: str | None) -> None:
+        """The Cache-Control header of discovery and JWKS answers (None: none)."""
+        self._cache_control = value
+
     def discovery(self) -> dict[str, Any]:
         issuer = self.issuer
         algs = sorted({e["alg"] for e in self.ensure_keys() if e["published"]})
@@ -451,22 +462,30 @@ class DevIssuer:
             "subject_types_supported": ["public"],
         }
 
-    def _answer(self, path: str) -> tuple[int, dict[str, Any]]:
+    def _answer(self, path: str) -> tuple[int, bytes]:
         if path == DISCOVERY_PATH:
             with self._counter_lock:
                 self.discovery_requests += 1
             if self._delay:
                 time.sleep(self._delay)
-            return (
-                (500, {"error": "broken"}) if self._broken else (200, self.discovery())
-            )
+            if self._broken:
+                return 500, _json_bytes({"error": "broken"})
+            return 200, _json_bytes(self.discovery())
         if path == JWKS_PATH:
             with self._counter_lock:
                 self.jwks_requests += 1
             if self._delay:
                 time.sleep(self._delay)
-            return (500, {"error": "broken"}) if self._broken else (200, self.jwks())
-        return 404, {"error": "not found"}
+            if self._broken:
+                return 500, _json_bytes({"error": "broken"})
+            if self._garbage:
+                return 200, b"<html>temporarily unavailable</html>"
+            return 200, _json_bytes(self.jwks())
+        return 404, _json_bytes({"error": "not found"})
+
+    def _count_not_modified(self) -> None:
+        with self._counter_lock:
+            self.not_modified_responses += 1
 
 
 class _Server(ThreadingHTTPServer):
@@ -480,18 +499,26 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
     def do_GET(self) -> None:
+        issuer = self.server.dev_issuer
         path = urllib.parse.urlsplit(self.path).path
         try:
-            status, document = self.server.dev_issuer._answer(path)
+            status, body = issuer._answer(path)
         except Exception as exc:  # noqa: BLE001 - answer 500, keep serving
-            status, document = 500, {"error": type(exc).__name__}
-        body = json.dumps(document).encode("utf-8")
+            status, body = 500, _json_bytes({"error": type(exc).__name__})
+        etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+        if status == 200 and self.headers.get("If-None-Match") == etag:
+            status, body = 304, b""
+            if path == JWKS_PATH:
+                issuer._count_not_modified()
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            if status == 200:
-                self.send_header("Cache-Control", "max-age=300")
+            if status in (200, 304):
+                self.send_header("ETag", etag)
+                if issuer._cache_control is not None:
+                    self.send_header("Cache-Control", issuer._cache_control)
+            if status != 304:
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):

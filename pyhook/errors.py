@@ -35,6 +35,12 @@ class UntrustedIssuer(ValidationError):
     reason = "untrusted_issuer"
 
 
+class UnsupportedType(ValidationError):
+    """The ``typ`` header is not one the issuer's tokens must carry (RFC 8725 3.11)."""
+
+    reason = "unsupported_typ"
+
+
 class UnknownKey(ValidationError):
     reason = "unknown_key"
 
@@ -67,6 +73,10 @@ class MissingClaim(ValidationError):
     reason = "missing_claim"
 
 
+class Revoked(ValidationError):
+    reason = "revoked"
+
+
 class RoleNotAllowed(ValidationError):
     reason = "role_not_allowed"
 
@@ -93,6 +103,7 @@ REASONS: tuple[str, ...] = (
     TooLarge.reason,
     UnsupportedAlgorithm.reason,
     UntrustedIssuer.reason,
+    UnsupportedType.reason,
     UnknownKey.reason,
     BadSignature.reason,
     Expired.reason,
@@ -100,6 +111,7 @@ REASONS: tuple[str, ...] = (
     LifetimeTooLong.reason,
     AudienceMismatch.reason,
     MissingClaim.reason,
+    Revoked.reason,
     RoleNotAllowed.reason,
     DatabaseNotAllowed.reason,
     ClientNotAllowed.reason,

@@ -1,11 +1,18 @@
 """Signing keys per issuer: static JWKS, a jwks_uri, or OIDC discovery.
 
 Keys are parsed once into cryptography public-key objects. Fetched keys are kept
-with the time of the last successful fetch and refreshed when older than the
-issuer's ``jwks_refresh`` (the old keys keep working when a refresh fails);
-``refresh_due``/``refresh`` let the adapter do that between logins so that in
-steady state no login waits on the network. An unknown ``kid`` triggers at most
-one refetch per ``jwks_cooldown`` per issuer.
+with the time of the last successful fetch and count as fresh for the document's
+Cache-Control max-age (held within the issuer's ``jwks_refresh_min`` and
+``jwks_refresh_max``; ``jwks_refresh`` when it sent none); a refresh sends the
+ETag back, and a 304 keeps the keys. ``refresh_due``/``refresh`` let the adapter
+refresh between logins so that in steady state no login waits on the network.
+When refreshes fail the last good keys keep working up to ``jwks_max_stale``
+after their fetch. An unknown ``kid`` triggers at most one refetch per
+``jwks_cooldown`` per issuer.
+
+``snapshot``/``seed`` move the last good document in and out of the store (the
+adapter persists it in oauth.jwks_cache), so a restarted process starts warm.
+Only public key members ever leave the store.
 """
 
 from __future__ import annotations
@@ -33,7 +40,6 @@ MIN_RSA_BITS = 2048
 REFRESH_AHEAD = 0.8
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 
-Fetch = Callable[[str, float, int], bytes]
 Clock = Callable[[], float]
 
 # alg -> (kty, curves the key may have; None: any)
@@ -56,6 +62,31 @@ class FetchError(Exception):
 
 
 @dataclass(frozen=True)
+class FetchResult:
+    """A fetched document with what its response said about caching.
+
+    ``not_modified``: the server answered 304 to ``If-None-Match`` (``body`` empty).
+    """
+
+    body: bytes
+    max_age: float | None = None
+    etag: str | None = None
+    not_modified: bool = False
+
+
+# fetch(url, timeout, max_bytes, etag) -> the document; raises FetchError. A plain
+# bytes result means "no caching headers".
+Fetch = Callable[[str, float, int, "str | None"], "bytes | FetchResult"]
+
+# members that make up a public JWK; nothing else is kept or persisted
+_PUBLIC_MEMBERS: dict[str, tuple[str, ...]] = {
+    "RSA": ("n", "e"),
+    "EC": ("crv", "x", "y"),
+    "OKP": ("crv", "x"),
+}
+
+
+@dataclass(frozen=True)
 class JsonWebKey:
     """One public verification key; ``key`` is a cryptography public-key object."""
 
@@ -65,6 +96,8 @@ class JsonWebKey:
     alg: str | None
     key: Any = field(repr=False)
     bits: int | None = None
+    # the public members as a JWK (kty, kid, alg, n/e or crv/x/y): for oauth.jwks_cache
+    public: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def fits(self, alg: str) -> bool:
         """Whether this key may verify a token signed with ``alg``."""
@@ -140,15 +173,44 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def urllib_fetch(url: str, timeout: float, max_bytes: int) -> bytes:
-    """GET ``url``: no redirects, no proxies, ``timeout`` seconds in all, at most ``max_bytes``."""
+def cache_max_age(cache_control: str | None, age: str | None = None) -> float | None:
+    """Seconds a response may be cached per Cache-Control (minus Age); None: not said.
+
+    ``no-cache``/``no-store`` count as 0 (the issuer's floor then applies).
+    """
+    if not cache_control:
+        return None
+    max_age: float | None = None
+    for directive in cache_control.split(","):
+        name, _, value = directive.strip().partition("=")
+        name = name.strip().lower()
+        if name in ("no-cache", "no-store"):
+            return 0.0
+        if name == "max-age":
+            value = value.strip().strip('"')
+            if value.isdigit() and len(value) <= 12:
+                max_age = float(value)
+    if max_age is not None and age is not None and age.strip().isdigit():
+        max_age = max(0.0, max_age - float(age.strip()[:12]))
+    return max_age
+
+
+def urllib_fetch(
+    url: str, timeout: float, max_bytes: int, etag: str | None = None
+) -> FetchResult:
+    """GET ``url``: no redirects, no proxies, ``timeout`` seconds in all, at most ``max_bytes``.
+
+    With ``etag`` the request is conditional (If-None-Match); a 304 answer is a
+    result with ``not_modified`` set.
+    """
     deadline = time.monotonic() + timeout
     opener = urllib.request.build_opener(
         urllib.request.ProxyHandler({}), _RefuseRedirects()
     )
-    request = urllib.request.Request(
-        url, headers={"Accept": "application/json", "User-Agent": "pg_oauth"}
-    )
+    headers = {"Accept": "application/json", "User-Agent": "pg_oauth"}
+    if etag is not None:
+        headers["If-None-Match"] = etag
+    request = urllib.request.Request(url, headers=headers)
     try:
         with opener.open(request, timeout=timeout) as response:
             if response.status != 200:
@@ -168,9 +230,24 @@ def urllib_fetch(url: str, timeout: float, max_bytes: int) -> bytes:
                 size += len(chunk)
                 if size > max_bytes:
                     raise FetchError(f"document larger than {max_bytes} bytes")
-            return b"".join(chunks)
+            return FetchResult(
+                b"".join(chunks),
+                max_age=cache_max_age(
+                    response.headers.get("Cache-Control"), response.headers.get("Age")
+                ),
+                etag=_etag(response.headers.get("ETag")),
+            )
     except urllib.error.HTTPError as exc:
         exc.close()
+        if exc.code == 304 and etag is not None:
+            return FetchResult(
+                b"",
+                max_age=cache_max_age(
+                    exc.headers.get("Cache-Control"), exc.headers.get("Age")
+                ),
+                etag=_etag(exc.headers.get("ETag")),
+                not_modified=True,
+            )
         if 300 <= exc.code < 400:
             raise FetchError(
                 f"HTTP status {exc.code}: redirects are not followed"
@@ -193,6 +270,14 @@ def urllib_fetch(url: str, timeout: float, max_bytes: int) -> bytes:
         ) from None
     except ValueError as exc:  # http.client: bad status line, bad chunk, ...
         raise FetchError(f"bad HTTP response ({type(exc).__name__})") from None
+
+
+def _etag(value: str | None) -> str | None:
+    # an opaque validator echoed back as it came; anything odd is not worth keeping
+    if value is None or len(value) > 200 or not value.isascii():
+        return None
+    value = value.strip()
+    return value or None
 
 
 class _SkipKey(Exception):
@@ -238,7 +323,14 @@ def parse_jwk(obj: Any) -> JsonWebKey:
         raise _SkipKey(f"invalid key parameters ({type(exc).__name__})") from None
     if bits is not None and bits < MIN_RSA_BITS:
         raise _SkipKey(f"RSA key of {bits} bits is too short")
-    return JsonWebKey(kid=kid, kty=str(kty), crv=crv, alg=alg, key=key, bits=bits)
+    public: dict[str, Any] = {"kty": kty}
+    public.update({name: obj[name] for name in _PUBLIC_MEMBERS[str(kty)]})
+    for name in ("kid", "alg", "use"):
+        if obj.get(name) is not None:
+            public[name] = obj[name]
+    return JsonWebKey(
+        kid=kid, kty=str(kty), crv=crv, alg=alg, key=key, bits=bits, public=public
+    )
 
 
 def parse_jwks(document: bytes | str) -> tuple[list[JsonWebKey], list[str]]:
@@ -275,18 +367,43 @@ def select_key(keys: list[JsonWebKey], alg: str, kid: str | None) -> JsonWebKey:
         raise UnknownKey(
             f"key {show(kid, 60)} is {same_kid[0].describe()} and cannot verify {alg}"
         )
-    fitting = [k for k in keys if k.fits(alg)]
-    if len(fitting) == 1:
-        return fitting[0]
-    if not fitting:
-        raise KeyNotFound(f"token has no kid and no key fits {alg}")
-    raise UnknownKey(
-        f"token has no kid and {len(fitting)} keys fit {alg}; a kid is required"
-    )
+    # without a kid the choice of key would be a guess: only a single-key JWKS allows it
+    if len(keys) > 1:
+        raise UnknownKey(
+            f"token has no kid and the JWKS has {len(keys)} keys; a kid is required"
+        )
+    if keys and keys[0].fits(alg):
+        return keys[0]
+    if keys:
+        raise KeyNotFound(
+            f"token has no kid and the only key ({keys[0].describe()}) cannot verify {alg}"
+        )
+    raise KeyNotFound(f"token has no kid and no key fits {alg}")
 
 
 def _source(issuer: IssuerConfig) -> tuple[object, ...]:
     return (issuer.jwks, issuer.jwks_uri, issuer.allow_insecure_http)
+
+
+@dataclass(frozen=True)
+class CachedJwks:
+    """The last good JWKS of an issuer as oauth.jwks_cache holds it (public keys only)."""
+
+    issuer: str
+    jwks_uri: str
+    discovered: bool  # jwks_uri came from OIDC discovery
+    jwks: str  # {"keys": [...]} with public members only
+    etag: str | None
+    max_age: float | None
+    fetched_at: float  # wall clock, epoch seconds
+
+
+@dataclass(frozen=True)
+class FetchEvent:
+    """One HTTP request for an issuer's keys (discovery or JWKS) and whether it worked."""
+
+    issuer: str
+    ok: bool
 
 
 @dataclass
@@ -295,28 +412,45 @@ class _Entry:
     keys: list[JsonWebKey] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     loaded: bool = False  # static keys parsed (successfully or not)
-    fetched_at: float | None = None  # last successful fetch
+    fetched_at: float | None = None  # last successful fetch (monotonic)
+    fetched_wall: float | None = None  # the same, wall clock
     attempted_at: float | None = None  # last fetch attempt
     last_error: str | None = None
     kid_refetch_at: float | None = None
     discovered_uri: str | None = None
     discovered_at: float | None = None
+    jwks_uri: str | None = None  # where the keys held came from
+    etag: str | None = None
+    max_age: float | None = None
+    seeded: bool = False  # keys came from a snapshot, not from a fetch by this store
+    dirty: bool = False  # fetched since the last snapshot was taken
+
+
+@dataclass(frozen=True)
+class _Download:
+    uri: str
+    result: FetchResult
+    keys: list[JsonWebKey] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class KeyStore:
-    """Per-issuer keys; inject ``fetch`` and ``now`` (monotonic seconds) for tests."""
+    """Per-issuer keys; inject ``fetch``, ``now`` (monotonic) and ``wall`` for tests."""
 
     def __init__(
         self,
         fetch: Fetch | None = None,
         now: Clock = time.monotonic,
         max_bytes: int = MAX_DOCUMENT_BYTES,
+        wall: Clock = time.time,
     ) -> None:
         self._fetch: Fetch = fetch or urllib_fetch
         self._now = now
+        self._wall = wall
         self.max_bytes = max_bytes
         self.fetch_count = 0  # HTTP requests made (discovery and JWKS), for benchmarks
         self._entries: dict[str, _Entry] = {}
+        self._events: list[FetchEvent] = []
 
     # -- the login path -----------------------------------------------------
 
@@ -336,15 +470,15 @@ class KeyStore:
 
         now = self._now()
         attempted = False  # one login waits for the network at most once
-        if not entry.keys:
+        if not entry.keys or self._too_stale(entry, issuer, now):
             if self._may_retry(entry, issuer, now):
                 attempted = True
                 self._fetch_into(entry, issuer, now)
             if not entry.keys:
                 raise JwksUnavailable(entry.last_error or "no keys could be fetched")
-        elif (
-            entry.fetched_at is None or now - entry.fetched_at >= issuer.jwks_refresh
-        ) and self._may_retry(entry, issuer, now):
+            if self._too_stale(entry, issuer, now):
+                raise JwksUnavailable(self._stale_detail(entry, issuer, now))
+        elif self._due(entry, issuer, now) and self._may_retry(entry, issuer, now):
             attempted = True
             self._fetch_into(entry, issuer, now)  # old keys stay on error
         try:
@@ -375,10 +509,14 @@ class KeyStore:
     def refresh_due(
         self, config: Config, now: float | None = None
     ) -> list[IssuerConfig]:
-        """Enabled issuers whose keys are missing or (nearly) due for a refresh."""
+        """Enabled issuers whose keys are missing or (nearly) due for a refresh.
+
+        In issuer order, so that processes persisting the results lock rows alike.
+        """
         now = self._now() if now is None else now
         due: list[IssuerConfig] = []
-        for issuer in config.issuers.values():
+        for name in sorted(config.issuers):
+            issuer = config.issuers[name]
             if not issuer.enabled:
                 continue
             entry = self._entries.get(issuer.issuer)
@@ -388,9 +526,7 @@ class KeyStore:
                 if not entry.loaded:
                     due.append(issuer)
             elif (
-                not entry.keys
-                or entry.fetched_at is None
-                or now - entry.fetched_at >= issuer.jwks_refresh * REFRESH_AHEAD
+                not entry.keys or self._due(entry, issuer, now, REFRESH_AHEAD)
             ) and self._may_retry(entry, issuer, now):
                 due.append(issuer)
         return due
@@ -422,11 +558,132 @@ class KeyStore:
             return []
         return entry.notes + ([entry.last_error] if entry.last_error else [])
 
+    def describe(self, issuer: IssuerConfig) -> str:
+        """Where the keys of ``issuer`` come from and how fresh they are (for explain)."""
+        entry = self._entries.get(issuer.issuer)
+        if issuer.jwks is not None:
+            count = len(entry.keys) if entry is not None and entry.loaded else None
+            held = "" if count is None else f", {count} usable keys"
+            return f"static keys from oauth.issuers.jwks{held}"
+        if entry is None or entry.source != _source(issuer) or not entry.keys:
+            where = (
+                f"jwks_uri {safe_url(issuer.jwks_uri)}"
+                if issuer.jwks_uri
+                else "OIDC discovery"
+            )
+            error = (
+                f"; last error: {entry.last_error}"
+                if entry and entry.last_error
+                else ""
+            )
+            return f"no keys held yet (source: {where}){error}"
+        now = self._now()
+        age = now - entry.fetched_at if entry.fetched_at is not None else 0.0
+        interval = issuer.refresh_interval(entry.max_age)
+        origin = "from oauth.jwks_cache" if entry.seeded else "fetched"
+        parts = [
+            (
+                f"{len(entry.keys)} keys {origin} {age:.0f} s ago from "
+                f"{safe_url(entry.jwks_uri or '')}"
+            ),
+            (
+                f"max-age {entry.max_age:g} s"
+                if entry.max_age is not None
+                else "no max-age"
+            )
+            + f", fresh for {interval:g} s"
+            + (", ETag kept" if entry.etag else ""),
+        ]
+        if entry.last_error:
+            parts.append(f"last refresh failed: {entry.last_error}")
+        return "; ".join(parts)
+
     def prune(self, config: Config) -> None:
         """Forget issuers that are no longer configured."""
         for name in list(self._entries):
             if name not in config.issuers:
                 del self._entries[name]
+
+    def drain_events(self) -> list[FetchEvent]:
+        """The HTTP requests made since the last call, oldest first."""
+        events, self._events = self._events, []
+        return events
+
+    # -- persistence ---------------------------------------------------------------
+
+    def snapshot(self, issuer: str) -> CachedJwks | None:
+        """The last good fetched JWKS of ``issuer`` (None: none, or static keys)."""
+        entry = self._entries.get(issuer)
+        if (
+            entry is None
+            or not entry.keys
+            or entry.jwks_uri is None
+            or entry.fetched_wall is None
+        ):
+            return None
+        document = {"keys": [key.public for key in entry.keys]}
+        return CachedJwks(
+            issuer=issuer,
+            jwks_uri=entry.jwks_uri,
+            discovered=entry.source[1] is None,
+            jwks=json.dumps(document, separators=(",", ":"), sort_keys=True),
+            etag=entry.etag,
+            max_age=entry.max_age,
+            fetched_at=entry.fetched_wall,
+        )
+
+    def take_dirty(self) -> list[CachedJwks]:
+        """Snapshots of the issuers fetched since the last call, in issuer order."""
+        out: list[CachedJwks] = []
+        for name in sorted(self._entries):
+            entry = self._entries[name]
+            if entry.dirty:
+                entry.dirty = False
+                snap = self.snapshot(name)
+                if snap is not None:
+                    out.append(snap)
+        return out
+
+    def seed(self, issuer: IssuerConfig, cached: CachedJwks) -> bool:
+        """Adopt a persisted JWKS when it is newer than what is held; whether it was.
+
+        A document whose origin no longer fits the issuer's configuration (another
+        jwks_uri, a URL the policy now refuses, static keys) is ignored.
+        """
+        if issuer.jwks is not None or cached.issuer != issuer.issuer:
+            return False
+        if issuer.jwks_uri is not None:
+            if cached.discovered or cached.jwks_uri != issuer.jwks_uri:
+                return False
+        elif not cached.discovered:
+            return False
+        try:
+            check_url(cached.jwks_uri, issuer.allow_insecure_http)
+        except FetchError:
+            return False
+        entry = self._entry(issuer)
+        if entry.fetched_wall is not None and entry.fetched_wall >= cached.fetched_at:
+            return False
+        try:
+            keys, notes = parse_jwks(cached.jwks)
+        except JwksUnavailable:
+            return False
+        if not keys:
+            return False
+        now, wall = self._now(), self._wall()
+        entry.keys, entry.notes = keys, notes
+        entry.fetched_at = now - max(0.0, wall - cached.fetched_at)
+        entry.fetched_wall = cached.fetched_at
+        entry.jwks_uri = cached.jwks_uri
+        entry.etag = cached.etag
+        entry.max_age = cached.max_age
+        entry.last_error = None
+        entry.seeded = True
+        entry.dirty = False
+        if cached.discovered:
+            entry.discovered_uri = cached.jwks_uri
+            entry.discovered_at = entry.fetched_at
+        return True
 
     # -- internals -------------------------------------------------------------
 
@@ -437,6 +694,34 @@ class KeyStore:
             entry = _Entry(source=source)
             self._entries[issuer.issuer] = entry
         return entry
+
+    @staticmethod
+    def _due(
+        entry: _Entry, issuer: IssuerConfig, now: float, ahead: float = 1.0
+    ) -> bool:
+        if entry.fetched_at is None:
+            return True
+        return now - entry.fetched_at >= issuer.refresh_interval(entry.max_age) * ahead
+
+    @staticmethod
+    def _too_stale(entry: _Entry, issuer: IssuerConfig, now: float) -> bool:
+        return (
+            entry.fetched_at is not None
+            and now - entry.fetched_at > issuer.jwks_max_stale
+        )
+
+    @staticmethod
+    def _stale_detail(entry: _Entry, issuer: IssuerConfig, now: float) -> str:
+        age = now - (entry.fetched_at or now)
+        why = (
+            f"refreshing failed: {entry.last_error}"
+            if entry.last_error
+            else "no refresh attempted yet"
+        )
+        return (
+            f"the last good keys were fetched {age:.0f} s ago, longer than "
+            f"jwks_max_stale ({issuer.jwks_max_stale:g} s); {why}"
+        )
 
     @staticmethod
     def _may_retry(entry: _Entry, issuer: IssuerConfig, now: float) -> bool:
@@ -463,34 +748,55 @@ class KeyStore:
         """Fetch keys into ``entry``; on failure keep the old keys and record why."""
         entry.attempted_at = now
         try:
-            keys, notes = self._download(entry, issuer, now)
+            download = self._download(entry, issuer, now)
         except JwksUnavailable as exc:
             entry.last_error = exc.detail
             return False
-        if not keys:
-            entry.notes = notes
-            entry.last_error = "the JWKS document has no usable keys"
-            return False
-        entry.keys, entry.notes = keys, notes
+        result = download.result
+        if not result.not_modified:
+            if not download.keys:
+                entry.notes = download.notes
+                entry.last_error = "the JWKS document has no usable keys"
+                return False
+            entry.keys, entry.notes = download.keys, download.notes
+            entry.etag = result.etag
+        elif result.etag is not None:
+            entry.etag = result.etag
+        entry.jwks_uri = download.uri
+        entry.max_age = result.max_age
         entry.fetched_at = now
+        entry.fetched_wall = self._wall()
         entry.last_error = None
+        entry.seeded = False
+        entry.dirty = True
         return True
 
-    def _download(
-        self, entry: _Entry, issuer: IssuerConfig, now: float
-    ) -> tuple[list[JsonWebKey], list[str]]:
+    def _download(self, entry: _Entry, issuer: IssuerConfig, now: float) -> _Download:
         uri = issuer.jwks_uri
         if uri is None:
             if (
                 entry.discovered_uri is None
                 or entry.discovered_at is None
-                or now - entry.discovered_at >= issuer.jwks_refresh
+                or now - entry.discovered_at >= issuer.refresh_interval(None)
             ):
                 entry.discovered_uri = self._discover(issuer)
                 entry.discovered_at = now
             uri = entry.discovered_uri
+        # conditional only when the keys held came from this very URL
+        etag = entry.etag if entry.keys and entry.jwks_uri == uri else None
         try:
-            return parse_jwks(self._get(uri, issuer))
+            result = self._get(uri, issuer, etag)
+            if result.not_modified:
+                self._record(issuer, True)
+                return _Download(uri, result)
+            try:
+                keys, notes = parse_jwks(result.body)
+            except JwksUnavailable:
+                self._record(issuer, False)
+                raise
+            # a document without a usable key counts as a failed fetch
+            self._record(issuer, bool(keys))
+            return _Download(uri, result, keys, notes)
         except JwksUnavailable:
             if issuer.jwks_uri is None:
                 entry.discovered_uri = None  # discover again next time
@@ -498,8 +804,19 @@ class KeyStore:
 
     def _discover(self, issuer: IssuerConfig) -> str:
         url = issuer.issuer.rstrip("/") + DISCOVERY_PATH
+        result = self._get(url, issuer, None)
         try:
-            document = json.loads(self._get(url, issuer))
+            jwks_uri = self._discovered_jwks_uri(url, result.body, issuer)
+        except JwksUnavailable:
+            self._record(issuer, False)
+            raise
+        self._record(issuer, True)
+        return jwks_uri
+
+    @staticmethod
+    def _discovered_jwks_uri(url: str, body: bytes, issuer: IssuerConfig) -> str:
+        try:
+            document = json.loads(body)
         except (ValueError, RecursionError):
             raise JwksUnavailable(
                 f"discovery document at {safe_url(url)} is not valid JSON"
@@ -520,22 +837,30 @@ class KeyStore:
             )
         return jwks_uri
 
-    def _get(self, url: str, issuer: IssuerConfig) -> bytes:
+    def _record(self, issuer: IssuerConfig, ok: bool) -> None:
+        self._events.append(FetchEvent(issuer.issuer, ok))
+
+    def _get(self, url: str, issuer: IssuerConfig, etag: str | None) -> FetchResult:
+        """One HTTP request; a failed one is recorded here, a successful one by the
+        caller once it knows whether the document was any good."""
         try:
             check_url(url, issuer.allow_insecure_http)
         except FetchError as exc:
             raise JwksUnavailable(str(exc)) from None
         self.fetch_count += 1
         try:
-            data = self._fetch(url, issuer.http_timeout, self.max_bytes)
+            raw = self._fetch(url, issuer.http_timeout, self.max_bytes, etag)
+            result = raw if isinstance(raw, FetchResult) else FetchResult(bytes(raw))
+            if result.not_modified and etag is None:
+                raise FetchError("HTTP status 304 to an unconditional request")
+            if len(result.body) > self.max_bytes:
+                raise FetchError(f"document larger than {self.max_bytes} bytes")
+            return result
         except FetchError as exc:
+            self._record(issuer, False)
             raise JwksUnavailable(f"fetching {safe_url(url)} failed: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - an injected fetch may raise anything
+            self._record(issuer, False)
             raise JwksUnavailable(
                 f"fetching {safe_url(url)} failed: {type(exc).__name__}"
             ) from None
-        if len(data) > self.max_bytes:
-            raise JwksUnavailable(
-                f"fetching {safe_url(url)} failed: document larger than {self.max_bytes} bytes"
-            )
-        return data

@@ -1,20 +1,28 @@
-"""The PL/Python entry point: oauth.validate() and oauth.warmup() call this.
+"""The PL/Python entry point: oauth.validate(), oauth.warmup() and oauth.explain() call this.
 
 ``plpy`` is the module PL/Python hands to functions; nothing here imports from
-PostgreSQL. One Adapter lives per worker process (in PL/Python's GD) and keeps
-the prepared plans, the configuration (per version) and the key store.
+PostgreSQL. One Adapter lives per process (in PL/Python's GD) and keeps the
+prepared plans, the configuration (per version, revocations included) and the
+key store. In steady state a login runs no query at all.
+
+After a call that fetched keys, the adapter reports each HTTP request to the C
+statistics (oauth._record_jwks_fetch) and, on a primary, stores the last good
+JWKS in oauth.jwks_cache; loading the configuration and each warm-up adopt
+newer documents from that table (on a standby: what replicated). Both are
+best-effort, each in its own subtransaction: they never change a decision.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from typing import Any
 
 from pyhook.config import Config
-from pyhook.decision import Decision
+from pyhook.decision import FAIL, PASS, Check, Decision
 from pyhook.errors import ValidatorError
-from pyhook.jwks_cache import KeyStore
+from pyhook.jwks_cache import CachedJwks, KeyStore
 from pyhook.validator import validate
 
 ISSUERS_QUERY = (
@@ -24,6 +32,10 @@ ISSUERS_QUERY = (
     "extract(epoch FROM jwks_refresh)::float8 AS jwks_refresh, "
     "extract(epoch FROM jwks_cooldown)::float8 AS jwks_cooldown, "
     "extract(epoch FROM http_timeout)::float8 AS http_timeout, allow_insecure_http, "
+    "typ, required_claims, authorized_parties, "
+    "extract(epoch FROM jwks_max_stale)::float8 AS jwks_max_stale, "
+    "extract(epoch FROM jwks_refresh_min)::float8 AS jwks_refresh_min, "
+    "extract(epoch FROM jwks_refresh_max)::float8 AS jwks_refresh_max, "
     "max_sessions_per_subject FROM oauth.issuers"
 )
 RULES_QUERY = (
@@ -31,6 +43,43 @@ RULES_QUERY = (
     "max_sessions FROM oauth.role_map ORDER BY id"
 )
 VERSION_QUERY = "SELECT version FROM oauth.config_state"
+# expired rows are left out here; the validator also compares expires_at with now
+REVOCATIONS_QUERY = (
+    "SELECT id, issuer, subject, token_id, reason, "
+    "extract(epoch FROM expires_at)::float8 AS expires_at FROM oauth.revocations "
+    "WHERE expires_at IS NULL OR expires_at > now() ORDER BY id"
+)
+JWKS_CACHE_QUERY = (
+    "SELECT issuer, jwks_uri, discovered, jwks::text AS jwks, etag, "
+    "extract(epoch FROM max_age)::float8 AS max_age, "
+    "extract(epoch FROM fetched_at)::float8 AS fetched_at FROM oauth.jwks_cache"
+)
+RECOVERY_QUERY = "SELECT pg_catalog.pg_is_in_recovery() AS standby"
+# Writers skip a row another process is writing (advisory lock, never waited
+# for), never replace a newer document, and give up on any other lock quickly.
+LOCK_TIMEOUT_QUERY = (
+    "SELECT pg_catalog.current_setting('lock_timeout') AS previous, "
+    "pg_catalog.set_config('lock_timeout', '100ms', true) AS now"
+)
+RESTORE_LOCK_TIMEOUT_QUERY = "SELECT pg_catalog.set_config('lock_timeout', $1, true)"
+PERSIST_QUERY = (
+    "INSERT INTO oauth.jwks_cache AS c "
+    "(issuer, jwks_uri, discovered, jwks, etag, max_age, fetched_at) "
+    "SELECT $1, $2, $3, $4::jsonb, $5, make_interval(secs => $6), to_timestamp($7) "
+    "WHERE pg_catalog.pg_try_advisory_xact_lock(1868658036, pg_catalog.hashtext($1)) "
+    "AND EXISTS (SELECT 1 FROM oauth.issuers i WHERE i.issuer = $1) "
+    "ON CONFLICT (issuer) DO UPDATE SET jwks_uri = EXCLUDED.jwks_uri, "
+    "discovered = EXCLUDED.discovered, jwks = EXCLUDED.jwks, etag = EXCLUDED.etag, "
+    "max_age = EXCLUDED.max_age, fetched_at = EXCLUDED.fetched_at "
+    "WHERE c.fetched_at < EXCLUDED.fetched_at"
+)
+PERSIST_TYPES = ["text", "text", "boolean", "text", "text", "float8", "float8"]
+RECORD_FETCH_QUERY = "SELECT oauth._record_jwks_fetch($1::text, $2::boolean)"
+ROLE_QUERY = (
+    "SELECT rolsuper, rolcanlogin, "
+    "coalesce(current_setting('pg_oauth.allow_superuser', true), 'off') AS allow_superuser "
+    "FROM pg_catalog.pg_roles WHERE rolname = $1"
+)
 
 
 def _pg_text(value: str) -> str:
@@ -108,6 +157,45 @@ def _error_row(exc: BaseException) -> dict[str, Any]:
     }
 
 
+def cached_jwks(row: dict[str, Any]) -> CachedJwks:
+    """One oauth.jwks_cache row (as JWKS_CACHE_QUERY returns it)."""
+    return CachedJwks(
+        issuer=str(row["issuer"]),
+        jwks_uri=str(row["jwks_uri"]),
+        discovered=bool(row["discovered"]),
+        jwks=str(row["jwks"]),
+        etag=row.get("etag"),
+        max_age=None if row.get("max_age") is None else float(row["max_age"]),
+        fetched_at=float(row["fetched_at"]),
+    )
+
+
+def explain_rows(decision: Decision) -> list[dict[str, Any]]:
+    """The trail of a decision as rows of oauth.explain(), ending with the verdict."""
+    rows = [
+        {
+            "step": number,
+            "name": check.name,
+            "outcome": check.outcome,
+            "input": _pg_text(check.input),
+            "detail": _pg_text(check.info),
+        }
+        for number, check in enumerate(decision.trail, start=1)
+    ]
+    rows.append(
+        {
+            "step": len(rows) + 1,
+            "name": "decision",
+            "outcome": "pass" if decision.ok else "fail",
+            "input": _pg_text(
+                f"allowed roles: {', '.join(decision.allowed_roles) or 'none'}"
+            ),
+            "detail": _pg_text(f"{decision.reason}: {decision.detail}"),
+        }
+    )
+    return rows
+
+
 class Adapter:
     def __init__(self, plpy: Any) -> None:
         self.plpy = plpy
@@ -135,9 +223,48 @@ class Adapter:
         except Exception as exc:  # noqa: BLE001 - fail closed, never raise into the worker
             self._warn(f"pg_oauth: validator error: {type(exc).__name__}")
             return _error_row(exc)
+        finally:
+            self._after_fetches()
+
+    def explain(
+        self,
+        token: str | bytes,
+        requested_role: str,
+        database: str,
+        client_addr: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows for oauth.explain(): every check with its input and outcome, then the verdict.
+
+        The same validation a login gets, plus one row per role_map rule and the
+        checks the backend makes on the role itself.
+        """
+        try:
+            config = self._config(None)
+            self._seed_keys(config)
+            decision = validate(
+                token,
+                requested_role,
+                database,
+                client_addr,
+                True,
+                config,
+                self.keys,
+                explain=True,
+            )
+            decision = self._role_checks(decision, requested_role)
+            return explain_rows(decision)
+        except Exception as exc:  # noqa: BLE001 - explain reports, never raises
+            return explain_rows(
+                Decision(
+                    ok=False, reason=ValidatorError.reason, detail=type(exc).__name__
+                )
+            )
+        finally:
+            self._after_fetches()
 
     def warmup(self) -> str:
-        """Load configuration and fetch keys that are missing or due; a one-line summary."""
+        """Load configuration, adopt newer persisted keys, fetch keys that are missing
+        or due; a one-line summary."""
         try:
             config = self._config(None)
         except Exception as exc:  # noqa: BLE001 - warmup reports, never raises
@@ -146,13 +273,17 @@ class Adapter:
             )
             return f"configuration unavailable ({type(exc).__name__})"
         failed = 0
-        for issuer in self.keys.refresh_due(config):
-            try:
-                self.keys.refresh(issuer)
-            except Exception as exc:  # noqa: BLE001 - one issuer must not stop the others
-                failed += 1
-                detail = getattr(exc, "detail", type(exc).__name__)
-                self._warn(f"pg_oauth: keys of issuer {issuer.issuer!a}: {detail}")
+        try:
+            self._seed_keys(config)
+            for issuer in self.keys.refresh_due(config):
+                try:
+                    self.keys.refresh(issuer)
+                except Exception as exc:  # noqa: BLE001 - one issuer must not stop the others
+                    failed += 1
+                    detail = getattr(exc, "detail", type(exc).__name__)
+                    self._warn(f"pg_oauth: keys of issuer {issuer.issuer!a}: {detail}")
+        finally:
+            self._after_fetches()
         enabled = [i for i in config.issuers.values() if i.enabled]
         key_count = sum(len(self.keys.keys(i.issuer)) for i in enabled)
         summary = f"{len(enabled)} issuers, {key_count} keys"
@@ -179,6 +310,7 @@ class Adapter:
             [dict(row) for row in self._execute("issuers", ISSUERS_QUERY)],
             [dict(row) for row in self._execute("rules", RULES_QUERY)],
             config_version,
+            [dict(row) for row in self._execute("revocations", REVOCATIONS_QUERY)],
         )
         for note in config.skipped_rules:
             self._warn(f"pg_oauth: {note}")
@@ -186,16 +318,151 @@ class Adapter:
         self.config, self.config_version = config, config_version
         self._log(
             f"pg_oauth: configuration version {config_version} loaded: "
-            f"{len(config.issuers)} issuers, {len(config.rules)} role_map rules"
+            f"{len(config.issuers)} issuers, {len(config.rules)} role_map rules, "
+            f"{len(config.revocations)} revocations"
         )
+        # a new issuer may already have keys another process fetched
+        self._seed_keys(config)
         return config
 
-    def _execute(self, name: str, query: str) -> Any:
+    # -- keys in oauth.jwks_cache, fetch statistics --------------------------------
+
+    def _seed_keys(self, config: Config) -> int:
+        """Adopt documents from oauth.jwks_cache newer than the ones held; how many."""
+        adopted = 0
+        try:
+            with self.plpy.subtransaction():
+                rows = [dict(r) for r in self._execute("jwks_cache", JWKS_CACHE_QUERY)]
+        except Exception as exc:  # noqa: BLE001 - a cold start is slower, not wrong
+            self._warn(
+                f"pg_oauth: reading oauth.jwks_cache failed: {type(exc).__name__}"
+            )
+            return 0
+        for row in rows:
+            issuer = config.issuers.get(str(row.get("issuer")))
+            if issuer is None:
+                continue
+            try:
+                if self.keys.seed(issuer, cached_jwks(row)):
+                    adopted += 1
+            except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
+                self._warn(
+                    f"pg_oauth: oauth.jwks_cache row of {issuer.issuer!a} unusable: "
+                    f"{type(exc).__name__}"
+                )
+        return adopted
+
+    def _after_fetches(self) -> None:
+        """Report the HTTP requests just made and persist newly fetched keys."""
+        with contextlib.suppress(Exception):
+            for event in self.keys.drain_events():
+                self._record_fetch(event.issuer, event.ok)
+        with contextlib.suppress(Exception):
+            dirty = self.keys.take_dirty()
+            if dirty and not self._in_recovery():
+                for snapshot in dirty:
+                    self._persist(snapshot)
+
+    def _record_fetch(self, issuer: str, ok: bool) -> None:
+        # the C function may not exist (older install): then this is a no-op
+        try:
+            with self.plpy.subtransaction():
+                self._execute(
+                    "record_fetch",
+                    RECORD_FETCH_QUERY,
+                    [issuer, ok],
+                    ["text", "boolean"],
+                )
+        except Exception:  # noqa: BLE001, S110 - statistics never decide anything
+            pass
+
+    def _in_recovery(self) -> bool:
+        try:
+            with self.plpy.subtransaction():
+                rows = self._execute("recovery", RECOVERY_QUERY)
+            return bool(rows[0]["standby"])
+        except Exception:  # noqa: BLE001 - unknown: do not write
+            return True
+
+    def _persist(self, snapshot: CachedJwks) -> None:
+        try:
+            with self.plpy.subtransaction():
+                previous = self._execute("lock_timeout", LOCK_TIMEOUT_QUERY)[0][
+                    "previous"
+                ]
+                self._execute(
+                    "persist",
+                    PERSIST_QUERY,
+                    [
+                        snapshot.issuer,
+                        snapshot.jwks_uri,
+                        snapshot.discovered,
+                        snapshot.jwks,
+                        snapshot.etag,
+                        snapshot.max_age,
+                        snapshot.fetched_at,
+                    ],
+                    PERSIST_TYPES,
+                )
+                self._execute(
+                    "restore_lock_timeout",
+                    RESTORE_LOCK_TIMEOUT_QUERY,
+                    [previous],
+                    ["text"],
+                )
+        except Exception as exc:  # noqa: BLE001 - the keys still work from memory
+            self._log(
+                f"pg_oauth: keys of issuer {snapshot.issuer!a} not stored in "
+                f"oauth.jwks_cache: {type(exc).__name__}"
+            )
+
+    # -- explain: what the backend checks after the validator ---------------------
+
+    def _role_checks(self, decision: Decision, role: str) -> Decision:
+        rows = self._execute("role", ROLE_QUERY, [role], ["text"])
+        given = f"role {role!a}"
+        if not len(rows):
+            check, reason, detail = (
+                Check("role", FAIL, f"role {role!a} does not exist", given),
+                "unknown_role",
+                f"role {role!a} does not exist",
+            )
+        else:
+            row = rows[0]
+            allow_su = str(row["allow_superuser"]).lower() in ("on", "true", "yes", "1")
+            if row["rolsuper"] and not allow_su:
+                detail = (
+                    f"role {role!a} is a superuser and pg_oauth.allow_superuser is off"
+                )
+                check, reason = (
+                    Check("role", FAIL, detail, given),
+                    "superuser_forbidden",
+                )
+            elif not row["rolcanlogin"]:
+                detail = f"role {role!a} is not permitted to log in (NOLOGIN)"
+                check, reason = Check("role", FAIL, detail, given), "role_cannot_login"
+            else:
+                check = Check("role", PASS, "role exists and may log in", given)
+                reason, detail = decision.reason, decision.detail
+        trail = [*decision.trail, check]
+        if not decision.ok or check.outcome == PASS:
+            return replace(decision, trail=trail)
+        return replace(decision, ok=False, reason=reason, detail=detail, trail=trail)
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _execute(
+        self,
+        name: str,
+        query: str,
+        args: list[Any] | None = None,
+        types: list[str] | None = None,
+    ) -> Any:
         plan = self._plans.get(name)
         if plan is None:
-            plan = self.plpy.prepare(query, [])
+            plan = self.plpy.prepare(query, types or [])
             self._plans[name] = plan
-        return self.plpy.execute(plan, [])
+        return self.plpy.execute(plan, args or [])
 
     def _warn(self, message: str) -> None:
         # logging must never turn a decision into an error

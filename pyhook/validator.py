@@ -1,8 +1,12 @@
 """The validation core: one token in, one Decision out, never an exception.
 
-Order matters: structure and header, issuer, algorithm, key, signature; only a
-token whose signature verified has its claims checked, mapped to roles, or
-echoed back in the decision.
+Order matters: structure and header, issuer, algorithm, typ, key, signature; only
+a token whose signature verified has its claims checked (times, audience, azp,
+required claims), its revocation looked up, its identity mapped to roles, or its
+claims echoed back in the decision.
+
+Header members that point at keys (``jku``, ``x5u``, ``jwk``, ``x5c``) are never
+followed: keys come from the issuer's configuration only.
 """
 
 from __future__ import annotations
@@ -19,8 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from jwt.algorithms import Algorithm, get_default_algorithms
 
-from pyhook.claim_path import resolve
-from pyhook.config import SUPPORTED_ALGORITHMS, Config, IssuerConfig, RoleRule
+from pyhook.claim_path import lookup, resolve
+from pyhook.config import (
+    SUPPORTED_ALGORITHMS,
+    Config,
+    IssuerConfig,
+    RequiredClaim,
+    RoleRule,
+    normalize_typ,
+)
 from pyhook.decision import FAIL, PASS, SKIP, STEPS, Check, Decision
 from pyhook.errors import (
     AudienceMismatch,
@@ -32,9 +43,11 @@ from pyhook.errors import (
     Malformed,
     MissingClaim,
     NotYetValid,
+    Revoked,
     RoleNotAllowed,
     TooLarge,
     UnsupportedAlgorithm,
+    UnsupportedType,
     UntrustedIssuer,
     ValidationError,
     ValidatorError,
@@ -48,6 +61,10 @@ _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # 9999-12-31T23:59:59Z: the range datetime (and timestamptz) can represent
 _MAX_TIMESTAMP = 253402300799
 _NOT_CHECKED = "not checked: an earlier check failed"
+# real tokens nest a few levels; deeper is an attack on whatever parses them next
+MAX_JSON_DEPTH = 32
+# header members naming keys or where to get them: never followed, noted in the trail
+_KEY_POINTERS = ("jku", "x5u", "jwk", "x5c")
 
 _algorithms: dict[str, Algorithm] = {}
 
@@ -64,12 +81,15 @@ def validate(
     config: Config,
     keys: KeyStore,
     now: float | None = None,
+    explain: bool = False,
 ) -> Decision:
     """Decide whether ``token`` may log in as ``requested_role``; never raises.
 
     ``ssl`` is accepted for the contract's sake; the C side enforces SSL.
+    ``explain`` adds detail a DBA wants and a login does not need: one trail
+    entry per role_map rule, and where the keys came from.
     """
-    run = _Validation(config, keys, time.time() if now is None else now)
+    run = _Validation(config, keys, time.time() if now is None else now, explain)
     try:
         return run.execute(token, requested_role, database, client_addr)
     except ValidationError as exc:
@@ -126,6 +146,21 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether objects/arrays nest more than ``limit`` levels (the top one is 1)."""
+    # iterative: the point is not to recurse on attacker-controlled nesting
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        children = container.values() if isinstance(container, dict) else container
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def _json_object(segment: str, part: str) -> dict[str, Any]:
     raw = _b64decode(segment)
     try:
@@ -141,6 +176,8 @@ def _json_object(segment: str, part: str) -> dict[str, Any]:
         raise Malformed(f"{part} is not valid UTF-8 JSON") from None
     if not isinstance(value, dict):
         raise Malformed(f"{part} is not a JSON object")
+    if _too_deep(value, MAX_JSON_DEPTH):
+        raise Malformed(f"{part} is nested deeper than {MAX_JSON_DEPTH} levels")
     return value
 
 
@@ -197,6 +234,43 @@ def _number(payload: dict[str, Any], name: str) -> float | None:
     return value
 
 
+def _when(value: float, readable: bool) -> str:
+    if not readable:  # formatting dates costs more than the rest of a step
+        return f"{value:.0f}"
+    stamp = datetime.fromtimestamp(value, tz=timezone.utc)  # noqa: UP017 - 3.9 compatible
+    return f"{value:.0f} ({stamp.strftime('%Y-%m-%dT%H:%M:%SZ')})"
+
+
+def _regex_text(value: str, limit: int = 100) -> str:
+    """A pattern quoted for reading: backslashes as written, anything unprintable escaped."""
+    text = "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in value[: limit + 1])
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"'{text}'"
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    """JSON equality: true is not 1, 1 equals 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def _requirement_met(claim: Any, requirement: RequiredClaim) -> bool:
+    if claim is None:
+        return False
+    if requirement.presence_only:
+        return True
+
+    def equal(item: Any) -> bool:
+        return _json_equal(item, requirement.value) or (
+            isinstance(item, str) and item == requirement.raw
+        )
+
+    return equal(claim) or (isinstance(claim, list) and any(map(equal, claim)))
+
+
 def _client_ip(client_addr: str | None) -> IPAddress | None:
     if client_addr is None:
         return None
@@ -227,12 +301,16 @@ def _rule_roles(rule: RoleRule, claims: dict[str, Any]) -> set[str]:
 class _Validation:
     """State of one validation: the trail so far and what is known to be verified."""
 
-    def __init__(self, config: Config, keys: KeyStore, now: float) -> None:
+    def __init__(
+        self, config: Config, keys: KeyStore, now: float, explain: bool = False
+    ) -> None:
         self.config = config
         self.keys = keys
         self.now = now
+        self.explain = explain
         self.trail: list[Check] = []
         self.step = STEPS[0]
+        self.input = ""  # what the current step looks at
         # set only once the signature verified: unverified data is never echoed
         self.claims: dict[str, Any] | None = None
         self.expires_at: datetime | None = None
@@ -242,14 +320,17 @@ class _Validation:
         self.key_cache: str | None = None
         self.max_sessions: int | None = None
 
+    def _begin(self, step: str, given: str = "") -> None:
+        self.step, self.input = step, given
+
     def _pass(self, info: str) -> None:
-        self.trail.append(Check(self.step, PASS, info))
+        self.trail.append(Check(self.step, PASS, info, self.input))
 
     def _skip(self, info: str) -> None:
-        self.trail.append(Check(self.step, SKIP, info))
+        self.trail.append(Check(self.step, SKIP, info, self.input))
 
     def refuse(self, exc: ValidationError) -> Decision:
-        self.trail.append(Check(self.step, FAIL, exc.detail))
+        self.trail.append(Check(self.step, FAIL, exc.detail, self.input))
         done = {check.name for check in self.trail}
         self.trail.extend(
             Check(name, SKIP, _NOT_CHECKED) for name in STEPS if name not in done
@@ -278,49 +359,72 @@ class _Validation:
     def execute(
         self, token: object, requested_role: str, database: str, client_addr: str | None
     ) -> Decision:
-        self.step = "header"
+        self._begin("header")
         header_b64, payload_b64, signature_b64 = _split(token)
         header = _json_object(header_b64, "header")
         alg = header.get("alg")
         if not isinstance(alg, str):
             raise Malformed("header has no alg string")
         self.alg = alg[:16]
+        self.input = f"alg {show(alg, 40)}"
         if alg not in SUPPORTED_ALGORITHMS:
             raise UnsupportedAlgorithm(f"alg {show(alg, 40)} is not supported")
         if "crit" in header:
-            raise Malformed("crit extensions not supported")
+            # no JWS extension is understood here, so any critical one is unknown
+            raise Malformed(
+                f"crit extensions not supported: {show(header['crit'], 100)}"
+            )
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise Malformed("kid is not a string")
         self.kid = kid[:64] if kid is not None else None
+        typ = header.get("typ")
+        if typ is not None and not isinstance(typ, str):
+            raise Malformed("typ is not a string")
+        pointers = [name for name in _KEY_POINTERS if name in header]
+        self.input = ", ".join(
+            [
+                f"alg {alg}",
+                f"kid {show(kid, 60)}" if kid is not None else "no kid",
+                f"typ {show(typ, 40)}" if typ is not None else "no typ",
+            ]
+        )
         payload = _json_object(payload_b64, "payload")
         signature = _b64decode(signature_b64)
+        ignored = f"; {', '.join(pointers)} ignored (keys never come from the token)"
         self._pass(
-            f"alg {alg}, " + (f"kid {show(kid, 60)}" if kid is not None else "no kid")
+            f"compact JWS, header {len(header_b64)} and payload {len(payload_b64)} "
+            f"base64url characters" + (ignored if pointers else "")
         )
 
-        self.step = "issuer"
+        self._begin("issuer")
         issuer = self._issuer(payload)
         self._pass(f"issuer {show(issuer.issuer)} is trusted")
 
-        self.step = "algorithm"
+        self._begin("algorithm", f"alg {alg}; allowed: {', '.join(issuer.algorithms)}")
         if alg not in issuer.algorithms:
             raise UnsupportedAlgorithm(
                 f"alg {alg} is not allowed for this issuer (allowed: {', '.join(issuer.algorithms)})"
             )
         self._pass(f"{alg} allowed")
 
-        self.step = "key"
+        self._check_typ(typ, issuer)
+
+        self._begin("key", f"kid {show(kid, 60)}" if kid is not None else "no kid")
         fetches = self.keys.fetch_count
         try:
             key = self.keys.get_key(issuer, alg, kid)
         finally:
             self.key_cache = "hit" if self.keys.fetch_count == fetches else "miss"
+            if self.explain:
+                self.input += f"; {self.keys.describe(issuer)}"
         self._pass(
             f"kid {show(key.kid, 60)}: {key.describe()}" if key.kid else key.describe()
         )
 
-        self.step = "signature"
+        self._begin(
+            "signature", f"{alg} over {len(header_b64) + len(payload_b64) + 1} bytes"
+        )
         signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
         try:
             verified = _algorithm(alg).verify(signing_input, key.key, signature)
@@ -335,10 +439,36 @@ class _Validation:
 
         self._check_times(payload, issuer)
         self._check_audience(payload, issuer)
+        self._check_azp(payload, issuer)
+        self._check_required(payload, issuer)
+        self._check_revocation(payload)
 
-        self.step = "mapping"
+        self._begin(
+            "mapping",
+            f"role {show(requested_role, 60)}, database {show(database, 60)}, client "
+            + ("Unix socket" if client_addr is None else show(client_addr, 60)),
+        )
         self._map_roles(payload, issuer, requested_role, database, client_addr)
         return self._decision(True, "ok", f"role {show(requested_role, 60)} allowed")
+
+    def _check_typ(self, typ: str | None, issuer: IssuerConfig) -> None:
+        accepted = issuer.typ
+        given = "no typ" if typ is None else f"typ {show(typ, 40)}"
+        if accepted is None:
+            self._begin("typ", given)
+            self._skip("this issuer requires no particular typ")
+            return
+        self._begin("typ", f"{given}; accepted: {', '.join(accepted) or 'none'}")
+        if typ is None:
+            raise UnsupportedType(
+                f"token has no typ header; this issuer requires {show(list(accepted), 100)}"
+            )
+        if normalize_typ(typ) not in accepted:
+            raise UnsupportedType(
+                f"typ {show(typ, 40)} is not accepted for this issuer "
+                f"(accepted: {show(list(accepted), 100)})"
+            )
+        self._pass(f"typ {show(typ, 40)} accepted")
 
     def _issuer(self, payload: dict[str, Any]) -> IssuerConfig:
         iss = payload.get("iss")
@@ -346,6 +476,7 @@ class _Validation:
             raise MissingClaim("token has no iss claim")
         if not isinstance(iss, str):
             raise Malformed("iss claim is not a string")
+        self.input = f"iss {show(iss)}"
         issuer = self.config.issuers.get(iss)
         if issuer is None:
             raise UntrustedIssuer(
@@ -357,18 +488,22 @@ class _Validation:
 
     def _check_times(self, payload: dict[str, Any], issuer: IssuerConfig) -> None:
         now, leeway = self.now, issuer.leeway
+        at = f"now {_when(now, self.explain)}, leeway {leeway:g} s"
 
-        self.step = "exp"
+        self._begin("exp", f"no exp; {at}")
         exp = _number(payload, "exp")
         if exp is None:
             raise MissingClaim("token has no exp claim")
+        self.input = f"exp {_when(exp, self.explain)}; {at}"
         self.expires_at = datetime.fromtimestamp(exp, tz=timezone.utc)  # noqa: UP017 - datetime.UTC needs 3.11
         if now > exp + leeway:
             raise Expired(f"token expired {now - exp:.0f} s ago (leeway {leeway:g} s)")
         self._pass(f"expires in {exp - now:.0f} s")
 
-        self.step = "nbf"
+        self._begin("nbf", "no nbf")
         nbf = _number(payload, "nbf")
+        if nbf is not None:
+            self.input = f"nbf {_when(nbf, self.explain)}"
         if nbf is None:
             self._skip("no nbf claim")
         elif nbf > now + leeway:
@@ -378,8 +513,10 @@ class _Validation:
         else:
             self._pass(f"valid from {now - nbf:.0f} s ago")
 
-        self.step = "iat"
+        self._begin("iat", "no iat")
         iat = _number(payload, "iat")
+        if iat is not None:
+            self.input = f"iat {_when(iat, self.explain)}"
         if iat is None:
             self._skip("no iat claim")
         elif iat > now + leeway:
@@ -389,8 +526,11 @@ class _Validation:
         else:
             self._pass(f"issued {now - iat:.0f} s ago")
 
-        self.step = "lifetime"
         limit = issuer.max_token_lifetime
+        self._begin(
+            "lifetime",
+            "max_token_lifetime " + ("not set" if limit is None else f"{limit:g} s"),
+        )
         if limit is None:
             self._skip("no max_token_lifetime configured")
         else:
@@ -404,8 +544,11 @@ class _Validation:
             self._pass(f"lifetime {lifetime:.0f} s (exp - {since}) within {limit:g} s")
 
     def _check_audience(self, payload: dict[str, Any], issuer: IssuerConfig) -> None:
-        self.step = "audience"
         aud = payload.get("aud")
+        self._begin(
+            "audience",
+            f"aud {show(aud, 200)}; accepted: {show(list(issuer.audiences[:10]), 200)}",
+        )
         if aud is None:
             raise MissingClaim("token has no aud claim")
         if isinstance(aud, str):
@@ -422,6 +565,78 @@ class _Validation:
             )
         self._pass(f"audience {show(accepted[0])} accepted")
 
+    def _check_azp(self, payload: dict[str, Any], issuer: IssuerConfig) -> None:
+        azp = payload.get("azp")
+        given = "no azp" if azp is None else f"azp {show(azp, 100)}"
+        parties = issuer.authorized_parties
+        if parties is None:
+            self._begin("azp", given)
+            self._skip("no authorized_parties configured")
+            return
+        self._begin("azp", f"{given}; accepted: {show(list(parties[:10]), 200)}")
+        if azp is None:
+            raise MissingClaim("token has no azp claim (authorized_parties is set)")
+        if not isinstance(azp, str):
+            raise Malformed("azp claim is not a string")
+        if azp not in parties:
+            raise AudienceMismatch(
+                f"authorized party (azp) {show(azp, 100)} not accepted; expected one of "
+                f"{show(list(parties[:10]), 200)}"
+            )
+        self._pass(f"azp {show(azp, 100)} accepted")
+
+    def _check_required(self, payload: dict[str, Any], issuer: IssuerConfig) -> None:
+        wanted = [r.text for r in issuer.required_claims]
+        self._begin(
+            "required_claims",
+            "sub, jti are strings if present"
+            + (f"; required: {show(wanted, 200)}" if wanted else ""),
+        )
+        for name in ("sub", "jti"):
+            value = payload.get(name)
+            if value is not None and not isinstance(value, str):
+                raise Malformed(f"{name} claim is not a string")
+        for requirement in issuer.required_claims:
+            if not requirement.usable:
+                raise MissingClaim(
+                    f"required_claims entry {show(requirement.text, 100)} is not a "
+                    "usable claim path; every token of this issuer is refused"
+                )
+            value = lookup(payload, requirement.path)
+            if _requirement_met(value, requirement):
+                continue
+            if value is None:
+                raise MissingClaim(
+                    f"required claim {show(requirement.path, 100)} is missing"
+                )
+            raise MissingClaim(
+                f"required claim {show(requirement.path, 100)} is {show(value, 100)}, "
+                f"not {show(requirement.value, 100)}"
+            )
+        if wanted:
+            self._pass(f"{len(wanted)} required claims present")
+        else:
+            self._pass("no required_claims configured")
+
+    def _check_revocation(self, payload: dict[str, Any]) -> None:
+        iss = payload.get("iss")
+        sub = _string_claim(payload, "sub")
+        jti = _string_claim(payload, "jti")
+        self._begin(
+            "revocation",
+            f"issuer {show(iss)}, subject {show(sub, 100)}, token id {show(jti, 100)}",
+        )
+        rev = self.config.revocation_for(iss, sub, jti, self.now)
+        if rev is not None:
+            until = (
+                ""
+                if rev.expires_at is None
+                else f" until {_when(rev.expires_at, True)}"
+            )
+            why = "" if not rev.reason else f": {show(rev.reason, 120)}"
+            raise Revoked(f"token revoked by {rev.describe()}{until}{why}")
+        self._pass(f"not revoked ({len(self.config.revocations)} revocations loaded)")
+
     def _map_roles(
         self,
         claims: dict[str, Any],
@@ -435,26 +650,47 @@ class _Validation:
         limits: list[int] = []
         excluded_by_database: set[str] = set()
         excluded_by_client: set[str] = set()
+        rule_checks: list[Check] = []
         for rule in self.config.rules_for(issuer.issuer):
             roles = _rule_roles(rule, claims)
             if not roles:
+                if self.explain:
+                    rule_checks.append(self._rule_check(rule, claims, SKIP, "no match"))
                 continue
             if rule.databases is not None and database not in rule.databases:
                 excluded_by_database |= roles
+                outcome, why = FAIL, f"not for database {show(database, 60)}"
             elif rule.client_cidrs is not None and not (
                 client_ip is not None
                 and any(client_ip in net for net in rule.client_cidrs)
             ):
                 excluded_by_client |= roles
+                outcome, why = FAIL, "not for this client address"
             else:
                 allowed |= roles
+                outcome, why = PASS, "applies"
                 if requested_role in roles and rule.max_sessions is not None:
                     limits.append(rule.max_sessions)
+            if self.explain:
+                rule_checks.append(
+                    self._rule_check(
+                        rule,
+                        claims,
+                        outcome,
+                        f"gives {show(sorted(roles), 200)}: {why}",
+                    )
+                )
+        self.trail.extend(rule_checks)
         self.allowed_roles = sorted(allowed)
         if issuer.max_sessions_per_subject is not None:
             limits.append(issuer.max_sessions_per_subject)
         self.max_sessions = min(limits) if limits else None
         role = show(requested_role, 60)
+        here = (
+            f"the token allows {show(self.allowed_roles, 200)} here"
+            if self.allowed_roles
+            else "the token allows no role here"
+        )
         if requested_role in allowed:
             self._pass(
                 f"role {role} allowed; token allows {show(self.allowed_roles, 200)}"
@@ -462,7 +698,8 @@ class _Validation:
             return
         if requested_role in excluded_by_database:
             raise DatabaseNotAllowed(
-                f"role {role} is not allowed for this token in database {show(database, 60)}"
+                f"role {role} is not allowed for this token in database "
+                f"{show(database, 60)}; {here}"
             )
         if requested_role in excluded_by_client:
             where = (
@@ -471,15 +708,43 @@ class _Validation:
                 else show(client_addr, 60)
             )
             raise ClientNotAllowed(
-                f"role {role} is not allowed for this token from {where}"
+                f"role {role} is not allowed for this token from {where}; {here}"
             )
         if self.allowed_roles:
             raise RoleNotAllowed(
                 f"role {role} is not allowed; the token allows {show(self.allowed_roles, 200)}"
             )
+        elsewhere = sorted(excluded_by_database | excluded_by_client)
         raise RoleNotAllowed(
-            f"role {role} is not allowed; the token allows no role "
-            "(no oauth.role_map rule matched)"
+            f"role {role} is not allowed; the token allows no role"
+            + (
+                f" here (elsewhere: {show(elsewhere, 200)})"
+                if elsewhere
+                else " (no oauth.role_map rule matched)"
+            )
+        )
+
+    @staticmethod
+    def _rule_check(
+        rule: RoleRule, claims: dict[str, Any], outcome: str, info: str
+    ) -> Check:
+        values = resolve(claims, rule.claim)
+        given = (
+            f"{rule.claim} = {show(values[:10], 200)}"
+            if values
+            else f"{rule.claim} absent"
+        )
+        limits = []
+        if rule.databases is not None:
+            limits.append(f"databases {show(sorted(rule.databases), 100)}")
+        if rule.client_cidrs is not None:
+            limits.append(f"clients {', '.join(str(n) for n in rule.client_cidrs)}")
+        return Check(
+            f"rule {rule.id}",
+            outcome,
+            info,
+            f"{given}; pattern {_regex_text(rule.pattern)} -> role {_regex_text(rule.role)}"
+            + (f" ({'; '.join(limits)})" if limits else ""),
         )
 
 

@@ -6,43 +6,95 @@ not for PostgreSQL; the real thing is exercised by tests/integration.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
-from unit_support import AUD, ISS, NOW, issuer_row, rule_row
+from unit_support import AUD, ISS, NOW, Documents, issuer_row, no_network, rule_row
 
 from pyhook.dev_issuer import DevIssuer
-from pyhook.plpython_adapter import ISSUERS_QUERY, RULES_QUERY, VERSION_QUERY, Adapter
+from pyhook.jwks_cache import KeyStore
+from pyhook.plpython_adapter import (
+    ISSUERS_QUERY,
+    JWKS_CACHE_QUERY,
+    LOCK_TIMEOUT_QUERY,
+    PERSIST_QUERY,
+    RECORD_FETCH_QUERY,
+    RECOVERY_QUERY,
+    RESTORE_LOCK_TIMEOUT_QUERY,
+    REVOCATIONS_QUERY,
+    ROLE_QUERY,
+    RULES_QUERY,
+    VERSION_QUERY,
+    Adapter,
+)
+
+# what loading one configuration version reads
+CONFIG_QUERIES = [ISSUERS_QUERY, RULES_QUERY, REVOCATIONS_QUERY, JWKS_CACHE_QUERY]
 
 
 class FakePlan:
-    def __init__(self, query: str) -> None:
+    def __init__(self, query: str, types: list[str]) -> None:
         self.query = query
+        self.types = types
+
+
+class FakeSpiError(Exception):
+    pass
 
 
 class FakePlpy:
-    """What PL/Python provides: prepare, execute, and the log functions."""
+    """What PL/Python provides: prepare, execute, subtransactions, the log functions.
+
+    The "tables" are plain lists; PERSIST_QUERY upserts into ``jwks_cache`` the
+    way the SQL does (never replacing a newer row).
+    """
 
     def __init__(
         self, issuers: list[dict[str, Any]], rules: list[dict[str, Any]]
     ) -> None:
         self.issuers, self.rules, self.version = issuers, rules, 1
+        self.revocations: list[dict[str, Any]] = []
+        self.jwks_cache: list[dict[str, Any]] = []
+        self.roles: dict[str, dict[str, Any]] = {
+            "alice": {"rolsuper": False, "rolcanlogin": True},
+            "bob": {"rolsuper": False, "rolcanlogin": True},
+        }
+        self.standby = False
+        self.record_fetch_exists = True
+        self.recorded: list[tuple[str, bool]] = []
         self.prepared: list[str] = []
         self.executed: list[str] = []
         self.warnings: list[str] = []
         self.logs: list[str] = []
         self.fail_with: Exception | None = None
+        self.subtransactions = 0
+        self.depth = 0  # open subtransactions
 
     def prepare(self, query: str, argtypes: list[str] | None = None) -> FakePlan:
+        if query == RECORD_FETCH_QUERY and not self.record_fetch_exists:
+            raise FakeSpiError("function oauth._record_jwks_fetch does not exist")
         self.prepared.append(query)
-        return FakePlan(query)
+        return FakePlan(query, list(argtypes or []))
+
+    @contextlib.contextmanager
+    def subtransaction(self) -> Iterator[None]:
+        self.subtransactions += 1
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def execute(
         self, plan: FakePlan, args: list[Any] | None = None
     ) -> list[dict[str, Any]]:
         assert isinstance(plan, FakePlan), "queries must go through prepared plans"
+        args = list(args or [])
+        assert len(args) == len(plan.types), (plan.query, args)
         if self.fail_with is not None:
             raise self.fail_with
         self.executed.append(plan.query)
@@ -50,9 +102,40 @@ class FakePlpy:
             return [dict(r) for r in self.issuers]
         if plan.query == RULES_QUERY:
             return [dict(r) for r in self.rules]
+        if plan.query == REVOCATIONS_QUERY:
+            return [dict(r) for r in self.revocations]
+        if plan.query == JWKS_CACHE_QUERY:
+            return [dict(r) for r in self.jwks_cache]
         if plan.query == VERSION_QUERY:
             return [{"version": self.version}]
+        if plan.query == RECOVERY_QUERY:
+            return [{"standby": self.standby}]
+        if plan.query == RECORD_FETCH_QUERY:
+            assert self.depth > 0, "statistics must run in a subtransaction"
+            self.recorded.append((args[0], args[1]))
+            return [{}]
+        if plan.query in (LOCK_TIMEOUT_QUERY, RESTORE_LOCK_TIMEOUT_QUERY):
+            assert self.depth > 0
+            return [{"previous": "0", "now": "100ms"}]
+        if plan.query == PERSIST_QUERY:
+            assert self.depth > 0, "writes must run in a subtransaction"
+            assert not self.standby
+            self._upsert(args)
+            return []
+        if plan.query == ROLE_QUERY:
+            role = self.roles.get(args[0])
+            return [] if role is None else [dict(role, allow_superuser="off")]
         raise AssertionError(plan.query)
+
+    def _upsert(self, args: list[Any]) -> None:
+        names = ["issuer", "jwks_uri", "discovered", "jwks", "etag", "max_age"]
+        row = dict(zip(names, args[:6], strict=True), fetched_at=args[6])
+        for i, old in enumerate(self.jwks_cache):
+            if old["issuer"] == row["issuer"]:
+                if old["fetched_at"] < row["fetched_at"]:
+                    self.jwks_cache[i] = row
+                return
+        self.jwks_cache.append(row)
 
     def warning(self, message: str) -> None:
         self.warnings.append(message)
@@ -141,7 +224,7 @@ def test_refused_row_after_the_signature_keeps_identity(
 def test_config_is_cached_per_version(plpy: FakePlpy, token: str) -> None:
     adapter = Adapter(plpy)
     adapter.validate(token, "alice", "app", None, True, 1)
-    assert sorted(plpy.executed) == sorted([ISSUERS_QUERY, RULES_QUERY])
+    assert sorted(plpy.executed) == sorted(CONFIG_QUERIES)
     plpy.executed.clear()
     for _ in range(3):
         assert adapter.validate(token, "alice", "app", None, True, 1)["ok"]
@@ -150,9 +233,9 @@ def test_config_is_cached_per_version(plpy: FakePlpy, token: str) -> None:
     plpy.rules = [rule_row(2, "alice", "bob")]
     row = adapter.validate(token, "bob", "app", None, True, 2)
     assert row["ok"] and row["allowed_roles"] == ["bob"]
-    assert sorted(plpy.executed) == sorted([ISSUERS_QUERY, RULES_QUERY])
+    assert sorted(plpy.executed) == sorted(CONFIG_QUERIES)
     # plans were prepared once and reused
-    assert sorted(plpy.prepared) == sorted([ISSUERS_QUERY, RULES_QUERY])
+    assert sorted(plpy.prepared) == sorted(CONFIG_QUERIES)
 
 
 def test_unknown_version_reads_config_state(plpy: FakePlpy, token: str) -> None:
@@ -266,3 +349,186 @@ def test_claims_json_is_untouched_when_clean() -> None:
         == '{"a":"b\\\\u0000c","n":[1,2.5]}'
     )
     assert json.loads(claims_json({"a": "\x00"})) == {"a": "\ufffd"}
+
+
+# -- revocations, oauth.jwks_cache, fetch statistics, explain ---------------------------
+
+JWKS_URL = "https://idp.example.com/keys"
+
+
+def remote_plpy(dev: DevIssuer) -> FakePlpy:
+    return FakePlpy(
+        [issuer_row(jwks_uri=JWKS_URL, jwks_cooldown=0.0)],
+        [rule_row(1, "(alice|bob)", r"\1")],
+    )
+
+
+def remote_adapter(plpy: FakePlpy, docs: Any) -> Adapter:
+    adapter = Adapter(plpy)
+    adapter.keys = KeyStore(fetch=docs)
+    return adapter
+
+
+def test_revocations_are_cached_with_the_configuration(
+    plpy: FakePlpy, token: str
+) -> None:
+    plpy.revocations = [
+        {"id": 1, "issuer": None, "subject": None, "token_id": "t-1",
+         "reason": "leaked", "expires_at": None},
+    ]  # fmt: skip
+    adapter = Adapter(plpy)
+    row = adapter.validate(token, "alice", "app", None, True, 1)
+    assert (row["reason"], row["token_id"]) == ("revoked", "t-1")
+    assert "leaked" in row["detail"]
+    plpy.executed.clear()
+    adapter.validate(token, "alice", "app", None, True, 1)
+    assert plpy.executed == []  # no query per login
+    plpy.revocations = []
+    assert adapter.validate(token, "alice", "app", None, True, 2)["ok"]
+
+
+def test_fetched_keys_are_reported_and_stored(dev: DevIssuer, token: str) -> None:
+    plpy = remote_plpy(dev)
+    docs = Documents({JWKS_URL: dev.jwks()})
+    adapter = remote_adapter(plpy, docs)
+    assert adapter.validate(token, "alice", "app", None, True, 1)["ok"]
+    assert plpy.recorded == [(ISS, True)]
+    assert len(plpy.jwks_cache) == 1
+    stored = plpy.jwks_cache[0]
+    assert (stored["issuer"], stored["jwks_uri"], stored["discovered"]) == (
+        ISS,
+        JWKS_URL,
+        False,
+    )
+    assert '"d"' not in stored["jwks"]
+    # steady state: nothing executed, nothing recorded, nothing written
+    plpy.executed.clear()
+    assert adapter.validate(token, "alice", "app", None, True, 1)["ok"]
+    assert plpy.executed == [] and plpy.recorded == [(ISS, True)]
+
+
+def test_failed_fetches_are_reported(dev: DevIssuer, token: str) -> None:
+    plpy = remote_plpy(dev)
+    adapter = remote_adapter(plpy, Documents())
+    assert adapter.validate(token, "alice", "app", None, True, 1)["reason"] == (
+        "jwks_unavailable"
+    )
+    assert plpy.recorded == [(ISS, False)] and plpy.jwks_cache == []
+
+
+def test_a_missing_statistics_function_changes_nothing(
+    dev: DevIssuer, token: str
+) -> None:
+    plpy = remote_plpy(dev)
+    plpy.record_fetch_exists = False
+    adapter = remote_adapter(plpy, Documents({JWKS_URL: dev.jwks()}))
+    assert adapter.validate(token, "alice", "app", None, True, 1)["ok"]
+    assert plpy.recorded == [] and len(plpy.jwks_cache) == 1
+    assert plpy.warnings == []
+
+
+def test_a_standby_never_writes(dev: DevIssuer, token: str) -> None:
+    plpy = remote_plpy(dev)
+    plpy.standby = True
+    adapter = remote_adapter(plpy, Documents({JWKS_URL: dev.jwks()}))
+    assert adapter.validate(token, "alice", "app", None, True, None)["ok"]
+    assert PERSIST_QUERY not in plpy.executed and plpy.jwks_cache == []
+    assert plpy.recorded == [(ISS, True)]
+
+
+def test_a_new_process_starts_warm_from_the_table(dev: DevIssuer, token: str) -> None:
+    plpy = remote_plpy(dev)
+    first = remote_adapter(plpy, Documents({JWKS_URL: dev.jwks()}))
+    assert first.warmup() == "1 issuers, 10 keys"
+    assert len(plpy.jwks_cache) == 1
+    # a restarted worker, a standby, or an explain session: no network at all
+    second = remote_adapter(plpy, no_network)
+    assert second.warmup() == "1 issuers, 10 keys"
+    assert second.validate(token, "alice", "app", None, True, None)["ok"]
+    assert (
+        second.validate(token, "alice", "app", None, True, None)["key_cache"] == "hit"
+    )
+
+
+def test_warmup_adopts_keys_another_process_fetched(
+    dev: DevIssuer, tmp_path: Any
+) -> None:
+    plpy = remote_plpy(dev)
+    first = remote_adapter(plpy, Documents({JWKS_URL: dev.jwks()}))
+    second = remote_adapter(plpy, Documents({JWKS_URL: dev.jwks()}))
+    first.warmup()
+    second.warmup()
+    rotated = DevIssuer(str(tmp_path))
+    new_kid = rotated.rotate("ES256")
+    first.keys = KeyStore(fetch=Documents({JWKS_URL: rotated.jwks()}))
+    first.keys.refresh(first.config.issuers[ISS])  # type: ignore[union-attr]
+    first._after_fetches()
+    assert new_kid in plpy.jwks_cache[0]["jwks"]
+    second.keys._fetch = no_network  # the worker must not need the network for it
+    second.warmup()
+    assert any(k.kid == new_kid for k in second.keys.keys(ISS))
+
+
+def test_a_failing_write_is_logged_not_raised(dev: DevIssuer, token: str) -> None:
+    plpy = remote_plpy(dev)
+    adapter = remote_adapter(plpy, Documents({JWKS_URL: dev.jwks()}))
+    original = plpy.execute
+
+    def execute(plan: FakePlan, args: list[Any] | None = None) -> Any:
+        if plan.query == PERSIST_QUERY:
+            raise FakeSpiError("canceling statement due to lock timeout")
+        return original(plan, args)
+
+    plpy.execute = execute  # type: ignore[method-assign]
+    assert adapter.validate(token, "alice", "app", None, True, 1)["ok"]
+    assert any("not stored in oauth.jwks_cache" in m for m in plpy.logs)
+
+
+def test_explain_rows(plpy: FakePlpy, token: str) -> None:
+    rows = Adapter(plpy).explain(token, "alice", "app", "10.0.0.5")
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    assert set(rows[0]) == {"step", "name", "outcome", "input", "detail"}
+    names = [r["name"] for r in rows]
+    assert names[:3] == ["header", "issuer", "algorithm"]
+    assert "rule 1" in names and names[-2:] == ["role", "decision"]
+    assert rows[-1]["outcome"] == "pass"
+    assert rows[-1]["detail"] == "ok: role 'alice' allowed"
+    text = json.dumps(rows)
+    assert token.split(".")[2] not in text and token not in text
+
+
+@pytest.mark.parametrize(
+    ("role", "attributes", "reason"),
+    [
+        ("alice", {"rolsuper": True, "rolcanlogin": True}, "superuser_forbidden"),
+        ("alice", {"rolsuper": False, "rolcanlogin": False}, "role_cannot_login"),
+        ("alice", None, "unknown_role"),
+    ],
+)
+def test_explain_checks_the_role_like_the_backend(
+    plpy: FakePlpy, token: str, role: str, attributes: Any, reason: str
+) -> None:
+    if attributes is None:
+        del plpy.roles[role]
+    else:
+        plpy.roles[role] = attributes
+    rows = Adapter(plpy).explain(token, role, "app")
+    assert rows[-2]["name"] == "role" and rows[-2]["outcome"] == "fail"
+    assert rows[-1]["outcome"] == "fail" and rows[-1]["detail"].startswith(reason)
+
+
+def test_explain_of_a_refused_token_keeps_the_validator_reason(
+    plpy: FakePlpy, token: str
+) -> None:
+    rows = Adapter(plpy).explain(token, "bob", "app")
+    assert rows[-1]["detail"].startswith("role_not_allowed: ")
+    assert rows[-2] == dict(rows[-2], name="role", outcome="pass")
+
+
+def test_explain_never_raises(plpy: FakePlpy, token: str) -> None:
+    plpy.fail_with = RuntimeError("no table")
+    rows = Adapter(plpy).explain(token, "alice", "app")
+    assert rows == [
+        {"step": 1, "name": "decision", "outcome": "fail", "input": "allowed roles: none",
+         "detail": "validator_error: RuntimeError"},
+    ]  # fmt: skip

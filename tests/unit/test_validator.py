@@ -344,8 +344,15 @@ def test_signed_by_an_unpublished_key(mint: Mint, check: Check) -> None:
     assert (
         decision.claims is None and decision.subject is None and decision.issuer is None
     )
-    assert [c.outcome for c in decision.trail[:5]] == [PASS, PASS, PASS, PASS, FAIL]
-    assert all(c.outcome == SKIP for c in decision.trail[5:])
+    assert [(c.name, c.outcome) for c in decision.trail[:6]] == [
+        ("header", PASS),
+        ("issuer", PASS),
+        ("algorithm", PASS),
+        ("typ", SKIP),  # no typ required by default
+        ("key", PASS),
+        ("signature", FAIL),
+    ]
+    assert all(c.outcome == SKIP for c in decision.trail[6:])
 
 
 @pytest.mark.parametrize("alg", ["RS256", "PS256", "ES256", "ES512", "EdDSA"])
@@ -606,7 +613,7 @@ def test_every_reason_code_is_produced_by_this_module() -> None:
         "malformed", "too_large", "unsupported_alg", "untrusted_issuer", "unknown_key",
         "bad_signature", "expired", "not_yet_valid", "lifetime_too_long", "audience_mismatch",
         "missing_claim", "role_not_allowed", "database_not_allowed", "client_not_allowed",
-        "jwks_unavailable", "validator_error",
+        "jwks_unavailable", "validator_error", "unsupported_typ", "revoked",
     }  # fmt: skip
     assert ValidationError("x").detail == "x"
 
@@ -664,7 +671,7 @@ def test_any_single_character_change_is_refused(
 
 
 def test_embedded_and_remote_key_headers_are_never_used(
-    mint: Mint, check: Check
+    dev: DevIssuer, mint: Mint, check: Check
 ) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from jwt.algorithms import ECAlgorithm
@@ -678,11 +685,14 @@ def test_embedded_and_remote_key_headers_are_never_used(
         "x5u": "https://evil.example.com/cert",
         "x5c": ["MIIB"],
     }
-    token = encode_jws(
-        header, claims(), attacker
-    )  # no kid: the one published ES256 key
+    # no kid, and the issuer publishes several keys: a kid is required
+    token = encode_jws(header, claims(), attacker)
     decision = check(token)  # the check fixture's key store fails any fetch
-    assert_refused(decision, "bad_signature", token)
+    assert_refused(decision, "unknown_key", token)
+    assert "jku, x5u, jwk, x5c ignored" in decision.trail[0].info
+    # no kid and a single published key: that key, never the embedded one
+    es_only = {"keys": [k for k in dev.jwks()["keys"] if k["alg"] == "ES256"]}
+    assert_refused(check(token, cfg=static_config(es_only)), "bad_signature", token)
     token = encode_jws(dict(header, kid="es256-1"), claims(), attacker)
     assert_refused(check(token), "bad_signature", token)
 

@@ -41,14 +41,23 @@ class Clock:
 
 
 class Documents:
-    """An injected fetch: serves documents by URL, records every request."""
+    """An injected fetch: serves documents by URL, records every request.
+
+    A value may be a JSON-able object, bytes, an exception to raise, or a
+    FetchResult (caching headers, 304s). ``etags`` records the If-None-Match
+    sent with each request.
+    """
 
     def __init__(self, documents: dict[str, Any] | None = None) -> None:
         self.documents: dict[str, Any] = dict(documents or {})
         self.requests: list[str] = []
+        self.etags: list[str | None] = []
 
-    def __call__(self, url: str, timeout: float, max_bytes: int) -> bytes:
+    def __call__(
+        self, url: str, timeout: float, max_bytes: int, etag: str | None = None
+    ) -> Any:
         self.requests.append(url)
+        self.etags.append(etag)
         value = self.documents.get(url)
         if value is None:
             raise OSError(f"no document at {url}")
@@ -59,7 +68,9 @@ class Documents:
         return value
 
 
-def no_network(url: str, timeout: float, max_bytes: int) -> bytes:
+def no_network(
+    url: str, timeout: float, max_bytes: int, etag: str | None = None
+) -> bytes:
     raise AssertionError(f"unexpected fetch of {url}")
 
 
