@@ -24,6 +24,15 @@
 PG_FUNCTION_INFO_V1(pg_oauth_fn_stats);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_stats_reset);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_record_jwks_fetch);
+PG_FUNCTION_INFO_V1(pg_oauth_fn_keys_changed);
+
+/* pyhook: a key set changed, so decisions cached before may rest on a removed key. */
+Datum
+pg_oauth_fn_keys_changed(PG_FUNCTION_ARGS)
+{
+	decision_cache_keys_changed();
+	PG_RETURN_VOID();
+}
 
 #define STATS_ISSUERS		32
 #define HIST_BUCKETS		(4 * 40)
@@ -35,7 +44,7 @@ static const char *const reason_codes[] = {
 	"audience_mismatch", "missing_claim", "revoked", "role_not_allowed",
 	"database_not_allowed", "client_not_allowed", "unknown_role",
 	"superuser_forbidden", "startup_option_forbidden", "ssl_required",
-	"jwks_unavailable", "rate_limited", "too_many_connections",
+	"jwks_unavailable", "rate_limited", "too_many_connections", "unsupported_typ",
 	"validator_unavailable", "validator_timeout", "validator_error", "other"
 };
 #define NREASONS lengthof(reason_codes)
@@ -190,9 +199,6 @@ pg_oauth_fn_record_jwks_fetch(PG_FUNCTION_ARGS)
 	else
 		s->jwks_fetch_failed++;
 	LWLockRelease(stats->lock);
-	/* a fetch may have removed keys: cached decisions must be made again */
-	if (ok)
-		decision_cache_keys_changed();
 	PG_RETURN_VOID();
 }
 

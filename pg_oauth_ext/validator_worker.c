@@ -30,8 +30,10 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-/* Idle workers refresh keys (through oauth.warmup) this often. */
+/* Idle workers refresh keys (through oauth.warmup) this often ... */
 #define WORKER_IDLE_REFRESH_MS	5000
+/* ... and busy ones between two requests at least this often. */
+#define WORKER_BUSY_REFRESH_MS	30000
 /* A worker that is not ready re-checks this often. */
 #define WORKER_RETRY_MS			1000
 
@@ -468,6 +470,13 @@ pg_oauth_worker_main(Datum main_arg)
 		if (slot != NULL)
 		{
 			handle_request(slot, ticket);
+			/* steady load must not starve key refreshes into the login path */
+			if (TimestampDifferenceExceeds(last_refresh, GetCurrentTimestamp(),
+										   WORKER_BUSY_REFRESH_MS))
+			{
+				idle_refresh();
+				last_refresh = GetCurrentTimestamp();
+			}
 			continue;
 		}
 

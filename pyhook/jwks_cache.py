@@ -449,6 +449,9 @@ class KeyStore:
         self._wall = wall
         self.max_bytes = max_bytes
         self.fetch_count = 0  # HTTP requests made (discovery and JWKS), for benchmarks
+        # times a key set was replaced by a different one (the decision cache in
+        # shared memory must forget decisions made with keys that may be gone)
+        self.key_changes = 0
         self._entries: dict[str, _Entry] = {}
         self._events: list[FetchEvent] = []
 
@@ -671,7 +674,7 @@ class KeyStore:
         if not keys:
             return False
         now, wall = self._now(), self._wall()
-        entry.keys, entry.notes = keys, notes
+        self._replace_keys(entry, keys, notes)
         entry.fetched_at = now - max(0.0, wall - cached.fetched_at)
         entry.fetched_wall = cached.fetched_at
         entry.jwks_uri = cached.jwks_uri
@@ -758,7 +761,7 @@ class KeyStore:
                 entry.notes = download.notes
                 entry.last_error = "the JWKS document has no usable keys"
                 return False
-            entry.keys, entry.notes = download.keys, download.notes
+            self._replace_keys(entry, download.keys, download.notes)
             entry.etag = result.etag
         elif result.etag is not None:
             entry.etag = result.etag
@@ -770,6 +773,13 @@ class KeyStore:
         entry.seeded = False
         entry.dirty = True
         return True
+
+    def _replace_keys(
+        self, entry: _Entry, keys: list[JsonWebKey], notes: list[str]
+    ) -> None:
+        if entry.keys and [k.public for k in entry.keys] != [k.public for k in keys]:
+            self.key_changes += 1
+        entry.keys, entry.notes = keys, notes
 
     def _download(self, entry: _Entry, issuer: IssuerConfig, now: float) -> _Download:
         uri = issuer.jwks_uri

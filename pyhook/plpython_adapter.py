@@ -75,6 +75,7 @@ PERSIST_QUERY = (
 )
 PERSIST_TYPES = ["text", "text", "boolean", "text", "text", "float8", "float8"]
 RECORD_FETCH_QUERY = "SELECT oauth._record_jwks_fetch($1::text, $2::boolean)"
+KEYS_CHANGED_QUERY = "SELECT oauth._keys_changed()"
 ROLE_QUERY = (
     "SELECT rolsuper, rolcanlogin, "
     "coalesce(current_setting('pg_oauth.allow_superuser', true), 'off') AS allow_superuser "
@@ -203,6 +204,7 @@ class Adapter:
         self.config: Config | None = None
         self.config_version: object = None
         self._plans: dict[str, Any] = {}
+        self._reported_key_changes = 0
 
     def validate(
         self,
@@ -357,6 +359,9 @@ class Adapter:
         with contextlib.suppress(Exception):
             for event in self.keys.drain_events():
                 self._record_fetch(event.issuer, event.ok)
+        if self.keys.key_changes != self._reported_key_changes:
+            self._reported_key_changes = self.keys.key_changes
+            self._keys_changed()
         with contextlib.suppress(Exception):
             dirty = self.keys.take_dirty()
             if dirty and not self._in_recovery():
@@ -374,6 +379,14 @@ class Adapter:
                     ["text", "boolean"],
                 )
         except Exception:  # noqa: BLE001, S110 - statistics never decide anything
+            pass
+
+    def _keys_changed(self) -> None:
+        """Tell the backends' decision cache that a key set changed."""
+        try:
+            with self.plpy.subtransaction():
+                self._execute("keys_changed", KEYS_CHANGED_QUERY)
+        except Exception:  # noqa: BLE001, S110 - then cached decisions live until exp
             pass
 
     def _in_recovery(self) -> bool:

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
-import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from pgcluster import Cluster  # noqa: E402
+from pgcluster import Cluster
 
 PG_OAUTH = [sys.executable, "-m", "pyhook"]
 
@@ -27,7 +27,8 @@ def step(text: str) -> None:
 def show(cmd: list[str], env: dict[str, str] | None = None, check: bool = True) -> str:
     shown = " ".join(shlex.quote(c) if not c.startswith("eyJ") else "$TOKEN" for c in cmd)
     print(f"$ {shown}", flush=True)
-    out = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    out = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True,
+                         text=True, check=False)
     text = (out.stdout + out.stderr).strip()
     if text:
         print("  " + text.replace("\n", "\n  "), flush=True)
@@ -47,9 +48,10 @@ def main() -> int:
             stdout=subprocess.PIPE, text=True)
         issuer_url = issuer_proc.stdout.readline().strip()
         print(f"  issuer: {issuer_url}")
-        show(["python3", "-c", "import json,urllib.request;"
-              f"d=json.load(urllib.request.urlopen('{issuer_url}/.well-known/openid-configuration'));"
-              "print('discovery:', d['issuer'], d['jwks_uri'])"])
+        probe = ("import json,urllib.request;"
+                 f"d=json.load(urllib.request.urlopen('{issuer_url}/.well-known/openid-configuration'));"
+                 "print('discovery:', d['issuer'], d['jwks_uri'])")
+        show(["python3", "-c", probe])
 
         step("2. A throwaway PostgreSQL 15 cluster with TLS and pg_oauth preloaded")
         cluster.init().start()
@@ -75,9 +77,9 @@ def main() -> int:
                       "--aud", "demo-db", "--claim", "email=alice@example.com",
                       "--lifetime", "300"])
         print(f"  token: {token[:24]}... ({len(token)} bytes)")
-        out = show(["psql", "-X", cluster.token_dsn("alice"), "-c",
-                    "SELECT current_user, oauth.claim('email') AS email, "
-                    "oauth.claim('sub') AS subject"],
+        query = ("SELECT current_user, oauth.claim('email') AS email, "
+                 "oauth.claim('sub') AS subject")
+        out = show(["psql", "-X", cluster.token_dsn("alice"), "-c", query],
                    env={"PGPASSWORD": token})
         if "alice@example.com" not in out:
             raise SystemExit("demo: the valid token did not log in")
@@ -87,7 +89,7 @@ def main() -> int:
                         "--aud", "demo-db", "--claim", "email=alice@example.com", "--expired"])
         res = subprocess.run(["psql", "-X", cluster.token_dsn("alice"), "-c", "SELECT 1"],
                              env={**os.environ, "PGPASSWORD": expired},
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
         print("$ PGPASSWORD=$EXPIRED psql ...")
         print("  " + res.stderr.strip().replace("\n", "\n  "))
         if res.returncode == 0 or "reason=expired" not in res.stderr:

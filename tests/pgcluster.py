@@ -39,15 +39,16 @@ def _as_server_user(cmd: list[str]) -> list[str]:
 
 def _make_tls_files(directory: Path) -> None:
     """A self-signed server certificate for 127.0.0.1/localhost."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -107,7 +108,7 @@ class Cluster:
         self.running = False
 
     # -- lifecycle ---------------------------------------------------------
-    def init(self) -> "Cluster":
+    def init(self) -> Cluster:
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o755)
         self.sockdir.mkdir(exist_ok=True)
@@ -157,7 +158,7 @@ class Cluster:
         (self.data / "pg_hba.conf").write_text(self.hba.format(admin=ADMIN_USER))
 
     @classmethod
-    def standby_of(cls, primary: "Cluster", **settings: Any) -> "Cluster":
+    def standby_of(cls, primary: Cluster, **settings: Any) -> Cluster:
         """A streaming standby of primary, cloned with pg_basebackup."""
         standby = cls(settings={
             **primary.settings, **settings,
@@ -188,7 +189,7 @@ class Cluster:
             check=check, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         self.pg_ctl("-l", str(self.logfile), "-w", "-t", "60", "start")
         self.running = True
         return self

@@ -240,9 +240,10 @@ CREATE TRIGGER role_map_check
     BEFORE INSERT OR UPDATE ON oauth.role_map
     FOR EACH ROW EXECUTE FUNCTION oauth._role_map_check();
 
--- Keep configuration out of pg_dump's way for the config_state row.
+-- pg_dump keeps the DBA's configuration (extension tables are skipped otherwise).
 SELECT pg_catalog.pg_extension_config_dump('oauth.issuers', '');
 SELECT pg_catalog.pg_extension_config_dump('oauth.role_map', '');
+SELECT pg_catalog.pg_extension_config_dump('oauth.role_map_id_seq', '');
 
 -- Wake the workers when this CREATE EXTENSION commits.
 SELECT oauth._config_changed();

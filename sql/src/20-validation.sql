@@ -62,6 +62,7 @@ CREATE TRIGGER revocations_changed
     FOR EACH STATEMENT EXECUTE FUNCTION oauth._config_trigger();
 
 SELECT pg_catalog.pg_extension_config_dump('oauth.revocations', '');
+SELECT pg_catalog.pg_extension_config_dump('oauth.revocations_id_seq', '');
 
 ------------------------------------------------------------------------------
 -- The last good JWKS per fetched issuer, so a restarted worker or server (or

@@ -25,6 +25,8 @@ CREATE TABLE oauth.audit_log (
 CREATE INDEX audit_log_at_idx ON oauth.audit_log (at);
 CREATE INDEX audit_log_subject_idx ON oauth.audit_log (issuer, subject);
 REVOKE ALL ON oauth.audit_log FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('oauth.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('oauth.audit_log_id_seq', '');
 COMMENT ON TABLE oauth.audit_log IS
     'Token login attempts (never the token), kept for pg_oauth.audit_retention';
 
@@ -56,3 +58,10 @@ CREATE FUNCTION oauth._record_jwks_fetch(issuer text, ok boolean) RETURNS void
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_record_jwks_fetch';
 REVOKE ALL ON FUNCTION oauth._record_jwks_fetch(text, boolean) FROM PUBLIC;
+
+-- pyhook calls this when an issuer's key set changed: the decision cache
+-- forgets everything decided before.
+CREATE FUNCTION oauth._keys_changed() RETURNS void
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_keys_changed';
+REVOKE ALL ON FUNCTION oauth._keys_changed() FROM PUBLIC;

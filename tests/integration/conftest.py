@@ -9,16 +9,17 @@ import socket
 import struct
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import psycopg
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pgcluster import Cluster  # noqa: E402
-from pyhook.dev_issuer import DevIssuer  # noqa: E402
+from pgcluster import Cluster
+
+from pyhook.dev_issuer import DevIssuer
 
 AUDIENCE = "pg-test"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 import pytest
-
 from conftest import CLUSTERS
 from pgcluster import Cluster
 
@@ -131,7 +131,7 @@ def test_standby_validates_logs_but_writes_no_rows(cluster, standby, issuer):
             try:
                 standby.token_connect("carol", carol).close()
                 break
-            except Exception:
+            except psycopg.OperationalError:
                 assert time.time() < deadline, "mapping did not reach the standby"
                 time.sleep(0.3)
     finally:

@@ -8,8 +8,8 @@ import time
 
 import psycopg
 import pytest
-
 from conftest import raw_startup, read_message
+
 from pyhook.dev_issuer import forge_hs256_with_public_key
 
 
@@ -29,9 +29,9 @@ def test_valid_token_logs_in_as_mapped_role(cluster, issuer, alg):
 
 def test_psql_logs_in_with_token(cluster, issuer):
     token = issuer.mint({"email": "bob@example.com"}, sub="bob")
+    query = "SELECT current_user || ' ' || oauth.claim('email')"
     out = subprocess.run(
-        ["psql", "-XAtq", cluster.token_dsn("bob"), "-c",
-         "SELECT current_user || ' ' || oauth.claim('email')"],
+        ["psql", "-XAtq", cluster.token_dsn("bob"), "-c", query], check=False,
         env={**os.environ, "PGPASSWORD": token}, capture_output=True, text=True, timeout=30,
     )
     assert out.returncode == 0, out.stderr
@@ -65,7 +65,7 @@ def test_bad_signature(cluster, issuer, refused):
     token = issuer.mint(sub="alice", sign_with_unpublished=True)
     assert refused("alice", token) == "bad_signature"
     # a valid token whose payload was altered after signing
-    h, p, s = issuer.mint(sub="bob").split(".")
+    h, _, s = issuer.mint(sub="bob").split(".")
     other = issuer.mint(sub="alice").split(".")[1]
     assert refused("alice", f"{h}.{other}.{s}") == "bad_signature"
 

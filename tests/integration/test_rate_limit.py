@@ -9,7 +9,6 @@ import time
 
 import psycopg
 import pytest
-
 from conftest import make_cluster, raw_startup, read_message, refusal
 
 

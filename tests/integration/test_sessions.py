@@ -8,7 +8,6 @@ import time
 
 import psycopg
 import pytest
-
 from pgcluster import ADMIN_PASSWORD
 
 

@@ -4,15 +4,15 @@ the server keeps running, and token logins come back on their own."""
 from __future__ import annotations
 
 import os
-import subprocess
 import signal
+import subprocess
 import threading
 import time
 
 import psycopg
 import pytest
-
-from conftest import make_cluster, refusal
+from conftest import CLUSTERS, make_cluster, refusal, setup_oauth
+from pgcluster import Cluster
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +152,6 @@ def test_validator_database_missing_refused_quickly(wcluster, issuer):
 
 def test_extension_not_installed_yet_then_installed(issuer, tmp_path):
     """The DBA's order of work: preload, restart, then CREATE EXTENSION — no restart after."""
-    from conftest import CLUSTERS, setup_oauth
-    from pgcluster import Cluster
-
     c = Cluster().init().start()
     CLUSTERS.append(c)
     try:
@@ -171,7 +168,8 @@ def test_extension_not_installed_yet_then_installed(issuer, tmp_path):
 
 def auth_waiting_pids() -> list[int]:
     """Backends still in authentication (their process title says so)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True,
+                         check=True).stdout
     return [int(line.split()[0]) for line in out.splitlines()
             if "postgres:" in line and line.rstrip().endswith("authentication")]
 

@@ -409,3 +409,20 @@ def test_a_bad_discovery_document_is_a_failed_fetch(dev: DevIssuer) -> None:
     with pytest.raises(JwksUnavailable):
         store.refresh(IssuerConfig.from_row(issuer_row(issuer=IDP)))
     assert [e.ok for e in store.drain_events()] == [False]
+
+
+def test_key_changes_counts_only_real_changes(dev: DevIssuer) -> None:
+    """The shared decision cache is flushed on key_changes: a refetch of the same
+    keys must not count, a withdrawn or added key must."""
+    docs, clock = Documents({JWKS_URL: doc(dev)}), Clock()
+    store = KeyStore(fetch=docs, now=clock)
+    issuer = remote(jwks_refresh=300.0, jwks_refresh_min=60.0)
+    store.get_key(issuer, "RS256", "rs256-1")
+    assert store.key_changes == 0  # the first keys are not a change
+    clock.t += 400
+    store.get_key(issuer, "RS256", "rs256-1")
+    assert store.fetch_count == 2 and store.key_changes == 0
+    docs.documents[JWKS_URL] = doc(dev, "rs256-1")  # the other keys withdrawn
+    clock.t += 400
+    store.get_key(issuer, "RS256", "rs256-1")
+    assert store.key_changes == 1
