@@ -32,8 +32,11 @@
 
 /* Idle workers refresh keys (through oauth.warmup) this often ... */
 #define WORKER_IDLE_REFRESH_MS	5000
-/* ... and busy ones between two requests at least this often. */
-#define WORKER_BUSY_REFRESH_MS	30000
+/*
+ * ... and busy ones between two requests, after answering, at least this
+ * often: keys are refreshed here, never while a login waits.
+ */
+#define WORKER_BUSY_REFRESH_MS	1000
 /* A worker that is not ready re-checks this often. */
 #define WORKER_RETRY_MS			1000
 

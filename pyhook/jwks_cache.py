@@ -443,8 +443,13 @@ class KeyStore:
         now: Clock = time.monotonic,
         max_bytes: int = MAX_DOCUMENT_BYTES,
         wall: Clock = time.time,
+        refresh_on_login: bool = True,
     ) -> None:
         self._fetch: Fetch = fetch or urllib_fetch
+        # False where something else calls refresh_due()/refresh() between logins
+        # (the validator workers do): a login then never waits for a routine
+        # refresh, only for missing keys, too-stale keys or an unknown kid
+        self.refresh_on_login = refresh_on_login
         self._now = now
         self._wall = wall
         self.max_bytes = max_bytes
@@ -481,7 +486,11 @@ class KeyStore:
                 raise JwksUnavailable(entry.last_error or "no keys could be fetched")
             if self._too_stale(entry, issuer, now):
                 raise JwksUnavailable(self._stale_detail(entry, issuer, now))
-        elif self._due(entry, issuer, now) and self._may_retry(entry, issuer, now):
+        elif (
+            self.refresh_on_login
+            and self._due(entry, issuer, now)
+            and self._may_retry(entry, issuer, now)
+        ):
             attempted = True
             self._fetch_into(entry, issuer, now)  # old keys stay on error
         try:

@@ -200,7 +200,8 @@ def explain_rows(decision: Decision) -> list[dict[str, Any]]:
 class Adapter:
     def __init__(self, plpy: Any) -> None:
         self.plpy = plpy
-        self.keys = KeyStore()
+        # the C worker calls warmup() between requests: it does the refreshing
+        self.keys = KeyStore(refresh_on_login=False)
         self.config: Config | None = None
         self.config_version: object = None
         self._plans: dict[str, Any] = {}

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from unit_support import ISS, Clock, Documents, issuer_row
 
-from pyhook.config import IssuerConfig
+from pyhook.config import Config, IssuerConfig
 from pyhook.dev_issuer import DevIssuer
 from pyhook.errors import JwksUnavailable, KeyNotFound
 from pyhook.jwks_cache import (
@@ -426,3 +426,26 @@ def test_key_changes_counts_only_real_changes(dev: DevIssuer) -> None:
     clock.t += 400
     store.get_key(issuer, "RS256", "rs256-1")
     assert store.key_changes == 1
+
+
+def test_without_refresh_on_login_a_due_refresh_waits_for_the_background(
+    dev: DevIssuer,
+) -> None:
+    """The workers' store: logins use the held keys; refresh_due()/refresh() fetch."""
+    docs, clock = Documents({JWKS_URL: doc(dev)}), Clock()
+    store = KeyStore(fetch=docs, now=clock, refresh_on_login=False)
+    issuer = remote(jwks_refresh=300.0, jwks_refresh_min=60.0)
+    store.get_key(issuer, "RS256", "rs256-1")  # no keys yet: this one must fetch
+    clock.t += 400
+    store.get_key(issuer, "RS256", "rs256-1")
+    assert store.fetch_count == 1
+    config = Config.from_rows([issuer_row(jwks_uri=JWKS_URL, jwks_refresh=300.0,
+                                          jwks_refresh_min=60.0)], [])
+    due = store.refresh_due(config)
+    assert [i.issuer for i in due] == [issuer.issuer]
+    store.refresh(due[0])
+    assert store.fetch_count == 2
+    # an unknown kid still refetches at once (cooldown permitting)
+    with pytest.raises(KeyNotFound):
+        store.get_key(issuer, "RS256", "no-such-kid")
+    assert store.fetch_count == 3
