@@ -4,6 +4,7 @@ works and one that is refused.  Everything is removed at the end."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -18,6 +19,12 @@ sys.path.insert(0, str(ROOT))
 from pgcluster import Cluster
 
 PG_OAUTH = [sys.executable, "-m", "pyhook"]
+JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
+
+
+def masked(text: str) -> str:
+    """Tokens are secrets, on a terminal too: show their first characters only."""
+    return JWT.sub(lambda m: m.group(0)[:20] + "…", text)
 
 
 def step(text: str) -> None:
@@ -29,7 +36,7 @@ def show(cmd: list[str], env: dict[str, str] | None = None, check: bool = True) 
     print(f"$ {shown}", flush=True)
     out = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True,
                          text=True, check=False)
-    text = (out.stdout + out.stderr).strip()
+    text = masked((out.stdout + out.stderr).strip())
     if text:
         print("  " + text.replace("\n", "\n  "), flush=True)
     if check and out.returncode != 0:
