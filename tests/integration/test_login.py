@@ -179,3 +179,25 @@ def test_validate_not_executable_by_public(cluster, issuer):
             conn.execute("INSERT INTO oauth.issuers (issuer, audiences) VALUES ('x', '{y}')")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT * FROM oauth.role_map")
+
+
+def test_role_as_startup_parameter_refused_before_the_password(cluster):
+    """Drivers other than libpq (asyncpg server_settings, JDBC) send settings as
+    startup parameters, not in "options"."""
+    import socket
+    import struct
+
+    for name in ("role", "Session_Authorization"):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(10)
+        sock.connect(str(cluster.sockdir / f".s.PGSQL.{cluster.port}"))
+        try:
+            params = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in
+                              (("user", "alice"), ("database", "postgres"), (name, "bob")))
+            body = struct.pack("!I", 196608) + params + b"\0"
+            sock.sendall(struct.pack("!I", len(body) + 4) + body)
+            mtype, payload = read_message(sock, sock.recv(1))
+            assert mtype == b"E", (mtype, payload)
+            assert b"startup_option_forbidden" in payload
+        finally:
+            sock.close()
