@@ -147,6 +147,7 @@ typedef struct PgOAuthShared
 	ConditionVariable slot_freed;
 	pg_atomic_uint64 config_version;
 	uint64		next_ticket;
+	int			refresher;		/* worker refreshing keys, -1: none (one at a time) */
 	int			nworkers;
 	int			nslots;
 	WorkerInfo	workers[PG_OAUTH_MAX_WORKERS];
@@ -208,6 +209,8 @@ extern void token_queue_complete(TokenSlot *slot, uint64 ticket);
 extern void token_queue_fail(TokenSlot *slot, const char *reason, const char *detail);
 extern void token_queue_set_worker_state(int worker, WorkerState state, const char *error);
 extern void token_queue_worker_exit(int worker);
+extern bool token_queue_start_refresh(int worker);
+extern void token_queue_end_refresh(int worker);
 
 /* session_registry.c */
 extern Size session_registry_shmem_size(void);

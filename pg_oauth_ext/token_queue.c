@@ -58,6 +58,7 @@ token_queue_shmem_startup(void)
 		ConditionVariableInit(&pg_oauth_shared->slot_freed);
 		pg_atomic_init_u64(&pg_oauth_shared->config_version, 1);
 		pg_oauth_shared->next_ticket = 1;
+		pg_oauth_shared->refresher = -1;
 		pg_oauth_shared->nworkers = pg_oauth_workers;
 		pg_oauth_shared->nslots = token_queue_nslots();
 		/* Workers are about to start: logins wait for them rather than fail. */
@@ -499,6 +500,36 @@ token_queue_set_worker_state(int worker, WorkerState state, const char *error)
 }
 
 /*
+ * Key refreshes may wait on a slow issuer: only one worker at a time does
+ * one, so the others stay free for logins.  The caller is marked busy so
+ * that no backend wakes it meanwhile.  False: someone else is refreshing.
+ */
+bool
+token_queue_start_refresh(int worker)
+{
+	bool		mine = false;
+
+	LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
+	if (pg_oauth_shared->refresher < 0 || pg_oauth_shared->refresher == worker)
+	{
+		pg_oauth_shared->refresher = worker;
+		pg_oauth_shared->workers[worker].state = WORKER_BUSY;
+		mine = true;
+	}
+	LWLockRelease(pg_oauth_shared->lock);
+	return mine;
+}
+
+void
+token_queue_end_refresh(int worker)
+{
+	LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
+	if (pg_oauth_shared->refresher == worker)
+		pg_oauth_shared->refresher = -1;
+	LWLockRelease(pg_oauth_shared->lock);
+}
+
+/*
  * A worker is leaving (normal exit, SIGTERM, FATAL): fail the request it
  * holds back to its backend, and if no worker remains able to answer, fail
  * the pending ones too instead of letting them run into the timeout.
@@ -535,6 +566,8 @@ token_queue_worker_exit(int worker)
 	w->proc = NULL;
 	w->pid = 0;
 	w->wakeup_pending = false;
+	if (pg_oauth_shared->refresher == worker)
+		pg_oauth_shared->refresher = -1;
 	nwake = fail_pending_if_no_workers_locked(wake, nwake);
 	LWLockRelease(pg_oauth_shared->lock);
 

@@ -406,12 +406,14 @@ idle_refresh(void)
 	ReadyCheck	rc = {false, NULL};
 	ErrorData  *edata;
 
-	/* Busy, so that backends wake another worker while this one may wait on the network. */
-	token_queue_set_worker_state(worker_index, WORKER_BUSY, NULL);
+	/* one refresher at a time; it is busy, so backends wake another worker */
+	if (!token_queue_start_refresh(worker_index))
+		return;
 	MemoryContextReset(request_context);
 	pgstat_report_activity(STATE_RUNNING, "pg_oauth: refreshing keys");
 	edata = run_in_transaction(ready_step, &rc);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	token_queue_end_refresh(worker_index);
 	if (edata)
 		ereport(LOG, (errmsg("pg_oauth: key refresh failed: %s", edata->message)));
 	else if (!rc.installed)
