@@ -38,6 +38,9 @@ include $(PGXS)
 
 install: install-python
 
+# every object sees the shared-memory layout
+$(OBJS): pg_oauth_ext/pg_oauth.h
+
 sql/pg_oauth--1.0.sql: $(sort $(wildcard sql/src/*.sql))
 	cat $^ > $@
 
