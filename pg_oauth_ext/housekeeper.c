@@ -53,37 +53,16 @@ pg_oauth_register_housekeeper(void)
 static bool
 housekeeper_transaction(void (*step) (void *), void *arg, const char *what)
 {
-	volatile bool ok = true;
+	ErrorData  *edata;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PG_TRY();
-	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, what);
-		step(arg);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(tick_context);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		ereport(LOG, (errmsg("pg_oauth housekeeper: %s failed: %s", what, edata->message)));
-		ok = false;
-		insert_plan = NULL;		/* the extension may have been dropped */
-	}
-	PG_END_TRY();
+	pgstat_report_activity(STATE_RUNNING, what);
+	edata = spi_run_in_transaction(step, arg, tick_context);
 	pgstat_report_activity(STATE_IDLE, NULL);
-	MemoryContextSwitchTo(tick_context);
-	return ok;
+	if (edata == NULL)
+		return true;
+	ereport(LOG, (errmsg("pg_oauth housekeeper: %s failed: %s", what, edata->message)));
+	insert_plan = NULL;			/* the extension may have been dropped */
+	return false;
 }
 
 static void

@@ -277,6 +277,10 @@ extern uint64 audit_log_dropped(void);
 extern void pg_oauth_register_housekeeper(void);
 PGDLLEXPORT void pg_oauth_housekeeper_main(Datum main_arg);
 
+/* spi_transaction.c */
+extern ErrorData *spi_run_in_transaction(void (*step) (void *), void *arg,
+										 MemoryContext error_context);
+
 /* validator_worker.c */
 extern void pg_oauth_register_workers(void);
 extern void pg_oauth_wake_all_workers(void);

@@ -93,41 +93,6 @@ worker_exit_callback(int code, Datum arg)
 	token_queue_worker_exit(DatumGetInt32(arg));
 }
 
-/*
- * Run fn inside its own transaction; on error, log it, clean up, and return
- * the error (copied into request_context) instead of propagating it.
- */
-typedef void (*spi_step) (void *arg);
-
-static ErrorData *
-run_in_transaction(spi_step fn, void *arg)
-{
-	ErrorData  *volatile edata = NULL;
-
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PG_TRY();
-	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
-		fn(arg);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(request_context);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(request_context);
-	return edata;
-}
-
 /* ---- becoming ready ---- */
 
 typedef struct ReadyCheck
@@ -187,7 +152,7 @@ try_become_ready(void)
 
 	MemoryContextReset(request_context);
 	pgstat_report_activity(STATE_RUNNING, "pg_oauth: loading validator");
-	edata = run_in_transaction(ready_step, &rc);
+	edata = spi_run_in_transaction(ready_step, &rc, request_context);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	if (edata)
@@ -365,7 +330,7 @@ handle_request(TokenSlot *slot, uint64 ticket)
 
 	pgstat_report_activity(STATE_RUNNING, "pg_oauth: validating a token");
 	started = GetCurrentTimestamp();
-	edata = run_in_transaction(validate_step, &call);
+	edata = spi_run_in_transaction(validate_step, &call, request_context);
 	slot->validation_us = (int64) (GetCurrentTimestamp() - started);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
@@ -411,7 +376,7 @@ idle_refresh(void)
 		return;
 	MemoryContextReset(request_context);
 	pgstat_report_activity(STATE_RUNNING, "pg_oauth: refreshing keys");
-	edata = run_in_transaction(ready_step, &rc);
+	edata = spi_run_in_transaction(ready_step, &rc, request_context);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	token_queue_end_refresh(worker_index);
 	if (edata)

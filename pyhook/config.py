@@ -18,20 +18,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # a runtime X | Y alias would need Python 3.10
     IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SUPPORTED_ALGORITHMS: frozenset[str] = frozenset(
-    {
-        "RS256",
-        "RS384",
-        "RS512",
-        "PS256",
-        "PS384",
-        "PS512",
-        "ES256",
-        "ES384",
-        "ES512",
-        "EdDSA",
-    }
+# Every algorithm a token may use, in a stable order (never "none", never HS*).
+ALGORITHMS: tuple[str, ...] = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
 )
+SUPPORTED_ALGORITHMS: frozenset[str] = frozenset(ALGORITHMS)
 
 # Column defaults of oauth.issuers, used when a row (or a test) leaves a value out.
 DEFAULT_LEEWAY = 30.0

@@ -32,6 +32,8 @@ from jwt.algorithms import (
     get_default_algorithms,
 )
 
+from pyhook.config import ALGORITHMS
+
 INDEX_FILE = "keys.json"
 LOCK_FILE = ".lock"
 ISSUER_FILE = "issuer"
@@ -40,18 +42,7 @@ JWKS_PATH = "/jwks.json"
 DEFAULT_AUDIENCE = "pg_oauth"
 DEFAULT_SUBJECT = "alice"
 INITIAL_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
-SIGNING_ALGORITHMS: tuple[str, ...] = (
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "ES256",
-    "ES384",
-    "ES512",
-    "EdDSA",
-)
+SIGNING_ALGORITHMS: tuple[str, ...] = ALGORITHMS
 _EC_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 
 

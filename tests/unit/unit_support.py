@@ -11,23 +11,13 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from pyhook.config import ALGORITHMS
 from pyhook.decision import Decision
 
 NOW = 1_700_000_000.0
 ISS = "https://issuer.example.com"
 AUD = "pg-unit"
-ALL_ALGS = (
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "ES256",
-    "ES384",
-    "ES512",
-    "EdDSA",
-)
+ALL_ALGS = ALGORITHMS
 
 
 class Clock:
