@@ -192,6 +192,7 @@ pg_oauth_housekeeper_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			last_retention = 0; /* a new retention applies now, not in 10 min */
 		}
 		MemoryContextReset(tick_context);
 		MemoryContextSwitchTo(tick_context);

@@ -141,6 +141,15 @@ typedef struct WorkerInfo
 	char		last_error[PG_OAUTH_WORKER_ERROR_LEN];
 } WorkerInfo;
 
+/* last unknown-kid refetch per issuer, shared by all workers */
+#define PG_OAUTH_REFETCH_ISSUERS	32
+
+typedef struct KidRefetch
+{
+	char		issuer[PG_OAUTH_IDENT_LEN];
+	TimestampTz at;
+} KidRefetch;
+
 typedef struct PgOAuthShared
 {
 	LWLock	   *lock;			/* protects slot states and worker states */
@@ -151,6 +160,7 @@ typedef struct PgOAuthShared
 	int			nworkers;
 	int			nslots;
 	WorkerInfo	workers[PG_OAUTH_MAX_WORKERS];
+	KidRefetch	kid_refetch[PG_OAUTH_REFETCH_ISSUERS];
 	TokenSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } PgOAuthShared;
 

@@ -24,6 +24,7 @@ PG_FUNCTION_INFO_V1(pg_oauth_fn_session);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_workers);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_config_version);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_config_changed);
+PG_FUNCTION_INFO_V1(pg_oauth_fn_kid_refetch_allowed);
 
 OAuthSession pg_oauth_session = {false};
 
@@ -197,4 +198,53 @@ pg_oauth_fn_config_changed(PG_FUNCTION_ARGS)
 	}
 	config_change_pending = true;
 	PG_RETURN_VOID();
+}
+
+/*
+ * May a worker refetch this issuer's keys for an unknown kid now?  At most
+ * once per cooldown per issuer across all workers: each worker has its own
+ * key cache, and a storm of random kids must not multiply fetches by the
+ * number of workers.  Claims the slot when it answers true.
+ */
+Datum
+pg_oauth_fn_kid_refetch_allowed(PG_FUNCTION_ARGS)
+{
+	char	   *issuer = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	double		cooldown_s = PG_GETARG_FLOAT8(1);
+	TimestampTz now = GetCurrentTimestamp();
+	KidRefetch *slot = NULL;
+	KidRefetch *oldest = NULL;
+	bool		allowed = true;
+	int			i;
+
+	if (pg_oauth_shared == NULL)
+		PG_RETURN_BOOL(true);
+
+	LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < PG_OAUTH_REFETCH_ISSUERS; i++)
+	{
+		KidRefetch *r = &pg_oauth_shared->kid_refetch[i];
+
+		if (strncmp(r->issuer, issuer, PG_OAUTH_IDENT_LEN - 1) == 0 && r->issuer[0] != '\0')
+		{
+			slot = r;
+			break;
+		}
+		if (oldest == NULL || r->at < oldest->at)
+			oldest = r;
+	}
+	if (slot != NULL &&
+		now < TimestampTzPlusMilliseconds(slot->at, (int64) (cooldown_s * 1000.0)))
+		allowed = false;
+	else
+	{
+		if (slot == NULL)
+		{
+			slot = oldest;
+			strlcpy(slot->issuer, issuer, sizeof(slot->issuer));
+		}
+		slot->at = now;
+	}
+	LWLockRelease(pg_oauth_shared->lock);
+	PG_RETURN_BOOL(allowed);
 }

@@ -444,12 +444,16 @@ class KeyStore:
         max_bytes: int = MAX_DOCUMENT_BYTES,
         wall: Clock = time.time,
         refresh_on_login: bool = True,
+        kid_refetch_gate: Callable[[str, float], bool] | None = None,
     ) -> None:
         self._fetch: Fetch = fetch or urllib_fetch
         # False where something else calls refresh_due()/refresh() between logins
         # (the validator workers do): a login then never waits for a routine
         # refresh, only for missing keys, too-stale keys or an unknown kid
         self.refresh_on_login = refresh_on_login
+        # asked before an unknown-kid refetch when several stores (one per
+        # worker process) share one cooldown: False means another used it
+        self.kid_refetch_gate = kid_refetch_gate
         self._now = now
         self._wall = wall
         self.max_bytes = max_bytes
@@ -508,6 +512,13 @@ class KeyStore:
                 raise KeyNotFound(
                     f"{exc.detail}; keys refetched {now - entry.kid_refetch_at:.0f} s "
                     f"ago, next refetch allowed in {wait:.0f} s"
+                ) from None
+            if self.kid_refetch_gate is not None and not self.kid_refetch_gate(
+                issuer.issuer, cooldown
+            ):
+                raise KeyNotFound(
+                    f"{exc.detail}; another worker refetched the keys less than "
+                    f"{cooldown:.0f} s ago"
                 ) from None
             entry.kid_refetch_at = now
             if not self._fetch_into(entry, issuer, now):

@@ -76,6 +76,7 @@ PERSIST_QUERY = (
 PERSIST_TYPES = ["text", "text", "boolean", "text", "text", "float8", "float8"]
 RECORD_FETCH_QUERY = "SELECT oauth._record_jwks_fetch($1::text, $2::boolean)"
 KEYS_CHANGED_QUERY = "SELECT oauth._keys_changed()"
+KID_REFETCH_QUERY = "SELECT oauth._kid_refetch_allowed($1::text, $2::float8) AS allowed"
 ROLE_QUERY = (
     "SELECT rolsuper, rolcanlogin, "
     "coalesce(current_setting('pg_oauth.allow_superuser', true), 'off') AS allow_superuser "
@@ -201,7 +202,7 @@ class Adapter:
     def __init__(self, plpy: Any) -> None:
         self.plpy = plpy
         # the C worker calls warmup() between requests: it does the refreshing
-        self.keys = KeyStore(refresh_on_login=False)
+        self.keys = KeyStore(refresh_on_login=False, kid_refetch_gate=self._kid_refetch_gate)
         self.config: Config | None = None
         self.config_version: object = None
         self._plans: dict[str, Any] = {}
@@ -381,6 +382,17 @@ class Adapter:
                 )
         except Exception:  # noqa: BLE001, S110 - statistics never decide anything
             pass
+
+    def _kid_refetch_gate(self, issuer: str, cooldown: float) -> bool:
+        """One unknown-kid refetch per cooldown per issuer across all workers."""
+        try:
+            with self.plpy.subtransaction():
+                rows = self._execute(
+                    "kid_refetch", KID_REFETCH_QUERY, [issuer, cooldown], ["text", "float8"]
+                )
+            return bool(rows[0]["allowed"])
+        except Exception:  # noqa: BLE001 - no shared gate (older install): local cooldown only
+            return True
 
     def _keys_changed(self) -> None:
         """Tell the backends' decision cache that a key set changed."""

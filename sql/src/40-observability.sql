@@ -59,6 +59,14 @@ CREATE FUNCTION oauth._record_jwks_fetch(issuer text, ok boolean) RETURNS void
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_record_jwks_fetch';
 REVOKE ALL ON FUNCTION oauth._record_jwks_fetch(text, boolean) FROM PUBLIC;
 
+-- pyhook asks before an unknown-kid refetch: one per cooldown per issuer,
+-- whichever worker asks first.
+CREATE FUNCTION oauth._kid_refetch_allowed(issuer text, cooldown_seconds float8)
+    RETURNS boolean
+    LANGUAGE c VOLATILE STRICT
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_kid_refetch_allowed';
+REVOKE ALL ON FUNCTION oauth._kid_refetch_allowed(text, float8) FROM PUBLIC;
+
 -- pyhook calls this when an issuer's key set changed: the decision cache
 -- forgets everything decided before.
 CREATE FUNCTION oauth._keys_changed() RETURNS void

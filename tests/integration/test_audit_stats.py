@@ -136,3 +136,23 @@ def test_standby_validates_logs_but_writes_no_rows(cluster, standby, issuer):
                 time.sleep(0.3)
     finally:
         cluster.sql("DELETE FROM oauth.role_map WHERE pattern = 'carol-standby'")
+
+
+def test_audit_retention(cluster):
+    cluster.sql("INSERT INTO oauth.audit_log (at, outcome, reason) VALUES "
+                "(now() - interval '3 days', 'refused', 'expired'), "
+                "(now() - interval '1 hour', 'refused', 'expired')")
+    cluster.sql("ALTER SYSTEM SET pg_oauth.audit_retention = '2d'")
+    cluster.reload()
+    try:
+        deadline = time.time() + 15
+        while cluster.sql("SELECT count(*) FROM oauth.audit_log "
+                          "WHERE at < now() - interval '2 days'") != [(0,)]:
+            assert time.time() < deadline, "old audit rows were not trimmed"
+            time.sleep(0.2)
+        assert cluster.sql("SELECT count(*) FROM oauth.audit_log "
+                           "WHERE at BETWEEN now() - interval '2 hours' "
+                           "AND now() - interval '30 minutes'") == [(1,)]
+    finally:
+        cluster.sql("ALTER SYSTEM RESET pg_oauth.audit_retention")
+        cluster.reload()

@@ -449,3 +449,30 @@ def test_without_refresh_on_login_a_due_refresh_waits_for_the_background(
     with pytest.raises(KeyNotFound):
         store.get_key(issuer, "RS256", "no-such-kid")
     assert store.fetch_count == 3
+
+
+def test_a_shared_gate_limits_kid_refetches_across_stores(dev: DevIssuer) -> None:
+    """Each worker has its own store; the gate (shared memory in the server) allows
+    one unknown-kid refetch per cooldown for all of them together."""
+    docs, clock = Documents({JWKS_URL: doc(dev)}), Clock()
+    used: dict[str, float] = {}
+
+    def gate(issuer: str, cooldown: float) -> bool:
+        if issuer in used and clock.t - used[issuer] < cooldown:
+            return False
+        used[issuer] = clock.t
+        return True
+
+    stores = [KeyStore(fetch=docs, now=clock, kid_refetch_gate=gate) for _ in range(3)]
+    issuer = remote(jwks_cooldown=30.0)
+    for store in stores:
+        store.get_key(issuer, "RS256", "rs256-1")
+    fetched = sum(s.fetch_count for s in stores)
+    for store in stores:
+        with pytest.raises(KeyNotFound):
+            store.get_key(issuer, "RS256", "random-kid")
+    assert sum(s.fetch_count for s in stores) == fetched + 1
+    clock.t += 31
+    with pytest.raises(KeyNotFound):
+        stores[2].get_key(issuer, "RS256", "random-kid-2")
+    assert sum(s.fetch_count for s in stores) == fetched + 2
