@@ -165,6 +165,7 @@ void
 pg_oauth_housekeeper_main(Datum main_arg)
 {
 	bool		installed = false;
+	uint64		dropped_reported = 0;
 	TimestampTz last_check = 0;
 	TimestampTz last_retention = 0;
 	AuditRecord *records;
@@ -199,6 +200,15 @@ pg_oauth_housekeeper_main(Datum main_arg)
 
 		/* Shared memory only: works on a standby and without the extension. */
 		session_registry_end_expired(pg_oauth_session_expiry, pg_oauth_session_expiry_grace);
+
+		/* the ring overwrote records before we could write them: say so once */
+		if (audit_log_dropped() > dropped_reported)
+		{
+			ereport(WARNING,
+					(errmsg("pg_oauth: %llu audit records were not written to oauth.audit_log (more logins than the audit ring holds between two housekeeper runs); their log lines exist",
+							(unsigned long long) (audit_log_dropped() - dropped_reported))));
+			dropped_reported = audit_log_dropped();
+		}
 
 		/* A standby queues no audit records (audit_log_record checks). */
 		if (RecoveryInProgress())
