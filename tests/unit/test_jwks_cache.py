@@ -12,7 +12,18 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-from unit_support import ISS, Clock, Documents, issuer_row, no_network
+from unit_support import (
+    DISCOVERY_URL,
+    IDP,
+    ISS,
+    JWKS_URL,
+    Clock,
+    Documents,
+    issuer_row,
+    jwks_of,
+    no_network,
+    remote,
+)
 
 from pyhook.config import Config, IssuerConfig
 from pyhook.dev_issuer import DevIssuer
@@ -26,21 +37,6 @@ from pyhook.jwks_cache import (
     parse_jwks,
     urllib_fetch,
 )
-
-JWKS_URL = "https://idp.example.com/keys"
-IDP = "https://idp.example.com"
-DISCOVERY_URL = IDP + "/.well-known/openid-configuration"
-
-
-def remote(**kw: Any) -> IssuerConfig:
-    kw.setdefault("jwks_uri", JWKS_URL)
-    return IssuerConfig.from_row(issuer_row(**kw))
-
-
-def jwks_of(dev: DevIssuer, *kids: str) -> dict[str, Any]:
-    keys = dev.jwks()["keys"]
-    return {"keys": [k for k in keys if not kids or k["kid"] in kids]}
-
 
 # -- parsing ---------------------------------------------------------------------------
 

@@ -8,7 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from unit_support import ISS, Clock, Documents, issuer_row
+from unit_support import (
+    DISCOVERY_URL,
+    IDP,
+    ISS,
+    JWKS_URL,
+    Clock,
+    Documents,
+    issuer_row,
+    jwks_of,
+    remote,
+)
 
 from pyhook.config import Config, IssuerConfig
 from pyhook.dev_issuer import DevIssuer
@@ -23,20 +33,6 @@ from pyhook.jwks_cache import (
     parse_jwks,
     urllib_fetch,
 )
-
-JWKS_URL = "https://idp.example.com/keys"
-IDP = "https://idp.example.com"
-DISCOVERY_URL = IDP + "/.well-known/openid-configuration"
-
-
-def remote(**kw: Any) -> IssuerConfig:
-    kw.setdefault("jwks_uri", JWKS_URL)
-    return IssuerConfig.from_row(issuer_row(**kw))
-
-
-def jwks_of(dev: DevIssuer, *kids: str) -> dict[str, Any]:
-    keys = dev.jwks()["keys"]
-    return {"keys": [k for k in keys if not kids or k["kid"] in kids]}
 
 
 def doc(dev: DevIssuer, *kids: str, **headers: Any) -> FetchResult:

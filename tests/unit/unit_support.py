@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pyhook.config import ALGORITHMS
+from pyhook.config import ALGORITHMS, IssuerConfig
 from pyhook.decision import Decision
+from pyhook.dev_issuer import DevIssuer
 
 NOW = 1_700_000_000.0
 ISS = "https://issuer.example.com"
@@ -114,3 +115,19 @@ def assert_refused(decision: Decision, reason: str, token: Any = None) -> None:
         for text in texts:
             for secret in secrets:
                 assert secret not in text, text
+
+
+# a remote issuer for key-cache tests (its documents come from an injected fetch)
+JWKS_URL = "https://idp.example.com/keys"
+IDP = "https://idp.example.com"
+DISCOVERY_URL = IDP + "/.well-known/openid-configuration"
+
+
+def remote(**kw: Any) -> IssuerConfig:
+    kw.setdefault("jwks_uri", JWKS_URL)
+    return IssuerConfig.from_row(issuer_row(**kw))
+
+
+def jwks_of(dev: DevIssuer, *kids: str) -> dict[str, Any]:
+    keys = dev.jwks()["keys"]
+    return {"keys": [k for k in keys if not kids or k["kid"] in kids]}
