@@ -90,12 +90,23 @@ decision_cache_keys_changed(void)
 		pg_atomic_fetch_add_u64(&cache->key_epoch, 1);
 }
 
+static bool
+cache_usable(void)
+{
+	return cache != NULL && pg_oauth_decision_cache && pg_oauth_shared != NULL &&
+		!RecoveryInProgress();
+}
+
 bool
 decision_cache_hash(const char *token, int len, uint8 *out)
 {
-	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	pg_cryptohash_ctx *ctx;
 	bool		ok;
 
+	/* no hashing at all when the cache cannot be used (off, standby) */
+	if (!cache_usable())
+		return false;
+	ctx = pg_cryptohash_create(PG_SHA256);
 	if (ctx == NULL)
 		return false;
 	ok = pg_cryptohash_init(ctx) == 0 &&
@@ -123,13 +134,6 @@ entry_matches(const CacheEntry *e, const uint8 *hash, const TokenRequest *req)
 		strcmp(e->database, req->database) == 0 &&
 		strcmp(e->client_addr, req->client_addr ? req->client_addr : "") == 0 &&
 		e->ssl == req->ssl;
-}
-
-static bool
-cache_usable(void)
-{
-	return cache != NULL && pg_oauth_decision_cache && pg_oauth_shared != NULL &&
-		!RecoveryInProgress();
 }
 
 /*

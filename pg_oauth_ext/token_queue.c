@@ -446,15 +446,14 @@ token_queue_fail(TokenSlot *slot, const char *reason, const char *detail)
 static int
 fail_pending_if_no_workers_locked(PGPROC **wake, int nwake)
 {
+	int			ready,
+				starting;
+	const char *why;
 	int			i;
 
-	for (i = 0; i < pg_oauth_shared->nworkers; i++)
-	{
-		WorkerState st = pg_oauth_shared->workers[i].state;
-
-		if (st == WORKER_IDLE || st == WORKER_BUSY || st == WORKER_STARTING)
-			return nwake;
-	}
+	count_workers_locked(&ready, &starting, &why);
+	if (ready + starting > 0)
+		return nwake;
 	for (i = 0; i < pg_oauth_shared->nslots; i++)
 	{
 		TokenSlot  *s = &pg_oauth_shared->slots[i];
