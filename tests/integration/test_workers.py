@@ -35,6 +35,14 @@ def attempt(cluster, user, token) -> str | None:
         return refusal(Info)
 
 
+def answer_promptly_again(cluster, issuer) -> None:
+    """Undo a test's slow issuer: no delay, the suite's cooldown and timeout, reloaded."""
+    issuer.set_delay(0)
+    cluster.sql("UPDATE oauth.issuers SET jwks_cooldown = '1 second', "
+                "http_timeout = '5 seconds'")
+    cluster.reload()
+
+
 def busy_worker_pid(cluster, timeout=10.0) -> int:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -69,9 +77,7 @@ def test_all_workers_stuck_refused_within_timeout(wcluster, issuer):
         # the server is up all along
         assert wcluster.sql("SELECT 1") == [(1,)]
     finally:
-        issuer.set_delay(0)
-        wcluster.sql("UPDATE oauth.issuers SET jwks_cooldown = '1 second', "
-                     "http_timeout = '5 seconds'")
+        answer_promptly_again(wcluster, issuer)
     # once the issuer answers again the workers come back by themselves
     deadline = time.time() + 20
     while attempt(wcluster, "alice", issuer.mint(sub="alice")) is not None:
@@ -96,11 +102,8 @@ def test_sigterm_to_busy_worker_fails_that_login_only(wcluster, issuer):
         t.join()
         assert result == ["validator_unavailable"]
     finally:
-        issuer.set_delay(0)
         wcluster.sql("ALTER SYSTEM RESET pg_oauth.timeout")
-        wcluster.sql("UPDATE oauth.issuers SET jwks_cooldown = '1 second', "
-                     "http_timeout = '5 seconds'")
-        wcluster.reload()
+        answer_promptly_again(wcluster, issuer)
     assert wcluster.is_alive()
     wcluster.wait_for_workers()
     assert attempt(wcluster, "alice", issuer.mint(sub="alice", alg="ES256", kid=new_kid)) is None
@@ -211,11 +214,8 @@ def test_backends_killed_while_waiting_free_their_slots(wcluster, issuer):
             t.join()
         assert len(results) == 24 and None not in results
     finally:
-        issuer.set_delay(0)
         wcluster.sql("ALTER SYSTEM RESET pg_oauth.timeout")
-        wcluster.sql("UPDATE oauth.issuers SET jwks_cooldown = '1 second', "
-                     "http_timeout = '5 seconds'")
-        wcluster.reload()
+        answer_promptly_again(wcluster, issuer)
     assert wcluster.is_alive()
     # the two requests the workers were already fetching keys for finish on their own
     deadline = time.time() + 30
