@@ -20,8 +20,6 @@
 #include "pg_oauth.h"
 
 #include "access/xlog.h"
-#include "common/cryptohash.h"
-#include "common/sha2.h"
 #include "miscadmin.h"
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
@@ -33,7 +31,7 @@
 typedef struct CacheEntry
 {
 	bool		used;
-	uint8		token_hash[PG_SHA256_DIGEST_LENGTH];
+	uint8		token_hash[PG_OAUTH_TOKEN_HASH_LEN];
 	char		role[NAMEDATALEN];
 	char		database[NAMEDATALEN];
 	char		client_addr[64];
@@ -100,20 +98,11 @@ cache_usable(void)
 bool
 decision_cache_hash(const char *token, int len, uint8 *out)
 {
-	pg_cryptohash_ctx *ctx;
-	bool		ok;
-
 	/* no hashing at all when the cache cannot be used (off, standby) */
 	if (!cache_usable())
 		return false;
-	ctx = pg_cryptohash_create(PG_SHA256);
-	if (ctx == NULL)
-		return false;
-	ok = pg_cryptohash_init(ctx) == 0 &&
-		pg_cryptohash_update(ctx, (const uint8 *) token, len) == 0 &&
-		pg_cryptohash_final(ctx, out, PG_SHA256_DIGEST_LENGTH) == 0;
-	pg_cryptohash_free(ctx);
-	return ok;
+	pg_oauth_sha256(token, len, out);
+	return true;
 }
 
 static uint32
@@ -129,7 +118,7 @@ static bool
 entry_matches(const CacheEntry *e, const uint8 *hash, const TokenRequest *req)
 {
 	return e->used &&
-		memcmp(e->token_hash, hash, PG_SHA256_DIGEST_LENGTH) == 0 &&
+		memcmp(e->token_hash, hash, PG_OAUTH_TOKEN_HASH_LEN) == 0 &&
 		strcmp(e->role, req->role) == 0 &&
 		strcmp(e->database, req->database) == 0 &&
 		strcmp(e->client_addr, req->client_addr ? req->client_addr : "") == 0 &&
@@ -228,7 +217,7 @@ decision_cache_store(const TokenRequest *req, const uint8 *hash,
 	}
 	memset(slot, 0, sizeof(*slot));
 	slot->used = true;
-	memcpy(slot->token_hash, hash, PG_SHA256_DIGEST_LENGTH);
+	memcpy(slot->token_hash, hash, PG_OAUTH_TOKEN_HASH_LEN);
 	strlcpy(slot->role, req->role, sizeof(slot->role));
 	strlcpy(slot->database, req->database, sizeof(slot->database));
 	strlcpy(slot->client_addr, req->client_addr ? req->client_addr : "", sizeof(slot->client_addr));

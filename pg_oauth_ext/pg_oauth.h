@@ -230,8 +230,11 @@ extern int	session_registry_enter(const TokenDecision *decision, const char *rol
 extern int	session_registry_end_expired(int mode, int grace_s);
 extern void session_registry_install_hooks(void);
 
-/* decision_cache.c */
+/* sha256.c */
 #define PG_OAUTH_TOKEN_HASH_LEN		32
+extern void pg_oauth_sha256(const void *data, size_t len, uint8 out[PG_OAUTH_TOKEN_HASH_LEN]);
+
+/* decision_cache.c */
 extern Size decision_cache_shmem_size(void);
 extern void decision_cache_shmem_startup(void);
 extern bool decision_cache_hash(const char *token, int len, uint8 *hash);

@@ -73,3 +73,10 @@ CREATE FUNCTION oauth._keys_changed() RETURNS void
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_keys_changed';
 REVOKE ALL ON FUNCTION oauth._keys_changed() FROM PUBLIC;
+
+-- The decision cache's own SHA-256 (sha256.c), exposed so that tests can
+-- compare it with another implementation.
+CREATE FUNCTION oauth._sha256(data bytea) RETURNS bytea
+    LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_sha256';
+REVOKE ALL ON FUNCTION oauth._sha256(bytea) FROM PUBLIC;

@@ -82,3 +82,18 @@ def test_cache_can_be_turned_off(cluster, issuer):
     finally:
         cluster.sql("ALTER SYSTEM RESET pg_oauth.decision_cache")
         cluster.reload()
+
+
+def test_token_hash_is_sha256(cluster):
+    """The cache keys on the extension's own SHA-256: it must agree with hashlib on
+    every padding case (lengths around the 55/56/64-byte block edges) and beyond."""
+    import hashlib
+    import os
+
+    lengths = [*range(0, 130), 1000, 8192, 65537]
+    samples = [os.urandom(n) for n in lengths] + [b"abc", b"a" * 1_000_000]
+    rows = cluster.sql("SELECT oauth._sha256(d) FROM unnest(%s::bytea[]) WITH ORDINALITY "
+                       "AS t(d, n) ORDER BY n", (samples,))
+    assert [bytes(r[0]) for r in rows] == [hashlib.sha256(s).digest() for s in samples]
+    assert bytes(rows[len(lengths)][0]).hex() == \
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
