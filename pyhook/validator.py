@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import json
 import math
@@ -283,6 +284,20 @@ def _client_ip(client_addr: str | None) -> IPAddress | None:
     return ip
 
 
+_SINGLE_GROUP = re.compile(r"\\([1-9])")
+
+
+def _expand(match: re.Match[str], template: str) -> str:
+    # Match.expand parses its template on every call (Python 3.11): the two
+    # shapes nearly every rule has, a literal role and a lone \N, skip that
+    if "\\" not in template:
+        return template
+    single = _SINGLE_GROUP.fullmatch(template)
+    if single is not None:
+        return match.group(int(single.group(1))) or ""
+    return match.expand(template)
+
+
 def _rule_roles(rule: RoleRule, claims: dict[str, Any]) -> set[str]:
     roles: set[str] = set()
     for value in resolve(claims, rule.claim):
@@ -290,7 +305,7 @@ def _rule_roles(rule: RoleRule, claims: dict[str, Any]) -> set[str]:
         if match is None:
             continue
         try:
-            role = match.expand(rule.role)
+            role = _expand(match, rule.role)
         except (re.error, IndexError):
             continue
         if role:
@@ -645,7 +660,8 @@ class _Validation:
         database: str,
         client_addr: str | None,
     ) -> None:
-        client_ip = _client_ip(client_addr)
+        # parsed only if a rule limits client addresses
+        client_ip = functools.cache(lambda: _client_ip(client_addr))
         allowed: set[str] = set()
         limits: list[int] = []
         excluded_by_database: set[str] = set()
@@ -661,8 +677,8 @@ class _Validation:
                 excluded_by_database |= roles
                 outcome, why = FAIL, f"not for database {show(database, 60)}"
             elif rule.client_cidrs is not None and not (
-                client_ip is not None
-                and any(client_ip in net for net in rule.client_cidrs)
+                client_ip() is not None
+                and any(client_ip() in net for net in rule.client_cidrs)
             ):
                 excluded_by_client |= roles
                 outcome, why = FAIL, "not for this client address"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -703,3 +704,24 @@ def test_numbers_beyond_float_range_are_malformed(dev: DevIssuer, check: Check) 
     token = encode_jws({"alg": "ES256", "kid": kid}, body, dev.private_key(kid))
     decision = check(token)
     assert_refused(decision, "malformed", token)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "template", "value"),
+    [
+        (r"(alice)", r"\1", "alice"),
+        (r"team-(\w+)", r"app_\1", "team-db"),
+        (r"(a)|(b)", r"\2", "a"),  # group 2 did not take part: empty, no role
+        (r"(x)(y)", r"\2\1", "xy"),
+        (r"dev-.*", "developers", "dev-7"),
+        (r"(?P<name>\w+)@corp", r"\g<name>", "bob@corp"),
+        (r"(\w+)", r"\1\n", "tab"),
+    ],
+)
+def test_role_template_expansion_matches_re(pattern: str, template: str, value: str) -> None:
+    """The fast paths for literal and lone-\\N templates give what Match.expand gives."""
+    from pyhook.validator import _expand
+
+    match = re.fullmatch(pattern, value)
+    assert match is not None
+    assert _expand(match, template) == match.expand(template)
