@@ -102,6 +102,9 @@ class Method:
 
 
 TRUST = Method("trust (no library)", "trust")
+# The same as TRUST on a second server: how far apart two identical servers measure
+# in this run (the noise floor of every comparison between servers).
+TRUST_TWIN = Method("trust (no library), second server", "trust")
 SCRAM = Method("scram-sha-256", "password")
 MD5 = Method("md5", "password")
 MD5_FLOOR = Method("md5 (no library)", "password")
@@ -124,6 +127,7 @@ class Testbed:
         self.issuer: DevIssuer | None = None
         self.main: Cluster | None = None
         self.floor: Cluster | None = None
+        self.twin: Cluster | None = None
         self.tokens: dict[str, str] = {}
         self.settings: dict[str, str] = {}  # pg_oauth.* settings the server has
         self.methods: tuple[Method, ...] = ()
@@ -140,18 +144,22 @@ class Testbed:
         self._stack.callback(self.main.destroy)
         self.floor = Cluster(preload=False, settings=SERVER_SETTINGS, hba=FLOOR_HBA)
         self._stack.callback(self.floor.destroy)
+        self.twin = Cluster(preload=False, settings=SERVER_SETTINGS, hba=FLOOR_HBA)
+        self._stack.callback(self.twin.destroy)
         self.main.init().start()
         self.floor.init().start()
+        self.twin.init().start()
 
         self._set_up_main()
-        self.floor.sql(f"""
-            CREATE ROLE {TOKEN_USER} LOGIN;
-            SET password_encryption = 'md5';
-            CREATE ROLE {MD5_USER} LOGIN PASSWORD '{USER_PASSWORD}';
-        """)
+        for floor in (self.floor, self.twin):
+            floor.sql(f"""
+                CREATE ROLE {TOKEN_USER} LOGIN;
+                SET password_encryption = 'md5';
+                CREATE ROLE {MD5_USER} LOGIN PASSWORD '{USER_PASSWORD}';
+            """)
         self.settings = dict(self.main.sql(
             "SELECT name, setting FROM pg_settings WHERE name LIKE 'pg_oauth.%'"))
-        self.methods = (TRUST, SCRAM, MD5, *JWT_METHODS)
+        self.methods = (TRUST, TRUST_TWIN, SCRAM, MD5, *JWT_METHODS)
         if DECISION_CACHE in self.settings:
             self.methods += (RS256_CACHED,)
             self.configure({DECISION_CACHE: "off"})
@@ -240,7 +248,9 @@ class Testbed:
         return int(rows[0][0])
 
     def target(self, method: Method, transport: str, token: str | None = None) -> Target:
-        assert self.main is not None and self.floor is not None
+        assert self.main is not None and self.floor is not None and self.twin is not None
+        if method is TRUST_TWIN:
+            return Target.of(self.twin, transport, TOKEN_USER)
         if method.kind == "trust":
             return Target.of(self.floor, transport, TOKEN_USER)
         if method is SCRAM:
