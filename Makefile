@@ -31,6 +31,11 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers 
 ifneq ($(shell command -v $(PG_CONFIG) 2>/dev/null),)
 PYTHON_TARGET := $(shell $(PG_CONFIG) --sharedir)/pg_oauth/python
 PG_CPPFLAGS = -DPG_OAUTH_DEFAULT_PYTHON_PATH='"$(PYTHON_TARGET)"'
+# `make clean install TRACE=1`: every token login logs the time of each of its
+# phases (bench/trace_profile.py); for profiling only, never for production.
+ifdef TRACE
+PG_CPPFLAGS += -DPG_OAUTH_TRACE
+endif
 # No JIT bitcode: it needs clang, and the hot path is not SQL.
 override with_llvm = no
 PGXS := $(shell $(PG_CONFIG) --pgxs)

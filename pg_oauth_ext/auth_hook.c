@@ -38,6 +38,44 @@
 
 static ClientAuthentication_hook_type prev_client_auth_hook = NULL;
 
+#ifdef PG_OAUTH_TRACE
+TimestampTz pg_oauth_trace_backend[8];
+TimestampTz pg_oauth_trace_worker[6];
+
+/* One line of microseconds per phase of this (successful) login. */
+static void
+log_trace(bool from_cache)
+{
+	TimestampTz *b = pg_oauth_trace_backend;
+	TimestampTz *w = pg_oauth_trace_worker;
+
+	if (from_cache)
+		elog(LOG, "pg_oauth trace: path=cache read=%ld hash=%ld checks=%ld audit=%ld stats=%ld",
+			 (long) (b[TRACE_B_TOKEN] - b[TRACE_B_START]),
+			 (long) (b[TRACE_B_HASHED] - b[TRACE_B_TOKEN]),
+			 (long) (b[TRACE_B_CHECKED] - b[TRACE_B_HASHED]),
+			 (long) (b[TRACE_B_AUDITED] - b[TRACE_B_CHECKED]),
+			 (long) (b[TRACE_B_DONE] - b[TRACE_B_AUDITED]));
+	else
+		elog(LOG, "pg_oauth trace: path=worker read=%ld hash=%ld submit=%ld "
+			 "worker_wakeup=%ld worker_prepare=%ld txn_start=%ld call=%ld commit=%ld "
+			 "hand_back=%ld backend_wakeup=%ld checks=%ld audit=%ld stats=%ld",
+			 (long) (b[TRACE_B_TOKEN] - b[TRACE_B_START]),
+			 (long) (b[TRACE_B_HASHED] - b[TRACE_B_TOKEN]),
+			 (long) (b[TRACE_B_SUBMITTED] - b[TRACE_B_HASHED]),
+			 (long) (w[TRACE_W_CLAIMED] - b[TRACE_B_SUBMITTED]),
+			 (long) (w[TRACE_W_TXN] - w[TRACE_W_CLAIMED]),
+			 (long) (w[TRACE_W_CALL] - w[TRACE_W_TXN]),
+			 (long) (w[TRACE_W_RESULT] - w[TRACE_W_CALL]),
+			 (long) (w[TRACE_W_COMMITTED] - w[TRACE_W_RESULT]),
+			 (long) (w[TRACE_W_HANDED] - w[TRACE_W_COMMITTED]),
+			 (long) (b[TRACE_B_ANSWERED] - w[TRACE_W_HANDED]),
+			 (long) (b[TRACE_B_CHECKED] - b[TRACE_B_ANSWERED]),
+			 (long) (b[TRACE_B_AUDITED] - b[TRACE_B_CHECKED]),
+			 (long) (b[TRACE_B_DONE] - b[TRACE_B_AUDITED]));
+}
+#endif
+
 /* One login attempt, from the hook's start to its decision. */
 typedef struct LoginAttempt
 {
@@ -86,6 +124,7 @@ finish_attempt(LoginAttempt *a, bool ok, const char *reason)
 		strlcpy(rec.alg, d->alg, sizeof(rec.alg));
 	}
 	audit_log_record(&rec);
+	TRACE_BACKEND(TRACE_B_AUDITED);
 	login_stats_record(d ? d->issuer : NULL, reason, ok,
 					   d ? d->from_cache : false,
 					   d ? d->key_cache_hit : -1,
@@ -417,6 +456,7 @@ authenticate_with_token(Port *port)
 	memset(a, 0, sizeof(*a));
 	a->port = port;
 	a->started = GetCurrentTimestamp();
+	TRACE_BACKEND(TRACE_B_START);
 	a->client_addr = client_address(port, addrbuf, sizeof(addrbuf));
 
 	/* Cheap refusals first: none of these asks for a token or needs a worker. */
@@ -435,6 +475,7 @@ authenticate_with_token(Port *port)
 	check_startup_options(a);
 
 	token = read_token(a, &token_len);
+	TRACE_BACKEND(TRACE_B_TOKEN);
 	if (!looks_like_jws(token, token_len))
 	{
 		explicit_bzero(token, token_len);
@@ -452,6 +493,7 @@ authenticate_with_token(Port *port)
 	/* A token seen again is admitted from the cache; otherwise a worker decides. */
 	decision_cache_versions(&config_version, &key_epoch);
 	hashed = decision_cache_hash(token, token_len, token_hash);
+	TRACE_BACKEND(TRACE_B_HASHED);
 	if (!hashed || !decision_cache_lookup(&req, token_hash, &decision))
 		token_queue_validate(&req, &decision);
 	explicit_bzero(token, token_len);
@@ -489,7 +531,12 @@ authenticate_with_token(Port *port)
 	if (hashed && !decision.from_cache)
 		decision_cache_store(&req, token_hash, &decision, config_version, key_epoch);
 	session_state_remember(&decision, port->user_name);
+	TRACE_BACKEND(TRACE_B_CHECKED);
 	finish_attempt(a, true, "ok");
+#ifdef PG_OAUTH_TRACE
+	TRACE_BACKEND(TRACE_B_DONE);
+	log_trace(decision.from_cache);
+#endif
 
 	if (Log_connections)
 		ereport(LOG,

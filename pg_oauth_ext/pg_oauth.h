@@ -119,8 +119,41 @@ typedef struct TokenSlot
 	int			off_roles;		/* roles as consecutive strings */
 	int			n_roles;
 
+#ifdef PG_OAUTH_TRACE
+	TimestampTz trace[6];		/* worker-side phase times, TRACE_W_* */
+#endif
 	char		data[PG_OAUTH_SLOT_DATA_SIZE];
 } TokenSlot;
+
+/*
+ * Login phase timing, compiled in only by `make TRACE=1` (-DPG_OAUTH_TRACE):
+ * each successful token login then logs one "pg_oauth trace:" line with the
+ * microseconds of each phase (bench/trace_profile.py reads them).  Not for
+ * production builds: it adds a log line per login.
+ */
+#define TRACE_B_START		0	/* hook entered */
+#define TRACE_B_TOKEN		1	/* token read from the client */
+#define TRACE_B_HASHED		2	/* decision-cache hash computed */
+#define TRACE_B_SUBMITTED	3	/* slot pending, worker woken */
+#define TRACE_B_ANSWERED	4	/* backend saw the worker's answer */
+#define TRACE_B_CHECKED		5	/* role checks, registry, cache store done */
+#define TRACE_B_AUDITED		6	/* audit line and ring record written */
+#define TRACE_B_DONE		7	/* counters updated */
+#define TRACE_W_CLAIMED		0	/* worker took the request */
+#define TRACE_W_TXN			1	/* worker starts its transaction */
+#define TRACE_W_CALL		2	/* SPI connected, snapshot taken: the call */
+#define TRACE_W_RESULT		3	/* result row copied into the slot */
+#define TRACE_W_COMMITTED	4	/* transaction committed */
+#define TRACE_W_HANDED		5	/* slot marked done, backend about to be woken */
+#ifdef PG_OAUTH_TRACE
+extern TimestampTz pg_oauth_trace_backend[8];
+extern TimestampTz pg_oauth_trace_worker[6];
+#define TRACE_SLOT(s, i) ((s)->trace[i] = GetCurrentTimestamp())
+#define TRACE_BACKEND(i) (pg_oauth_trace_backend[i] = GetCurrentTimestamp())
+#else
+#define TRACE_SLOT(s, i) ((void) 0)
+#define TRACE_BACKEND(i) ((void) 0)
+#endif
 
 typedef enum WorkerState
 {

@@ -317,6 +317,7 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 	LWLockRelease(pg_oauth_shared->lock);
 	if (wake)
 		SetLatch(&wake->procLatch);
+	TRACE_BACKEND(TRACE_B_SUBMITTED);
 
 	/* Wait for the decision. */
 	for (;;)
@@ -356,6 +357,10 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 		CHECK_FOR_INTERRUPTS();
 	}
 
+	TRACE_BACKEND(TRACE_B_ANSWERED);
+#ifdef PG_OAUTH_TRACE
+	memcpy(pg_oauth_trace_worker, slot->trace, sizeof(pg_oauth_trace_worker));
+#endif
 	copy_decision(slot, out);
 	if (out->validation_us >= 0)
 		out->queue_us = Max(0, (int64) (GetCurrentTimestamp() - submitted) - out->validation_us);
@@ -398,6 +403,7 @@ token_queue_claim(int worker, uint64 *ticket)
 		best->state = SLOT_WORKING;
 		best->worker = worker;
 		best->validation_us = -1;
+		TRACE_SLOT(best, TRACE_W_CLAIMED);
 		*ticket = best->ticket;
 		w->state = WORKER_BUSY;
 		w->requests++;
@@ -423,6 +429,7 @@ token_queue_complete(TokenSlot *slot, uint64 ticket)
 		{
 			slot->state = SLOT_DONE;
 			backend = slot->backend;
+			TRACE_SLOT(slot, TRACE_W_HANDED);
 		}
 	}
 	LWLockRelease(pg_oauth_shared->lock);

@@ -226,6 +226,7 @@ validate_step(void *arg)
 	int			off = -1;
 	bool		fits = true;
 
+	TRACE_SLOT(slot, TRACE_W_CALL);
 	if (SPI_execute_plan(validate_plan, call->values, call->nulls, false, 2) != SPI_OK_SELECT)
 		elog(ERROR, "oauth.validate did not return rows");
 	if (SPI_processed != 1)
@@ -288,6 +289,7 @@ validate_step(void *arg)
 	d = SPI_getbinval(tup, desc, 13, &isnull);
 	slot->max_sessions = isnull ? -1 : DatumGetInt32(d);
 
+	TRACE_SLOT(slot, TRACE_W_RESULT);
 	if (!fits)
 		token_queue_fail(slot, "validator_error",
 						 "the validator's decision is too large to hand back");
@@ -330,7 +332,9 @@ handle_request(TokenSlot *slot, uint64 ticket)
 
 	pgstat_report_activity(STATE_RUNNING, "pg_oauth: validating a token");
 	started = GetCurrentTimestamp();
+	TRACE_SLOT(slot, TRACE_W_TXN);
 	edata = spi_run_in_transaction(validate_step, &call, request_context);
+	TRACE_SLOT(slot, TRACE_W_COMMITTED);
 	slot->validation_us = (int64) (GetCurrentTimestamp() - started);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
