@@ -89,6 +89,8 @@ compress(uint32 state[8], const uint8 *block)
 	state[5] += f;
 	state[6] += g;
 	state[7] += h;
+	/* the schedule is derived from the token: leave none of it on the stack */
+	explicit_bzero(w, sizeof(w));
 }
 
 void
@@ -118,6 +120,7 @@ pg_oauth_sha256(const void *data, size_t len, uint8 out[PG_OAUTH_TOKEN_HASH_LEN]
 	compress(state, tail);
 	if (tail_len == 128)
 		compress(state, tail + 64);
+	explicit_bzero(tail, sizeof(tail));
 
 	for (i = 0; i < 8; i++)
 	{
