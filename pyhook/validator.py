@@ -70,6 +70,8 @@ _KEY_POINTERS = ("jku", "x5u", "jwk", "x5c")
 _algorithms: dict[str, Algorithm] = {}
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -515,31 +517,18 @@ class _Validation:
             raise Expired(f"token expired {now - exp:.0f} s ago (leeway {leeway:g} s)")
         self._pass(f"expires in {exp - now:.0f} s")
 
-        self._begin("nbf", "no nbf")
-        nbf = _number(payload, "nbf")
-        if nbf is not None:
-            self.input = f"nbf {_when(nbf, self.explain)}"
-        if nbf is None:
-            self._skip("no nbf claim")
-        elif nbf > now + leeway:
-            raise NotYetValid(
-                f"token not valid for another {nbf - now:.0f} s (leeway {leeway:g} s)"
-            )
-        else:
-            self._pass(f"valid from {now - nbf:.0f} s ago")
-
-        self._begin("iat", "no iat")
-        iat = _number(payload, "iat")
-        if iat is not None:
-            self.input = f"iat {_when(iat, self.explain)}"
-        if iat is None:
-            self._skip("no iat claim")
-        elif iat > now + leeway:
-            raise NotYetValid(
-                f"token issued in the future ({iat - now:.0f} s ahead, leeway {leeway:g} s)"
-            )
-        else:
-            self._pass(f"issued {now - iat:.0f} s ago")
+        self._not_after_now(
+            payload, "nbf", leeway,
+            lambda ahead: f"token not valid for another {ahead:.0f} s (leeway {leeway:g} s)",
+            lambda ago: f"valid from {ago:.0f} s ago",
+        )
+        iat = self._not_after_now(
+            payload, "iat", leeway,
+            lambda ahead: (
+                f"token issued in the future ({ahead:.0f} s ahead, leeway {leeway:g} s)"
+            ),
+            lambda ago: f"issued {ago:.0f} s ago",
+        )
 
         limit = issuer.max_token_lifetime
         self._begin(
@@ -557,6 +546,26 @@ class _Validation:
                     f"max_token_lifetime {limit:g} s"
                 )
             self._pass(f"lifetime {lifetime:.0f} s (exp - {since}) within {limit:g} s")
+
+    def _not_after_now(
+        self,
+        payload: dict[str, Any],
+        name: str,
+        leeway: float,
+        too_early: Callable[[float], str],
+        passed: Callable[[float], str],
+    ) -> float | None:
+        """One of nbf/iat: absent is fine, later than now + leeway is refused."""
+        self._begin(name, f"no {name}")
+        value = _number(payload, name)
+        if value is None:
+            self._skip(f"no {name} claim")
+            return None
+        self.input = f"{name} {_when(value, self.explain)}"
+        if value > self.now + leeway:
+            raise NotYetValid(too_early(value - self.now))
+        self._pass(passed(self.now - value))
+        return value
 
     def _check_audience(self, payload: dict[str, Any], issuer: IssuerConfig) -> None:
         aud = payload.get("aud")
