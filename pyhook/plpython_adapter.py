@@ -243,7 +243,7 @@ class Adapter:
         checks the backend makes on the role itself.
         """
         try:
-            config = self._config(None)
+            config = self._config(None, seed=False)
             self._seed_keys(config)
             decision = validate(
                 token,
@@ -270,7 +270,7 @@ class Adapter:
         """Load configuration, adopt newer persisted keys, fetch keys that are missing
         or due; a one-line summary."""
         try:
-            config = self._config(None)
+            config = self._config(None, seed=False)
         except Exception as exc:  # noqa: BLE001 - warmup reports, never raises
             self._warn(
                 f"pg_oauth: loading configuration failed: {type(exc).__name__}: {exc}"
@@ -295,11 +295,12 @@ class Adapter:
 
     # -- configuration ------------------------------------------------------
 
-    def _config(self, config_version: int | None) -> Config:
+    def _config(self, config_version: int | None, seed: bool = True) -> Config:
         """The configuration of ``config_version`` (None: read oauth.config_state).
 
         The shared-memory counter and the table's version count apart, so the
-        cache key says which of the two it is.
+        cache key says which of the two it is. ``seed``: adopt persisted keys when
+        a new version is loaded (callers that seed anyway right after say False).
         """
         key: object
         if config_version is None:
@@ -326,7 +327,8 @@ class Adapter:
             f"{len(config.revocations)} revocations"
         )
         # a new issuer may already have keys another process fetched
-        self._seed_keys(config)
+        if seed:
+            self._seed_keys(config)
         return config
 
     # -- keys in oauth.jwks_cache, fetch statistics --------------------------------

@@ -254,6 +254,22 @@ def test_unknown_version_reads_config_state(plpy: FakePlpy, token: str) -> None:
     assert plpy.prepared.count(VERSION_QUERY) == 1
 
 
+def test_warmup_and_explain_read_persisted_keys_once(plpy: FakePlpy, token: str) -> None:
+    """Loading a new configuration adopts persisted keys; warm-up and explain adopt them
+    anyway, so a reload there must not read oauth.jwks_cache a second time."""
+    adapter = Adapter(plpy)
+    adapter.warmup()
+    assert plpy.executed.count(JWKS_CACHE_QUERY) == 1
+    plpy.version = 2
+    plpy.executed.clear()
+    adapter.explain(token, "alice", "app")
+    assert ISSUERS_QUERY in plpy.executed
+    assert plpy.executed.count(JWKS_CACHE_QUERY) == 1
+    plpy.executed.clear()
+    adapter.validate(token, "alice", "app", None, True, 7)  # a login's reload seeds too
+    assert plpy.executed.count(JWKS_CACHE_QUERY) == 1
+
+
 def test_errors_become_validator_error_rows(plpy: FakePlpy, token: str) -> None:
     plpy.fail_with = RuntimeError(f"database says no to {token}")
     row = Adapter(plpy).validate(token, "alice", "app", None, True, 1)
