@@ -48,6 +48,11 @@ def warm_up(tb: Testbed, count: Counted) -> None:
             count.logins += len(login_latencies(tb.target(method, transport), 10))
 
 
+def round_ratio(values: list[float], base: list[float]) -> float:
+    """The median of the rounds' own ratios: each compares two runs seconds apart."""
+    return median([v / b for v, b in zip(values, base)])
+
+
 def login_rate(tb: Testbed, pgbench: Pgbench, plan: Plan, count: Counted,
                goals: list[Goal], progress: Progress) -> Table:
     tps: dict[tuple[str, int, str], list[float]] = defaultdict(list)
@@ -71,15 +76,11 @@ def login_rate(tb: Testbed, pgbench: Pgbench, plan: Plan, count: Counted,
         for clients in CLIENTS:
             trust_rounds = tps[(transport, clients, TRUST.name)]
             scram_rounds = tps[(transport, clients, SCRAM.name)]
-
-            def vs(values: list[float], base: list[float]) -> float:
-                # round by round: a ratio of two runs taken seconds apart
-                return median([v / b for v, b in zip(values, base)])
-
             for method in tb.methods:
                 values = tps[(transport, clients, method.name)]
                 rate = median(values)
-                to_trust, to_scram = vs(values, trust_rounds), vs(values, scram_rounds)
+                to_trust = round_ratio(values, trust_rounds)
+                to_scram = round_ratio(values, scram_rounds)
                 cells: list[object] = [transport, clients, method.name, f"{rate:.0f}",
                                        f"{min(values):.0f}–{max(values):.0f}"]
                 if method.kind == "jwt":
