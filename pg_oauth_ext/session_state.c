@@ -20,6 +20,7 @@
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(pg_oauth_fn_claims);
+PG_FUNCTION_INFO_V1(pg_oauth_fn_claim);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_session);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_workers);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_config_version);
@@ -27,6 +28,9 @@ PG_FUNCTION_INFO_V1(pg_oauth_fn_config_changed);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_kid_refetch_allowed);
 
 OAuthSession pg_oauth_session = {false};
+
+/* The session's claims parsed once, in TopMemoryContext; NULL until first use. */
+static Jsonb *session_claims_jsonb = NULL;
 
 static char *
 top_strdup(const char *s)
@@ -49,15 +53,181 @@ session_state_remember(const TokenDecision *decision, const char *role)
 	pg_oauth_session.has_expires_at = decision->has_expires_at;
 	pg_oauth_session.expires_at = decision->expires_at;
 	pg_oauth_session.active = true;
+	session_claims_jsonb = NULL;
+}
+
+/*
+ * The claims as jsonb, parsed on first use and kept for the session (they
+ * never change after login): RLS policies call claim() once per row.
+ */
+static Jsonb *
+session_claims(void)
+{
+	if (!pg_oauth_session.active || pg_oauth_session.claims == NULL)
+		return NULL;
+	if (session_claims_jsonb == NULL)
+	{
+		Jsonb	   *parsed;
+		Jsonb	   *kept;
+
+		parsed = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+													CStringGetDatum(pg_oauth_session.claims)));
+		kept = MemoryContextAlloc(TopMemoryContext, VARSIZE(parsed));
+		memcpy(kept, parsed, VARSIZE(parsed));
+		pfree(parsed);
+		session_claims_jsonb = kept;
+	}
+	return session_claims_jsonb;
 }
 
 Datum
 pg_oauth_fn_claims(PG_FUNCTION_ARGS)
 {
-	if (!pg_oauth_session.active || pg_oauth_session.claims == NULL)
+	Jsonb	   *claims = session_claims();
+	Jsonb	   *copy;
+
+	if (claims == NULL)
 		PG_RETURN_NULL();
-	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in,
-										CStringGetDatum(pg_oauth_session.claims)));
+	copy = palloc(VARSIZE(claims));
+	memcpy(copy, claims, VARSIZE(claims));
+	PG_RETURN_JSONB_P(copy);
+}
+
+/* A JSON value as ->> shows it: strings unquoted, others as JSON text. */
+static text *
+jsonb_value_text(JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvString:
+			return cstring_to_text_with_len(v->val.string.val, v->val.string.len);
+		case jbvBool:
+			return cstring_to_text(v->val.boolean ? "true" : "false");
+		case jbvNumeric:
+			return cstring_to_text(DatumGetCString(DirectFunctionCall1(numeric_out,
+																	   NumericGetDatum(v->val.numeric))));
+		case jbvBinary:
+			{
+				StringInfoData buf;
+
+				initStringInfo(&buf);
+				(void) JsonbToCString(&buf, v->val.binary.data, v->val.binary.len);
+				return cstring_to_text_with_len(buf.data, buf.len);
+			}
+		default:
+			elog(ERROR, "unexpected jsonb value type %d", (int) v->type);
+	}
+	return NULL;				/* keep the compiler quiet */
+}
+
+/*
+ * The segments of a claim path, as regexp_matches(path, '"([^"]*)"|([^.]+)',
+ * 'g') finds them (pyhook/claim_path.py splits the same way): at each
+ * position the longer of a double-quoted segment and a run up to the next
+ * dot, the quoted one on a tie; dots between segments are skipped.  Bytes
+ * are safe to scan: every server encoding keeps ASCII bytes for ASCII.
+ */
+static int
+split_claim_path(const char *p, int n, Datum *segments)
+{
+	int			count = 0;
+	int			i = 0;
+
+	while (i < n)
+	{
+		int			quoted_end = -1;
+		int			plain_end = i;
+
+		if (p[i] == '"')
+		{
+			const char *close = memchr(p + i + 1, '"', n - i - 1);
+
+			if (close != NULL)
+				quoted_end = (int) (close - p) + 1;
+		}
+		while (plain_end < n && p[plain_end] != '.')
+			plain_end++;
+		if (quoted_end == -1 && plain_end == i)
+		{
+			i++;				/* a dot: no segment starts here */
+			continue;
+		}
+		if (quoted_end >= plain_end)
+		{
+			segments[count++] = PointerGetDatum(cstring_to_text_with_len(p + i + 1,
+																		 quoted_end - i - 2));
+			i = quoted_end;
+		}
+		else
+		{
+			segments[count++] = PointerGetDatum(cstring_to_text_with_len(p + i,
+																		 plain_end - i));
+			i = plain_end;
+		}
+	}
+	return count;
+}
+
+/*
+ * oauth.claim(path): one claim by path.  In C so that no operator or
+ * function is looked up through the caller's search_path (a policy using it
+ * must not be steerable by the user it restricts), and cheap per row.
+ *
+ * A top-level claim whose name is exactly the path wins; otherwise the path
+ * is split into segments and followed like jsonb's #>> (an integer segment
+ * indexes an array).  Strings come back unquoted, other values as JSON text,
+ * JSON null as NULL.
+ */
+Datum
+pg_oauth_fn_claim(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *claims;
+	text	   *path;
+	const char *p;
+	int			n;
+	Datum	   *segments;
+	int			nsegments;
+	bool		isnull;
+	Datum		result;
+
+	if (PG_ARGISNULL(0) || (claims = session_claims()) == NULL)
+		PG_RETURN_NULL();
+	path = PG_GETARG_TEXT_PP(0);
+	p = VARDATA_ANY(path);
+	n = VARSIZE_ANY_EXHDR(path);
+
+	if (JB_ROOT_IS_OBJECT(claims))
+	{
+		JsonbValue	vbuf;
+		JsonbValue *v = getKeyJsonValueFromContainer(&claims->root, p, n, &vbuf);
+
+		if (v != NULL)
+		{
+			if (v->type == jbvNull)
+				PG_RETURN_NULL();
+			PG_RETURN_TEXT_P(jsonb_value_text(v));
+		}
+	}
+	else
+	{
+		/* claims ? path on an array or scalar: an equal string element */
+		JsonbValue	key;
+
+		key.type = jbvString;
+		key.val.string.val = (char *) p;
+		key.val.string.len = n;
+		if (findJsonbValueFromContainer(&claims->root, JB_FARRAY, &key) != NULL)
+			PG_RETURN_NULL();
+	}
+
+	segments = palloc(sizeof(Datum) * (n + 1));
+	nsegments = split_claim_path(p, n, segments);
+	if (nsegments == 0)
+		PG_RETURN_NULL();
+	result = jsonb_get_element(claims, segments, nsegments, &isnull, true);
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
 }
 
 Datum

@@ -118,28 +118,11 @@ REVOKE ALL ON FUNCTION oauth.config_version() FROM PUBLIC;
 -- exactly the path wins (names such as 'https://example.com/groups');
 -- otherwise segments separated by dots, a segment may be double-quoted to
 -- contain dots.  Strings come back unquoted, other JSON values as JSON text.
+-- In C: RLS policies call it per row, and nothing in it resolves through the
+-- caller's search_path.
 CREATE FUNCTION oauth.claim(path text) RETURNS text
-    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
-    AS $$
-DECLARE
-    c jsonb := oauth.claims();
-    parts text[];
-BEGIN
-    IF c IS NULL OR path IS NULL THEN
-        RETURN NULL;
-    END IF;
-    IF c ? path THEN
-        RETURN c ->> path;
-    END IF;
-    SELECT array_agg(coalesce(m[1], m[2]) ORDER BY ord)
-      INTO parts
-      FROM regexp_matches(path, '"([^"]*)"|([^.]+)', 'g') WITH ORDINALITY AS t(m, ord);
-    IF parts IS NULL THEN
-        RETURN NULL;
-    END IF;
-    RETURN c #>> parts;
-END
-$$;
+    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_claim';
 COMMENT ON FUNCTION oauth.claim(text) IS
     'One claim of this session''s token by path (e.g. ''email'', ''realm_access.roles''); NULL when absent or not a token session';
 
