@@ -1,6 +1,12 @@
 -- pg_oauth 1.0: configuration tables, the validator contract and session functions.
 \echo Use "CREATE EXTENSION pg_oauth" to load this file. \quit
 
+-- Name resolution: every function below in SQL, PL/pgSQL or PL/Python sets
+-- search_path = pg_catalog, pg_temp and qualifies the built-ins it calls.
+-- Superusers and the workers run them: neither a caller's search_path nor the
+-- configuration database's settings may choose which now() or = they get.
+-- (C functions resolve no names.)
+
 -- Only the extension owner (a superuser) touches configuration.
 REVOKE ALL ON SCHEMA oauth FROM PUBLIC;
 GRANT USAGE ON SCHEMA oauth TO PUBLIC;
@@ -133,10 +139,12 @@ COMMENT ON FUNCTION oauth.claim(text) IS
 -- Loads pyhook from pg_oauth.python_path once per process.
 CREATE FUNCTION oauth._adapter_load() RETURNS void
     LANGUAGE plpython3u
+    SET search_path = pg_catalog, pg_temp
     AS $$
 if 'pg_oauth_adapter' not in GD:
     import sys
-    path = plpy.execute("SELECT current_setting('pg_oauth.python_path', true) AS p")[0]['p']
+    path = plpy.execute(
+        "SELECT pg_catalog.current_setting('pg_oauth.python_path', true) AS p")[0]['p']
     if path and path not in sys.path:
         sys.path.insert(0, path)
     from pyhook.plpython_adapter import Adapter
@@ -152,6 +160,7 @@ CREATE FUNCTION oauth.validate(
                   expires_at timestamptz, claims jsonb,
                   kid text, alg text, key_cache text, max_sessions integer)
     LANGUAGE plpython3u VOLATILE
+    SET search_path = pg_catalog, pg_temp
     AS $$
 adapter = GD.get('pg_oauth_adapter')
 if adapter is None:
@@ -166,6 +175,7 @@ COMMENT ON FUNCTION oauth.validate(text, text, text, inet, boolean, bigint) IS
 -- Run by each worker when it starts: imports pyhook, loads configuration and keys.
 CREATE FUNCTION oauth.warmup() RETURNS text
     LANGUAGE plpython3u VOLATILE
+    SET search_path = pg_catalog, pg_temp
     AS $$
 adapter = GD.get('pg_oauth_adapter')
 if adapter is None:
@@ -181,9 +191,10 @@ REVOKE ALL ON FUNCTION oauth.warmup() FROM PUBLIC;
 
 CREATE FUNCTION oauth._config_trigger() RETURNS trigger
     LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    UPDATE oauth.config_state SET version = version + 1;
+    UPDATE oauth.config_state SET version = version OPERATOR(pg_catalog.+) 1;
     PERFORM oauth._config_changed();
     RETURN NULL;
 END
@@ -200,6 +211,7 @@ CREATE TRIGGER role_map_changed
 -- Reject a rule the validator could not use, at the time it is written.
 CREATE FUNCTION oauth._role_map_check() RETURNS trigger
     LANGUAGE plpython3u
+    SET search_path = pg_catalog, pg_temp
     AS $$
 import re
 new = TD['new']

@@ -7,9 +7,12 @@
 -- followed by =value; anything else would refuse every token of the issuer.
 CREATE FUNCTION oauth._required_claims_ok(entries text[]) RETURNS boolean
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
     AS $$
-SELECT coalesce(bool_and(e IS NOT NULL AND e ~ '^[^=\s]([^=]*[^=\s])?(=.*)?$'), true)
-  FROM unnest(entries) AS e
+SELECT coalesce(pg_catalog.bool_and(e IS NOT NULL AND
+                                    e OPERATOR(pg_catalog.~) '^[^=\s]([^=]*[^=\s])?(=.*)?$'),
+                true)
+  FROM pg_catalog.unnest(entries) AS e
 $$;
 REVOKE ALL ON FUNCTION oauth._required_claims_ok(text[]) FROM PUBLIC;
 
@@ -94,6 +97,7 @@ CREATE FUNCTION oauth.explain(
         client_addr inet DEFAULT NULL)
     RETURNS TABLE(step integer, name text, outcome text, input text, detail text)
     LANGUAGE plpython3u VOLATILE
+    SET search_path = pg_catalog, pg_temp
     AS $$
 adapter = GD.get('pg_oauth_adapter')
 if adapter is None:

@@ -32,6 +32,7 @@ CREATE FUNCTION oauth.revoke(token_id text DEFAULT NULL, subject text DEFAULT NU
                              reason text DEFAULT NULL)
     RETURNS integer
     LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
     IF token_id IS NULL AND subject IS NULL AND issuer IS NULL THEN
