@@ -155,7 +155,7 @@ retention_step(void *arg)
 	char		query[256];
 
 	snprintf(query, sizeof(query),
-			 "DELETE FROM oauth.audit_log WHERE at < now() - interval '%d minutes'",
+			 "DELETE FROM oauth.audit_log WHERE at < pg_catalog.now() - interval '%d minutes'",
 			 pg_oauth_audit_retention);
 	if (SPI_execute(query, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "audit retention delete failed");
@@ -175,6 +175,7 @@ pg_oauth_housekeeper_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnection(pg_oauth_database, NULL, 0);
+	pg_oauth_pin_worker_settings(true);
 	pgstat_report_appname("pg_oauth housekeeper");
 
 	tick_context = AllocSetContextCreate(TopMemoryContext, "pg_oauth housekeeper",

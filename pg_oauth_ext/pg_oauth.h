@@ -327,6 +327,9 @@ PGDLLEXPORT void pg_oauth_housekeeper_main(Datum main_arg);
 extern ErrorData *spi_run_in_transaction(void (*step) (void *), void *arg,
 										 MemoryContext error_context);
 
+/* worker_settings.c */
+extern void pg_oauth_pin_worker_settings(bool report_overrides);
+
 /* validator_worker.c */
 extern void pg_oauth_register_workers(void);
 extern void pg_oauth_wake_all_workers(void);

@@ -131,7 +131,7 @@ ready_step(void *arg)
 		Oid			argtypes[6] = {TEXTOID, TEXTOID, TEXTOID, INETOID, BOOLOID, INT8OID};
 
 		plan = SPI_prepare("SELECT ok, reason, detail, allowed_roles, issuer, subject, "
-						   "token_id, expires_at, claims::text, kid, alg, key_cache, max_sessions "
+						   "token_id, expires_at, claims::pg_catalog.text, kid, alg, key_cache, max_sessions "
 						   "FROM oauth.validate($1, $2, $3, $4, $5, $6)",
 						   6, argtypes);
 		if (plan == NULL)
@@ -405,6 +405,8 @@ pg_oauth_worker_main(Datum main_arg)
 	token_queue_set_worker_state(worker_index, WORKER_STARTING, NULL);
 
 	BackgroundWorkerInitializeConnection(pg_oauth_database, NULL, 0);
+	/* the housekeeper reports database settings these override */
+	pg_oauth_pin_worker_settings(false);
 	pgstat_report_appname("pg_oauth validator");
 
 	request_context = AllocSetContextCreate(TopMemoryContext,

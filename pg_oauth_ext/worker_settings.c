@@ -1,0 +1,133 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker_settings.c
+ *	  The settings pg_oauth's background workers pin for themselves.
+ *
+ * The validator workers and the housekeeper run as the bootstrap superuser,
+ * connected to pg_oauth.database, whose owner need not be a superuser.
+ * InitPostgres applies that database's settings (ALTER DATABASE ... SET) to
+ * background workers too, so its owner could choose their search_path (and
+ * have its own now() run as superuser), fold the token into custom plans that
+ * debug_print_plan or auto_explain print, make their transactions read-only,
+ * and so on.  Right after connecting, each worker sets these values at
+ * PGC_S_SESSION, which outranks every database, role and file setting, also
+ * after a reload.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_oauth.h"
+
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+typedef struct PinnedSetting
+{
+	const char *name;
+	const char *value;
+} PinnedSetting;
+
+static const PinnedSetting pinned_settings[] = {
+	/* every name the workers' SQL leaves unqualified resolves in pg_catalog */
+	{"search_path", "pg_catalog, pg_temp"},
+	/* the token, a bind parameter of a kept plan, is never a plan constant */
+	{"plan_cache_mode", "force_generic_plan"},
+	/* they write (audit rows, jwks_cache) and must not fail, wait or exit on a whim */
+	{"default_transaction_read_only", "off"},
+	{"default_transaction_isolation", "read committed"},
+	{"default_transaction_deferrable", "off"},
+	{"statement_timeout", "0"},
+	{"lock_timeout", "0"},
+	{"idle_in_transaction_session_timeout", "0"},
+	{"exit_on_error", "off"},
+	{"jit", "off"},
+	/* how SQL text and values are read and shown */
+	{"standard_conforming_strings", "on"},
+	{"transform_null_equals", "off"},
+	{"array_nulls", "on"},
+	{"DateStyle", "ISO, MDY"},
+	{"IntervalStyle", "postgres"},
+	{"TimeZone", "UTC"},
+	{"row_security", "on"},
+};
+
+#define NUM_PINNED_SETTINGS lengthof(pinned_settings)
+
+/* Which pinned settings the database or the workers' role sets itself. */
+static void
+find_overridden_step(void *arg)
+{
+	bool	   *found = (bool *) arg;
+	char		query[512];
+	uint64		row;
+
+	snprintf(query, sizeof(query),
+			 "SELECT pg_catalog.split_part(s.setting, '=', 1) "
+			 "FROM pg_catalog.pg_db_role_setting d, "
+			 "pg_catalog.unnest(d.setconfig) AS s(setting) "
+			 "WHERE d.setdatabase IN (0, %u) AND d.setrole IN (0, %u)",
+			 MyDatabaseId, GetUserId());
+	if (SPI_execute(query, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_db_role_setting");
+	for (row = 0; row < SPI_processed; row++)
+	{
+		char	   *name = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 1);
+		int			i;
+
+		for (i = 0; name != NULL && i < NUM_PINNED_SETTINGS; i++)
+			if (pg_strcasecmp(name, pinned_settings[i].name) == 0)
+				found[i] = true;
+	}
+}
+
+/* One LOG line naming the database or role settings the pins override. */
+static void
+report_overridden(void)
+{
+	bool		found[NUM_PINNED_SETTINGS] = {false};
+	MemoryContext caller = CurrentMemoryContext;
+	MemoryContext context;
+	ErrorData  *edata;
+	StringInfoData names;
+	int			i;
+
+	context = AllocSetContextCreate(TopMemoryContext, "pg_oauth worker settings",
+									ALLOCSET_SMALL_SIZES);
+	edata = spi_run_in_transaction(find_overridden_step, found, context);
+	if (edata != NULL)
+		ereport(DEBUG1,
+				(errmsg("pg_oauth: could not read pg_db_role_setting: %s", edata->message)));
+	else
+	{
+		initStringInfo(&names);
+		for (i = 0; i < NUM_PINNED_SETTINGS; i++)
+			if (found[i])
+				appendStringInfo(&names, "%s%s", names.len > 0 ? ", " : "",
+								 pinned_settings[i].name);
+		if (names.len > 0)
+			ereport(LOG,
+					(errmsg("pg_oauth: the background workers ignore these settings of database \"%s\" or of their role: %s",
+							pg_oauth_database, names.data)));
+	}
+	MemoryContextSwitchTo(caller);
+	MemoryContextDelete(context);
+}
+
+/*
+ * Called by every pg_oauth background worker right after
+ * BackgroundWorkerInitializeConnection.  report_overrides: log which
+ * database or role settings are overridden (one worker says it).
+ */
+void
+pg_oauth_pin_worker_settings(bool report_overrides)
+{
+	int			i;
+
+	for (i = 0; i < NUM_PINNED_SETTINGS; i++)
+		SetConfigOption(pinned_settings[i].name, pinned_settings[i].value,
+						PGC_SUSET, PGC_S_SESSION);
+	if (report_overrides)
+		report_overridden();
+}
