@@ -185,6 +185,8 @@ def config_from_database(dsn: str) -> tuple[Config, list[CachedJwks]]:
     try:
         with psycopg.connect(dsn, row_factory=dict_row) as conn:
             conn.read_only = True
+            # the database's own settings must not pick the functions a superuser runs
+            conn.execute("SET search_path = pg_catalog, pg_temp")
             issuers = conn.execute(ISSUERS_QUERY).fetchall()
             rules = conn.execute(RULES_QUERY).fetchall()
             revocations = conn.execute(REVOCATIONS_QUERY).fetchall()

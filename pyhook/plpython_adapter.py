@@ -25,34 +25,40 @@ from pyhook.errors import ValidatorError
 from pyhook.jwks_cache import CachedJwks, KeyStore
 from pyhook.validator import validate
 
+# Every built-in is qualified (the functions that run these also pin their
+# search_path, and so do the workers): a superuser runs them, in a database
+# whose owner may not be one.
 ISSUERS_QUERY = (
-    "SELECT issuer, audiences, jwks_uri, jwks::text AS jwks, algorithms, "
-    "extract(epoch FROM leeway)::float8 AS leeway, "
-    "extract(epoch FROM max_token_lifetime)::float8 AS max_token_lifetime, enabled, "
-    "extract(epoch FROM jwks_refresh)::float8 AS jwks_refresh, "
-    "extract(epoch FROM jwks_cooldown)::float8 AS jwks_cooldown, "
-    "extract(epoch FROM http_timeout)::float8 AS http_timeout, allow_insecure_http, "
-    "typ, required_claims, authorized_parties, "
-    "extract(epoch FROM jwks_max_stale)::float8 AS jwks_max_stale, "
-    "extract(epoch FROM jwks_refresh_min)::float8 AS jwks_refresh_min, "
-    "extract(epoch FROM jwks_refresh_max)::float8 AS jwks_refresh_max, "
+    "SELECT issuer, audiences, jwks_uri, jwks::pg_catalog.text AS jwks, algorithms, "
+    "extract(epoch FROM leeway)::pg_catalog.float8 AS leeway, "
+    "extract(epoch FROM max_token_lifetime)::pg_catalog.float8 AS max_token_lifetime, "
+    "enabled, "
+    "extract(epoch FROM jwks_refresh)::pg_catalog.float8 AS jwks_refresh, "
+    "extract(epoch FROM jwks_cooldown)::pg_catalog.float8 AS jwks_cooldown, "
+    "extract(epoch FROM http_timeout)::pg_catalog.float8 AS http_timeout, "
+    "allow_insecure_http, typ, required_claims, authorized_parties, "
+    "extract(epoch FROM jwks_max_stale)::pg_catalog.float8 AS jwks_max_stale, "
+    "extract(epoch FROM jwks_refresh_min)::pg_catalog.float8 AS jwks_refresh_min, "
+    "extract(epoch FROM jwks_refresh_max)::pg_catalog.float8 AS jwks_refresh_max, "
     "max_sessions_per_subject FROM oauth.issuers"
 )
 RULES_QUERY = (
-    "SELECT id, issuer, claim, pattern, role, databases, client_cidrs::text[] AS client_cidrs, "
+    "SELECT id, issuer, claim, pattern, role, databases, "
+    "client_cidrs::pg_catalog.text[] AS client_cidrs, "
     "max_sessions FROM oauth.role_map ORDER BY id"
 )
 VERSION_QUERY = "SELECT version FROM oauth.config_state"
 # expired rows are left out here; the validator also compares expires_at with now
 REVOCATIONS_QUERY = (
     "SELECT id, issuer, subject, token_id, reason, "
-    "extract(epoch FROM expires_at)::float8 AS expires_at FROM oauth.revocations "
-    "WHERE expires_at IS NULL OR expires_at > now() ORDER BY id"
+    "extract(epoch FROM expires_at)::pg_catalog.float8 AS expires_at FROM oauth.revocations "
+    "WHERE expires_at IS NULL OR expires_at OPERATOR(pg_catalog.>) pg_catalog.now() "
+    "ORDER BY id"
 )
 JWKS_CACHE_QUERY = (
-    "SELECT issuer, jwks_uri, discovered, jwks::text AS jwks, etag, "
-    "extract(epoch FROM max_age)::float8 AS max_age, "
-    "extract(epoch FROM fetched_at)::float8 AS fetched_at FROM oauth.jwks_cache"
+    "SELECT issuer, jwks_uri, discovered, jwks::pg_catalog.text AS jwks, etag, "
+    "extract(epoch FROM max_age)::pg_catalog.float8 AS max_age, "
+    "extract(epoch FROM fetched_at)::pg_catalog.float8 AS fetched_at FROM oauth.jwks_cache"
 )
 RECOVERY_QUERY = "SELECT pg_catalog.pg_is_in_recovery() AS standby"
 # Writers skip a row another process is writing (advisory lock, never waited
@@ -65,22 +71,29 @@ RESTORE_LOCK_TIMEOUT_QUERY = "SELECT pg_catalog.set_config('lock_timeout', $1, t
 PERSIST_QUERY = (
     "INSERT INTO oauth.jwks_cache AS c "
     "(issuer, jwks_uri, discovered, jwks, etag, max_age, fetched_at) "
-    "SELECT $1, $2, $3, $4::jsonb, $5, make_interval(secs => $6), to_timestamp($7) "
+    "SELECT $1, $2, $3, $4::pg_catalog.jsonb, $5, pg_catalog.make_interval(secs => $6), "
+    "pg_catalog.to_timestamp($7) "
     "WHERE pg_catalog.pg_try_advisory_xact_lock(1868658036, pg_catalog.hashtext($1)) "
-    "AND EXISTS (SELECT 1 FROM oauth.issuers i WHERE i.issuer = $1) "
+    "AND EXISTS (SELECT 1 FROM oauth.issuers i WHERE i.issuer OPERATOR(pg_catalog.=) $1) "
     "ON CONFLICT (issuer) DO UPDATE SET jwks_uri = EXCLUDED.jwks_uri, "
     "discovered = EXCLUDED.discovered, jwks = EXCLUDED.jwks, etag = EXCLUDED.etag, "
     "max_age = EXCLUDED.max_age, fetched_at = EXCLUDED.fetched_at "
-    "WHERE c.fetched_at < EXCLUDED.fetched_at"
+    "WHERE c.fetched_at OPERATOR(pg_catalog.<) EXCLUDED.fetched_at"
 )
-PERSIST_TYPES = ["text", "text", "boolean", "text", "text", "float8", "float8"]
-RECORD_FETCH_QUERY = "SELECT oauth._record_jwks_fetch($1::text, $2::boolean)"
+TEXT, BOOL, FLOAT8 = "pg_catalog.text", "pg_catalog.bool", "pg_catalog.float8"
+PERSIST_TYPES = [TEXT, TEXT, BOOL, TEXT, TEXT, FLOAT8, FLOAT8]
+RECORD_FETCH_QUERY = "SELECT oauth._record_jwks_fetch($1::pg_catalog.text, $2::pg_catalog.bool)"
+RECORD_FETCH_TYPES = [TEXT, BOOL]
 KEYS_CHANGED_QUERY = "SELECT oauth._keys_changed()"
-KID_REFETCH_QUERY = "SELECT oauth._kid_refetch_allowed($1::text, $2::float8) AS allowed"
+KID_REFETCH_QUERY = (
+    "SELECT oauth._kid_refetch_allowed($1::pg_catalog.text, $2::pg_catalog.float8) AS allowed"
+)
+KID_REFETCH_TYPES = [TEXT, FLOAT8]
 ROLE_QUERY = (
     "SELECT rolsuper, rolcanlogin, "
-    "coalesce(current_setting('pg_oauth.allow_superuser', true), 'off') AS allow_superuser "
-    "FROM pg_catalog.pg_roles WHERE rolname = $1"
+    "coalesce(pg_catalog.current_setting('pg_oauth.allow_superuser', true), 'off') "
+    "AS allow_superuser "
+    "FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1"
 )
 
 
@@ -380,7 +393,7 @@ class Adapter:
                     "record_fetch",
                     RECORD_FETCH_QUERY,
                     [issuer, ok],
-                    ["text", "boolean"],
+                    RECORD_FETCH_TYPES,
                 )
         except Exception:  # noqa: BLE001, S110 - statistics never decide anything
             pass
@@ -390,7 +403,7 @@ class Adapter:
         try:
             with self.plpy.subtransaction():
                 rows = self._execute(
-                    "kid_refetch", KID_REFETCH_QUERY, [issuer, cooldown], ["text", "float8"]
+                    "kid_refetch", KID_REFETCH_QUERY, [issuer, cooldown], KID_REFETCH_TYPES
                 )
             return bool(rows[0]["allowed"])
         except Exception:  # noqa: BLE001 - no shared gate (older install): local cooldown only
@@ -436,7 +449,7 @@ class Adapter:
                     "restore_lock_timeout",
                     RESTORE_LOCK_TIMEOUT_QUERY,
                     [previous],
-                    ["text"],
+                    [TEXT],
                 )
         except Exception as exc:  # noqa: BLE001 - the keys still work from memory
             self._log(
@@ -447,7 +460,7 @@ class Adapter:
     # -- explain: what the backend checks after the validator ---------------------
 
     def _role_checks(self, decision: Decision, role: str) -> Decision:
-        rows = self._execute("role", ROLE_QUERY, [role], ["text"])
+        rows = self._execute("role", ROLE_QUERY, [role], [TEXT])
         given = f"role {role!a}"
         if not len(rows):
             check, reason, detail = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -15,14 +16,18 @@ from typing import Any
 import pytest
 from unit_support import AUD, ISS, NOW, Documents, issuer_row, no_network, rule_row
 
+from pyhook import plpython_adapter
 from pyhook.dev_issuer import DevIssuer
 from pyhook.jwks_cache import KeyStore
 from pyhook.plpython_adapter import (
     ISSUERS_QUERY,
     JWKS_CACHE_QUERY,
+    KID_REFETCH_TYPES,
     LOCK_TIMEOUT_QUERY,
     PERSIST_QUERY,
+    PERSIST_TYPES,
     RECORD_FETCH_QUERY,
+    RECORD_FETCH_TYPES,
     RECOVERY_QUERY,
     RESTORE_LOCK_TIMEOUT_QUERY,
     REVOCATIONS_QUERY,
@@ -172,15 +177,38 @@ COLUMNS = {
 
 
 def test_queries_are_the_documented_ones() -> None:
-    assert "jwks::text AS jwks" in ISSUERS_QUERY
+    assert "jwks::pg_catalog.text AS jwks" in ISSUERS_QUERY
     assert (
-        "extract(epoch FROM max_token_lifetime)::float8 AS max_token_lifetime"
+        "extract(epoch FROM max_token_lifetime)::pg_catalog.float8 AS max_token_lifetime"
         in ISSUERS_QUERY
     )
     assert "max_sessions_per_subject FROM oauth.issuers" in ISSUERS_QUERY
     assert RULES_QUERY.endswith("max_sessions FROM oauth.role_map ORDER BY id")
-    assert "client_cidrs::text[] AS client_cidrs" in RULES_QUERY
+    assert "client_cidrs::pg_catalog.text[] AS client_cidrs" in RULES_QUERY
     assert VERSION_QUERY == "SELECT version FROM oauth.config_state"
+
+
+# grammar, not functions looked up by name
+_GRAMMAR = {"extract", "coalesce", "exists", "in", "values", "operator", "conflict"}
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in dir(plpython_adapter) if n.endswith("_QUERY")]
+)
+def test_queries_resolve_no_name_through_search_path(name: str) -> None:
+    """A superuser runs these in a database whose owner may not be one."""
+    query = getattr(plpython_adapter, name)
+    # a name before "(", except a table alias before its column list
+    calls = re.findall(r"(?<!AS )\b([A-Za-z_][A-Za-z_0-9.]*)\s*\(", query)
+    loose = [c for c in calls if "." not in c and c.lower() not in _GRAMMAR]
+    assert not loose, f"unqualified functions in {name}: {loose}"
+    casts = re.findall(r"::\s*([A-Za-z_][A-Za-z_0-9.]*)", query)
+    assert all(c.startswith("pg_catalog.") for c in casts), (name, casts)
+
+
+def test_prepared_parameter_types_are_qualified() -> None:
+    for types in (PERSIST_TYPES, RECORD_FETCH_TYPES, KID_REFETCH_TYPES):
+        assert all(t.startswith("pg_catalog.") for t in types), types
 
 
 def test_accepted_row(plpy: FakePlpy, token: str) -> None:
