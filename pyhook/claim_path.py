@@ -1,4 +1,4 @@
-"""Claim paths, with the same syntax as oauth.claim() in the extension's SQL.
+"""Claim paths, with the same syntax as oauth.claim() (pg_oauth_ext/session_state.c).
 
 A top-level claim whose name is exactly the path wins (``https://example.com/groups``);
 otherwise the path is split into segments separated by dots, and a segment may be
