@@ -53,6 +53,8 @@ session_state_remember(const TokenDecision *decision, const char *role)
 	pg_oauth_session.has_expires_at = decision->has_expires_at;
 	pg_oauth_session.expires_at = decision->expires_at;
 	pg_oauth_session.active = true;
+	if (session_claims_jsonb != NULL)
+		pfree(session_claims_jsonb);
 	session_claims_jsonb = NULL;
 }
 
