@@ -144,8 +144,16 @@ define_settings(void)
 							PGC_SIGHUP, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
+	DefineCustomStringVariable("pg_oauth.allow_privileges",
+							   "Privileges a token login role may reach (itself or through membership): superuser, createrole, replication, bypassrls, pg_execute_server_program, pg_read_server_files, pg_write_server_files.",
+							   "Empty (the default) refuses token logins of every role that can reach any of them.",
+							   &pg_oauth_allow_privileges_string,
+							   "",
+							   PGC_SIGHUP, GUC_LIST_INPUT,
+							   check_allow_privileges, assign_allow_privileges, NULL);
+
 	DefineCustomBoolVariable("pg_oauth.allow_superuser",
-							 "Allow token logins as a superuser role.",
+							 "Allow token logins as a superuser role (the same as superuser in pg_oauth.allow_privileges).",
 							 NULL,
 							 &pg_oauth_allow_superuser,
 							 false,

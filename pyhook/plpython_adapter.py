@@ -77,10 +77,17 @@ PERSIST_TYPES = ["text", "text", "boolean", "text", "text", "float8", "float8"]
 RECORD_FETCH_QUERY = "SELECT oauth._record_jwks_fetch($1::text, $2::boolean)"
 KEYS_CHANGED_QUERY = "SELECT oauth._keys_changed()"
 KID_REFETCH_QUERY = "SELECT oauth._kid_refetch_allowed($1::text, $2::float8) AS allowed"
+# The role checks the backend makes after the validator (auth_hook.c): exists,
+# may log in, reaches no privilege pg_oauth.allow_privileges does not name.
 ROLE_QUERY = (
-    "SELECT rolsuper, rolcanlogin, "
-    "coalesce(current_setting('pg_oauth.allow_superuser', true), 'off') AS allow_superuser "
-    "FROM pg_catalog.pg_roles WHERE rolname = $1"
+    "SELECT r.rolcanlogin, "
+    "ARRAY(SELECT p.privilege FROM oauth.role_privileges(r.rolname) "
+    "WITH ORDINALITY AS p(privilege, via, allowed, n) WHERE NOT p.allowed ORDER BY p.n) "
+    "AS refused, "
+    "ARRAY(SELECT p.via FROM oauth.role_privileges(r.rolname) "
+    "WITH ORDINALITY AS p(privilege, via, allowed, n) WHERE NOT p.allowed ORDER BY p.n) "
+    "AS refused_via "
+    "FROM pg_catalog.pg_roles r WHERE r.rolname = $1"
 )
 
 
@@ -457,18 +464,24 @@ class Adapter:
             )
         else:
             row = rows[0]
-            allow_su = str(row["allow_superuser"]).lower() in ("on", "true", "yes", "1")
-            if row["rolsuper"] and not allow_su:
-                detail = (
-                    f"role {role!a} is a superuser and pg_oauth.allow_superuser is off"
-                )
-                check, reason = (
-                    Check("role", FAIL, detail, given),
-                    "superuser_forbidden",
-                )
-            elif not row["rolcanlogin"]:
+            refused = list(zip(row["refused"] or [], row["refused_via"] or [], strict=True))
+            if not row["rolcanlogin"]:
                 detail = f"role {role!a} is not permitted to log in (NOLOGIN)"
                 check, reason = Check("role", FAIL, detail, given), "role_cannot_login"
+            elif refused:
+                privilege, via = refused[0]
+                how = (
+                    f'role "{role}" has {privilege}'
+                    if via == role
+                    else f'role "{role}" is a member of "{via}", which has {privilege}'
+                )
+                detail = f"{how}: privilege {privilege} is not allowed on token logins"
+                reason = (
+                    "superuser_forbidden"
+                    if privilege == "superuser"
+                    else "privilege_forbidden"
+                )
+                check = Check("role", FAIL, detail, given)
             else:
                 check = Check("role", PASS, "role exists and may log in", given)
                 reason, detail = decision.reason, decision.detail

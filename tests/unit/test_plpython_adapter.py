@@ -60,8 +60,8 @@ class FakePlpy:
         self.revocations: list[dict[str, Any]] = []
         self.jwks_cache: list[dict[str, Any]] = []
         self.roles: dict[str, dict[str, Any]] = {
-            "alice": {"rolsuper": False, "rolcanlogin": True},
-            "bob": {"rolsuper": False, "rolcanlogin": True},
+            "alice": {"rolcanlogin": True, "refused": [], "refused_via": []},
+            "bob": {"rolcanlogin": True, "refused": [], "refused_via": []},
         }
         self.standby = False
         self.record_fetch_exists = True
@@ -124,7 +124,7 @@ class FakePlpy:
             return []
         if plan.query == ROLE_QUERY:
             role = self.roles.get(args[0])
-            return [] if role is None else [dict(role, allow_superuser="off")]
+            return [] if role is None else [dict(role)]
         raise AssertionError(plan.query)
 
     def _upsert(self, args: list[Any]) -> None:
@@ -516,8 +516,12 @@ def test_explain_rows(plpy: FakePlpy, token: str) -> None:
 @pytest.mark.parametrize(
     ("role", "attributes", "reason"),
     [
-        ("alice", {"rolsuper": True, "rolcanlogin": True}, "superuser_forbidden"),
-        ("alice", {"rolsuper": False, "rolcanlogin": False}, "role_cannot_login"),
+        ("alice", {"rolcanlogin": True, "refused": ["superuser"], "refused_via": ["alice"]},
+         "superuser_forbidden"),
+        ("alice", {"rolcanlogin": True, "refused": ["pg_execute_server_program"],
+                   "refused_via": ["ops"]}, "privilege_forbidden"),
+        ("alice", {"rolcanlogin": False, "refused": [], "refused_via": []},
+         "role_cannot_login"),
         ("alice", None, "unknown_role"),
     ],
 )
