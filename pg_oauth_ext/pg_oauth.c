@@ -279,6 +279,7 @@ _PG_init(void)
 
 	pg_oauth_install_auth_hook();
 	session_registry_install_hooks();
+	config_guard_install_hooks();
 	pg_oauth_register_workers();
 	pg_oauth_register_housekeeper();
 }

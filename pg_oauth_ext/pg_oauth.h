@@ -394,5 +394,9 @@ typedef struct OAuthSession
 
 extern OAuthSession pg_oauth_session;
 extern void session_state_remember(const TokenDecision *decision, const char *role);
+extern void pg_oauth_note_config_change(void);
+
+/* config_guard.c */
+extern void config_guard_install_hooks(void);
 
 #endif							/* PG_OAUTH_H */

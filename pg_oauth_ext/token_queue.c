@@ -488,6 +488,9 @@ token_queue_set_worker_state(int worker, WorkerState state, const char *error)
 	int			i;
 
 	LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
+	/* what cached decisions were checked against may be gone (extension dropped) */
+	if (state == WORKER_NOT_READY && w->state != WORKER_NOT_READY)
+		decision_cache_keys_changed();
 	w->state = state;
 	if (state == WORKER_STARTING)
 	{
@@ -548,6 +551,8 @@ token_queue_worker_exit(int worker)
 	int			nwake = 0;
 	int			i;
 
+	/* a worker that exits (its database dropped, a crash) vouches for nothing cached */
+	decision_cache_keys_changed();
 	LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < pg_oauth_shared->nslots; i++)
 	{

@@ -55,6 +55,10 @@ JWKS_CACHE_QUERY = (
     "extract(epoch FROM fetched_at)::float8 AS fetched_at FROM oauth.jwks_cache"
 )
 RECOVERY_QUERY = "SELECT pg_catalog.pg_is_in_recovery() AS standby"
+CONFIG_DATABASE_QUERY = (
+    "SELECT oauth._in_config_database() AS here, "
+    "pg_catalog.current_setting('pg_oauth.database', true) AS config_database"
+)
 # Writers skip a row another process is writing (advisory lock, never waited
 # for), never replace a newer document, and give up on any other lock quickly.
 LOCK_TIMEOUT_QUERY = (
@@ -249,6 +253,7 @@ class Adapter:
         The same validation a login gets, plus one row per role_map rule and the
         checks the backend makes on the role itself.
         """
+        self._require_config_database()
         try:
             config = self._config(None, seed=False)
             self._seed_keys(config)
@@ -337,6 +342,24 @@ class Adapter:
         if seed:
             self._seed_keys(config)
         return config
+
+    def _require_config_database(self) -> None:
+        """Configuration lives in pg_oauth.database only: anywhere else explain would
+        read rows no worker reads, so it refuses and names the right database."""
+        try:
+            with self.plpy.subtransaction():
+                row = self._execute("config_database", CONFIG_DATABASE_QUERY)[0]
+        except Exception:  # noqa: BLE001 - cannot tell: the dry run reports what it can
+            return
+        if not row["here"]:
+            self.plpy.error(
+                "pg_oauth configuration lives in database "
+                f"\"{row['config_database'] or 'postgres'}\" (pg_oauth.database); "
+                "run oauth.explain there",
+                hint="In this database the session functions work: oauth.claims(), "
+                "oauth.claim(), oauth.session().",
+                sqlstate="55000",  # object_not_in_prerequisite_state, as the triggers say
+            )
 
     # -- keys in oauth.jwks_cache, fetch statistics --------------------------------
 

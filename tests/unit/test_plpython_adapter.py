@@ -18,6 +18,7 @@ from unit_support import AUD, ISS, NOW, Documents, issuer_row, no_network, rule_
 from pyhook.dev_issuer import DevIssuer
 from pyhook.jwks_cache import KeyStore
 from pyhook.plpython_adapter import (
+    CONFIG_DATABASE_QUERY,
     ISSUERS_QUERY,
     JWKS_CACHE_QUERY,
     LOCK_TIMEOUT_QUERY,
@@ -64,6 +65,7 @@ class FakePlpy:
             "bob": {"rolcanlogin": True, "refused": [], "refused_via": []},
         }
         self.standby = False
+        self.config_database = True
         self.record_fetch_exists = True
         self.recorded: list[tuple[str, bool]] = []
         self.prepared: list[str] = []
@@ -110,6 +112,8 @@ class FakePlpy:
             return [{"version": self.version}]
         if plan.query == RECOVERY_QUERY:
             return [{"standby": self.standby}]
+        if plan.query == CONFIG_DATABASE_QUERY:
+            return [{"here": self.config_database, "config_database": "cfg"}]
         if plan.query == RECORD_FETCH_QUERY:
             assert self.depth > 0, "statistics must run in a subtransaction"
             self.recorded.append((args[0], args[1]))
@@ -139,6 +143,9 @@ class FakePlpy:
 
     def warning(self, message: str) -> None:
         self.warnings.append(message)
+
+    def error(self, message: str, **fields: str) -> None:
+        raise FakeSpiError(message)
 
     def log(self, message: str) -> None:
         self.logs.append(message)
@@ -552,3 +559,12 @@ def test_explain_never_raises(plpy: FakePlpy, token: str) -> None:
         {"step": 1, "name": "decision", "outcome": "fail", "input": "allowed roles: none",
          "detail": "validator_error: RuntimeError"},
     ]  # fmt: skip
+
+
+def test_explain_outside_the_configuration_database_names_it(
+    plpy: FakePlpy, token: str
+) -> None:
+    plpy.config_database = False
+    with pytest.raises(FakeSpiError, match='lives in database "cfg"'):
+        Adapter(plpy).explain(token, "alice", "app")
+    assert ISSUERS_QUERY not in plpy.executed
