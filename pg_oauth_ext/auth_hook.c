@@ -165,10 +165,15 @@ refuse(LoginAttempt *a, const char *reason, const char *detail, const char *hint
 	StringInfoData logdetail;
 	TokenDecision *decision = a->decision;
 	int			delay = 0;
+	char	   *brake = NULL;
 
 	finish_refused_attempt(a, reason);
 	if (a->token_seen && !server_side_reason(reason))
-		delay = rate_limit_record_failure(a->client_addr ? a->client_addr : "local");
+		delay = rate_limit_record_failure(a->client_addr);
+	if (a->token_seen)
+		brake = rate_limit_hint(a->client_addr, delay);
+	if (brake)
+		hint = hint ? psprintf("%s %s", hint, brake) : brake;
 	if (delay > 0)
 		rate_limit_sleep(delay);
 
@@ -554,11 +559,6 @@ authenticate_with_token(Port *port)
 	a->client_addr = client_address(port, addrbuf, sizeof(addrbuf));
 
 	/* Cheap refusals first: none of these asks for a token or needs a worker. */
-	if (rate_limit_blocked(a->client_addr ? a->client_addr : "local"))
-		refuse(a, "rate_limited",
-			   "too many refused token logins from this address; it is blocked for pg_oauth.rate_limit_window",
-			   "Wait, then log in with a valid token.");
-
 	/* A token must never cross the network in clear. */
 	if (pg_oauth_require_ssl && !connection_encrypted(port) &&
 		port->raddr.addr.ss_family != AF_UNIX)

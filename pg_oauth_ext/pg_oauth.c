@@ -203,7 +203,7 @@ define_settings(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("pg_oauth.rate_limit_failures",
-							"Refused token logins from one client address within the window before it is blocked; 0 disables.",
+							"Refused token logins from one client address within the window after which its tokens are checked one at a time, after other addresses'; 0 turns the brute-force brake off.",
 							NULL,
 							&pg_oauth_rate_limit_failures,
 							10, 0, 1000000,
@@ -211,7 +211,7 @@ define_settings(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("pg_oauth.rate_limit_window",
-							"Window for counting refusals per client address, and how long a block lasts.",
+							"How long refusals per client address are counted, from the first; then the count starts over.",
 							NULL,
 							&pg_oauth_rate_limit_window,
 							60, 1, 24 * 3600,

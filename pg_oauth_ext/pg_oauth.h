@@ -99,6 +99,8 @@ typedef struct TokenSlot
 	char		role[NAMEDATALEN];
 	char		database[NAMEDATALEN];
 	char		client_addr[64];	/* empty: Unix socket */
+	uint32		addr_hash;		/* of client_addr: addresses compared quickly */
+	bool		one_at_a_time;	/* its address is braked (rate_limit.c) */
 	bool		ssl;
 	int			token_len;
 
@@ -289,8 +291,10 @@ extern void login_stats_record(const char *issuer, const char *reason, bool ok,
 /* rate_limit.c */
 extern Size rate_limit_shmem_size(void);
 extern void rate_limit_shmem_startup(void);
-extern bool rate_limit_blocked(const char *addr);
-extern int	rate_limit_record_failure(const char *addr);
+/* client_addr NULL: a Unix-socket client */
+extern int	rate_limit_record_failure(const char *client_addr);
+extern bool rate_limit_one_at_a_time(const char *client_addr);
+extern char *rate_limit_hint(const char *client_addr, int delay_ms);
 extern void rate_limit_sleep(int ms);
 
 /* audit_log.c */
