@@ -11,6 +11,8 @@ CREATE FUNCTION oauth._rate_limits(
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_rate_limits';
 REVOKE ALL ON FUNCTION oauth._rate_limits() FROM PUBLIC;
+-- a view's functions run with the reader's privileges, not the view owner's
+GRANT EXECUTE ON FUNCTION oauth._rate_limits() TO pg_read_all_stats;
 
 -- Every client address whose refused token logins are being counted now
 -- ('local': all Unix-socket clients): how many, how long its next refusal is
