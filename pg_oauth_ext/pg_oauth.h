@@ -295,6 +295,7 @@ extern void rate_limit_shmem_startup(void);
 extern int	rate_limit_record_failure(const char *client_addr);
 extern bool rate_limit_one_at_a_time(const char *client_addr);
 extern char *rate_limit_hint(const char *client_addr, int delay_ms);
+extern bool rate_limit_client_left(void);
 extern void rate_limit_sleep(int ms);
 
 /* audit_log.c */

@@ -21,6 +21,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
@@ -248,19 +249,43 @@ rate_limit_hint(const char *client_addr, int delay_ms)
 					"until its count of refusals starts over in %ld s.", secs);
 }
 
-/* Hold this backend back for ms, interruptibly; nobody else waits. */
+/*
+ * Has the client hung up?  Waiting for our answer it sends nothing, so a
+ * readable socket means it closed (or broke the protocol): a backend held
+ * back for it would only take a connection slot.
+ */
+bool
+rate_limit_client_left(void)
+{
+	if (MyProcPort == NULL || MyProcPort->sock == PGINVALID_SOCKET)
+		return false;
+	return (WaitLatchOrSocket(NULL, WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							  MyProcPort->sock, 0, PG_WAIT_EXTENSION) & WL_SOCKET_READABLE) != 0;
+}
+
+/*
+ * Hold this backend back for ms, interruptibly; nobody else waits.  A client
+ * that hangs up meanwhile is not waited for: the backend ends at once,
+ * quietly (its refusal is already in the audit log).
+ */
 void
 rate_limit_sleep(int ms)
 {
 	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+	pgsocket	sock = MyProcPort ? MyProcPort->sock : PGINVALID_SOCKET;
 
 	while (ms > 0)
 	{
 		long		secs;
 		int			usecs;
+		int			rc;
 
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 ms, PG_WAIT_EXTENSION);
+		rc = WaitLatchOrSocket(MyLatch,
+							   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH |
+							   (sock != PGINVALID_SOCKET ? WL_SOCKET_READABLE : 0),
+							   sock, ms, PG_WAIT_EXTENSION);
+		if (rc & WL_SOCKET_READABLE)
+			proc_exit(0);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		TimestampDifference(GetCurrentTimestamp(), until, &secs, &usecs);

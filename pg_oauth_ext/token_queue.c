@@ -333,6 +333,12 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 							  "no free validation slot before pg_oauth.timeout");
 			return;
 		}
+		/* a flood that hangs up must not pile up backends waiting for turns */
+		if (waiting_turn && rate_limit_client_left())
+		{
+			ConditionVariableCancelSleep();
+			proc_exit(0);
+		}
 		ConditionVariableTimedSleep(&pg_oauth_shared->slot_freed,
 									Min(ms_until(deadline), 100),
 									PG_WAIT_EXTENSION);

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import datetime
 import socket
+import struct
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import make_cluster, refusal
+from conftest import make_cluster, read_message, refusal
 
 FAILURES = 4  # pg_oauth.rate_limit_failures of this module's cluster
 MAX_DELAY_MS = 200
@@ -79,6 +81,44 @@ def rate_limits(cluster) -> dict[str, tuple]:
     rows = cluster.sql("SELECT address, failures, delay_ms, one_at_a_time, "
                        "window_end - window_start, last_failure FROM oauth.rate_limits")
     return {r[0]: r[1:] for r in rows}
+
+
+def send_token(cluster, user: str, token: str) -> socket.socket:
+    """Over the Unix socket: startup, the password request, the token; returns the
+    socket without reading the answer (close it to hang up)."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(10)
+    sock.connect(str(cluster.sockdir / f".s.PGSQL.{cluster.port}"))
+    params = b"".join(k.encode() + b"\0" + v.encode() + b"\0"
+                      for k, v in (("user", user), ("database", "postgres"))) + b"\0"
+    body = struct.pack("!I", 196608) + params
+    sock.sendall(struct.pack("!I", len(body) + 4) + body)
+    mtype, payload = read_message(sock, b"")
+    assert mtype == b"R" and struct.unpack("!I", payload[:4])[0] == 3  # cleartext password
+    sock.sendall(b"p" + struct.pack("!I", len(token) + 5) + token.encode() + b"\0")
+    return sock
+
+
+def authenticating_backends(cluster) -> set[int]:
+    """Pids of the server's backends still authenticating (by their process title)."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            title = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == postmaster and b"authentication" in title:
+            pids.add(int(proc.name))
+    return pids
+
+
+def rate_limited_refusals(cluster) -> int:
+    rows = cluster.sql("SELECT refusals FROM oauth.stats WHERE issuer IS NULL")
+    return rows[0][0].get("rate_limited", 0) if rows else 0
 
 
 def expired_token(issuer) -> str:
@@ -228,8 +268,12 @@ def test_a_braked_address_gets_one_worker_and_waits_its_turn(rcluster, issuer):
         while not rcluster.sql("SELECT 1 FROM oauth.workers() WHERE state = 'busy'"):
             assert time.time() < deadline, "no worker became busy"
             time.sleep(0.02)
+        limited_before = rate_limited_refusals(rcluster)
+        # a client that hangs up while waiting for the turn leaves no backend waiting
+        send_token(rcluster, "bob", issuer.mint(sub="bob")).close()
         assert attempt(rcluster, "bob", issuer.mint(sub="bob")) is None
         waited = attempt(rcluster, "bob", issuer.mint(sub="bob"), "local")
+        limited = rate_limited_refusals(rcluster) - limited_before
         t.join()
     finally:
         issuer.set_delay(0)
@@ -242,8 +286,33 @@ def test_a_braked_address_gets_one_worker_and_waits_its_turn(rcluster, issuer):
     assert "Tokens from this address are checked one at a time" in hint(waited)
     # neither is held against the address: it did nothing wrong in them
     assert rate_limits(rcluster)["local"][0] == FAILURES
-    refusals = rcluster.sql("SELECT refusals FROM oauth.stats WHERE issuer IS NULL")[0][0]
-    assert refusals.get("rate_limited", 0) >= 1
+    assert limited == 1  # the client that hung up was not waited for until the timeout
+
+
+def test_a_client_that_hangs_up_is_not_held_back(rcluster, issuer):
+    """The delay holds a refused backend only while its client waits for the answer."""
+    bad = bad_signature_token(issuer)
+    for _ in range(10):
+        assert reason(attempt(rcluster, "alice", bad, "local")) == "bad_signature"
+    rcluster.sql("ALTER SYSTEM SET pg_oauth.rate_limit_max_delay = '10s'")
+    rcluster.reload()
+    try:
+        sock = send_token(rcluster, "alice", bad)  # its refusal is held back 10 s
+        try:
+            deadline = time.time() + 10
+            while rate_limits(rcluster)["local"][0] < 11:
+                assert time.time() < deadline, "the token was not refused"
+                time.sleep(0.02)
+            assert authenticating_backends(rcluster), "the refused backend is held back"
+        finally:
+            sock.close()
+        deadline = time.time() + 5  # half the delay: it ends on the hang-up, not the delay
+        while authenticating_backends(rcluster):
+            assert time.time() < deadline, "the backend waited out the delay"
+            time.sleep(0.05)
+    finally:
+        rcluster.sql("ALTER SYSTEM RESET pg_oauth.rate_limit_max_delay")
+        rcluster.reload()
 
 
 def test_the_count_starts_over_after_the_window(rcluster, issuer):
