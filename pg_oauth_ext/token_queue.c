@@ -284,6 +284,12 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 	for (;;)
 	{
 		braked = rate_limit_one_at_a_time(req->client_addr);
+		/* a braked flood that hangs up gets no worker and piles up no backends */
+		if (braked && rate_limit_client_left())
+		{
+			ConditionVariableCancelSleep();
+			proc_exit(0);
+		}
 		LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
 		count_workers_locked(&ready, &starting, &why);
 		if (ready == 0 && starting == 0)
@@ -332,12 +338,6 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 				decision_fail(out, "validator_timeout",
 							  "no free validation slot before pg_oauth.timeout");
 			return;
-		}
-		/* a flood that hangs up must not pile up backends waiting for turns */
-		if (waiting_turn && rate_limit_client_left())
-		{
-			ConditionVariableCancelSleep();
-			proc_exit(0);
 		}
 		ConditionVariableTimedSleep(&pg_oauth_shared->slot_freed,
 									Min(ms_until(deadline), 100),
