@@ -363,6 +363,9 @@ class Adapter:
         with contextlib.suppress(Exception):
             for event in self.keys.drain_events():
                 self._record_fetch(event.issuer, event.ok)
+        with contextlib.suppress(Exception):
+            for issuer, note in self.keys.drain_notes():
+                self._warn(f"pg_oauth: keys of issuer {issuer!a}: {note}")
         if self.keys.key_changes != self._reported_key_changes:
             self._reported_key_changes = self.keys.key_changes
             self._keys_changed()

@@ -343,6 +343,23 @@ def test_warmup_fetches_remote_keys_and_logs_failures(
         server.stop()
 
 
+def test_skipped_keys_are_logged_once_and_explained(
+    plpy: FakePlpy, dev: DevIssuer, token: str
+) -> None:
+    evil = {"kty": "OKP", "crv": "Ed25519", "x": "AQ" + "A" * 41, "kid": "evil"}
+    plpy.issuers = [issuer_row(jwks=json.dumps({"keys": [evil, *dev.jwks()["keys"]]}))]
+    adapter = Adapter(plpy)
+    adapter.warmup()
+    note = "key kid 'evil' skipped: Ed25519 public key is a small-order point"
+    assert plpy.warnings == [f"pg_oauth: keys of issuer {ISS!a}: {note}"]
+    adapter.warmup()
+    assert adapter.validate(token, "alice", "app", None, True, 1)["ok"]
+    assert len(plpy.warnings) == 1  # not again for the same keys
+    rows = adapter.explain(token, "alice", "app")
+    key_row = next(r for r in rows if r["name"] == "key")
+    assert note in key_row["input"]
+
+
 def test_warmup_never_raises(plpy: FakePlpy) -> None:
     plpy.fail_with = RuntimeError("no table")
     assert "unavailable" in Adapter(plpy).warmup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -626,6 +627,41 @@ def test_encode_jws_round_trip(dev: DevIssuer, check: Check) -> None:
         dev.private_key(dev.current_kid("EdDSA")),
     )
     assert check(token).ok
+
+
+# -- keys that would verify anyone's signature ---------------------------------------------
+
+_L25519 = 2**252 + 27742317777372353535851937790883648493
+_IDENTITY = bytes([1]) + bytes(31)
+_ORDER_8 = bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")
+
+
+@pytest.mark.parametrize("point", [_IDENTITY, _ORDER_8], ids=["identity", "order 8"])
+def test_a_small_order_ed25519_key_cannot_be_used_to_forge(
+    point: bytes, dev: DevIssuer, check: Check
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    evil = {"kty": "OKP", "crv": "Ed25519", "x": b64url(point), "kid": "evil",
+            "alg": "EdDSA", "use": "sig"}  # fmt: skip
+    cfg = static_config({"keys": [evil, *dev.jwks()["keys"]]})
+    header = b64url(json.dumps({"alg": "EdDSA", "kid": "evil"}).encode())
+    # R = identity, S = 0 verifies when [k]A is the identity: always for the
+    # identity, for one message in eight for an order-8 point; no private key
+    for n in range(200):
+        signing_input = f"{header}.{b64url(json.dumps(claims(jti=f'f-{n}')).encode())}"
+        digest = hashlib.sha512(_IDENTITY + point + signing_input.encode()).digest()
+        if int.from_bytes(digest, "little") % _L25519 % 8 == 0:
+            break
+    forged = _IDENTITY + bytes(32)
+    Ed25519PublicKey.from_public_bytes(point).verify(forged, signing_input.encode())
+    token = f"{signing_input}.{b64url(forged)}"
+    decision = check(token, cfg=cfg)
+    assert_refused(decision, "unknown_key", token)
+    assert decision.detail == (
+        "no key with kid 'evil'; key kid 'evil' skipped: "
+        "Ed25519 public key is a small-order point"
+    )
 
 
 # -- properties ----------------------------------------------------------------------------------
