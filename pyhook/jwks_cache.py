@@ -294,9 +294,15 @@ def parse_jwk(obj: Any) -> JsonWebKey:
     kid = obj.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise _SkipKey("kid is not a string")
-    use = obj.get("use")
-    if use is not None and use != "sig":
-        raise _SkipKey(f"use is {show(use)}, not 'sig'")
+    # present means present: "use": null is no more a signing key than "enc" is
+    if "use" in obj and obj["use"] != "sig":
+        raise _SkipKey(f"use is {show(obj['use'])}, not 'sig'")
+    if "key_ops" in obj:
+        ops = obj["key_ops"]
+        if not isinstance(ops, list) or not all(isinstance(op, str) for op in ops):
+            raise _SkipKey("key_ops is not a list of strings")
+        if "verify" not in ops:
+            raise _SkipKey(f"key_ops {show(ops[:10], 100)} does not include 'verify'")
     alg = obj.get("alg")
     if alg is not None and alg not in SUPPORTED_ALGORITHMS:
         raise _SkipKey(f"alg {show(alg)} is not supported")

@@ -82,7 +82,8 @@ def test_parse_keeps_signing_keys_only(dev: DevIssuer) -> None:
 
 def test_private_members_are_ignored(dev: DevIssuer) -> None:
     private = RSAAlgorithm.to_jwk(dev.private_key("rs256-1"), as_dict=True)
-    private.update(kid="rs256-1", alg="RS256")
+    # key_ops ["sign"] (as PyJWT writes it) would get the key skipped before this point
+    private.update(kid="rs256-1", alg="RS256", key_ops=["verify"])
     keys, _ = parse_jwks(json.dumps({"keys": [private]}))
     assert not hasattr(keys[0].key, "private_numbers")
 
@@ -209,6 +210,30 @@ def test_genuine_eddsa_keys_pass_the_point_checks() -> None:
         assert eddsa_key_problem("Ed25519", ed.public_bytes(Encoding.Raw, PublicFormat.Raw)) is None
         ed4 = Ed448PrivateKey.generate().public_key()
         assert eddsa_key_problem("Ed448", ed4.public_bytes(Encoding.Raw, PublicFormat.Raw)) is None
+
+
+@pytest.mark.parametrize(
+    ("members", "words"),
+    [
+        ({"key_ops": ["sign"]}, "key_ops ['sign'] does not include 'verify'"),
+        ({"key_ops": ["encrypt", "wrapKey"]}, "does not include 'verify'"),
+        ({"key_ops": []}, "key_ops [] does not include 'verify'"),
+        ({"key_ops": "verify"}, "key_ops is not a list of strings"),
+        ({"key_ops": [None]}, "key_ops is not a list of strings"),
+        ({"key_ops": None}, "key_ops is not a list of strings"),
+        ({"use": None}, "use is None, not 'sig'"),
+        ({"use": "sig", "key_ops": ["sign"]}, "does not include 'verify'"),
+    ],
+)
+def test_key_ops_and_use_are_honoured(
+    members: dict[str, Any], words: str, dev: DevIssuer
+) -> None:
+    good = jwks_of(dev, "rs256-1", "eddsa-1")["keys"]
+    doc = {"keys": [dict(good[0], kid="limited", **members), *good]}
+    keys, notes = parse_jwks(json.dumps(doc))
+    assert [k.kid for k in keys] == ["rs256-1", "eddsa-1"]
+    assert len(notes) == 1 and notes[0].startswith("key kid 'limited' skipped: ")
+    assert words in notes[0]
 
 
 def test_skipped_keys_are_reported_once_and_named_at_login(dev: DevIssuer) -> None:

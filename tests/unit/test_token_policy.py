@@ -62,6 +62,53 @@ def test_typ_must_be_a_string(mint: Mint, check: Check) -> None:
     assert_refused(check(token), "malformed", token)
 
 
+# -- JWK key_ops and use ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("members", "words"),
+    [
+        ({"key_ops": ["sign"]}, "key_ops ['sign'] does not include 'verify'"),
+        ({"key_ops": ["encrypt"], "use": "sig"}, "does not include 'verify'"),
+        ({"key_ops": "verify"}, "key_ops is not a list of strings"),
+        ({"use": None}, "use is None, not 'sig'"),
+        ({"use": "enc"}, "use is 'enc', not 'sig'"),
+    ],
+)
+def test_a_key_not_for_verifying_is_not_used(
+    members: dict[str, Any], words: str, dev: DevIssuer, mint: Mint, check: Check,
+    config: Any,
+) -> None:  # fmt: skip
+    jwks = dev.jwks()
+    for key in jwks["keys"]:
+        if key["kid"] == "rs256-1":
+            key.update(members)
+    token = mint()  # RS256, kid rs256-1
+    decision = check(token, cfg=config(jwks=json.dumps(jwks)))
+    assert_refused(decision, "unknown_key", token)
+    assert decision.detail.startswith("no key with kid 'rs256-1'; key kid 'rs256-1' skipped: ")
+    assert words in decision.detail
+    for ops in (["verify"], ["sign", "verify"]):
+        ok = [dict(k, key_ops=ops) if k["kid"] == "rs256-1" else k for k in dev.jwks()["keys"]]
+        assert check(token, cfg=config(jwks=json.dumps({"keys": ok}))).ok
+
+
+def test_explain_names_the_skipped_keys(dev: DevIssuer, mint: Mint, config: Any) -> None:
+    from unit_support import no_network
+
+    from pyhook.jwks_cache import KeyStore
+    from pyhook.validator import validate
+
+    jwks = dev.jwks()
+    jwks["keys"].append(dict(jwks["keys"][0], kid="spare", key_ops=["sign"]))
+    decision = validate(mint(), "alice", "app", None, True, config(jwks=json.dumps(jwks)),
+                        KeyStore(fetch=no_network), now=NOW, explain=True)  # fmt: skip
+    assert decision.ok
+    assert step(decision, "key").input.endswith(
+        "; key kid 'spare' skipped: key_ops ['sign'] does not include 'verify'"
+    )
+
+
 # -- azp --------------------------------------------------------------------------------
 
 
