@@ -60,6 +60,17 @@ _KEY_TYPE_FOR_ALG: dict[str, tuple[str, frozenset[str] | None]] = {
 }
 
 
+# JWS signatures of EC keys are r||s, each padded to the curve's size (RFC 7518
+# 3.4); EdDSA signatures are R||S (RFC 8032)
+_SIGNATURE_SIZES: dict[str, int] = {
+    "P-256": 64,
+    "P-384": 96,
+    "P-521": 132,
+    "Ed25519": 64,
+    "Ed448": 114,
+}
+
+
 class FetchError(Exception):
     """A document could not be fetched; the message is safe to show to a DBA."""
 
@@ -110,6 +121,12 @@ class JsonWebKey:
         if wanted[1] is not None and self.crv not in wanted[1]:
             return False
         return self.alg is None or self.alg == alg
+
+    def signature_size(self) -> int:
+        """The length every signature by this key has, in bytes."""
+        if self.kty == "RSA":
+            return ((self.bits or 0) + 7) // 8  # k, the modulus length (RFC 8017)
+        return _SIGNATURE_SIZES[str(self.crv)]
 
     def describe(self) -> str:
         """A label without key material, e.g. ``RSA 2048-bit`` or ``EC P-256``."""

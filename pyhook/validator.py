@@ -443,6 +443,14 @@ class _Validation:
             "signature", f"{alg} over {len(header_b64) + len(payload_b64) + 1} bytes"
         )
         signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
+        # RFC 8017 8.1.2/8.2.2 (OpenSSL lets a PSS signature one byte short
+        # pass), JWS raw r||s (RFC 7518 3.4), RFC 8032: exactly this many bytes
+        size = key.signature_size()
+        if len(signature) != size:
+            raise BadSignature(
+                f"signature is {len(signature)} bytes; {alg} with key "
+                f"{show(key.kid, 60)} ({key.describe()}) needs exactly {size}"
+            )
         try:
             verified = _algorithm(alg).verify(signing_input, key.key, signature)
         except Exception:  # noqa: BLE001 - whatever breaks verification, it did not verify

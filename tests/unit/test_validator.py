@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jwt.algorithms import get_default_algorithms
 from unit_support import (
     ALL_ALGS,
     AUD,
@@ -368,8 +369,9 @@ def test_altered_payload(alg: str, mint: Mint, check: Check) -> None:
 @pytest.mark.parametrize("cut", ["empty", "short", "long"])
 def test_damaged_signature(cut: str, mint: Mint, check: Check) -> None:
     header, payload, signature = mint(alg="ES256").split(".")
-    damaged = {"empty": "", "short": signature[:-8], "long": signature + "AAAA"}[cut]
-    token = f"{header}.{payload}.{damaged}"
+    raw = base64.urlsafe_b64decode(signature + "==")
+    damaged = {"empty": b"", "short": raw[:-6], "long": raw + b"\0\0\0"}[cut]
+    token = f"{header}.{payload}.{b64url(damaged)}"
     assert check(token).reason == "bad_signature"
 
 
@@ -627,6 +629,65 @@ def test_encode_jws_round_trip(dev: DevIssuer, check: Check) -> None:
         dev.private_key(dev.current_kid("EdDSA")),
     )
     assert check(token).ok
+
+
+# -- signature lengths (RFC 8017 8.1.2/8.2.2, RFC 7518 3.4, RFC 8032) ---------------------
+
+
+def _grind(dev: DevIssuer, alg: str, wanted: Callable[[bytes, str], bool]) -> tuple[str, bytes]:
+    """(signing input, signature) of a real token whose signature pleases ``wanted``."""
+    kid = dev.current_kid(alg)
+    for n in range(20_000):
+        token = encode_jws({"alg": alg, "kid": kid}, claims(jti=f"grind-{n}"),
+                           dev.private_key(kid))  # fmt: skip
+        signing_input, _, signature = token.rpartition(".")
+        raw = base64.urlsafe_b64decode(signature + "==")
+        if wanted(raw, signing_input):
+            return signing_input, raw
+    raise AssertionError("no such signature found")
+
+
+@pytest.mark.parametrize("alg", ["PS256", "PS384", "PS512", "RS256"])
+def test_rsa_signature_without_its_leading_zero_is_refused(
+    alg: str, dev: DevIssuer, check: Check
+) -> None:
+    signing_input, raw = _grind(dev, alg, lambda sig, _: sig[0] == 0)
+    assert check(f"{signing_input}.{b64url(raw)}").ok  # the full-length one is fine
+    short = raw[1:]
+    public = dev.private_key(dev.current_kid(alg)).public_key()
+    # OpenSSL lets the short PSS signature pass (not the PKCS#1 v1.5 one)
+    assert get_default_algorithms()[alg].verify(signing_input.encode(), public, short) == (
+        alg.startswith("PS")
+    )
+    token = f"{signing_input}.{b64url(short)}"
+    decision = check(token)
+    assert_refused(decision, "bad_signature", token)
+    assert decision.detail.startswith(f"signature is 255 bytes; {alg} with key ")
+    assert decision.detail.endswith("(RSA 2048-bit for " + alg + ") needs exactly 256")
+    long = b64url(bytes(1) + raw)
+    assert "is 257 bytes" in check(f"{signing_input}.{long}").detail
+
+
+@pytest.mark.parametrize(
+    ("alg", "size"), [("ES256", 64), ("ES384", 96), ("ES512", 132), ("EdDSA", 64)]
+)
+def test_ec_and_eddsa_signatures_have_one_length(
+    alg: str, size: int, dev: DevIssuer, check: Check
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    signing_input, raw = _grind(dev, alg, lambda sig, _: True)
+    assert len(raw) == size
+    half = size // 2
+    variants = [raw[:-1], raw + b"\0", b"\0" + raw]
+    if alg != "EdDSA":  # DER instead of r||s, the classic ECDSA mix-up
+        r, s = (int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
+        variants.append(encode_dss_signature(r, s))
+    for signature in variants:
+        token = f"{signing_input}.{b64url(signature)}"
+        decision = check(token)
+        assert_refused(decision, "bad_signature", token)
+        assert decision.detail.endswith(f"needs exactly {size}"), decision.detail
 
 
 # -- keys that would verify anyone's signature ---------------------------------------------
