@@ -115,12 +115,17 @@ def _algorithm(alg: str) -> Algorithm:
 
 
 def _b64decode(segment: str) -> bytes:
+    """The bytes of a base64url segment, which must be their one canonical spelling."""
     if len(segment) % 4 == 1:
         raise Malformed("a token segment has an impossible base64url length")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
         raise Malformed("a token segment is not valid base64url") from None
+    # set spare bits in the last character would give one token many spellings
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise Malformed("a token segment is not canonical base64url")
+    return raw
 
 
 class _DuplicateMember(ValueError):
