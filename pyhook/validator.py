@@ -59,7 +59,8 @@ MAX_TOKEN_BYTES = 65530
 # header and payload must be there; an empty signature is left for the
 # algorithm and signature checks to refuse with a precise reason
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-# 9999-12-31T23:59:59Z: the range datetime (and timestamptz) can represent
+# 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z: the range datetime can represent
+_MIN_TIMESTAMP = -62135596800
 _MAX_TIMESTAMP = 253402300799
 _NOT_CHECKED = "not checked: an earlier check failed"
 # real tokens nest a few levels; deeper is an attack on whatever parses them next
@@ -237,16 +238,23 @@ def _number(payload: dict[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Malformed(f"{name} claim is not a number")
-    if not math.isfinite(value) or abs(value) > _MAX_TIMESTAMP:
-        raise Malformed(f"{name} claim is out of range")
+    # beyond years 1-9999 no date can be formed (login and explain alike): not a time
+    if not math.isfinite(value) or not _MIN_TIMESTAMP <= value <= _MAX_TIMESTAMP:
+        raise Malformed(f"{name} claim is out of range (years 1 to 9999)")
     return value
+
+
+def _utc(value: float) -> datetime:
+    """A time claim as a datetime; _number has bounded it to what datetime can hold."""
+    return datetime.fromtimestamp(value, tz=timezone.utc)  # noqa: UP017 - 3.9 compatible
 
 
 def _when(value: float, readable: bool) -> str:
     if not readable:  # formatting dates costs more than the rest of a step
         return f"{value:.0f}"
-    stamp = datetime.fromtimestamp(value, tz=timezone.utc)  # noqa: UP017 - 3.9 compatible
-    return f"{value:.0f} ({stamp.strftime('%Y-%m-%dT%H:%M:%SZ')})"
+    # isoformat, unlike strftime's %Y, writes year 1 as 0001
+    stamp = _utc(value).replace(tzinfo=None).isoformat(timespec="seconds")
+    return f"{value:.0f} ({stamp}Z)"
 
 
 def _regex_text(value: str, limit: int = 100) -> str:
@@ -525,7 +533,7 @@ class _Validation:
         if exp is None:
             raise MissingClaim("token has no exp claim")
         self.input = f"exp {_when(exp, self.explain)}; {at}"
-        self.expires_at = datetime.fromtimestamp(exp, tz=timezone.utc)  # noqa: UP017 - datetime.UTC needs 3.11
+        self.expires_at = _utc(exp)
         if now > exp + leeway:
             raise Expired(f"token expired {now - exp:.0f} s ago (leeway {leeway:g} s)")
         self._pass(f"expires in {exp - now:.0f} s")

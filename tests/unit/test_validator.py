@@ -38,7 +38,7 @@ from pyhook.dev_issuer import (
 )
 from pyhook.errors import REASONS, ValidationError
 from pyhook.jwks_cache import KeyStore
-from pyhook.validator import MAX_TOKEN_BYTES
+from pyhook.validator import MAX_TOKEN_BYTES, validate
 
 Check = Callable[..., Decision]
 Mint = Callable[..., str]
@@ -722,6 +722,68 @@ def test_a_small_order_ed25519_key_cannot_be_used_to_forge(
     assert decision.detail == (
         "no key with kid 'evil'; key kid 'evil' skipped: "
         "Ed25519 public key is a small-order point"
+    )
+
+
+# -- time claims: numbers for years 1 to 9999, the same verdict in login and explain ---------
+
+_YEAR_1 = -62135596800
+_YEAR_9999_END = 253402300799
+
+
+def _login_and_explain(token: str, cfg: Config) -> tuple[Decision, Decision]:
+    run = [validate(token, "alice", "app", None, True, cfg, KeyStore(fetch=no_network),
+                    now=NOW, explain=explain) for explain in (False, True)]  # fmt: skip
+    return run[0], run[1]
+
+
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+def test_time_claims_outside_years_1_to_9999_are_malformed(
+    name: str, mint: Mint, config: Any
+) -> None:
+    # -1e11 and year 0 were a validator_error (exp) or admitted by a login and
+    # refused by explain (nbf, iat); the others were already malformed
+    for value in (-1e11, _YEAR_1 - 1, _YEAR_9999_END + 1, 1e20, -(10**30), True, False):
+        token = mint({name: value}, alg="EdDSA")
+        login, explained = _login_and_explain(token, config())
+        assert_refused(login, "malformed", token)
+        assert name in login.detail
+        assert (explained.ok, explained.reason, explained.detail) == (
+            login.ok, login.reason, login.detail
+        )
+
+
+def test_time_claims_at_the_ends_of_the_range(mint: Mint, config: Any) -> None:
+    token = mint({"nbf": _YEAR_1, "iat": _YEAR_1, "exp": _YEAR_9999_END}, alg="EdDSA")
+    login, explained = _login_and_explain(token, config())
+    assert login.ok and explained.ok, (login.detail, explained.detail)
+    inputs = {c.name: c.input for c in explained.trail}
+    assert inputs["nbf"] == f"nbf {_YEAR_1} (0001-01-01T00:00:00Z)"
+    assert inputs["exp"].startswith(f"exp {_YEAR_9999_END} (9999-12-31T23:59:59Z)")
+    assert login.expires_at == datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    st.sampled_from(["exp", "nbf", "iat"]),
+    st.one_of(
+        st.integers(-(10**20), 10**20),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.booleans(),
+    ),
+)
+def test_any_time_claim_gets_one_verdict(
+    mint: Mint, config: Any, name: str, value: Any
+) -> None:
+    token = mint({name: value}, alg="EdDSA")
+    login, explained = _login_and_explain(token, config())
+    assert login.reason != "validator_error", login.detail
+    assert (explained.ok, explained.reason, explained.detail) == (
+        login.ok, login.reason, login.detail
     )
 
 
