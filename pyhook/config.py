@@ -53,10 +53,21 @@ def _optional_texts(value: Any) -> tuple[str, ...] | None:
     return None if value is None else tuple(str(v) for v in value if v is not None)
 
 
+_ASCII_LOWER = str.maketrans(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
+)
+
+
 def normalize_typ(value: str) -> str:
-    """A ``typ`` value compared case-insensitively, ``application/`` optional (RFC 7515 4.1.9)."""
-    value = value.strip().lower()
-    return value.removeprefix("application/")
+    """A ``typ`` value for an exact comparison but for ASCII case, nothing stripped.
+
+    RFC 7515 4.1.9: a value without ``/`` means ``application/`` + value, so
+    ``application/`` is dropped when no other ``/`` follows. Only ASCII letters
+    are folded: ``str.lower`` would turn the Kelvin sign into ``k``.
+    """
+    value = value.translate(_ASCII_LOWER)
+    short = value.removeprefix("application/")
+    return value if "/" in short else short
 
 
 _ANY_VALUE = object()

@@ -62,6 +62,27 @@ def test_typ_must_be_a_string(mint: Mint, check: Check) -> None:
     assert_refused(check(token), "malformed", token)
 
 
+@pytest.mark.parametrize(
+    "typ",
+    [" at+jwt", "at+jwt ", "\tat+jwt", "at+jwt\n", " application/at+jwt"],
+)  # fmt: skip
+def test_typ_is_compared_exactly(typ: str, mint: Mint, check: Check, config: Any) -> None:
+    token = mint(headers={"typ": typ})
+    decision = check(token, cfg=config(typ=["at+jwt"]))
+    assert_refused(decision, "unsupported_typ", token)
+
+
+def test_typ_folds_ascii_case_only() -> None:
+    from pyhook.config import normalize_typ
+
+    assert normalize_typ("Application/AT+JWT") == "at+jwt"
+    assert normalize_typ("\u212a") == "\u212a"  # the Kelvin sign, which str.lower() makes "k"
+    assert normalize_typ("application/x/y") == "application/x/y"  # not the type x/y
+    assert normalize_typ("application/application/at+jwt") == "application/application/at+jwt"
+    assert normalize_typ("text/at+jwt") == "text/at+jwt"
+    assert normalize_typ(" JWT") == " jwt"
+
+
 # -- JWK key_ops and use ------------------------------------------------------------------
 
 
