@@ -138,6 +138,8 @@ class IssuerConfig:
     required_claims: tuple[RequiredClaim, ...] = ()
     # accepted azp values (None: azp not checked)
     authorized_parties: tuple[str, ...] | None = None
+    # RFC 9068 2.2: tokens must name their subject; False for issuers that never do
+    require_sub: bool = True
     # the last good keys keep working this long after their fetch when refreshes fail
     jwks_max_stale: float = DEFAULT_JWKS_MAX_STALE
     # Cache-Control max-age is honoured within [jwks_refresh_min, jwks_refresh_max]
@@ -183,6 +185,8 @@ class IssuerConfig:
                 for text in _optional_texts(row.get("required_claims")) or ()
             ),
             authorized_parties=_optional_texts(row.get("authorized_parties")),
+            # only an explicit false opts out; NULL or absent keeps the check
+            require_sub=row.get("require_sub") is not False,
             jwks_max_stale=seconds("jwks_max_stale", DEFAULT_JWKS_MAX_STALE)
             or DEFAULT_JWKS_MAX_STALE,
             jwks_refresh_min=seconds("jwks_refresh_min", DEFAULT_JWKS_REFRESH_MIN)

@@ -32,7 +32,7 @@ ISSUERS_QUERY = (
     "extract(epoch FROM jwks_refresh)::float8 AS jwks_refresh, "
     "extract(epoch FROM jwks_cooldown)::float8 AS jwks_cooldown, "
     "extract(epoch FROM http_timeout)::float8 AS http_timeout, allow_insecure_http, "
-    "typ, required_claims, authorized_parties, "
+    "typ, required_claims, authorized_parties, require_sub, "
     "extract(epoch FROM jwks_max_stale)::float8 AS jwks_max_stale, "
     "extract(epoch FROM jwks_refresh_min)::float8 AS jwks_refresh_min, "
     "extract(epoch FROM jwks_refresh_max)::float8 AS jwks_refresh_max, "

@@ -634,13 +634,21 @@ class _Validation:
         wanted = [r.text for r in issuer.required_claims]
         self._begin(
             "required_claims",
-            "sub, jti are strings if present"
+            ("sub required, jti a string if present" if issuer.require_sub
+             else "sub (not required), jti strings if present")
             + (f"; required: {show(wanted, 200)}" if wanted else ""),
-        )
+        )  # fmt: skip
         for name in ("sub", "jti"):
             value = payload.get(name)
             if value is not None and not isinstance(value, str):
                 raise Malformed(f"{name} claim is not a string")
+        sub = payload.get("sub")
+        if issuer.require_sub and not sub:
+            # RFC 9068 2.2: an access token names its subject
+            raise MissingClaim(
+                ("sub claim is empty" if sub == "" else "token has no sub claim")
+                + "; an issuer whose tokens have none needs require_sub = false"
+            )
         for requirement in issuer.required_claims:
             if not requirement.usable:
                 raise MissingClaim(

@@ -178,6 +178,7 @@ def test_queries_are_the_documented_ones() -> None:
         in ISSUERS_QUERY
     )
     assert "max_sessions_per_subject FROM oauth.issuers" in ISSUERS_QUERY
+    assert " require_sub, " in ISSUERS_QUERY
     assert RULES_QUERY.endswith("max_sessions FROM oauth.role_map ORDER BY id")
     assert "client_cidrs::text[] AS client_cidrs" in RULES_QUERY
     assert VERSION_QUERY == "SELECT version FROM oauth.config_state"

@@ -83,6 +83,48 @@ def test_typ_folds_ascii_case_only() -> None:
     assert normalize_typ(" JWT") == " jwt"
 
 
+# -- sub (RFC 9068 2.2) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sub", "words"),
+    [(REMOVE, "token has no sub claim"), (None, "token has no sub claim"),
+     ("", "sub claim is empty")],
+)  # fmt: skip
+def test_sub_is_required_by_default(
+    sub: Any, words: str, mint: Mint, check: Check, config: Any
+) -> None:
+    cfg = config(rules=[rule_row(1, "alice@example.com", "alice", claim="email")])
+    token = mint({"sub": sub, "email": "alice@example.com"})
+    decision = check(token, cfg=cfg)
+    assert_refused(decision, "missing_claim", token)
+    assert decision.detail == (
+        f"{words}; an issuer whose tokens have none needs require_sub = false"
+    )
+    assert step(decision, "required_claims").outcome == FAIL
+    assert check(mint({"email": "alice@example.com"}), cfg=cfg).ok
+
+
+def test_an_issuer_may_opt_out_of_sub(mint: Mint, check: Check, config: Any) -> None:
+    cfg = config(
+        require_sub=False, rules=[rule_row(1, "alice@example.com", "alice", claim="email")]
+    )
+    decision = check(mint({"sub": REMOVE, "email": "alice@example.com"}), cfg=cfg)
+    assert decision.ok, decision.detail
+    assert decision.subject is None
+    assert "sub (not required)" in step(decision, "required_claims").input
+    # a sub that is there must still be a string
+    token = mint({"sub": 7, "email": "alice@example.com"})
+    assert_refused(check(token, cfg=cfg), "malformed", token)
+
+
+def test_require_sub_column_is_read() -> None:
+    assert IssuerConfig.from_row(issuer_row()).require_sub
+    assert IssuerConfig.from_row(issuer_row(require_sub=True)).require_sub
+    assert IssuerConfig.from_row(issuer_row(require_sub=None)).require_sub
+    assert not IssuerConfig.from_row(issuer_row(require_sub=False)).require_sub
+
+
 # -- JWK key_ops and use ------------------------------------------------------------------
 
 
