@@ -32,7 +32,7 @@ ISSUERS_QUERY = (
     "extract(epoch FROM jwks_refresh)::float8 AS jwks_refresh, "
     "extract(epoch FROM jwks_cooldown)::float8 AS jwks_cooldown, "
     "extract(epoch FROM http_timeout)::float8 AS http_timeout, allow_insecure_http, "
-    "typ, required_claims, authorized_parties, "
+    "typ, required_claims, authorized_parties, require_sub, "
     "extract(epoch FROM jwks_max_stale)::float8 AS jwks_max_stale, "
     "extract(epoch FROM jwks_refresh_min)::float8 AS jwks_refresh_min, "
     "extract(epoch FROM jwks_refresh_max)::float8 AS jwks_refresh_max, "
@@ -393,6 +393,9 @@ class Adapter:
         with contextlib.suppress(Exception):
             for event in self.keys.drain_events():
                 self._record_fetch(event.issuer, event.ok)
+        with contextlib.suppress(Exception):
+            for issuer, note in self.keys.drain_notes():
+                self._warn(f"pg_oauth: keys of issuer {issuer!a}: {note}")
         if self.keys.key_changes != self._reported_key_changes:
             self._reported_key_changes = self.keys.key_changes
             self._keys_changed()

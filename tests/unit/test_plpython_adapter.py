@@ -185,6 +185,7 @@ def test_queries_are_the_documented_ones() -> None:
         in ISSUERS_QUERY
     )
     assert "max_sessions_per_subject FROM oauth.issuers" in ISSUERS_QUERY
+    assert " require_sub, " in ISSUERS_QUERY
     assert RULES_QUERY.endswith("max_sessions FROM oauth.role_map ORDER BY id")
     assert "client_cidrs::text[] AS client_cidrs" in RULES_QUERY
     assert VERSION_QUERY == "SELECT version FROM oauth.config_state"
@@ -348,6 +349,23 @@ def test_warmup_fetches_remote_keys_and_logs_failures(
         assert server.jwks_requests == 1
     finally:
         server.stop()
+
+
+def test_skipped_keys_are_logged_once_and_explained(
+    plpy: FakePlpy, dev: DevIssuer, token: str
+) -> None:
+    evil = {"kty": "OKP", "crv": "Ed25519", "x": "AQ" + "A" * 41, "kid": "evil"}
+    plpy.issuers = [issuer_row(jwks=json.dumps({"keys": [evil, *dev.jwks()["keys"]]}))]
+    adapter = Adapter(plpy)
+    adapter.warmup()
+    note = "key kid 'evil' skipped: Ed25519 public key is a small-order point"
+    assert plpy.warnings == [f"pg_oauth: keys of issuer {ISS!a}: {note}"]
+    adapter.warmup()
+    assert adapter.validate(token, "alice", "app", None, True, 1)["ok"]
+    assert len(plpy.warnings) == 1  # not again for the same keys
+    rows = adapter.explain(token, "alice", "app")
+    key_row = next(r for r in rows if r["name"] == "key")
+    assert note in key_row["input"]
 
 
 def test_warmup_never_raises(plpy: FakePlpy) -> None:
