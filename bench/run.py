@@ -18,6 +18,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent), str(BENCH.parent / "tests")]
 
+from flood import bad_token_flood
 from login_speed import (
     Counted,
     NetworkMark,
@@ -49,7 +50,7 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-SECTIONS = ("rate", "latency", "size", "storm", "slow", "cold", "proxy", "cpu",
+SECTIONS = ("rate", "latency", "size", "storm", "slow", "flood", "cold", "proxy", "cpu",
             "breakdown")
 
 
@@ -90,6 +91,8 @@ def run(plan: Plan, sections: set[str],
             tables.append(unknown_kid_storm(testbed, plan, goals, progress))
         if "slow" in sections:
             tables.append(slow_issuer(testbed, plan, goals, progress))
+        if "flood" in sections:
+            tables.append(bad_token_flood(testbed, plan, goals, progress))
         if "cold" in sections:
             tables.append(cold_start(testbed, plan, progress))
         if "proxy" in sections and pgbouncer is not None:

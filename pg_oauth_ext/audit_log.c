@@ -14,6 +14,7 @@
 
 #include "access/xlog.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/shmem.h"
 #include "utils/elog.h"
@@ -47,6 +48,84 @@ audit_log_shmem_startup(void)
 	{
 		memset(ring, 0, sizeof(AuditRing));
 		ring->lock = &(GetNamedLWLockTranche("pg_oauth"))[2].lock;
+	}
+}
+
+/*
+ * Copy bytes a client sent (user and database names are any bytes) as valid
+ * UTF-8 text: a byte that does not start a legal UTF-8 sequence, a control
+ * character and a backslash are written as \xNN (a backslash as \\), so
+ * nothing is dropped and no two names look alike.  Cut at a character
+ * boundary when out is full.
+ */
+void
+pg_oauth_escape_text(const char *in, char *out, size_t outlen)
+{
+	const unsigned char *p = (const unsigned char *) in;
+	size_t		o = 0;
+
+	while (*p != '\0')
+	{
+		char		esc[5];
+		const char *piece = esc;
+		int			plen = 4;
+		int			len = 1;
+
+		if (*p == '\\')
+		{
+			piece = "\\\\";
+			plen = 2;
+		}
+		else if (*p < 0x20 || *p == 0x7f)
+			snprintf(esc, sizeof(esc), "\\x%02x", *p);
+		else if (*p < 0x80)
+		{
+			piece = (const char *) p;
+			plen = 1;
+		}
+		else if ((len = pg_utf_mblen(p)) > 1 &&
+				 strnlen((const char *) p, len) == (size_t) len &&
+				 pg_utf8_islegal(p, len))
+		{
+			piece = (const char *) p;
+			plen = len;
+		}
+		else
+		{
+			len = 1;
+			snprintf(esc, sizeof(esc), "\\x%02x", *p);
+		}
+		if (o + plen >= outlen)
+			break;
+		memcpy(out + o, piece, plen);
+		o += plen;
+		p += len;
+	}
+	out[o] = '\0';
+}
+
+/*
+ * strlcpy for text that is already valid UTF-8 (identities from the
+ * validator): when cut, cut before a partial character, never inside one.
+ */
+void
+pg_oauth_clip_utf8(const char *in, char *out, size_t outlen)
+{
+	size_t		n = strlcpy(out, in, outlen);
+	size_t		end,
+				start;
+
+	if (n < outlen)
+		return;
+	end = outlen - 1;
+	start = end;
+	while (start > 0 && (((unsigned char) out[start - 1]) & 0xC0) == 0x80)
+		start--;
+	if (start > 0 && ((unsigned char) out[start - 1]) >= 0xC0)
+	{
+		start--;
+		if (start + pg_utf_mblen((const unsigned char *) out + start) > end)
+			out[start] = '\0';
 	}
 }
 

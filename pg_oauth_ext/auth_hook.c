@@ -25,6 +25,7 @@
 #include "libpq/pqformat.h"
 #include "miscadmin.h"
 #include "postmaster/postmaster.h"
+#include "replication/walsender.h"
 #include "storage/ipc.h"
 #include "utils/builtins.h"
 #include "utils/syscache.h"
@@ -83,6 +84,7 @@ typedef struct LoginAttempt
 	TimestampTz started;
 	const char *client_addr;	/* NULL: Unix socket */
 	bool		token_seen;		/* a token was presented: counts for rate limits */
+	Oid			roleid;			/* the role, once looked up */
 	TokenDecision *decision;	/* NULL until a worker answered */
 } LoginAttempt;
 
@@ -94,42 +96,58 @@ server_side_reason(const char *reason)
 		strcmp(reason, "rate_limited") == 0;
 }
 
-/* The audit line, the audit ring and the counters: one call per attempt. */
+/* The audit record and the counters' arguments of this attempt. */
 static void
-finish_attempt(LoginAttempt *a, bool ok, const char *reason)
+describe_attempt(LoginAttempt *a, const char *reason, AuditRecord *rec, LoginStatsArgs *stats)
 {
-	AuditRecord rec;
 	TokenDecision *d = a->decision;
 	Port	   *port = a->port;
 
-	memset(&rec, 0, sizeof(rec));
-	rec.at = GetCurrentTimestamp();
-	rec.ok = ok;
-	rec.ssl = port->ssl_in_use;
-	rec.cached = d ? d->from_cache : false;
-	rec.pid = MyProcPid;
-	rec.elapsed_us = (int64) (rec.at - a->started);
-	rec.queue_us = d ? d->queue_us : -1;
-	strlcpy(rec.reason, reason, sizeof(rec.reason));
-	strlcpy(rec.role, port->user_name ? port->user_name : "", sizeof(rec.role));
-	strlcpy(rec.database, port->database_name ? port->database_name : "", sizeof(rec.database));
-	strlcpy(rec.client_addr, a->client_addr ? a->client_addr : "", sizeof(rec.client_addr));
+	memset(rec, 0, sizeof(*rec));
+	memset(stats, 0, sizeof(*stats));
+	rec->at = a->started;
+	rec->ssl = port->ssl_in_use;
+	rec->cached = d ? d->from_cache : false;
+	rec->pid = MyProcPid;
+	rec->queue_us = d ? d->queue_us : -1;
+	strlcpy(rec->reason, reason, sizeof(rec->reason));
+	/* names from the startup packet are any bytes: kept as valid UTF-8 */
+	pg_oauth_escape_text(port->user_name ? port->user_name : "", rec->role, sizeof(rec->role));
+	pg_oauth_escape_text(port->database_name ? port->database_name : "", rec->database,
+						 sizeof(rec->database));
+	strlcpy(rec->client_addr, a->client_addr ? a->client_addr : "", sizeof(rec->client_addr));
+	stats->key_cache_hit = -1;
+	stats->validation_us = -1;
+	stats->queue_us = -1;
 	if (d)
 	{
 		/* pyhook fills issuer/subject/token id only once the signature verified */
-		strlcpy(rec.issuer, d->issuer ? d->issuer : "", sizeof(rec.issuer));
-		strlcpy(rec.subject, d->subject ? d->subject : "", sizeof(rec.subject));
-		strlcpy(rec.token_id, d->token_id ? d->token_id : "", sizeof(rec.token_id));
-		strlcpy(rec.kid, d->kid, sizeof(rec.kid));
-		strlcpy(rec.alg, d->alg, sizeof(rec.alg));
+		pg_oauth_clip_utf8(d->issuer ? d->issuer : "", rec->issuer, sizeof(rec->issuer));
+		pg_oauth_clip_utf8(d->subject ? d->subject : "", rec->subject, sizeof(rec->subject));
+		pg_oauth_clip_utf8(d->token_id ? d->token_id : "", rec->token_id, sizeof(rec->token_id));
+		strlcpy(rec->kid, d->kid, sizeof(rec->kid));
+		strlcpy(rec->alg, d->alg, sizeof(rec->alg));
+		strlcpy(stats->issuer, d->issuer ? d->issuer : "", sizeof(stats->issuer));
+		stats->from_cache = d->from_cache;
+		stats->key_cache_hit = d->key_cache_hit;
+		stats->validation_us = d->validation_us;
+		stats->queue_us = d->queue_us;
 	}
+}
+
+/* A refused attempt: the audit line, the audit ring and the counters, now. */
+static void
+finish_refused_attempt(LoginAttempt *a, const char *reason)
+{
+	AuditRecord rec;
+	LoginStatsArgs stats;
+
+	describe_attempt(a, reason, &rec, &stats);
+	rec.elapsed_us = (int64) (GetCurrentTimestamp() - a->started);
 	audit_log_record(&rec);
-	TRACE_BACKEND(TRACE_B_AUDITED);
-	login_stats_record(d ? d->issuer : NULL, reason, ok,
-					   d ? d->from_cache : false,
-					   d ? d->key_cache_hit : -1,
-					   d ? d->validation_us : -1,
-					   d ? d->queue_us : -1);
+	login_stats_record(stats.issuer[0] ? stats.issuer : NULL, reason, false,
+					   stats.from_cache, stats.key_cache_hit,
+					   stats.validation_us, stats.queue_us);
 }
 
 /*
@@ -147,10 +165,15 @@ refuse(LoginAttempt *a, const char *reason, const char *detail, const char *hint
 	StringInfoData logdetail;
 	TokenDecision *decision = a->decision;
 	int			delay = 0;
+	char	   *brake = NULL;
 
-	finish_attempt(a, false, reason);
+	finish_refused_attempt(a, reason);
 	if (a->token_seen && !server_side_reason(reason))
-		delay = rate_limit_record_failure(a->client_addr ? a->client_addr : "local");
+		delay = rate_limit_record_failure(a->client_addr);
+	if (a->token_seen)
+		brake = rate_limit_hint(a->client_addr, delay);
+	if (brake)
+		hint = hint ? psprintf("%s %s", hint, brake) : brake;
 	if (delay > 0)
 		rate_limit_sleep(delay);
 
@@ -210,15 +233,64 @@ option_sets_forbidden(const char *opt)
 }
 
 /*
+ * The switches of process_postgres_switches() that take an argument: its
+ * getopt string is "B:bc:C:D:d:EeFf:h:ijk:lN:nOPp:r:S:sTt:v:W:-:".
+ */
+#define SWITCHES_WITH_ARGUMENT	"BcCDdfhkNprStvW-"
+
+/*
+ * The "options" startup parameter, split as PostgreSQL splits it and read
+ * the way getopt reads it: flags may be grouped ("-Ecrole=x"), an argument
+ * may be glued or the next word ("-c role=x"), "--name=value" is "-c", and
+ * glibc's getopt skips over non-options to later ones.  Every word is
+ * scanned, so this can only find more than PostgreSQL would apply, never
+ * less.  Returns the forbidden setting, or NULL.
+ */
+static const char *
+forbidden_in_switches(const char *cmdline_options)
+{
+	int			maxac = 2 + (strlen(cmdline_options) + 1) / 2;
+	char	  **av = palloc(maxac * sizeof(char *));
+	int			ac = 0;
+	int			i;
+
+	av[ac++] = "postgres";
+	pg_split_opts(av, &ac, cmdline_options);
+	for (i = 1; i < ac; i++)
+	{
+		const char *arg = av[i];
+		const char *p;
+
+		if (arg[0] != '-' || strcmp(arg, "-") == 0 || strcmp(arg, "--") == 0)
+			continue;
+		for (p = arg + 1; *p != '\0'; p++)
+		{
+			const char *optarg;
+
+			if (strchr(SWITCHES_WITH_ARGUMENT, *p) == NULL)
+				continue;		/* a flag without argument: the group goes on */
+			optarg = (p[1] != '\0') ? p + 1 : (i + 1 < ac ? av[++i] : NULL);
+			if ((*p == 'c' || *p == '-') && optarg != NULL && option_sets_forbidden(optarg))
+				return optarg;
+			break;				/* the argument ends the group */
+		}
+	}
+	return NULL;
+}
+
+/*
  * Startup options "role" and "session_authorization" are applied after
  * authentication with only a membership check: a token for alice must not
- * become a session acting as another role.
+ * become a session acting as another role.  Refused here, before the token
+ * is asked for; admission.c checks the effect once every option and
+ * setting is applied.
  */
 static void
 check_startup_options(LoginAttempt *a)
 {
 	Port	   *port = a->port;
 	ListCell   *lc;
+	const char *setting;
 
 	/* name/value pairs sent as startup packet parameters */
 	for (lc = list_head(port->guc_options); lc != NULL; lc = lnext(port->guc_options, lc))
@@ -234,31 +306,12 @@ check_startup_options(LoginAttempt *a)
 			break;
 	}
 
-	/* -c name=value / --name=value inside the "options" parameter */
-	if (port->cmdline_options != NULL)
-	{
-		int			maxac = 2 + (strlen(port->cmdline_options) + 1) / 2;
-		char	  **av = palloc(maxac * sizeof(char *));
-		int			ac = 0;
-		int			i;
-
-		av[ac++] = "postgres";
-		pg_split_opts(av, &ac, port->cmdline_options);
-		for (i = 1; i < ac; i++)
-		{
-			const char *arg = av[i];
-			const char *setting = NULL;
-
-			if (strncmp(arg, "--", 2) == 0)
-				setting = arg + 2;
-			else if (strncmp(arg, "-c", 2) == 0)
-				setting = (arg[2] != '\0') ? arg + 2 : (i + 1 < ac ? av[++i] : NULL);
-			if (setting && option_sets_forbidden(setting))
-				refuse(a, "startup_option_forbidden",
-					   "startup options may not set role or session_authorization on token logins",
-					   "Connect as the role you need; SET ROLE after login is subject to normal privileges.");
-		}
-	}
+	/* switches inside the "options" parameter */
+	if (port->cmdline_options != NULL &&
+		(setting = forbidden_in_switches(port->cmdline_options)) != NULL)
+		refuse(a, "startup_option_forbidden",
+			   "startup options may not set role or session_authorization on token logins",
+			   "Connect as the role you need; SET ROLE after login is subject to normal privileges.");
 }
 
 /* Read and throw away n bytes of the current message. */
@@ -435,6 +488,54 @@ hint_for(const char *reason)
 	return NULL;
 }
 
+/*
+ * The role the token admits must exist, may log in, and must not reach a
+ * privilege token logins refuse (role_policy.c).  pg_authid and
+ * pg_auth_members are shared catalogs, readable before a database is
+ * chosen.
+ */
+static void
+check_role(LoginAttempt *a)
+{
+	const char *user = a->port->user_name;
+	HeapTuple	roletup;
+	bool		canlogin;
+	RolePrivilege found[ROLE_PRIV_COUNT];
+	int			nfound;
+	int			i;
+
+	roletup = SearchSysCache1(AUTHNAME, CStringGetDatum(user));
+	if (!HeapTupleIsValid(roletup))
+		refuse(a, "unknown_role", psprintf("role \"%s\" does not exist", user), NULL);
+	a->roleid = ((Form_pg_authid) GETSTRUCT(roletup))->oid;
+	canlogin = ((Form_pg_authid) GETSTRUCT(roletup))->rolcanlogin;
+	ReleaseSysCache(roletup);
+	if (!canlogin)
+		refuse(a, "role_cannot_login",
+			   psprintf("role \"%s\" is not permitted to log in (NOLOGIN)", user), NULL);
+
+	(void) role_reachable_privileges(a->roleid, found, ROLE_PRIV_COUNT, &nfound);
+	for (i = 0; i < nfound; i++)
+	{
+		const char *priv = role_privilege_name(found[i].bit);
+		const char *how;
+
+		if (role_privilege_allowed(found[i].bit))
+			continue;
+		how = (found[i].via == a->roleid) ?
+			psprintf("role \"%s\" has %s", user, priv) :
+			psprintf("role \"%s\" is a member of \"%s\", which has %s",
+					 user, found[i].via_name, priv);
+		if (found[i].bit == ROLE_PRIV_SUPERUSER)
+			refuse(a, "superuser_forbidden",
+				   psprintf("%s: privilege superuser is not allowed on token logins", how),
+				   "Log in with a role that is not a superuser, or set pg_oauth.allow_privileges.");
+		refuse(a, "privilege_forbidden",
+			   psprintf("%s: privilege %s is not allowed on token logins", how, priv),
+			   "Log in with a less privileged role, or name the privilege in pg_oauth.allow_privileges.");
+	}
+}
+
 static void
 authenticate_with_token(Port *port)
 {
@@ -445,8 +546,6 @@ authenticate_with_token(Port *port)
 	char		addrbuf[NI_MAXHOST];
 	char	   *token;
 	int			token_len = 0;
-	HeapTuple	roletup;
-	bool		rolsuper;
 	int			live;
 	uint8		token_hash[PG_OAUTH_TOKEN_HASH_LEN];
 	bool		hashed;
@@ -460,17 +559,18 @@ authenticate_with_token(Port *port)
 	a->client_addr = client_address(port, addrbuf, sizeof(addrbuf));
 
 	/* Cheap refusals first: none of these asks for a token or needs a worker. */
-	if (rate_limit_blocked(a->client_addr ? a->client_addr : "local"))
-		refuse(a, "rate_limited",
-			   "too many refused token logins from this address; it is blocked for pg_oauth.rate_limit_window",
-			   "Wait, then log in with a valid token.");
-
 	/* A token must never cross the network in clear. */
 	if (pg_oauth_require_ssl && !connection_encrypted(port) &&
 		port->raddr.addr.ss_family != AF_UNIX)
 		refuse(a, "ssl_required",
 			   "token logins need an encrypted connection; the token was not requested",
 			   "Connect with sslmode=require (or verify-full).");
+
+	/* A walsender (replication=true|database) streams every change: DBA's choice. */
+	if (am_walsender && !role_privilege_allowed(ROLE_PRIV_REPLICATION))
+		refuse(a, "replication_forbidden",
+			   "replication connections are not allowed on token logins; the token was not requested",
+			   "Use a pg_hba line with another method for replication, or add replication to pg_oauth.allow_privileges.");
 
 	check_startup_options(a);
 
@@ -507,18 +607,7 @@ authenticate_with_token(Port *port)
 			   psprintf("the token allows roles: %s", roles_as_text(decision.allowed_roles)),
 			   NULL);
 
-	/* pg_authid is a shared catalog, readable before a database is chosen. */
-	roletup = SearchSysCache1(AUTHNAME, CStringGetDatum(port->user_name));
-	if (!HeapTupleIsValid(roletup))
-		refuse(a, "unknown_role",
-			   psprintf("role \"%s\" does not exist", port->user_name), NULL);
-	rolsuper = ((Form_pg_authid) GETSTRUCT(roletup))->rolsuper;
-	ReleaseSysCache(roletup);
-	if (rolsuper && !pg_oauth_allow_superuser)
-		refuse(a, "superuser_forbidden",
-			   psprintf("role \"%s\" is a superuser and pg_oauth.allow_superuser is off",
-						port->user_name),
-			   NULL);
+	check_role(a);
 
 	/* oauth.sessions, and the subject's session limit, counted atomically */
 	live = session_registry_enter(&decision, port->user_name, req.database, a->client_addr);
@@ -532,19 +621,19 @@ authenticate_with_token(Port *port)
 		decision_cache_store(&req, token_hash, &decision, config_version, key_epoch);
 	session_state_remember(&decision, port->user_name);
 	TRACE_BACKEND(TRACE_B_CHECKED);
-	finish_attempt(a, true, "ok");
+	{
+		AuditRecord rec;
+		LoginStatsArgs stats;
+
+		/* audited "ok" only once PostgreSQL admits the session (admission.c) */
+		describe_attempt(a, "ok", &rec, &stats);
+		admission_expect(a->roleid, &rec, &stats);
+	}
+	TRACE_BACKEND(TRACE_B_AUDITED);
 #ifdef PG_OAUTH_TRACE
 	TRACE_BACKEND(TRACE_B_DONE);
 	log_trace(decision.from_cache);
 #endif
-
-	if (Log_connections)
-		ereport(LOG,
-				(errmsg("pg_oauth: token login authorized: user=%s issuer=%s subject=%s token_id=%s",
-						port->user_name,
-						decision.issuer ? decision.issuer : "",
-						decision.subject ? decision.subject : "",
-						decision.token_id ? decision.token_id : "")));
 }
 
 static void

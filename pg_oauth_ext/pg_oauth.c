@@ -144,8 +144,16 @@ define_settings(void)
 							PGC_SIGHUP, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
+	DefineCustomStringVariable("pg_oauth.allow_privileges",
+							   "Privileges a token login role may reach (itself or through membership): superuser, createrole, replication, bypassrls, pg_execute_server_program, pg_read_server_files, pg_write_server_files.",
+							   "Empty (the default) refuses token logins of every role that can reach any of them.",
+							   &pg_oauth_allow_privileges_string,
+							   "",
+							   PGC_SIGHUP, GUC_LIST_INPUT,
+							   check_allow_privileges, assign_allow_privileges, NULL);
+
 	DefineCustomBoolVariable("pg_oauth.allow_superuser",
-							 "Allow token logins as a superuser role.",
+							 "Allow token logins as a superuser role (the same as superuser in pg_oauth.allow_privileges).",
 							 NULL,
 							 &pg_oauth_allow_superuser,
 							 false,
@@ -195,7 +203,7 @@ define_settings(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("pg_oauth.rate_limit_failures",
-							"Refused token logins from one client address within the window before it is blocked; 0 disables.",
+							"Refused token logins from one client address within the window after which its tokens are checked one at a time, after other addresses'; 0 turns the brute-force brake off.",
 							NULL,
 							&pg_oauth_rate_limit_failures,
 							10, 0, 1000000,
@@ -203,7 +211,7 @@ define_settings(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("pg_oauth.rate_limit_window",
-							"Window for counting refusals per client address, and how long a block lasts.",
+							"How long refusals per client address are counted, from the first; then the count starts over.",
 							NULL,
 							&pg_oauth_rate_limit_window,
 							60, 1, 24 * 3600,
@@ -271,6 +279,7 @@ _PG_init(void)
 
 	pg_oauth_install_auth_hook();
 	session_registry_install_hooks();
+	config_guard_install_hooks();
 	pg_oauth_register_workers();
 	pg_oauth_register_housekeeper();
 }

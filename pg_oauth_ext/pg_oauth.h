@@ -20,6 +20,7 @@
 #include "storage/condition_variable.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
+#include "utils/guc.h"
 
 #if PG_VERSION_NUM < 150000
 #error "pg_oauth needs PostgreSQL 15 or later (shmem_request_hook)"
@@ -56,6 +57,7 @@ extern int	pg_oauth_rate_limit_failures;
 extern int	pg_oauth_rate_limit_window;
 extern int	pg_oauth_rate_limit_max_delay;
 extern bool pg_oauth_decision_cache;
+extern char *pg_oauth_allow_privileges_string;
 
 typedef enum SessionExpiryMode
 {
@@ -97,6 +99,8 @@ typedef struct TokenSlot
 	char		role[NAMEDATALEN];
 	char		database[NAMEDATALEN];
 	char		client_addr[64];	/* empty: Unix socket */
+	uint32		addr_hash;		/* of client_addr: addresses compared quickly */
+	bool		one_at_a_time;	/* its address is braked (rate_limit.c) */
 	bool		ssl;
 	int			token_len;
 
@@ -287,11 +291,18 @@ extern void login_stats_record(const char *issuer, const char *reason, bool ok,
 /* rate_limit.c */
 extern Size rate_limit_shmem_size(void);
 extern void rate_limit_shmem_startup(void);
-extern bool rate_limit_blocked(const char *addr);
-extern int	rate_limit_record_failure(const char *addr);
+/* client_addr NULL: a Unix-socket client */
+extern int	rate_limit_record_failure(const char *client_addr);
+extern bool rate_limit_one_at_a_time(const char *client_addr);
+extern char *rate_limit_hint(const char *client_addr, int delay_ms);
+extern bool rate_limit_client_left(void);
 extern void rate_limit_sleep(int ms);
 
 /* audit_log.c */
+#define PG_OAUTH_ESCAPED_NAME_LEN	(4 * NAMEDATALEN)
+extern void pg_oauth_escape_text(const char *in, char *out, size_t outlen);
+extern void pg_oauth_clip_utf8(const char *in, char *out, size_t outlen);
+
 typedef struct AuditRecord
 {
 	TimestampTz at;
@@ -302,8 +313,9 @@ typedef struct AuditRecord
 	int64		elapsed_us;
 	int64		queue_us;
 	char		reason[PG_OAUTH_REASON_LEN];
-	char		role[NAMEDATALEN];
-	char		database[NAMEDATALEN];
+	/* names as sent, escaped to valid UTF-8 (up to 4 bytes per byte sent) */
+	char		role[PG_OAUTH_ESCAPED_NAME_LEN];
+	char		database[PG_OAUTH_ESCAPED_NAME_LEN];
 	char		client_addr[64];
 	char		issuer[PG_OAUTH_IDENT_LEN];
 	char		subject[PG_OAUTH_IDENT_LEN];
@@ -318,6 +330,43 @@ extern void audit_log_record(const AuditRecord *rec);
 extern int	audit_log_take(AuditRecord *out, int max);
 extern uint64 audit_log_pending(void);
 extern uint64 audit_log_dropped(void);
+
+/* login_stats.c: the arguments of login_stats_record, kept for later */
+typedef struct LoginStatsArgs
+{
+	char		issuer[PG_OAUTH_IDENT_LEN];
+	bool		from_cache;
+	int			key_cache_hit;
+	int64		validation_us;
+	int64		queue_us;
+} LoginStatsArgs;
+
+/* admission.c */
+extern void admission_expect(Oid roleid, const AuditRecord *rec, const LoginStatsArgs *stats);
+
+/* role_policy.c: privileges a token login refuses unless pg_oauth.allow_privileges names them */
+#define ROLE_PRIV_SUPERUSER					0x01
+#define ROLE_PRIV_CREATEROLE				0x02	/* before PostgreSQL 16 only */
+#define ROLE_PRIV_REPLICATION				0x04
+#define ROLE_PRIV_BYPASSRLS					0x08
+#define ROLE_PRIV_EXECUTE_SERVER_PROGRAM	0x10
+#define ROLE_PRIV_READ_SERVER_FILES			0x20
+#define ROLE_PRIV_WRITE_SERVER_FILES		0x40
+#define ROLE_PRIV_COUNT						7
+
+typedef struct RolePrivilege
+{
+	int			bit;
+	Oid			via;			/* the role that carries it */
+	char		via_name[NAMEDATALEN];
+} RolePrivilege;
+
+extern bool check_allow_privileges(char **newval, void **extra, GucSource source);
+extern void assign_allow_privileges(const char *newval, void *extra);
+extern bool role_privilege_allowed(int bit);
+extern const char *role_privilege_name(int bit);
+extern int	role_reachable_privileges(Oid roleid, RolePrivilege *found, int max_found,
+									  int *nfound);
 
 /* housekeeper.c */
 extern void pg_oauth_register_housekeeper(void);
@@ -353,5 +402,9 @@ typedef struct OAuthSession
 
 extern OAuthSession pg_oauth_session;
 extern void session_state_remember(const TokenDecision *decision, const char *role);
+extern void pg_oauth_note_config_change(void);
+
+/* config_guard.c */
+extern void config_guard_install_hooks(void);
 
 #endif							/* PG_OAUTH_H */

@@ -20,6 +20,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "replication/walsender.h"
 #include "storage/backendid.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
@@ -43,6 +44,7 @@ typedef struct SessionEntry
 	pid_t		pid;			/* 0: free */
 	PGPROC	   *proc;
 	SessionEnd	end;			/* set by whoever ends the session */
+	bool		walsender;		/* a replication connection: never "idle" */
 	TimestampTz login_time;
 	bool		has_expires_at;
 	TimestampTz expires_at;
@@ -145,6 +147,7 @@ session_registry_enter(const TokenDecision *decision, const char *role,
 	memset(e, 0, sizeof(*e));
 	e->pid = MyProcPid;
 	e->proc = MyProc;
+	e->walsender = am_walsender;
 	e->login_time = GetCurrentTimestamp();
 	e->has_expires_at = decision->has_expires_at;
 	e->expires_at = decision->expires_at;
@@ -193,7 +196,8 @@ session_registry_end_expired(int mode, int grace_s)
 			continue;
 		if (now < TimestampTzPlusMilliseconds(e->expires_at, (int64) grace_s * 1000))
 			continue;
-		if (mode == SESSION_EXPIRY_IDLE &&
+		/* a walsender streams without ever waiting for a command */
+		if (mode == SESSION_EXPIRY_IDLE && !e->walsender &&
 			((volatile PGPROC *) e->proc)->wait_event_info != WAIT_EVENT_CLIENT_READ)
 			continue;
 		end_session_locked(e, SESSION_END_EXPIRED);

@@ -360,8 +360,9 @@ config_xact_callback(XactEvent event, void *arg)
 		config_change_pending = false;
 }
 
-Datum
-pg_oauth_fn_config_changed(PG_FUNCTION_ARGS)
+/* This transaction changed the configuration: move the version at commit. */
+void
+pg_oauth_note_config_change(void)
 {
 	if (!xact_callback_registered)
 	{
@@ -369,6 +370,12 @@ pg_oauth_fn_config_changed(PG_FUNCTION_ARGS)
 		xact_callback_registered = true;
 	}
 	config_change_pending = true;
+}
+
+Datum
+pg_oauth_fn_config_changed(PG_FUNCTION_ARGS)
+{
+	pg_oauth_note_config_change();
 	PG_RETURN_VOID();
 }
 

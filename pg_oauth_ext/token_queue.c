@@ -7,13 +7,17 @@
  * A slot belongs to whoever its state says: the backend while FILLING and
  * DONE, a worker while WORKING.  The queue lock is held only to change states
  * and worker bookkeeping, never while copying tokens or waiting.  Any idle
- * worker takes the oldest pending slot, so one slow validation never blocks
- * the others.
+ * worker takes a pending slot, so one slow validation never blocks the
+ * others.  Which one is fair between client addresses: one that floods the
+ * queue gets its share of the workers, not all of them, and an address the
+ * brute-force brake is holding (rate_limit.c) has at most one request in the
+ * queue at a time and goes after everyone else.
  *
  *-------------------------------------------------------------------------
  */
 #include "pg_oauth.h"
 
+#include "common/hashfn.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
@@ -183,6 +187,23 @@ pick_idle_worker_locked(void)
 	return NULL;
 }
 
+/* Is a request from this address anywhere in the queue?  Lock held. */
+static bool
+address_queued_locked(const char *addr, uint32 hash)
+{
+	int			i;
+
+	for (i = 0; i < pg_oauth_shared->nslots; i++)
+	{
+		TokenSlot  *s = &pg_oauth_shared->slots[i];
+
+		if (s->state != SLOT_FREE && s->addr_hash == hash &&
+			strcmp(s->client_addr, addr) == 0)
+			return true;
+	}
+	return false;
+}
+
 /* Copy the worker's answer out of the slot into the caller's memory. */
 static void
 copy_decision(TokenSlot *slot, TokenDecision *out)
@@ -234,6 +255,10 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 	int			ready,
 				starting;
 	const char *why;
+	const char *addr = req->client_addr ? req->client_addr : "";
+	uint32		hash = hash_bytes((const unsigned char *) addr, strlen(addr));
+	bool		braked = false;
+	bool		waiting_turn = false;
 	int			i;
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), pg_oauth_timeout_ms);
@@ -251,9 +276,20 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 		backend_exit_registered = true;
 	}
 
-	/* Take a free slot, unless no worker can ever answer. */
+	/*
+	 * Take a free slot, unless no worker can ever answer.  A braked address
+	 * waits until its previous request has left the queue: it holds at most
+	 * one slot, and so at most one worker.
+	 */
 	for (;;)
 	{
+		braked = rate_limit_one_at_a_time(req->client_addr);
+		/* a braked flood that hangs up gets no worker and piles up no backends */
+		if (braked && rate_limit_client_left())
+		{
+			ConditionVariableCancelSleep();
+			proc_exit(0);
+		}
 		LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
 		count_workers_locked(&ready, &starting, &why);
 		if (ready == 0 && starting == 0)
@@ -267,7 +303,8 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 			pg_oauth_wake_all_workers();	/* let not-ready workers retry */
 			return;
 		}
-		for (i = 0; i < pg_oauth_shared->nslots; i++)
+		waiting_turn = braked && address_queued_locked(addr, hash);
+		for (i = 0; i < pg_oauth_shared->nslots && !waiting_turn; i++)
 		{
 			if (pg_oauth_shared->slots[i].state == SLOT_FREE)
 			{
@@ -276,6 +313,9 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 				slot->ticket = pg_oauth_shared->next_ticket++;
 				slot->backend = MyProc;
 				slot->worker = -1;
+				strlcpy(slot->client_addr, addr, sizeof(slot->client_addr));
+				slot->addr_hash = hash;
+				slot->one_at_a_time = braked;
 				my_slot = i;
 				my_ticket = slot->ticket;
 				break;
@@ -285,12 +325,18 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 		if (slot != NULL)
 			break;
 
-		/* All slots busy: wait for one within our deadline. */
+		/* Our address's turn or a free slot: wait for it within our deadline. */
 		if (ms_until(deadline) <= 0)
 		{
 			ConditionVariableCancelSleep();
-			decision_fail(out, "validator_timeout",
-						  "no free validation slot before pg_oauth.timeout");
+			if (waiting_turn)
+				decision_fail(out, "rate_limited",
+							  "this address had too many refused token logins within "
+							  "pg_oauth.rate_limit_window, so its tokens are checked one at a time; "
+							  "this one's turn did not come before pg_oauth.timeout");
+			else
+				decision_fail(out, "validator_timeout",
+							  "no free validation slot before pg_oauth.timeout");
 			return;
 		}
 		ConditionVariableTimedSleep(&pg_oauth_shared->slot_freed,
@@ -303,8 +349,6 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 	/* We own the slot: copy the request in without the lock. */
 	strlcpy(slot->role, req->role, sizeof(slot->role));
 	strlcpy(slot->database, req->database, sizeof(slot->database));
-	strlcpy(slot->client_addr, req->client_addr ? req->client_addr : "",
-			sizeof(slot->client_addr));
 	slot->ssl = req->ssl;
 	slot->token_len = req->token_len;
 	memcpy(slot->data, req->token, req->token_len);
@@ -377,26 +421,75 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
  * ---------------------------------------------------------------------
  */
 
+/* How many requests from the address of slot s the workers hold now. */
+static int
+address_load(const TokenSlot *s, TokenSlot *const *working, int nworking)
+{
+	int			load = 0;
+	int			i;
+
+	for (i = 0; i < nworking; i++)
+	{
+		if (working[i]->addr_hash == s->addr_hash &&
+			strcmp(working[i]->client_addr, s->client_addr) == 0)
+			load++;
+	}
+	return load;
+}
+
 /*
- * Take the oldest pending request, or mark ourselves idle if there is none.
- * Both happen under the lock, so a backend that posts a request either sees
- * us idle (and wakes us) or we see its request.
+ * Which of two pending requests a free worker takes first: other addresses
+ * before braked ones, then the address with fewer requests in the workers,
+ * then the older request.
+ */
+static bool
+goes_first(const TokenSlot *a, int a_load, const TokenSlot *b, int b_load)
+{
+	if (a->one_at_a_time != b->one_at_a_time)
+		return !a->one_at_a_time;
+	if (a_load != b_load)
+		return a_load < b_load;
+	return a->ticket < b->ticket;
+}
+
+/*
+ * Take the pending request that goes first, or mark ourselves idle if there
+ * is none.  Both happen under the lock, so a backend that posts a request
+ * either sees us idle (and wakes us) or we see its request.
  */
 TokenSlot *
 token_queue_claim(int worker, uint64 *ticket)
 {
 	WorkerInfo *w = &pg_oauth_shared->workers[worker];
 	TokenSlot  *best = NULL;
+	int			best_load = 0;
+	TokenSlot  *working[PG_OAUTH_MAX_SLOTS];
+	int			nworking = 0;
 	int			i;
 
 	LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
 	w->wakeup_pending = false;
+	/* an abandoned request is still in a worker until it finishes */
 	for (i = 0; i < pg_oauth_shared->nslots; i++)
 	{
 		TokenSlot  *s = &pg_oauth_shared->slots[i];
 
-		if (s->state == SLOT_PENDING && (best == NULL || s->ticket < best->ticket))
+		if (s->state == SLOT_WORKING || s->state == SLOT_ABANDONED)
+			working[nworking++] = s;
+	}
+	for (i = 0; i < pg_oauth_shared->nslots; i++)
+	{
+		TokenSlot  *s = &pg_oauth_shared->slots[i];
+		int			load;
+
+		if (s->state != SLOT_PENDING)
+			continue;
+		load = nworking > 0 ? address_load(s, working, nworking) : 0;
+		if (best == NULL || goes_first(s, load, best, best_load))
+		{
 			best = s;
+			best_load = load;
+		}
 	}
 	if (best)
 	{
@@ -488,6 +581,9 @@ token_queue_set_worker_state(int worker, WorkerState state, const char *error)
 	int			i;
 
 	LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
+	/* what cached decisions were checked against may be gone (extension dropped) */
+	if (state == WORKER_NOT_READY && w->state != WORKER_NOT_READY)
+		decision_cache_keys_changed();
 	w->state = state;
 	if (state == WORKER_STARTING)
 	{
@@ -548,6 +644,8 @@ token_queue_worker_exit(int worker)
 	int			nwake = 0;
 	int			i;
 
+	/* a worker that exits (its database dropped, a crash) vouches for nothing cached */
+	decision_cache_keys_changed();
 	LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < pg_oauth_shared->nslots; i++)
 	{

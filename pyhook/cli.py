@@ -1,5 +1,6 @@
-"""The ``pg-oauth`` command: a development issuer, minting and key rotation, and
-``explain``/``check``: the validator's decision on a token, offline.
+"""The ``pg-oauth`` command: a development issuer, minting and key rotation,
+``explain``/``check``: the validator's decision on a token, offline, and
+``doctor``: the server's setup checker (``oauth.check_setup()``).
 
 ``explain`` and ``check`` run pyhook's validation (the same code the server runs)
 against configuration from a JSON file (``--config``) or read from a database
@@ -27,6 +28,13 @@ from pyhook.offline_config import (
     config_from_file,
 )
 from pyhook.plpython_adapter import explain_rows
+from pyhook.setup_doctor import (
+    EXIT_CANNOT_CHECK,
+    DoctorError,
+    exit_status,
+    run_checks,
+    summary,
+)
 from pyhook.validator import validate
 
 # exit codes of explain/check
@@ -46,7 +54,8 @@ def _claim(text: str) -> tuple[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pg-oauth",
-        description="pg_oauth development tools (never for production).",
+        description="pg_oauth tools: the setup doctor, and development tools "
+        "(dev-issuer, mint, rotate: never for production).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -123,6 +132,15 @@ def _parser() -> argparse.ArgumentParser:
             "--now", type=float, default=None, help="evaluate at this Unix time"
         )
         sub.add_argument("--json", action="store_true", help="machine-readable output")
+
+    text = "list every risk in the server's setup with its fix (exit 0 none, 1 risks, 2 error)"
+    doctor = commands.add_parser("doctor", help=text, description=text)
+    doctor.add_argument(
+        "--dsn",
+        required=True,
+        help="a superuser connection to the database named by pg_oauth.database",
+    )
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -231,6 +249,21 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_ALLOWED if ok else EXIT_REFUSED
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    try:
+        database, findings = run_checks(args.dsn)
+    except DoctorError as exc:
+        print(f"pg-oauth doctor: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_CHECK
+    if args.json:
+        print(json.dumps([vars(f) for f in findings], indent=2, ensure_ascii=False))
+    else:
+        for finding in findings:
+            print(finding.line())
+        print(summary(database, findings))
+    return exit_status(findings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -242,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _explain(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "doctor":
+            return _doctor(args)
         return _rotate(args)
     except ConfigFileError as exc:
         print(f"pg-oauth {args.command}: {exc}", file=sys.stderr)

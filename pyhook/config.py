@@ -53,10 +53,21 @@ def _optional_texts(value: Any) -> tuple[str, ...] | None:
     return None if value is None else tuple(str(v) for v in value if v is not None)
 
 
+_ASCII_LOWER = str.maketrans(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
+)
+
+
 def normalize_typ(value: str) -> str:
-    """A ``typ`` value compared case-insensitively, ``application/`` optional (RFC 7515 4.1.9)."""
-    value = value.strip().lower()
-    return value.removeprefix("application/")
+    """A ``typ`` value for an exact comparison but for ASCII case, nothing stripped.
+
+    RFC 7515 4.1.9: a value without ``/`` means ``application/`` + value, so
+    ``application/`` is dropped when no other ``/`` follows. Only ASCII letters
+    are folded: ``str.lower`` would turn the Kelvin sign into ``k``.
+    """
+    value = value.translate(_ASCII_LOWER)
+    short = value.removeprefix("application/")
+    return value if "/" in short else short
 
 
 _ANY_VALUE = object()
@@ -127,6 +138,8 @@ class IssuerConfig:
     required_claims: tuple[RequiredClaim, ...] = ()
     # accepted azp values (None: azp not checked)
     authorized_parties: tuple[str, ...] | None = None
+    # RFC 9068 2.2: tokens must name their subject; False for issuers that never do
+    require_sub: bool = True
     # the last good keys keep working this long after their fetch when refreshes fail
     jwks_max_stale: float = DEFAULT_JWKS_MAX_STALE
     # Cache-Control max-age is honoured within [jwks_refresh_min, jwks_refresh_max]
@@ -172,6 +185,8 @@ class IssuerConfig:
                 for text in _optional_texts(row.get("required_claims")) or ()
             ),
             authorized_parties=_optional_texts(row.get("authorized_parties")),
+            # only an explicit false opts out; NULL or absent keeps the check
+            require_sub=row.get("require_sub") is not False,
             jwks_max_stale=seconds("jwks_max_stale", DEFAULT_JWKS_MAX_STALE)
             or DEFAULT_JWKS_MAX_STALE,
             jwks_refresh_min=seconds("jwks_refresh_min", DEFAULT_JWKS_REFRESH_MIN)

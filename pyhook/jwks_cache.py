@@ -27,13 +27,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from pyhook.config import SUPPORTED_ALGORITHMS, Config, IssuerConfig
+from pyhook.edwards_points import eddsa_key_problem
 from pyhook.errors import JwksUnavailable, KeyNotFound, UnknownKey
 
 MAX_DOCUMENT_BYTES = 1 << 20
 MAX_KEYS = 100  # keys parsed per JWKS document; more is abuse, not rotation
+MAX_PENDING_NOTES = 200  # skipped-key notes waiting for drain_notes()
 MIN_RSA_BITS = 2048
 # warmup refreshes keys once they are this fraction of jwks_refresh old, so that the
 # login path (which refreshes at 100 %) normally finds fresh keys
@@ -54,6 +57,17 @@ _KEY_TYPE_FOR_ALG: dict[str, tuple[str, frozenset[str] | None]] = {
     "ES384": ("EC", frozenset({"P-384"})),
     "ES512": ("EC", frozenset({"P-521"})),
     "EdDSA": ("OKP", frozenset({"Ed25519", "Ed448"})),
+}
+
+
+# JWS signatures of EC keys are r||s, each padded to the curve's size (RFC 7518
+# 3.4); EdDSA signatures are R||S (RFC 8032)
+_SIGNATURE_SIZES: dict[str, int] = {
+    "P-256": 64,
+    "P-384": 96,
+    "P-521": 132,
+    "Ed25519": 64,
+    "Ed448": 114,
 }
 
 
@@ -107,6 +121,12 @@ class JsonWebKey:
         if wanted[1] is not None and self.crv not in wanted[1]:
             return False
         return self.alg is None or self.alg == alg
+
+    def signature_size(self) -> int:
+        """The length every signature by this key has, in bytes."""
+        if self.kty == "RSA":
+            return ((self.bits or 0) + 7) // 8  # k, the modulus length (RFC 8017)
+        return _SIGNATURE_SIZES[str(self.crv)]
 
     def describe(self) -> str:
         """A label without key material, e.g. ``RSA 2048-bit`` or ``EC P-256``."""
@@ -291,9 +311,15 @@ def parse_jwk(obj: Any) -> JsonWebKey:
     kid = obj.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise _SkipKey("kid is not a string")
-    use = obj.get("use")
-    if use is not None and use != "sig":
-        raise _SkipKey(f"use is {show(use)}, not 'sig'")
+    # present means present: "use": null is no more a signing key than "enc" is
+    if "use" in obj and obj["use"] != "sig":
+        raise _SkipKey(f"use is {show(obj['use'])}, not 'sig'")
+    if "key_ops" in obj:
+        ops = obj["key_ops"]
+        if not isinstance(ops, list) or not all(isinstance(op, str) for op in ops):
+            raise _SkipKey("key_ops is not a list of strings")
+        if "verify" not in ops:
+            raise _SkipKey(f"key_ops {show(ops[:10], 100)} does not include 'verify'")
     alg = obj.get("alg")
     if alg is not None and alg not in SUPPORTED_ALGORITHMS:
         raise _SkipKey(f"alg {show(alg)} is not supported")
@@ -323,6 +349,13 @@ def parse_jwk(obj: Any) -> JsonWebKey:
         raise _SkipKey(f"invalid key parameters ({type(exc).__name__})") from None
     if bits is not None and bits < MIN_RSA_BITS:
         raise _SkipKey(f"RSA key of {bits} bits is too short")
+    if kty == "OKP":
+        # what OpenSSL holds, however x was spelled
+        problem = eddsa_key_problem(
+            str(crv), key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        )
+        if problem is not None:
+            raise _SkipKey(problem)
     public: dict[str, Any] = {"kty": kty}
     public.update({name: obj[name] for name in _PUBLIC_MEMBERS[str(kty)]})
     for name in ("kid", "alg", "use"):
@@ -348,11 +381,17 @@ def parse_jwks(document: bytes | str) -> tuple[list[JsonWebKey], list[str]]:
             keys.append(parse_jwk(obj))
         except _SkipKey as exc:
             kid = obj.get("kid") if isinstance(obj, dict) else None
-            label = f"kid {show(kid, 60)}" if isinstance(kid, str) else f"#{position}"
-            notes.append(f"key {label} skipped: {exc}")
+            prefix = (
+                _skip_prefix(kid) if isinstance(kid, str) else f"key #{position} skipped: "
+            )
+            notes.append(f"{prefix}{exc}")
     if len(data["keys"]) > MAX_KEYS:
         notes.append(f"only the first {MAX_KEYS} keys were read")
     return keys, notes
+
+
+def _skip_prefix(kid: str) -> str:
+    return f"key kid {show(kid, 60)} skipped: "
 
 
 def select_key(keys: list[JsonWebKey], alg: str, kid: str | None) -> JsonWebKey:
@@ -379,6 +418,14 @@ def select_key(keys: list[JsonWebKey], alg: str, kid: str | None) -> JsonWebKey:
             f"token has no kid and the only key ({keys[0].describe()}) cannot verify {alg}"
         )
     raise KeyNotFound(f"token has no kid and no key fits {alg}")
+
+
+def _skipped(entry: _Entry | None, limit: int = 5) -> str:
+    """The notes of the last document, for describe(): why keys were skipped."""
+    if entry is None or not entry.notes:
+        return ""
+    more = len(entry.notes) - limit
+    return "; " + "; ".join(entry.notes[:limit]) + (f"; {more} more" if more > 0 else "")
 
 
 def _source(issuer: IssuerConfig) -> tuple[object, ...]:
@@ -409,6 +456,7 @@ class FetchEvent:
 @dataclass
 class _Entry:
     source: tuple[object, ...]
+    issuer: str = ""
     keys: list[JsonWebKey] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     loaded: bool = False  # static keys parsed (successfully or not)
@@ -463,14 +511,32 @@ class KeyStore:
         self.key_changes = 0
         self._entries: dict[str, _Entry] = {}
         self._events: list[FetchEvent] = []
+        self._new_notes: list[tuple[str, str]] = []
 
     # -- the login path -----------------------------------------------------
 
     def get_key(self, issuer: IssuerConfig, alg: str, kid: str | None) -> JsonWebKey:
         """The key that must verify a token of ``issuer`` signed with ``alg``/``kid``.
 
-        Raises UnknownKey (KeyNotFound) or JwksUnavailable.
+        Raises UnknownKey (KeyNotFound) or JwksUnavailable; when the JWKS has a
+        key with that kid that was skipped, the detail says why.
         """
+        try:
+            return self._get_key(issuer, alg, kid)
+        except UnknownKey as exc:
+            note = self._skip_note(issuer.issuer, kid)
+            if note is None:
+                raise
+            raise type(exc)(f"{exc.detail}; {note}") from None
+
+    def _skip_note(self, issuer: str, kid: str | None) -> str | None:
+        entry = self._entries.get(issuer)
+        if entry is None or kid is None:
+            return None
+        prefix = _skip_prefix(kid)
+        return next((note for note in entry.notes if note.startswith(prefix)), None)
+
+    def _get_key(self, issuer: IssuerConfig, alg: str, kid: str | None) -> JsonWebKey:
         entry = self._entry(issuer)
         if issuer.jwks is not None:
             self._load_static(entry, issuer)
@@ -587,7 +653,7 @@ class KeyStore:
         if issuer.jwks is not None:
             count = len(entry.keys) if entry is not None and entry.loaded else None
             held = "" if count is None else f", {count} usable keys"
-            return f"static keys from oauth.issuers.jwks{held}"
+            return f"static keys from oauth.issuers.jwks{held}{_skipped(entry)}"
         if entry is None or entry.source != _source(issuer) or not entry.keys:
             where = (
                 f"jwks_uri {safe_url(issuer.jwks_uri)}"
@@ -599,7 +665,7 @@ class KeyStore:
                 if entry and entry.last_error
                 else ""
             )
-            return f"no keys held yet (source: {where}){error}"
+            return f"no keys held yet (source: {where}){error}{_skipped(entry)}"
         now = self._now()
         age = now - entry.fetched_at if entry.fetched_at is not None else 0.0
         interval = issuer.refresh_interval(entry.max_age)
@@ -619,13 +685,19 @@ class KeyStore:
         ]
         if entry.last_error:
             parts.append(f"last refresh failed: {entry.last_error}")
-        return "; ".join(parts)
+        return "; ".join(parts) + _skipped(entry)
 
     def prune(self, config: Config) -> None:
         """Forget issuers that are no longer configured."""
         for name in list(self._entries):
             if name not in config.issuers:
                 del self._entries[name]
+
+    def drain_notes(self) -> list[tuple[str, str]]:
+        """(issuer, note) for each key skipped in a document loaded since the last
+        call; a document whose notes did not change is not reported again."""
+        notes, self._new_notes = self._new_notes, []
+        return notes
 
     def drain_events(self) -> list[FetchEvent]:
         """The HTTP requests made since the last call, oldest first."""
@@ -714,7 +786,7 @@ class KeyStore:
         entry = self._entries.get(issuer.issuer)
         source = _source(issuer)
         if entry is None or entry.source != source:
-            entry = _Entry(source=source)
+            entry = _Entry(source=source, issuer=issuer.issuer)
             self._entries[issuer.issuer] = entry
         return entry
 
@@ -761,7 +833,9 @@ class KeyStore:
             return
         entry.loaded = True
         try:
-            entry.keys, entry.notes = parse_jwks(issuer.jwks or "")
+            keys, notes = parse_jwks(issuer.jwks or "")
+            entry.keys = keys
+            self._set_notes(entry, notes)
             entry.last_error = None if entry.keys else "static jwks has no usable keys"
         except JwksUnavailable as exc:
             entry.keys, entry.notes = [], []
@@ -778,7 +852,7 @@ class KeyStore:
         result = download.result
         if not result.not_modified:
             if not download.keys:
-                entry.notes = download.notes
+                self._set_notes(entry, download.notes)
                 entry.last_error = "the JWKS document has no usable keys"
                 return False
             self._replace_keys(entry, download.keys, download.notes)
@@ -799,7 +873,14 @@ class KeyStore:
     ) -> None:
         if entry.keys and [k.public for k in entry.keys] != [k.public for k in keys]:
             self.key_changes += 1
-        entry.keys, entry.notes = keys, notes
+        entry.keys = keys
+        self._set_notes(entry, notes)
+
+    def _set_notes(self, entry: _Entry, notes: list[str]) -> None:
+        if notes != entry.notes:
+            room = MAX_PENDING_NOTES - len(self._new_notes)
+            self._new_notes.extend((entry.issuer, note) for note in notes[: max(room, 0)])
+        entry.notes = notes
 
     def _download(self, entry: _Entry, issuer: IssuerConfig, now: float) -> _Download:
         uri = issuer.jwks_uri

@@ -130,6 +130,8 @@ def config_from_document(
         for column in _INTERVAL_COLUMNS:
             if column in row:
                 row[column] = parse_interval(row[column], f"{where}.{column}")
+        if not isinstance(row.get("require_sub", True), bool):
+            raise ConfigFileError(f"{where}.require_sub: expected true or false")
         if isinstance(row.get("jwks"), (dict, list)):
             row["jwks"] = json.dumps(row["jwks"])
     rules = _rows(document, "role_map")

@@ -36,7 +36,7 @@ ISSUERS_QUERY = (
     "extract(epoch FROM jwks_refresh)::pg_catalog.float8 AS jwks_refresh, "
     "extract(epoch FROM jwks_cooldown)::pg_catalog.float8 AS jwks_cooldown, "
     "extract(epoch FROM http_timeout)::pg_catalog.float8 AS http_timeout, "
-    "allow_insecure_http, typ, required_claims, authorized_parties, "
+    "allow_insecure_http, typ, required_claims, authorized_parties, require_sub, "
     "extract(epoch FROM jwks_max_stale)::pg_catalog.float8 AS jwks_max_stale, "
     "extract(epoch FROM jwks_refresh_min)::pg_catalog.float8 AS jwks_refresh_min, "
     "extract(epoch FROM jwks_refresh_max)::pg_catalog.float8 AS jwks_refresh_max, "
@@ -61,6 +61,10 @@ JWKS_CACHE_QUERY = (
     "extract(epoch FROM fetched_at)::pg_catalog.float8 AS fetched_at FROM oauth.jwks_cache"
 )
 RECOVERY_QUERY = "SELECT pg_catalog.pg_is_in_recovery() AS standby"
+CONFIG_DATABASE_QUERY = (
+    "SELECT oauth._in_config_database() AS here, "
+    "pg_catalog.current_setting('pg_oauth.database', true) AS config_database"
+)
 # Writers skip a row another process is writing (advisory lock, never waited
 # for), never replace a newer document, and give up on any other lock quickly.
 LOCK_TIMEOUT_QUERY = (
@@ -89,11 +93,17 @@ KID_REFETCH_QUERY = (
     "SELECT oauth._kid_refetch_allowed($1::pg_catalog.text, $2::pg_catalog.float8) AS allowed"
 )
 KID_REFETCH_TYPES = [TEXT, FLOAT8]
+# The role checks the backend makes after the validator (auth_hook.c): exists,
+# may log in, reaches no privilege pg_oauth.allow_privileges does not name.
 ROLE_QUERY = (
-    "SELECT rolsuper, rolcanlogin, "
-    "coalesce(pg_catalog.current_setting('pg_oauth.allow_superuser', true), 'off') "
-    "AS allow_superuser "
-    "FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1"
+    "SELECT r.rolcanlogin, "
+    "ARRAY(SELECT p.privilege FROM oauth.role_privileges(r.rolname) "
+    "WITH ORDINALITY AS p(privilege, via, allowed, n) WHERE NOT p.allowed ORDER BY p.n) "
+    "AS refused, "
+    "ARRAY(SELECT p.via FROM oauth.role_privileges(r.rolname) "
+    "WITH ORDINALITY AS p(privilege, via, allowed, n) WHERE NOT p.allowed ORDER BY p.n) "
+    "AS refused_via "
+    "FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $1"
 )
 
 
@@ -255,6 +265,7 @@ class Adapter:
         The same validation a login gets, plus one row per role_map rule and the
         checks the backend makes on the role itself.
         """
+        self._require_config_database()
         try:
             config = self._config(None, seed=False)
             self._seed_keys(config)
@@ -344,6 +355,24 @@ class Adapter:
             self._seed_keys(config)
         return config
 
+    def _require_config_database(self) -> None:
+        """Configuration lives in pg_oauth.database only: anywhere else explain would
+        read rows no worker reads, so it refuses and names the right database."""
+        try:
+            with self.plpy.subtransaction():
+                row = self._execute("config_database", CONFIG_DATABASE_QUERY)[0]
+        except Exception:  # noqa: BLE001 - cannot tell: the dry run reports what it can
+            return
+        if not row["here"]:
+            self.plpy.error(
+                "pg_oauth configuration lives in database "
+                f"\"{row['config_database'] or 'postgres'}\" (pg_oauth.database); "
+                "run oauth.explain there",
+                hint="In this database the session functions work: oauth.claims(), "
+                "oauth.claim(), oauth.session().",
+                sqlstate="55000",  # object_not_in_prerequisite_state, as the triggers say
+            )
+
     # -- keys in oauth.jwks_cache, fetch statistics --------------------------------
 
     def _seed_keys(self, config: Config) -> int:
@@ -376,6 +405,9 @@ class Adapter:
         with contextlib.suppress(Exception):
             for event in self.keys.drain_events():
                 self._record_fetch(event.issuer, event.ok)
+        with contextlib.suppress(Exception):
+            for issuer, note in self.keys.drain_notes():
+                self._warn(f"pg_oauth: keys of issuer {issuer!a}: {note}")
         if self.keys.key_changes != self._reported_key_changes:
             self._reported_key_changes = self.keys.key_changes
             self._keys_changed()
@@ -470,18 +502,24 @@ class Adapter:
             )
         else:
             row = rows[0]
-            allow_su = str(row["allow_superuser"]).lower() in ("on", "true", "yes", "1")
-            if row["rolsuper"] and not allow_su:
-                detail = (
-                    f"role {role!a} is a superuser and pg_oauth.allow_superuser is off"
-                )
-                check, reason = (
-                    Check("role", FAIL, detail, given),
-                    "superuser_forbidden",
-                )
-            elif not row["rolcanlogin"]:
+            refused = list(zip(row["refused"] or [], row["refused_via"] or [], strict=True))
+            if not row["rolcanlogin"]:
                 detail = f"role {role!a} is not permitted to log in (NOLOGIN)"
                 check, reason = Check("role", FAIL, detail, given), "role_cannot_login"
+            elif refused:
+                privilege, via = refused[0]
+                how = (
+                    f'role "{role}" has {privilege}'
+                    if via == role
+                    else f'role "{role}" is a member of "{via}", which has {privilege}'
+                )
+                detail = f"{how}: privilege {privilege} is not allowed on token logins"
+                reason = (
+                    "superuser_forbidden"
+                    if privilege == "superuser"
+                    else "privilege_forbidden"
+                )
+                check = Check("role", FAIL, detail, given)
             else:
                 check = Check("role", PASS, "role exists and may log in", given)
                 reason, detail = decision.reason, decision.detail

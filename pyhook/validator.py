@@ -59,7 +59,8 @@ MAX_TOKEN_BYTES = 65530
 # header and payload must be there; an empty signature is left for the
 # algorithm and signature checks to refuse with a precise reason
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-# 9999-12-31T23:59:59Z: the range datetime (and timestamptz) can represent
+# 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z: the range datetime can represent
+_MIN_TIMESTAMP = -62135596800
 _MAX_TIMESTAMP = 253402300799
 _NOT_CHECKED = "not checked: an earlier check failed"
 # real tokens nest a few levels; deeper is an attack on whatever parses them next
@@ -115,12 +116,17 @@ def _algorithm(alg: str) -> Algorithm:
 
 
 def _b64decode(segment: str) -> bytes:
+    """The bytes of a base64url segment, which must be their one canonical spelling."""
     if len(segment) % 4 == 1:
         raise Malformed("a token segment has an impossible base64url length")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
         raise Malformed("a token segment is not valid base64url") from None
+    # set spare bits in the last character would give one token many spellings
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise Malformed("a token segment is not canonical base64url")
+    return raw
 
 
 class _DuplicateMember(ValueError):
@@ -232,16 +238,23 @@ def _number(payload: dict[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Malformed(f"{name} claim is not a number")
-    if not math.isfinite(value) or abs(value) > _MAX_TIMESTAMP:
-        raise Malformed(f"{name} claim is out of range")
+    # beyond years 1-9999 no date can be formed (login and explain alike): not a time
+    if not math.isfinite(value) or not _MIN_TIMESTAMP <= value <= _MAX_TIMESTAMP:
+        raise Malformed(f"{name} claim is out of range (years 1 to 9999)")
     return value
+
+
+def _utc(value: float) -> datetime:
+    """A time claim as a datetime; _number has bounded it to what datetime can hold."""
+    return datetime.fromtimestamp(value, tz=timezone.utc)  # noqa: UP017 - 3.9 compatible
 
 
 def _when(value: float, readable: bool) -> str:
     if not readable:  # formatting dates costs more than the rest of a step
         return f"{value:.0f}"
-    stamp = datetime.fromtimestamp(value, tz=timezone.utc)  # noqa: UP017 - 3.9 compatible
-    return f"{value:.0f} ({stamp.strftime('%Y-%m-%dT%H:%M:%SZ')})"
+    # isoformat, unlike strftime's %Y, writes year 1 as 0001
+    stamp = _utc(value).replace(tzinfo=None).isoformat(timespec="seconds")
+    return f"{value:.0f} ({stamp}Z)"
 
 
 def _regex_text(value: str, limit: int = 100) -> str:
@@ -443,6 +456,14 @@ class _Validation:
             "signature", f"{alg} over {len(header_b64) + len(payload_b64) + 1} bytes"
         )
         signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
+        # RFC 8017 8.1.2/8.2.2 (OpenSSL lets a PSS signature one byte short
+        # pass), JWS raw r||s (RFC 7518 3.4), RFC 8032: exactly this many bytes
+        size = key.signature_size()
+        if len(signature) != size:
+            raise BadSignature(
+                f"signature is {len(signature)} bytes; {alg} with key "
+                f"{show(key.kid, 60)} ({key.describe()}) needs exactly {size}"
+            )
         try:
             verified = _algorithm(alg).verify(signing_input, key.key, signature)
         except Exception:  # noqa: BLE001 - whatever breaks verification, it did not verify
@@ -512,7 +533,7 @@ class _Validation:
         if exp is None:
             raise MissingClaim("token has no exp claim")
         self.input = f"exp {_when(exp, self.explain)}; {at}"
-        self.expires_at = datetime.fromtimestamp(exp, tz=timezone.utc)  # noqa: UP017 - datetime.UTC needs 3.11
+        self.expires_at = _utc(exp)
         if now > exp + leeway:
             raise Expired(f"token expired {now - exp:.0f} s ago (leeway {leeway:g} s)")
         self._pass(f"expires in {exp - now:.0f} s")
@@ -613,13 +634,21 @@ class _Validation:
         wanted = [r.text for r in issuer.required_claims]
         self._begin(
             "required_claims",
-            "sub, jti are strings if present"
+            ("sub required, jti a string if present" if issuer.require_sub
+             else "sub (not required), jti strings if present")
             + (f"; required: {show(wanted, 200)}" if wanted else ""),
-        )
+        )  # fmt: skip
         for name in ("sub", "jti"):
             value = payload.get(name)
             if value is not None and not isinstance(value, str):
                 raise Malformed(f"{name} claim is not a string")
+        sub = payload.get("sub")
+        if issuer.require_sub and not sub:
+            # RFC 9068 2.2: an access token names its subject
+            raise MissingClaim(
+                ("sub claim is empty" if sub == "" else "token has no sub claim")
+                + "; an issuer whose tokens have none needs require_sub = false"
+            )
         for requirement in issuer.required_claims:
             if not requirement.usable:
                 raise MissingClaim(

@@ -28,6 +28,9 @@ ALTER TABLE oauth.issuers
     -- accepted azp (authorized party) values; NULL: azp not checked
     ADD COLUMN authorized_parties text[]
         CHECK (authorized_parties IS NULL OR cardinality(authorized_parties) > 0),
+    -- tokens must carry a non-empty string sub (RFC 9068 2.2); false only for
+    -- providers whose tokens have none (missing_claim otherwise)
+    ADD COLUMN require_sub boolean NOT NULL DEFAULT true,
     -- stale-if-error: when refreshes fail, the last good keys keep working this
     -- long after they were fetched, then logins are refused (jwks_unavailable)
     ADD COLUMN jwks_max_stale interval NOT NULL DEFAULT '1 day'

@@ -80,3 +80,8 @@ CREATE FUNCTION oauth._sha256(data bytea) RETURNS bytea
     LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_sha256';
 REVOKE ALL ON FUNCTION oauth._sha256(bytea) FROM PUBLIC;
+
+-- A view's functions are called with the reader's privileges: the monitoring
+-- role the views are granted to must be able to call what is behind them.
+GRANT EXECUTE ON FUNCTION oauth._sessions() TO pg_read_all_stats;
+GRANT EXECUTE ON FUNCTION oauth._stats() TO pg_read_all_stats;

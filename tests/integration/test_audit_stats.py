@@ -156,3 +156,20 @@ def test_audit_retention(cluster):
     finally:
         cluster.sql("ALTER SYSTEM RESET pg_oauth.audit_retention")
         cluster.reload()
+
+
+def test_monitoring_role_reads_the_views(cluster, issuer):
+    """oauth.sessions and oauth.stats are granted to pg_read_all_stats: a member must be
+    able to read them (a view's functions run with the reader's privileges)."""
+    cluster.sql("DROP ROLE IF EXISTS monitor")
+    cluster.sql("CREATE ROLE monitor NOLOGIN IN ROLE pg_read_all_stats")
+    try:
+        with cluster.token_connect("alice", issuer.mint(sub="alice")), cluster.admin() as conn:
+            conn.execute("SET ROLE monitor")
+            assert conn.execute("SELECT count(*) FROM oauth.sessions "
+                                "WHERE role = 'alice'").fetchone()[0] >= 1
+            assert conn.execute("SELECT count(*) FROM oauth.stats").fetchone()[0] >= 1
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT * FROM oauth.audit_log")
+    finally:
+        cluster.sql("DROP ROLE monitor")

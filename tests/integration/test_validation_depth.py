@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -327,7 +328,7 @@ def test_stale_if_error_up_to_jwks_max_stale(solo, second):
 def test_check_command_reads_the_database(solo, second, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(second_token(second))
-    python = str(ROOT / ".venv" / "bin" / "python")
+    python = sys.executable  # the venv that runs the tests (a worktree has no .venv)
 
     def check(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(

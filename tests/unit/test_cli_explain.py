@@ -145,6 +145,10 @@ def test_no_fetch_uses_cached_keys_only(
         ({"role_map": [{"issuer": ISS}]}, "pattern"),
         ({"revocations": [{"subject": "a", "expires_at": "tomorrow"}]}, "expires_at"),
         ({"extra": []}, "unknown sections"),
+        (
+            {"issuers": [{"issuer": ISS, "audiences": [AUD], "require_sub": "no"}]},
+            "issuers[0].require_sub",
+        ),
         ({"jwks_cache": [{"issuer": ISS}]}, "jwks_cache[0]"),
     ],
 )
@@ -178,6 +182,20 @@ def test_intervals(text: Any, seconds: float | None) -> None:
 def test_bad_intervals(text: Any) -> None:
     with pytest.raises(ConfigFileError):
         parse_interval(text, "x")
+
+
+def test_require_sub_opt_out_is_read(
+    run: Run, write_config: Callable[..., str], dev: DevIssuer
+) -> None:
+    token = dev.mint({"iss": ISS}, sub=None, aud=AUD, now=NOW)
+    code, out, _ = run(token, "check", "--config", write_config(), "--role", "alice",
+                       "--now", str(NOW), "--no-fetch")  # fmt: skip
+    assert code == EXIT_REFUSED and out.startswith("refused: missing_claim: token has no sub")
+    issuers = [{"issuer": ISS, "audiences": [AUD], "jwks": dev.jwks(), "require_sub": False}]
+    rules = [{"issuer": ISS, "claim": "aud", "pattern": AUD, "role": "alice"}]
+    code, out, _ = run(token, "check", "--config", write_config(issuers=issuers, role_map=rules),
+                       "--role", "alice", "--now", str(NOW), "--no-fetch")  # fmt: skip
+    assert code == EXIT_ALLOWED, out
 
 
 def test_document_must_be_an_object() -> None:

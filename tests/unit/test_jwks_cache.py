@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable
@@ -11,6 +12,15 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.ed448 import (
+    Ed448PrivateKey,
+    Ed448PublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import RSAAlgorithm
 from unit_support import (
     DISCOVERY_URL,
@@ -26,7 +36,7 @@ from unit_support import (
 )
 
 from pyhook.config import Config, IssuerConfig
-from pyhook.dev_issuer import DevIssuer
+from pyhook.dev_issuer import DevIssuer, b64url
 from pyhook.errors import JwksUnavailable, KeyNotFound, UnknownKey
 from pyhook.jwks_cache import (
     MAX_DOCUMENT_BYTES,
@@ -72,7 +82,8 @@ def test_parse_keeps_signing_keys_only(dev: DevIssuer) -> None:
 
 def test_private_members_are_ignored(dev: DevIssuer) -> None:
     private = RSAAlgorithm.to_jwk(dev.private_key("rs256-1"), as_dict=True)
-    private.update(kid="rs256-1", alg="RS256")
+    # key_ops ["sign"] (as PyJWT writes it) would get the key skipped before this point
+    private.update(kid="rs256-1", alg="RS256", key_ops=["verify"])
     keys, _ = parse_jwks(json.dumps({"keys": [private]}))
     assert not hasattr(keys[0].key, "private_numbers")
 
@@ -81,6 +92,173 @@ def test_private_members_are_ignored(dev: DevIssuer) -> None:
 def test_unusable_documents(doc: str) -> None:
     with pytest.raises(JwksUnavailable):
         parse_jwks(doc)
+
+
+# -- keys that must never verify anything -------------------------------------------------
+
+_P25519 = 2**255 - 19
+
+
+def _le(number: int, size: int = 32) -> bytes:
+    return number.to_bytes(size, "little")
+
+
+# libsodium's blocklist (the eight small-order points of Ed25519 and the aliases
+# OpenSSL also loads), written out rather than computed by the code under test
+ED25519_SMALL_ORDER = {
+    "identity": _le(1),
+    "order 2": _le(_P25519 - 1),
+    "order 4": _le(0),
+    "order 4, other x": _le(0 | 1 << 255),
+    "order 8 (a)": bytes.fromhex(
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"
+    ),
+    "order 8 (a), other x": bytes.fromhex(
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85"
+    ),
+    "order 8 (b)": bytes.fromhex(
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"
+    ),
+    "order 8 (b), other x": bytes.fromhex(
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa"
+    ),
+}
+ED25519_NON_CANONICAL = {
+    "identity with the sign bit": _le(1 | 1 << 255),
+    "order 2 with the sign bit": _le(_P25519 - 1 | 1 << 255),
+    "y = p (order 4)": _le(_P25519),
+    "y = p, sign bit": _le(_P25519 | 1 << 255),
+    "y = p + 1 (identity)": _le(_P25519 + 1),
+    "y = p + 1, sign bit": _le(_P25519 + 1 | 1 << 255),
+    "y = 2^255 - 1": _le(2**255 - 1),
+}
+
+
+def okp_jwk(raw: bytes, kid: str = "evil", crv: str = "Ed25519") -> dict[str, Any]:
+    return {"kty": "OKP", "crv": crv, "x": b64url(raw), "kid": kid, "alg": "EdDSA"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [pytest.param(raw, "small-order point", id=name)
+     for name, raw in ED25519_SMALL_ORDER.items()]
+    + [pytest.param(raw, "non-canonical encoding", id=name)
+       for name, raw in ED25519_NON_CANONICAL.items()]
+    + [
+        pytest.param(_le(2), "not a point on the curve", id="y = 2, off the curve"),
+        # the X25519 base point u = 9 read as an Ed25519 y: on the curve, wrong subgroup
+        pytest.param(_le(9), "not in the prime-order subgroup", id="X25519 base point"),
+    ],
+)  # fmt: skip
+def test_weak_ed25519_keys_are_skipped(raw: bytes, words: str, dev: DevIssuer) -> None:
+    # OpenSSL itself loads every one of these
+    Ed25519PublicKey.from_public_bytes(raw)
+    good = jwks_of(dev, "eddsa-1")["keys"]
+    keys, notes = parse_jwks(json.dumps({"keys": [okp_jwk(raw), *good]}))
+    assert [k.kid for k in keys] == ["eddsa-1"]
+    assert len(notes) == 1 and words in notes[0]
+    assert notes[0].startswith("key kid 'evil' skipped: Ed25519 public key ")
+    assert b64url(raw) not in notes[0]  # no key material in notes
+
+
+def test_an_ed25519_key_with_a_small_order_component_is_skipped(dev: DevIssuer) -> None:
+    from pyhook.edwards_points import _CURVES, _add, _decode
+
+    curve = _CURVES["Ed25519"]
+    real = base64.urlsafe_b64decode(jwks_of(dev, "eddsa-1")["keys"][0]["x"] + "=")
+    a, t = _decode(curve, real), _decode(curve, ED25519_SMALL_ORDER["order 8 (b)"])
+    assert isinstance(a, tuple) and isinstance(t, tuple)
+    x, y, z = _add(curve, (*a, 1), (*t, 1))
+    x, y = x * pow(z, -1, _P25519) % _P25519, y * pow(z, -1, _P25519) % _P25519
+    mixed = _le(y | (x & 1) << 255)
+    Ed25519PublicKey.from_public_bytes(mixed)  # OpenSSL loads it
+    keys, notes = parse_jwks(json.dumps({"keys": [okp_jwk(mixed)]}))
+    assert keys == [] and "not in the prime-order subgroup" in notes[0]
+
+
+def test_ed448_keys_are_checked_too() -> None:
+    real = Ed448PrivateKey.generate().public_key().public_bytes(
+        Encoding.Raw, PublicFormat.Raw
+    )
+    p448 = 2**448 - 2**224 - 1
+    doc = {
+        "keys": [
+            okp_jwk(real, "real", "Ed448"),
+            okp_jwk(_le(1, 57), "identity", "Ed448"),
+            okp_jwk(_le(p448 - 1, 57), "order-2", "Ed448"),
+            okp_jwk(_le(p448 + 1, 57), "alias", "Ed448"),
+            okp_jwk(_le(1 | 1 << 450, 57), "high-bits", "Ed448"),
+        ]
+    }
+    for jwk in doc["keys"]:
+        Ed448PublicKey.from_public_bytes(base64.urlsafe_b64decode(jwk["x"] + "=="))
+    keys, notes = parse_jwks(json.dumps(doc))
+    assert [k.kid for k in keys] == ["real"]
+    assert [n.split(": ", 1)[1] for n in notes] == [
+        "Ed448 public key is a small-order point",
+        "Ed448 public key is a small-order point",
+        "Ed448 public key has a non-canonical encoding (y is not below p)",
+        "Ed448 public key has a non-canonical encoding (y is not below p)",
+    ]
+
+
+def test_genuine_eddsa_keys_pass_the_point_checks() -> None:
+    from pyhook.edwards_points import eddsa_key_problem
+
+    for _ in range(16):
+        ed = Ed25519PrivateKey.generate().public_key()
+        assert eddsa_key_problem("Ed25519", ed.public_bytes(Encoding.Raw, PublicFormat.Raw)) is None
+        ed4 = Ed448PrivateKey.generate().public_key()
+        assert eddsa_key_problem("Ed448", ed4.public_bytes(Encoding.Raw, PublicFormat.Raw)) is None
+
+
+@pytest.mark.parametrize(
+    ("members", "words"),
+    [
+        ({"key_ops": ["sign"]}, "key_ops ['sign'] does not include 'verify'"),
+        ({"key_ops": ["encrypt", "wrapKey"]}, "does not include 'verify'"),
+        ({"key_ops": []}, "key_ops [] does not include 'verify'"),
+        ({"key_ops": "verify"}, "key_ops is not a list of strings"),
+        ({"key_ops": [None]}, "key_ops is not a list of strings"),
+        ({"key_ops": None}, "key_ops is not a list of strings"),
+        ({"use": None}, "use is None, not 'sig'"),
+        ({"use": "sig", "key_ops": ["sign"]}, "does not include 'verify'"),
+    ],
+)
+def test_key_ops_and_use_are_honoured(
+    members: dict[str, Any], words: str, dev: DevIssuer
+) -> None:
+    good = jwks_of(dev, "rs256-1", "eddsa-1")["keys"]
+    doc = {"keys": [dict(good[0], kid="limited", **members), *good]}
+    keys, notes = parse_jwks(json.dumps(doc))
+    assert [k.kid for k in keys] == ["rs256-1", "eddsa-1"]
+    assert len(notes) == 1 and notes[0].startswith("key kid 'limited' skipped: ")
+    assert words in notes[0]
+
+
+def test_skipped_keys_are_reported_once_and_named_at_login(dev: DevIssuer) -> None:
+    evil = okp_jwk(ED25519_SMALL_ORDER["identity"])
+    docs, clock = Documents({JWKS_URL: {"keys": [evil, *jwks_of(dev)["keys"]]}}), Clock()
+    store = KeyStore(fetch=docs, now=clock)
+    issuer = remote(jwks_refresh=60.0, jwks_cooldown=0.0)
+    assert store.get_key(issuer, "EdDSA", "eddsa-1").kid == "eddsa-1"
+    note = "key kid 'evil' skipped: Ed25519 public key is a small-order point"
+    assert store.drain_notes() == [(ISS, note)]
+    # the same document again: nothing new to report
+    clock.t += 61
+    store.refresh(issuer)
+    assert store.fetch_count == 2 and store.drain_notes() == []
+    # a token naming the skipped key learns why there is no such key
+    with pytest.raises(KeyNotFound) as refused:
+        store.get_key(issuer, "EdDSA", "evil")
+    assert refused.value.detail.endswith(f"; {note}")
+    assert note in store.describe(issuer)
+    # static keys: reported when loaded, shown by describe()
+    static = IssuerConfig.from_row(issuer_row(jwks=json.dumps({"keys": [evil]})))
+    with pytest.raises(JwksUnavailable):
+        store.get_key(static, "EdDSA", "evil")
+    assert store.drain_notes() == [(ISS, note)]
+    assert store.describe(static) == f"static keys from oauth.issuers.jwks, 0 usable keys; {note}"
 
 
 # -- static keys ------------------------------------------------------------------------

@@ -182,7 +182,8 @@ def test_snapshot_holds_public_members_only(dev: DevIssuer) -> None:
     from jwt.algorithms import RSAAlgorithm
 
     leaked = RSAAlgorithm.to_jwk(dev.private_key("rs256-1"), as_dict=True)
-    leaked.update(kid="rs256-1", alg="RS256", use="sig", x5c=["MIIB"], extra="x")
+    leaked.update(kid="rs256-1", alg="RS256", use="sig", x5c=["MIIB"], extra="x",
+                  key_ops=["verify"])  # PyJWT's ["sign"] would get it skipped
     document = {"keys": [leaked, *jwks_of(dev, "es256-1", "eddsa-1")["keys"]]}
     clock, wall = Clock(), Clock(1_700_000_000.0)
     store = KeyStore(fetch=Documents({JWKS_URL: document}), now=clock, wall=wall)

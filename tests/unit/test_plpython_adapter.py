@@ -20,6 +20,7 @@ from pyhook import plpython_adapter
 from pyhook.dev_issuer import DevIssuer
 from pyhook.jwks_cache import KeyStore
 from pyhook.plpython_adapter import (
+    CONFIG_DATABASE_QUERY,
     ISSUERS_QUERY,
     JWKS_CACHE_QUERY,
     KID_REFETCH_TYPES,
@@ -65,10 +66,11 @@ class FakePlpy:
         self.revocations: list[dict[str, Any]] = []
         self.jwks_cache: list[dict[str, Any]] = []
         self.roles: dict[str, dict[str, Any]] = {
-            "alice": {"rolsuper": False, "rolcanlogin": True},
-            "bob": {"rolsuper": False, "rolcanlogin": True},
+            "alice": {"rolcanlogin": True, "refused": [], "refused_via": []},
+            "bob": {"rolcanlogin": True, "refused": [], "refused_via": []},
         }
         self.standby = False
+        self.config_database = True
         self.record_fetch_exists = True
         self.recorded: list[tuple[str, bool]] = []
         self.prepared: list[str] = []
@@ -115,6 +117,8 @@ class FakePlpy:
             return [{"version": self.version}]
         if plan.query == RECOVERY_QUERY:
             return [{"standby": self.standby}]
+        if plan.query == CONFIG_DATABASE_QUERY:
+            return [{"here": self.config_database, "config_database": "cfg"}]
         if plan.query == RECORD_FETCH_QUERY:
             assert self.depth > 0, "statistics must run in a subtransaction"
             self.recorded.append((args[0], args[1]))
@@ -129,7 +133,7 @@ class FakePlpy:
             return []
         if plan.query == ROLE_QUERY:
             role = self.roles.get(args[0])
-            return [] if role is None else [dict(role, allow_superuser="off")]
+            return [] if role is None else [dict(role)]
         raise AssertionError(plan.query)
 
     def _upsert(self, args: list[Any]) -> None:
@@ -144,6 +148,9 @@ class FakePlpy:
 
     def warning(self, message: str) -> None:
         self.warnings.append(message)
+
+    def error(self, message: str, **fields: str) -> None:
+        raise FakeSpiError(message)
 
     def log(self, message: str) -> None:
         self.logs.append(message)
@@ -183,13 +190,14 @@ def test_queries_are_the_documented_ones() -> None:
         in ISSUERS_QUERY
     )
     assert "max_sessions_per_subject FROM oauth.issuers" in ISSUERS_QUERY
+    assert " require_sub, " in ISSUERS_QUERY
     assert RULES_QUERY.endswith("max_sessions FROM oauth.role_map ORDER BY id")
     assert "client_cidrs::pg_catalog.text[] AS client_cidrs" in RULES_QUERY
     assert VERSION_QUERY == "SELECT version FROM oauth.config_state"
 
 
 # grammar, not functions looked up by name
-_GRAMMAR = {"extract", "coalesce", "exists", "in", "values", "operator", "conflict"}
+_GRAMMAR = {"extract", "coalesce", "exists", "in", "values", "operator", "conflict", "array"}
 
 
 @pytest.mark.parametrize(
@@ -371,6 +379,23 @@ def test_warmup_fetches_remote_keys_and_logs_failures(
         server.stop()
 
 
+def test_skipped_keys_are_logged_once_and_explained(
+    plpy: FakePlpy, dev: DevIssuer, token: str
+) -> None:
+    evil = {"kty": "OKP", "crv": "Ed25519", "x": "AQ" + "A" * 41, "kid": "evil"}
+    plpy.issuers = [issuer_row(jwks=json.dumps({"keys": [evil, *dev.jwks()["keys"]]}))]
+    adapter = Adapter(plpy)
+    adapter.warmup()
+    note = "key kid 'evil' skipped: Ed25519 public key is a small-order point"
+    assert plpy.warnings == [f"pg_oauth: keys of issuer {ISS!a}: {note}"]
+    adapter.warmup()
+    assert adapter.validate(token, "alice", "app", None, True, 1)["ok"]
+    assert len(plpy.warnings) == 1  # not again for the same keys
+    rows = adapter.explain(token, "alice", "app")
+    key_row = next(r for r in rows if r["name"] == "key")
+    assert note in key_row["input"]
+
+
 def test_warmup_never_raises(plpy: FakePlpy) -> None:
     plpy.fail_with = RuntimeError("no table")
     assert "unavailable" in Adapter(plpy).warmup()
@@ -544,8 +569,12 @@ def test_explain_rows(plpy: FakePlpy, token: str) -> None:
 @pytest.mark.parametrize(
     ("role", "attributes", "reason"),
     [
-        ("alice", {"rolsuper": True, "rolcanlogin": True}, "superuser_forbidden"),
-        ("alice", {"rolsuper": False, "rolcanlogin": False}, "role_cannot_login"),
+        ("alice", {"rolcanlogin": True, "refused": ["superuser"], "refused_via": ["alice"]},
+         "superuser_forbidden"),
+        ("alice", {"rolcanlogin": True, "refused": ["pg_execute_server_program"],
+                   "refused_via": ["ops"]}, "privilege_forbidden"),
+        ("alice", {"rolcanlogin": False, "refused": [], "refused_via": []},
+         "role_cannot_login"),
         ("alice", None, "unknown_role"),
     ],
 )
@@ -576,3 +605,12 @@ def test_explain_never_raises(plpy: FakePlpy, token: str) -> None:
         {"step": 1, "name": "decision", "outcome": "fail", "input": "allowed roles: none",
          "detail": "validator_error: RuntimeError"},
     ]  # fmt: skip
+
+
+def test_explain_outside_the_configuration_database_names_it(
+    plpy: FakePlpy, token: str
+) -> None:
+    plpy.config_database = False
+    with pytest.raises(FakeSpiError, match='lives in database "cfg"'):
+        Adapter(plpy).explain(token, "alice", "app")
+    assert ISSUERS_QUERY not in plpy.executed

@@ -62,6 +62,116 @@ def test_typ_must_be_a_string(mint: Mint, check: Check) -> None:
     assert_refused(check(token), "malformed", token)
 
 
+@pytest.mark.parametrize(
+    "typ",
+    [" at+jwt", "at+jwt ", "\tat+jwt", "at+jwt\n", " application/at+jwt"],
+)  # fmt: skip
+def test_typ_is_compared_exactly(typ: str, mint: Mint, check: Check, config: Any) -> None:
+    token = mint(headers={"typ": typ})
+    decision = check(token, cfg=config(typ=["at+jwt"]))
+    assert_refused(decision, "unsupported_typ", token)
+
+
+def test_typ_folds_ascii_case_only() -> None:
+    from pyhook.config import normalize_typ
+
+    assert normalize_typ("Application/AT+JWT") == "at+jwt"
+    assert normalize_typ("\u212a") == "\u212a"  # the Kelvin sign, which str.lower() makes "k"
+    assert normalize_typ("application/x/y") == "application/x/y"  # not the type x/y
+    assert normalize_typ("application/application/at+jwt") == "application/application/at+jwt"
+    assert normalize_typ("text/at+jwt") == "text/at+jwt"
+    assert normalize_typ(" JWT") == " jwt"
+
+
+# -- sub (RFC 9068 2.2) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sub", "words"),
+    [(REMOVE, "token has no sub claim"), (None, "token has no sub claim"),
+     ("", "sub claim is empty")],
+)  # fmt: skip
+def test_sub_is_required_by_default(
+    sub: Any, words: str, mint: Mint, check: Check, config: Any
+) -> None:
+    cfg = config(rules=[rule_row(1, "alice@example.com", "alice", claim="email")])
+    token = mint({"sub": sub, "email": "alice@example.com"})
+    decision = check(token, cfg=cfg)
+    assert_refused(decision, "missing_claim", token)
+    assert decision.detail == (
+        f"{words}; an issuer whose tokens have none needs require_sub = false"
+    )
+    assert step(decision, "required_claims").outcome == FAIL
+    assert check(mint({"email": "alice@example.com"}), cfg=cfg).ok
+
+
+def test_an_issuer_may_opt_out_of_sub(mint: Mint, check: Check, config: Any) -> None:
+    cfg = config(
+        require_sub=False, rules=[rule_row(1, "alice@example.com", "alice", claim="email")]
+    )
+    decision = check(mint({"sub": REMOVE, "email": "alice@example.com"}), cfg=cfg)
+    assert decision.ok, decision.detail
+    assert decision.subject is None
+    assert "sub (not required)" in step(decision, "required_claims").input
+    # a sub that is there must still be a string
+    token = mint({"sub": 7, "email": "alice@example.com"})
+    assert_refused(check(token, cfg=cfg), "malformed", token)
+
+
+def test_require_sub_column_is_read() -> None:
+    assert IssuerConfig.from_row(issuer_row()).require_sub
+    assert IssuerConfig.from_row(issuer_row(require_sub=True)).require_sub
+    assert IssuerConfig.from_row(issuer_row(require_sub=None)).require_sub
+    assert not IssuerConfig.from_row(issuer_row(require_sub=False)).require_sub
+
+
+# -- JWK key_ops and use ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("members", "words"),
+    [
+        ({"key_ops": ["sign"]}, "key_ops ['sign'] does not include 'verify'"),
+        ({"key_ops": ["encrypt"], "use": "sig"}, "does not include 'verify'"),
+        ({"key_ops": "verify"}, "key_ops is not a list of strings"),
+        ({"use": None}, "use is None, not 'sig'"),
+        ({"use": "enc"}, "use is 'enc', not 'sig'"),
+    ],
+)
+def test_a_key_not_for_verifying_is_not_used(
+    members: dict[str, Any], words: str, dev: DevIssuer, mint: Mint, check: Check,
+    config: Any,
+) -> None:  # fmt: skip
+    jwks = dev.jwks()
+    for key in jwks["keys"]:
+        if key["kid"] == "rs256-1":
+            key.update(members)
+    token = mint()  # RS256, kid rs256-1
+    decision = check(token, cfg=config(jwks=json.dumps(jwks)))
+    assert_refused(decision, "unknown_key", token)
+    assert decision.detail.startswith("no key with kid 'rs256-1'; key kid 'rs256-1' skipped: ")
+    assert words in decision.detail
+    for ops in (["verify"], ["sign", "verify"]):
+        ok = [dict(k, key_ops=ops) if k["kid"] == "rs256-1" else k for k in dev.jwks()["keys"]]
+        assert check(token, cfg=config(jwks=json.dumps({"keys": ok}))).ok
+
+
+def test_explain_names_the_skipped_keys(dev: DevIssuer, mint: Mint, config: Any) -> None:
+    from unit_support import no_network
+
+    from pyhook.jwks_cache import KeyStore
+    from pyhook.validator import validate
+
+    jwks = dev.jwks()
+    jwks["keys"].append(dict(jwks["keys"][0], kid="spare", key_ops=["sign"]))
+    decision = validate(mint(), "alice", "app", None, True, config(jwks=json.dumps(jwks)),
+                        KeyStore(fetch=no_network), now=NOW, explain=True)  # fmt: skip
+    assert decision.ok
+    assert step(decision, "key").input.endswith(
+        "; key kid 'spare' skipped: key_ops ['sign'] does not include 'verify'"
+    )
+
+
 # -- azp --------------------------------------------------------------------------------
 
 
