@@ -285,3 +285,36 @@ def test_audit_says_ok_only_when_postgresql_admits(cluster, issuer):
     cluster.token_connect("p_plain", issuer.mint(sub="p_plain"), dbname="template1").close()
     rows = wait_audit(cluster, "role = 'p_plain' AND database = 'template1' AND outcome = 'ok'")
     assert rows == [("ok", "ok", "p_plain", "template1")]
+
+
+def test_streaming_walsender_is_ended_when_its_token_expires(issuer):
+    """A walsender that streams never waits for a command: "idle" expiry must still end it."""
+    from conftest import make_cluster
+
+    c = make_cluster(issuer, wal_level="logical", **{
+        "pg_oauth.allow_privileges": "'replication'",
+        "pg_oauth.session_expiry": "idle",
+    })
+    try:
+        c.sql("CREATE ROLE p_stream LOGIN REPLICATION")
+        c.sql("INSERT INTO oauth.role_map (issuer, claim, pattern, role) "
+              "SELECT issuer, 'sub', 'p_stream', 'p_stream' FROM oauth.issuers")
+        c.sql("SELECT pg_create_logical_replication_slot('expiry_slot', 'test_decoding')")
+        conn = psycopg.connect(c.token_dsn("p_stream", replication="database"),
+                               password=issuer.mint(sub="p_stream", lifetime=4),
+                               autocommit=True, connect_timeout=20)
+        conn.pgconn.send_query(b"START_REPLICATION SLOT expiry_slot LOGICAL 0/0")
+        deadline = time.time() + 10
+        while time.time() < deadline and not c.sql(
+                "SELECT 1 FROM pg_stat_replication WHERE usename = 'p_stream'"):
+            time.sleep(0.1)
+        assert c.sql("SELECT count(*) FROM oauth.sessions WHERE role = 'p_stream'") == [(1,)]
+        deadline = time.time() + 20
+        while time.time() < deadline and c.sql(
+                "SELECT 1 FROM pg_stat_replication WHERE usename = 'p_stream'"):
+            time.sleep(0.2)
+        assert not c.sql("SELECT 1 FROM pg_stat_replication WHERE usename = 'p_stream'"), \
+            "the streaming walsender outlived its token"
+        conn.close()
+    finally:
+        c.stop()
