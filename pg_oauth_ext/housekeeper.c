@@ -70,10 +70,7 @@ extension_step(void *arg)
 {
 	bool	   *installed = (bool *) arg;
 
-	if (SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_oauth'",
-					true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up the pg_oauth extension");
-	*installed = (SPI_processed == 1);
+	*installed = pg_oauth_extension_present();
 }
 
 typedef struct AuditBatch

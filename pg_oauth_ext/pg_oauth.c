@@ -145,7 +145,7 @@ define_settings(void)
 							NULL, NULL, NULL);
 
 	DefineCustomStringVariable("pg_oauth.allow_privileges",
-							   "Privileges a token login role may reach (itself or through membership): superuser, createrole, replication, bypassrls, pg_execute_server_program, pg_read_server_files, pg_write_server_files.",
+							   "Privileges a token login role may reach (itself or through membership): superuser, createrole, replication, bypassrls, pg_execute_server_program, pg_read_server_files, pg_write_server_files, pg_write_all_data.",
 							   "Empty (the default) refuses token logins of every role that can reach any of them.",
 							   &pg_oauth_allow_privileges_string,
 							   "",

@@ -352,7 +352,8 @@ extern void admission_expect(Oid roleid, const AuditRecord *rec, const LoginStat
 #define ROLE_PRIV_EXECUTE_SERVER_PROGRAM	0x10
 #define ROLE_PRIV_READ_SERVER_FILES			0x20
 #define ROLE_PRIV_WRITE_SERVER_FILES		0x40
-#define ROLE_PRIV_COUNT						7
+#define ROLE_PRIV_WRITE_ALL_DATA			0x80	/* could rewrite pg_oauth's own tables */
+#define ROLE_PRIV_COUNT						8
 
 typedef struct RolePrivilege
 {
@@ -378,6 +379,7 @@ extern ErrorData *spi_run_in_transaction(void (*step) (void *), void *arg,
 
 /* worker_settings.c */
 extern void pg_oauth_pin_worker_settings(bool report_overrides);
+extern bool pg_oauth_extension_present(void);
 
 /* validator_worker.c */
 extern void pg_oauth_register_workers(void);

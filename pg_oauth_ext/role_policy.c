@@ -7,8 +7,9 @@
  * A token admits exactly one role, but a session can SET ROLE to any role
  * it is a member of, so the login role's own attributes are not enough:
  * superuser (itself or a role it is a member of at any depth), the
- * server-file/program roles, CREATEROLE where it can grant those (before
- * PostgreSQL 16), REPLICATION and BYPASSRLS all count.
+ * server-file/program roles, pg_write_all_data (it could rewrite pg_oauth's
+ * own tables), CREATEROLE where it can grant those (before PostgreSQL 16),
+ * REPLICATION and BYPASSRLS all count.
  *
  * Membership is walked here through the pg_auth_members syscache rather
  * than with is_member_of_role(): acl.c caches that answer per role, and a
@@ -50,6 +51,7 @@ static const struct
 	{ROLE_PRIV_EXECUTE_SERVER_PROGRAM, "pg_execute_server_program"},
 	{ROLE_PRIV_READ_SERVER_FILES, "pg_read_server_files"},
 	{ROLE_PRIV_WRITE_SERVER_FILES, "pg_write_server_files"},
+	{ROLE_PRIV_WRITE_ALL_DATA, "pg_write_all_data"},
 };
 
 const char *
@@ -98,7 +100,8 @@ check_allow_privileges(char **newval, void **extra, GucSource source)
 		{
 			GUC_check_errdetail("Unknown privilege \"%s\".", name);
 			GUC_check_errhint("Use superuser, createrole, replication, bypassrls, "
-							  "pg_execute_server_program, pg_read_server_files or pg_write_server_files.");
+							  "pg_execute_server_program, pg_read_server_files, pg_write_server_files "
+							  "or pg_write_all_data.");
 			return false;
 		}
 		bits |= bit;
@@ -154,6 +157,9 @@ own_privileges(Oid roleid, Form_pg_authid form)
 		bits |= ROLE_PRIV_READ_SERVER_FILES;
 	if (roleid == ROLE_PG_WRITE_SERVER_FILES)
 		bits |= ROLE_PRIV_WRITE_SERVER_FILES;
+	/* writes every table, pg_oauth's key cache and audit log included */
+	if (roleid == ROLE_PG_WRITE_ALL_DATA)
+		bits |= ROLE_PRIV_WRITE_ALL_DATA;
 	return bits;
 }
 

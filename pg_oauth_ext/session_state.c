@@ -347,6 +347,15 @@ config_xact_callback(XactEvent event, void *arg)
 {
 	if (!config_change_pending)
 		return;
+	/*
+	 * COMMIT PREPARED runs in another session, where nothing would move the
+	 * version: the cache and the workers would keep the old configuration.
+	 */
+	if (event == XACT_EVENT_PRE_PREPARE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("pg_oauth configuration changes cannot be prepared for two-phase commit"),
+				 errhint("Change issuers, role_map or revocations in an ordinary transaction.")));
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
 	{
 		config_change_pending = false;

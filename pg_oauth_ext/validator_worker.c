@@ -107,10 +107,7 @@ ready_step(void *arg)
 	ReadyCheck *rc = (ReadyCheck *) arg;
 	SPIPlanPtr	plan;
 
-	if (SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_oauth'",
-					true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up the pg_oauth extension");
-	rc->installed = (SPI_processed == 1);
+	rc->installed = pg_oauth_extension_present();
 	if (!rc->installed)
 		return;
 

@@ -17,6 +17,8 @@
  */
 #include "pg_oauth.h"
 
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
@@ -30,6 +32,12 @@ typedef struct PinnedSetting
 } PinnedSetting;
 
 static const PinnedSetting pinned_settings[] = {
+	/*
+	 * who they are: the bootstrap superuser, whatever role or session
+	 * authorization the database names (NULL: that superuser's name)
+	 */
+	{"session_authorization", NULL},
+	{"role", "none"},
 	/* every name the workers' SQL leaves unqualified resolves in pg_catalog */
 	{"search_path", "pg_catalog, pg_temp"},
 	/* the token, a bind parameter of a kept plan, is never a plan constant */
@@ -125,9 +133,54 @@ pg_oauth_pin_worker_settings(bool report_overrides)
 {
 	int			i;
 
+	/* role names are looked up in the catalogs: inside a transaction */
+	StartTransactionCommand();
 	for (i = 0; i < NUM_PINNED_SETTINGS; i++)
-		SetConfigOption(pinned_settings[i].name, pinned_settings[i].value,
+		SetConfigOption(pinned_settings[i].name,
+						pinned_settings[i].value ? pinned_settings[i].value :
+						GetUserNameFromId(BOOTSTRAP_SUPERUSERID, false),
 						PGC_SUSET, PGC_S_SESSION);
+	if (!superuser() || GetUserId() != BOOTSTRAP_SUPERUSERID)
+		ereport(FATAL,
+				(errmsg("pg_oauth: a background worker is not running as the bootstrap superuser")));
+	CommitTransactionCommand();
 	if (report_overrides)
 		report_overridden();
+}
+
+/*
+ * Inside an SPI step: is the extension installed in this database, and may a
+ * superuser call into its schema?  The workers call oauth.* by name as the
+ * bootstrap superuser, so the schema must be the extension's own, named
+ * oauth, owned by a superuser, and nobody else may create objects in it
+ * (its owner or a CREATE grantee could put functions there; a database owner
+ * can pre-create a schema "oauth" that CREATE EXTENSION would then use).
+ * False when the extension is not installed; ERROR when it is not safe.
+ */
+bool
+pg_oauth_extension_present(void)
+{
+	bool		isnull;
+	Datum		safe;
+
+	if (SPI_execute("SELECT n.nspname OPERATOR(pg_catalog.=) 'oauth' AND a.rolsuper "
+					"AND NOT EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) AS x "
+					"LEFT JOIN pg_catalog.pg_authid AS g ON g.oid OPERATOR(pg_catalog.=) x.grantee "
+					"WHERE x.privilege_type OPERATOR(pg_catalog.=) 'CREATE' "
+					"AND NOT coalesce(g.rolsuper, false)) "
+					"FROM pg_catalog.pg_extension AS e "
+					"JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace "
+					"JOIN pg_catalog.pg_authid AS a ON a.oid OPERATOR(pg_catalog.=) n.nspowner "
+					"WHERE e.extname OPERATOR(pg_catalog.=) 'pg_oauth'",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up the pg_oauth extension");
+	if (SPI_processed == 0)
+		return false;
+	safe = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull || !DatumGetBool(safe))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("schema \"oauth\" of extension pg_oauth is not owned by a superuser, or others may create objects in it: pg_oauth will not call into it"),
+				 errhint("DROP EXTENSION pg_oauth, DROP SCHEMA oauth, and CREATE EXTENSION pg_oauth again as a superuser.")));
+	return true;
 }

@@ -7,6 +7,42 @@
 -- configuration database's settings may choose which now() or = they get.
 -- (C functions resolve no names.)
 
+-- The workers call into schema oauth by name as the bootstrap superuser, and
+-- CREATE EXTENSION quietly uses a schema "oauth" that already exists: refuse one
+-- that someone else prepared (its owner could drop or replace what is in it).
+DO $$
+BEGIN
+    IF NOT (SELECT a.rolsuper
+              FROM pg_catalog.pg_namespace AS n
+              JOIN pg_catalog.pg_authid AS a ON a.oid OPERATOR(pg_catalog.=) n.nspowner
+             WHERE n.nspname OPERATOR(pg_catalog.=) 'oauth') THEN
+        RAISE EXCEPTION 'schema "oauth" already exists and is not owned by a superuser'
+            USING HINT = 'Drop or rename that schema, then CREATE EXTENSION pg_oauth again: it creates its own.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_class
+                WHERE relnamespace OPERATOR(pg_catalog.=) 'oauth'::pg_catalog.regnamespace)
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc
+                   WHERE pronamespace OPERATOR(pg_catalog.=) 'oauth'::pg_catalog.regnamespace)
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_operator
+                   WHERE oprnamespace OPERATOR(pg_catalog.=) 'oauth'::pg_catalog.regnamespace)
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_type
+                   WHERE typnamespace OPERATOR(pg_catalog.=) 'oauth'::pg_catalog.regnamespace) THEN
+        RAISE EXCEPTION 'schema "oauth" already holds objects'
+            USING HINT = 'pg_oauth needs an empty schema of its own: drop or rename that schema first.';
+    END IF;
+    IF EXISTS (SELECT 1
+                 FROM pg_catalog.pg_namespace AS n,
+                      pg_catalog.aclexplode(n.nspacl) AS x
+                 LEFT JOIN pg_catalog.pg_authid AS g ON g.oid OPERATOR(pg_catalog.=) x.grantee
+                WHERE n.nspname OPERATOR(pg_catalog.=) 'oauth'
+                  AND x.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
+                  AND NOT coalesce(g.rolsuper, false)) THEN
+        RAISE EXCEPTION 'others may create objects in schema "oauth"'
+            USING HINT = 'REVOKE CREATE ON SCHEMA oauth from them, or let CREATE EXTENSION create the schema.';
+    END IF;
+END
+$$;
+
 -- Only the extension owner (a superuser) touches configuration.
 REVOKE ALL ON SCHEMA oauth FROM PUBLIC;
 GRANT USAGE ON SCHEMA oauth TO PUBLIC;

@@ -136,7 +136,7 @@ BEGIN
                              h.type),
            'Use hostssl for token lines'
       FROM pg_catalog.pg_hba_file_rules AS h
-     WHERE h.auth_method = 'trust' AND h.type IN ('host', 'hostnossl')
+     WHERE h.auth_method = 'trust' AND h.type IN ('host', 'hostnossl', 'hostnogssenc')
      ORDER BY h.line_number;
 
     RETURN QUERY
