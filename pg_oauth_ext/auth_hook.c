@@ -477,8 +477,12 @@ roles_as_text(List *roles)
 }
 
 static const char *
-hint_for(const char *reason)
+hint_for(const char *reason, const char *detail)
 {
+	/* before CREATE EXTENSION oauth.workers() does not exist yet: say what to do */
+	if (strcmp(reason, "validator_unavailable") == 0 &&
+		strstr(detail, PG_OAUTH_EXTENSION_MISSING) != NULL)
+		return "Run CREATE EXTENSION pg_oauth CASCADE in the database named by pg_oauth.database (the server log names it).";
 	if (strcmp(reason, "validator_unavailable") == 0 ||
 		strcmp(reason, "validator_timeout") == 0 ||
 		strcmp(reason, "validator_error") == 0)
@@ -600,7 +604,8 @@ authenticate_with_token(Port *port)
 	a->decision = &decision;
 
 	if (!decision.ok)
-		refuse(a, decision.reason, decision.detail, hint_for(decision.reason));
+		refuse(a, decision.reason, decision.detail,
+			   hint_for(decision.reason, decision.detail));
 
 	if (!role_in_list(port->user_name, decision.allowed_roles))
 		refuse(a, "role_not_allowed",
