@@ -647,6 +647,16 @@ pg_oauth_client_auth(Port *port, int status)
 	if (prev_client_auth_hook)
 		prev_client_auth_hook(port, status);
 
+	/*
+	 * A password line refused this login: if it looks like a token login
+	 * that missed its trust line (no TLS, line order), the log says so.
+	 * STATUS_EOF is psql hanging up to prompt for a password: nothing to say.
+	 */
+	if (status == STATUS_ERROR &&
+		(port->hba->auth_method == uaSCRAM || port->hba->auth_method == uaMD5 ||
+		 port->hba->auth_method == uaPassword))
+		hba_fallthrough_log(port);
+
 	/* Other methods decide for themselves; a failed one is refused anyway. */
 	if (status != STATUS_OK || port->hba->auth_method != uaTrust)
 		return;

@@ -393,6 +393,9 @@ PGDLLEXPORT void pg_oauth_worker_main(Datum main_arg);
 /* auth_hook.c */
 extern void pg_oauth_install_auth_hook(void);
 
+/* hba_fallthrough.c */
+extern void hba_fallthrough_log(Port *port);
+
 /* session_state.c */
 typedef struct OAuthSession
 {
