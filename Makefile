@@ -1,7 +1,11 @@
 # pg_oauth: build (PGXS), install, test, demo, bench.
 #
+#   make deps            the Debian packages a server needs to build and install it (as root)
 #   make                 build the extension
-#   make install         install the extension, pyhook and its Python dependencies
+#   make install         install the extension, pyhook and its Python dependencies, and the
+#                        pg-oauth command (explain, check, doctor) in /usr/local/bin
+#   make test-deps       what tests, demo and benchmarks need on top: pgbouncer, python3-venv,
+#                        the unprivileged pgoauth OS user that runs their servers, .venv
 #   make test            everything the test suite needs (as root on Debian 12), then the suite
 #   make demo            a throwaway cluster, a dev issuer, one login that works and one refused
 #   make bench           login benchmarks (bench/)
@@ -11,6 +15,8 @@ PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_con
 # The interpreter PL/Python embeds (Debian: /usr/bin/python3); pyhook and its
 # dependencies must be importable by it.
 SERVER_PYTHON ?= /usr/bin/python3
+# Where `make install` puts the pg-oauth command for the server's administrators.
+TOOLS_BINDIR ?= /usr/local/bin
 
 MODULE_big = pg_oauth
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard pg_oauth_ext/*.c)))
@@ -24,7 +30,7 @@ EXTRA_CLEAN = sql/pg_oauth--1.0.sql
 
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
-.PHONY: install-python deps venv test unit-test integration-test demo bench lint
+.PHONY: install-python install-tools uninstall-python deps test-deps venv test unit-test integration-test demo bench lint
 
 # PGXS is only there once postgresql-server-dev-15 is installed; `make test` and
 # `make demo` install it first and then call make again.
@@ -41,7 +47,8 @@ override with_llvm = no
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-install: install-python
+install: install-python install-tools
+uninstall: uninstall-python
 
 # every object sees the shared-memory layout
 $(OBJS): pg_oauth_ext/pg_oauth.h
@@ -49,44 +56,60 @@ $(OBJS): pg_oauth_ext/pg_oauth.h
 sql/pg_oauth--1.0.sql: $(sort $(wildcard sql/src/*.sql))
 	cat $^ > $@
 
-# pyhook and pinned dependencies go into a directory of their own, put first on
-# sys.path by the workers (pg_oauth.python_path), so the system Python is untouched.
+# pyhook and its dependencies, at the exact versions of constraints.txt, go into a
+# directory of their own, put first on sys.path by the workers (pg_oauth.python_path)
+# and by the pg-oauth command, so the system Python is untouched.
 install-python:
 	rm -rf '$(DESTDIR)$(PYTHON_TARGET).new'
 	$(SERVER_PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-		--target '$(DESTDIR)$(PYTHON_TARGET).new' -r requirements.txt
+		--root-user-action=ignore --target '$(DESTDIR)$(PYTHON_TARGET).new' \
+		-r requirements.txt -c constraints.txt
 	cp -r pyhook '$(DESTDIR)$(PYTHON_TARGET).new/'
 	find '$(DESTDIR)$(PYTHON_TARGET).new' -name __pycache__ -prune -exec rm -rf {} +
 	$(SERVER_PYTHON) -m compileall -q '$(DESTDIR)$(PYTHON_TARGET).new' >/dev/null || true
 	rm -rf '$(DESTDIR)$(PYTHON_TARGET)'
 	mv '$(DESTDIR)$(PYTHON_TARGET).new' '$(DESTDIR)$(PYTHON_TARGET)'
 	chmod -R a+rX '$(DESTDIR)$(PYTHON_TARGET)'
+
+# The operator commands on PATH: the server's Python with that directory first.
+install-tools:
+	mkdir -p '$(DESTDIR)$(TOOLS_BINDIR)'
+	sed -e 's|@SERVER_PYTHON@|$(SERVER_PYTHON)|' -e 's|@PYTHON_TARGET@|$(PYTHON_TARGET)|' \
+		scripts/pg-oauth.in > '$(DESTDIR)$(TOOLS_BINDIR)/pg-oauth'
+	chmod 755 '$(DESTDIR)$(TOOLS_BINDIR)/pg-oauth'
+
+uninstall-python:
+	rm -rf '$(DESTDIR)$(PYTHON_TARGET)' '$(DESTDIR)$(TOOLS_BINDIR)/pg-oauth'
 endif
 
-# Debian packages, the unprivileged OS user for servers, the test virtualenv.
+# What a server needs to build and install pg_oauth (Debian packages only).
 deps:
 	sh scripts/install-deps.sh
 
-venv: deps
+# On top: the test tools, the unprivileged OS user for throwaway servers, .venv.
+test-deps:
+	sh scripts/install-deps.sh --test
 	sh scripts/make-venv.sh
 
-unit-test: venv
+venv: test-deps
+
+unit-test: test-deps
 	.venv/bin/python -m pytest -q tests/unit
 
-test: venv
+test: test-deps
 	$(MAKE) all
 	$(MAKE) install
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests
 
-demo: venv
+demo: test-deps
 	$(MAKE) all
 	$(MAKE) install
 	.venv/bin/python scripts/demo.py
 
-bench: venv
+bench: test-deps
 	$(MAKE) all
 	$(MAKE) install
 	.venv/bin/python bench/run.py
 
-lint: venv
+lint: test-deps
 	.venv/bin/ruff check pyhook tests bench scripts

@@ -7,5 +7,7 @@ setup(
     packages=["pyhook"],
     python_requires=">=3.9",
     install_requires=["PyJWT>=2.8,<3", "cryptography>=41"],
+    # pg-oauth explain/check/doctor --dsn
+    extras_require={"dsn": ["psycopg>=3.1"]},
     entry_points={"console_scripts": ["pg-oauth = pyhook.cli:main"]},
 )

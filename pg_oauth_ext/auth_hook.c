@@ -477,8 +477,12 @@ roles_as_text(List *roles)
 }
 
 static const char *
-hint_for(const char *reason)
+hint_for(const char *reason, const char *detail)
 {
+	/* before CREATE EXTENSION oauth.workers() does not exist yet: say what to do */
+	if (strcmp(reason, "validator_unavailable") == 0 &&
+		strstr(detail, PG_OAUTH_EXTENSION_MISSING) != NULL)
+		return "Run CREATE EXTENSION pg_oauth CASCADE in the database named by pg_oauth.database (the server log names it).";
 	if (strcmp(reason, "validator_unavailable") == 0 ||
 		strcmp(reason, "validator_timeout") == 0 ||
 		strcmp(reason, "validator_error") == 0)
@@ -600,7 +604,8 @@ authenticate_with_token(Port *port)
 	a->decision = &decision;
 
 	if (!decision.ok)
-		refuse(a, decision.reason, decision.detail, hint_for(decision.reason));
+		refuse(a, decision.reason, decision.detail,
+			   hint_for(decision.reason, decision.detail));
 
 	if (!role_in_list(port->user_name, decision.allowed_roles))
 		refuse(a, "role_not_allowed",
@@ -641,6 +646,16 @@ pg_oauth_client_auth(Port *port, int status)
 {
 	if (prev_client_auth_hook)
 		prev_client_auth_hook(port, status);
+
+	/*
+	 * A password line refused this login: if it looks like a token login
+	 * that missed its trust line (no TLS, line order), the log says so.
+	 * STATUS_EOF is psql hanging up to prompt for a password: nothing to say.
+	 */
+	if (status == STATUS_ERROR &&
+		(port->hba->auth_method == uaSCRAM || port->hba->auth_method == uaMD5 ||
+		 port->hba->auth_method == uaPassword))
+		hba_fallthrough_log(port);
 
 	/* Other methods decide for themselves; a failed one is refused anyway. */
 	if (status != STATUS_OK || port->hba->auth_method != uaTrust)

@@ -385,9 +385,18 @@ extern bool pg_oauth_extension_present(void);
 extern void pg_oauth_register_workers(void);
 extern void pg_oauth_wake_all_workers(void);
 PGDLLEXPORT void pg_oauth_worker_main(Datum main_arg);
+/*
+ * Why a worker is not ready before CREATE EXTENSION: the start of its
+ * last_error, which refused logins carry in their detail and which
+ * auth_hook.c recognizes to give the DBA's next step as the hint.
+ */
+#define PG_OAUTH_EXTENSION_MISSING	"extension pg_oauth is not installed in database"
 
 /* auth_hook.c */
 extern void pg_oauth_install_auth_hook(void);
+
+/* hba_fallthrough.c */
+extern void hba_fallthrough_log(Port *port);
 
 /* session_state.c */
 typedef struct OAuthSession

@@ -45,6 +45,8 @@ static bool worker_ready = false;
 static SPIPlanPtr validate_plan = NULL;
 static MemoryContext request_context = NULL;
 static char last_logged_error[PG_OAUTH_WORKER_ERROR_LEN];
+/* "waiting for CREATE EXTENSION" was logged and not yet followed by "ready" */
+static bool waiting_logged = false;
 
 void
 pg_oauth_register_workers(void)
@@ -159,18 +161,31 @@ try_become_ready(void)
 		if (strcmp(msg, last_logged_error) != 0)
 			ereport(LOG, (errmsg("pg_oauth: %s", msg)));
 		strlcpy(last_logged_error, msg, sizeof(last_logged_error));
+		waiting_logged = false;
 		token_queue_set_worker_state(worker_index, WORKER_NOT_READY, msg);
 		return false;
 	}
 	if (!rc.installed)
 	{
 		snprintf(msg, sizeof(msg),
-				 "extension pg_oauth is not installed in database \"%s\" (pg_oauth.database)",
+				 PG_OAUTH_EXTENSION_MISSING " \"%s\" (pg_oauth.database)",
 				 pg_oauth_database);
+		/* The DBA's next step, once per wait (the check repeats every second). */
+		if (!waiting_logged)
+			ereport(LOG,
+					(errmsg("pg_oauth validator %d waiting: %s; run CREATE EXTENSION pg_oauth CASCADE there",
+							worker_index, msg)));
+		waiting_logged = true;
+		last_logged_error[0] = '\0';
 		token_queue_set_worker_state(worker_index, WORKER_NOT_READY, msg);
 		return false;
 	}
 	last_logged_error[0] = '\0';
+	if (waiting_logged)
+		ereport(LOG,
+				(errmsg("pg_oauth validator %d ready: extension pg_oauth found in database \"%s\"",
+						worker_index, pg_oauth_database)));
+	waiting_logged = false;
 	ereport(DEBUG1, (errmsg("pg_oauth validator %d ready: %s", worker_index,
 							rc.summary ? rc.summary : "")));
 	token_queue_set_worker_state(worker_index, WORKER_IDLE, NULL);

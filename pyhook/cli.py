@@ -1,6 +1,10 @@
-"""The ``pg-oauth`` command: a development issuer, minting and key rotation,
-``explain``/``check``: the validator's decision on a token, offline, and
-``doctor``: the server's setup checker (``oauth.check_setup()``).
+"""The ``pg-oauth`` command.
+
+Operator commands, for the server's administrators (``make install`` puts them on
+PATH): ``explain``/``check``, the validator's decision on a token, offline, and
+``doctor``, the server's setup checker (``oauth.check_setup()``). Development
+commands, never for production: ``dev-issuer``, ``mint`` and ``rotate``, a local
+issuer and its tokens (docs/dev-tools.md).
 
 ``explain`` and ``check`` run pyhook's validation (the same code the server runs)
 against configuration from a JSON file (``--config``) or read from a database
@@ -51,24 +55,58 @@ def _claim(text: str) -> tuple[str, Any]:
         return name, value
 
 
+OPERATOR_COMMANDS = {
+    "explain": "every check of a token login with its input and outcome",
+    "check": "one line: would this token log in? (exit 0 yes, 1 no, 2 error)",
+    "doctor": "list every risk in the server's setup with its fix "
+    "(exit 0 none, 1 risks, 2 error)",
+}
+DEVELOPMENT_COMMANDS = {
+    "dev-issuer": "serve a local OIDC issuer until killed",
+    "mint": "print a token signed by the development issuer's keys",
+    "rotate": "add a signing key to the development issuer and print its kid",
+}
+DSN_HELP = (
+    "a libpq connection string, as psql takes it; as root with no user given: "
+    "the postgres OS user over the local socket, as `runuser -u postgres -- psql`"
+)
+
+
+def _command_list() -> str:
+    def rows(commands: dict[str, str]) -> str:
+        return "\n".join(f"  {name:<11} {text}" for name, text in commands.items())
+
+    return (
+        "operator commands (the server's administrators):\n"
+        f"{rows(OPERATOR_COMMANDS)}\n\n"
+        "development commands (a local stand-in issuer and its tokens; "
+        "never for production):\n"
+        f"{rows(DEVELOPMENT_COMMANDS)}\n\n"
+        "`pg-oauth COMMAND --help` describes one."
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pg-oauth",
-        description="pg_oauth tools: the setup doctor, and development tools "
-        "(dev-issuer, mint, rotate: never for production).",
+        usage="pg-oauth [-h] COMMAND ...",
+        description=_command_list(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(
+        dest="command", required=True, help=argparse.SUPPRESS
+    )
 
-    serve = commands.add_parser(
-        "dev-issuer", help="serve a local OIDC issuer until killed"
-    )
+    text = "development: " + DEVELOPMENT_COMMANDS["dev-issuer"]
+    serve = commands.add_parser("dev-issuer", description=text)
     serve.add_argument(
         "--dir", required=True, help="key directory (created if missing)"
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
 
-    mint = commands.add_parser("mint", help="print a signed token")
+    text = "development: " + DEVELOPMENT_COMMANDS["mint"]
+    mint = commands.add_parser("mint", description=text)
     mint.add_argument("--dir", required=True, help="key directory of the dev issuer")
     mint.add_argument("--sub", required=True)
     mint.add_argument("--aud", required=True)
@@ -94,7 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     mint.add_argument("--kid", default=None)
     mint.add_argument("--issuer", default=None, help="iss (default: read DIR/issuer)")
 
-    rotate = commands.add_parser("rotate", help="add a signing key and print its kid")
+    text = "development: " + DEVELOPMENT_COMMANDS["rotate"]
+    rotate = commands.add_parser("rotate", description=text)
     rotate.add_argument("--dir", required=True)
     rotate.add_argument("--alg", default="RS256", choices=SIGNING_ALGORITHMS)
     rotate.add_argument(
@@ -103,15 +142,13 @@ def _parser() -> argparse.ArgumentParser:
         help="stop publishing the older keys of this alg",
     )
 
-    for name, text in (
-        ("explain", "every check of a token login with its input and outcome"),
-        ("check", "one line: would this token log in? (exit 0 yes, 1 no, 2 error)"),
-    ):
-        sub = commands.add_parser(name, help=text, description=text)
+    for name in ("explain", "check"):
+        sub = commands.add_parser(name, description=OPERATOR_COMMANDS[name])
         source = sub.add_mutually_exclusive_group(required=True)
         source.add_argument("--config", help="configuration as a JSON file")
         source.add_argument(
-            "--dsn", help="read oauth.* from this database (needs psycopg)"
+            "--dsn",
+            help="read oauth.* from this database, as a superuser: " + DSN_HELP,
         )
         sub.add_argument("--role", required=True, help="the requested user")
         sub.add_argument("--database", default="postgres")
@@ -133,12 +170,12 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--json", action="store_true", help="machine-readable output")
 
-    text = "list every risk in the server's setup with its fix (exit 0 none, 1 risks, 2 error)"
-    doctor = commands.add_parser("doctor", help=text, description=text)
+    doctor = commands.add_parser("doctor", description=OPERATOR_COMMANDS["doctor"])
     doctor.add_argument(
         "--dsn",
-        required=True,
-        help="a superuser connection to the database named by pg_oauth.database",
+        default="",
+        help="a superuser connection to the database named by pg_oauth.database "
+        "(default: libpq's defaults); " + DSN_HELP,
     )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -201,6 +238,8 @@ def _read_token(path: str) -> str:
 
 
 def _decide(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
+    # first: connecting as root may give up root (pyhook.local_connection)
+    token = _read_token(args.token_file)
     if args.config:
         config, cached = config_from_file(args.config)
     else:
@@ -211,7 +250,7 @@ def _decide(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
         if issuer is not None:
             keys.seed(issuer, entry)
     decision = validate(
-        _read_token(args.token_file),
+        token,
         args.role,
         args.database,
         args.client_addr,

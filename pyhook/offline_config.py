@@ -25,6 +25,7 @@ from typing import Any
 
 from pyhook.config import Config
 from pyhook.jwks_cache import CachedJwks
+from pyhook.local_connection import connection_params
 from pyhook.plpython_adapter import (
     ISSUERS_QUERY,
     JWKS_CACHE_QUERY,
@@ -176,7 +177,10 @@ def config_from_file(path: str) -> tuple[Config, list[CachedJwks]]:
 
 
 def config_from_database(dsn: str) -> tuple[Config, list[CachedJwks]]:
-    """Read oauth.* with the validator's queries (needs psycopg and a superuser)."""
+    """Read oauth.* with the validator's queries (needs psycopg and a superuser).
+
+    As root with no user in ``dsn``, as the postgres OS user
+    (pyhook.local_connection)."""
     try:
         import psycopg
         from psycopg.rows import dict_row
@@ -185,7 +189,8 @@ def config_from_database(dsn: str) -> tuple[Config, list[CachedJwks]]:
             "--dsn needs psycopg (pip install 'psycopg[binary]'); or use --config"
         ) from None
     try:
-        with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        params = connection_params(dsn)
+        with psycopg.connect(**params, row_factory=dict_row) as conn:
             conn.read_only = True
             # the database's own settings must not pick the functions a superuser runs
             conn.execute("SET search_path = pg_catalog, pg_temp")

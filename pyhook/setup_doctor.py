@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pyhook.local_connection import connection_params
+
 # exit codes: no risk (warnings allowed), at least one risk, cannot check
 EXIT_CLEAN, EXIT_RISKS, EXIT_CANNOT_CHECK = 0, 1, 2
 
@@ -56,14 +58,16 @@ def _missing_extension(database: str, config_database: str | None) -> Finding:
 
 
 def run_checks(dsn: str) -> tuple[str, list[Finding]]:
-    """The database checked and its findings; DoctorError when they cannot run."""
+    """The database checked and its findings; DoctorError when they cannot run.
+
+    As root with no user in ``dsn``, the checks run as the postgres OS user
+    (pyhook.local_connection)."""
     try:
         import psycopg
-        from psycopg.conninfo import conninfo_to_dict
     except ImportError:
         raise DoctorError("needs psycopg (pip install 'psycopg[binary]')") from None
     try:
-        params = conninfo_to_dict(dsn)
+        params = connection_params(dsn)
     except psycopg.Error as exc:
         raise DoctorError(f"invalid --dsn: {exc}") from None
     params.setdefault("connect_timeout", CONNECT_TIMEOUT)

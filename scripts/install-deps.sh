@@ -1,10 +1,25 @@
 #!/bin/sh
-# Everything pg_oauth needs from Debian 12 to build, install, test and demo it.
-# Idempotent; run as root.  Skips apt entirely when all packages are present.
+# What pg_oauth needs from Debian 12, as root; idempotent, skips apt when all is there.
+#   install-deps.sh          a server: build and install (make deps)
+#   install-deps.sh --test   also tests, demo and benchmarks (make test-deps)
 set -eu
 
-PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-plpython3-15 postgresql-contrib
-libkrb5-dev libssl-dev python3 python3-venv python3-pip make gcc openssl pgbouncer"
+# PGXS headers; libpq-be.h includes gssapi.h (libkrb5-dev); the validator's PL/Python;
+# pip for make install; make-ssl-cert for the DBA guide's certificate
+PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-plpython3-15 libkrb5-dev libssl-dev
+gcc make python3 python3-pip ssl-cert"
+# the test virtualenv, the pooler the benchmarks measure against
+TEST_PACKAGES="python3-venv pgbouncer postgresql-contrib"
+
+test=false
+case "${1:-}" in
+    --test) test=true ;;
+    "") ;;
+    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+esac
+if $test; then
+    PACKAGES="$PACKAGES $TEST_PACKAGES"
+fi
 
 missing=""
 for p in $PACKAGES; do
@@ -18,8 +33,8 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-# Debian starts a default cluster on install; it is not ours, but harmless.
-# Our servers run as this unprivileged user (PostgreSQL refuses root).
-if ! id pgoauth >/dev/null 2>&1; then
+# Tests, demo and benchmarks run throwaway servers as this unprivileged user
+# (PostgreSQL refuses root); a production server has no use for it.
+if $test && ! id pgoauth >/dev/null 2>&1; then
     useradd --system --home-dir /var/lib/pgoauth --create-home --shell /bin/sh pgoauth
 fi

@@ -1,14 +1,17 @@
 #!/bin/sh
 # The test/demo virtualenv, built from the interpreter PL/Python embeds so that
-# pyhook runs under the same Python in tests as in the server.
+# pyhook runs under the same Python, and the same library versions, in tests as in
+# the server.
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv="$here/.venv"
 stamp="$venv/.pg_oauth-requirements"
-want=$(cat "$here/requirements.txt" "$here/requirements-dev.txt" | sha256sum | cut -d' ' -f1)
+want=$(cat "$here/requirements.txt" "$here/requirements-dev.txt" "$here/constraints.txt" | sha256sum | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     /usr/bin/python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt" -r "$here/requirements-dev.txt"
+    # the versions make install puts on the server (constraints.txt), test tools as ranges
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt" \
+        -r "$here/requirements-dev.txt" -c "$here/constraints.txt"
     "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -e "$here"
     echo "$want" > "$stamp"
 fi

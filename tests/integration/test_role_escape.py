@@ -13,7 +13,7 @@ import time
 
 import psycopg
 import pytest
-from conftest import read_message, refusal
+from conftest import make_cluster, read_message, refusal
 from pgcluster import ADMIN_PASSWORD, ADMIN_USER, PG_BIN, _as_server_user
 
 
@@ -289,8 +289,6 @@ def test_audit_says_ok_only_when_postgresql_admits(cluster, issuer):
 
 def test_streaming_walsender_is_ended_when_its_token_expires(issuer):
     """A walsender that streams never waits for a command: "idle" expiry must still end it."""
-    from conftest import make_cluster
-
     c = make_cluster(issuer, wal_level="logical", **{
         "pg_oauth.allow_privileges": "'replication'",
         "pg_oauth.session_expiry": "idle",

@@ -28,12 +28,13 @@ TEST_ACCESS = "host    all       postgres      127.0.0.1/32  scram-sha-256\n"
 
 
 def readme_hba_template() -> str:
-    """The pg_hba.conf block of the README's DBA guide, exactly as documented."""
+    """The pg_hba.conf lines of the README's DBA guide, exactly as documented (the
+    here-document its pg_hba.conf step puts on top of Debian's file)."""
     readme = (ROOT / "README.md").read_text()
-    step = readme[readme.index("**pg_hba.conf**"):]
-    block = re.search(r"```\n(.*?)```", step, re.DOTALL)
-    assert block, "no pg_hba.conf block in the README's DBA guide"
-    return textwrap.dedent(block.group(1))
+    step = readme[readme.index("<!-- dba-guide: pg_hba.conf -->"):]
+    block = re.search(r"<<'EOF'\n(.*?)\nEOF\n", step, re.DOTALL)
+    assert block, "no pg_hba.conf lines in the README's DBA guide"
+    return textwrap.dedent(block.group(1)) + "\n"
 
 
 @pytest.fixture(scope="module")

@@ -160,17 +160,35 @@ def test_validator_database_missing_refused_quickly(wcluster, issuer):
 
 
 def test_extension_not_installed_yet_then_installed(issuer, tmp_path):
-    """The DBA's order of work: preload, restart, then CREATE EXTENSION — no restart after."""
+    """The DBA's order of work: preload, restart, then CREATE EXTENSION — no restart after.
+    Meanwhile the log and the refusals say what to do (oauth.workers() does not exist yet)."""
     c = Cluster().init().start()
     CLUSTERS.append(c)
+    waiting = [f'pg_oauth validator {i} waiting: extension pg_oauth is not installed in '
+               'database "postgres" (pg_oauth.database); run CREATE EXTENSION pg_oauth '
+               'CASCADE there' for i in range(2)]
     try:
-        time.sleep(1)
+        deadline = time.time() + 30
+        while not all(line in c.log_text() for line in waiting):
+            assert time.time() < deadline, c.log_text()
+            time.sleep(0.1)
+        time.sleep(2.5)  # the workers check again every second
         rows = c.sql("SELECT count(*) FROM pg_extension WHERE extname = 'pg_oauth'")
         assert rows == [(0,)]
-        assert attempt(c, "alice", issuer.mint(sub="alice")) == "validator_unavailable"
+        with pytest.raises(psycopg.OperationalError) as excinfo:
+            c.token_connect("alice", issuer.mint(sub="alice")).close()
+        assert refusal(excinfo) == "validator_unavailable"
+        assert ("HINT:  Run CREATE EXTENSION pg_oauth CASCADE in the database named by "
+                "pg_oauth.database (the server log names it).") in str(excinfo.value)
+        assert "oauth.workers()" not in str(excinfo.value)
         setup_oauth(c, issuer.issuer)
         c.wait_for_workers(timeout=10)
         assert attempt(c, "alice", issuer.mint(sub="alice")) is None
+        log = c.log_text()
+        for i, line in enumerate(waiting):
+            assert log.count(line) == 1, "once per wait, not every second"
+            assert (f'pg_oauth validator {i} ready: extension pg_oauth found in database '
+                    '"postgres"') in log
     finally:
         c.stop()
 

@@ -106,3 +106,20 @@ def test_bad_claim_syntax_is_a_usage_error(tmp_path: Path) -> None:
         "mint", "--dir", str(tmp_path), "--sub", "a", "--aud", "b", "--claim", "x"
     )
     assert out.returncode == 2 and "key=value" in out.stderr
+
+
+def test_help_says_development_only_for_the_development_commands() -> None:
+    out = pg_oauth("--help")
+    assert out.returncode == 0, out.stderr
+    operator, _, development = out.stdout.partition("development commands")
+    assert "operator commands" in operator
+    for name in ("explain", "check", "doctor"):
+        assert f"\n  {name} " in operator
+    assert "development" not in operator and "production" not in operator
+    assert "never for production" in development
+    for name in ("dev-issuer", "mint", "rotate"):
+        assert f"\n  {name} " in development
+    for name in ("dev-issuer", "mint", "rotate"):
+        assert pg_oauth(name, "--help").stdout.count("development: ") == 1
+    for name in ("explain", "check", "doctor"):
+        assert "development" not in pg_oauth(name, "--help").stdout

@@ -1,0 +1,212 @@
+"""The README's DBA guide, run as written, on a cluster laid out like Debian's own.
+
+Every ```sh block of the guide marked ``<!-- dba-guide: NAME -->`` runs in /bin/sh as
+root, in order, after the ``names`` block, of which two values are replaced: ``CLUSTER``
+(this test's own cluster, made by pg_createcluster on a free port, dropped at the end)
+and ``ISSUER`` (the development issuer, standing in for the IdP). The one unmarked block,
+the install, is what the test run has done already (pgo-itest, make test). The guide
+ends with a token login that works, one that is refused, and a setup without risks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pgcluster import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+STEPS = ["names", "installed", "certificate", "postgresql.conf", "restart",
+         "create-extension", "workers", "pg_hba.conf", "configuration", "first-login",
+         "refused-login", "check"]  # fmt: skip
+# root's PATH on a stock Debian: the commands as a DBA's shell finds them
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SNAKEOIL = (Path("/etc/ssl/certs/ssl-cert-snakeoil.pem"),
+            Path("/etc/ssl/private/ssl-cert-snakeoil.key"))  # fmt: skip
+
+
+def guide_section() -> str:
+    readme = README.read_text(encoding="utf-8")
+    section = readme[readme.index("## DBA guide\n"):]
+    return section[:section.index("\n## ", 1)]
+
+
+def guide_blocks() -> dict[str, str]:
+    marked = re.findall(r"<!-- dba-guide: (\S+) -->\n```sh\n(.*?)```", guide_section(),
+                        re.DOTALL)  # fmt: skip
+    return dict(marked)
+
+
+def test_every_command_of_the_guide_is_run() -> None:
+    blocks = guide_blocks()
+    assert list(blocks) == STEPS
+    every = re.findall(r"```sh\n(.*?)```", guide_section(), re.DOTALL)
+    unmarked = [b for b in every if b not in blocks.values()]
+    assert len(unmarked) == 1 and "make install" in unmarked[0], unmarked
+
+
+def names_for(cluster: str, issuer: str) -> str:
+    """The names block with this test's cluster and issuer, nothing else changed."""
+    names = guide_blocks()["names"]
+    names, n = re.subn(r"^CLUSTER=\S+", f"CLUSTER={cluster}", names, flags=re.MULTILINE)
+    assert n == 1, names
+    names, n = re.subn(r"^ISSUER=\S+", f"ISSUER={issuer}", names, flags=re.MULTILINE)
+    assert n == 1, names
+    return names
+
+
+def audience() -> str:
+    found = re.search(r"^AUDIENCE=(\S+)", guide_blocks()["names"], re.MULTILINE)
+    assert found
+    return found.group(1)
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PG", "PYTHON", "VIRTUAL_ENV"))}  # fmt: skip
+    env["PATH"] = PATH
+    return env
+
+
+class Guide:
+    """Runs the guide's blocks in a working directory of its own."""
+
+    def __init__(self, names: str, workdir: Path, log: Path) -> None:
+        self.names = names
+        self.workdir = workdir
+        self.log = log
+
+    def run(self, step: str, *, stop_on_error: bool = True) -> subprocess.CompletedProcess[str]:
+        script = self.names + "\n" + guide_blocks()[step]
+        out = subprocess.run(["/bin/sh", "-eu" if stop_on_error else "-u", "-c", script],
+                             cwd=self.workdir, env=clean_env(), capture_output=True,
+                             text=True, timeout=180, check=False)  # fmt: skip
+        if stop_on_error:
+            assert out.returncode == 0, f"step {step}:\n{out.stdout}\n{out.stderr}"
+        return out
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def until(self, what: str, done) -> None:
+        deadline = time.time() + 30
+        while not done():
+            assert time.time() < deadline, f"{what}; server log:\n{self.log_text()[-3000:]}"
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def debian_cluster() -> Iterator[str]:
+    """A cluster as Debian makes one: /etc/postgresql/15/NAME, /var/lib/postgresql/15/NAME,
+    run by the postgres OS user, started; never Debian's 15/main."""
+    assert os.geteuid() == 0 and shutil.which("pg_createcluster"), "Debian's tools, as root"
+    name = f"pgoauth_guide_{os.getpid()}"
+    assert name != "main" and not Path(f"/etc/postgresql/15/{name}").exists()
+    had_snakeoil = all(p.exists() for p in SNAKEOIL)
+    subprocess.run(["pg_createcluster", "15", name, "-p", str(free_port()), "--start"],
+                   check=True, capture_output=True, cwd="/", env=clean_env())  # fmt: skip
+    try:
+        yield name
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", "15", name], check=False,
+                       capture_output=True, cwd="/", env=clean_env())  # fmt: skip
+        for leftover in (f"/etc/postgresql/15/{name}", f"/var/lib/postgresql/15/{name}"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        Path(f"/var/log/postgresql/postgresql-15-{name}.log").unlink(missing_ok=True)
+        if not had_snakeoil:  # leave the machine as it was found
+            for link in Path("/etc/ssl/certs").iterdir():
+                if link.is_symlink() and os.readlink(link) == SNAKEOIL[0].name:
+                    link.unlink()
+            for path in SNAKEOIL:
+                path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def dev_issuer() -> Iterator[tuple[str, str]]:
+    """`pg-oauth dev-issuer` as installed on PATH: (its URL, its key directory)."""
+    keydir = tempfile.mkdtemp(prefix="pg_oauth-guide-issuer-")
+    proc = subprocess.Popen(["pg-oauth", "dev-issuer", "--dir", keydir, "--port", "0"],
+                            stdout=subprocess.PIPE, text=True, env=clean_env())  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        yield url, keydir
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(keydir, ignore_errors=True)
+
+
+def test_the_dba_guide_as_written(debian_cluster, dev_issuer, tmp_path) -> None:
+    issuer_url, keydir = dev_issuer
+    workdir = tmp_path / "dba"
+    workdir.mkdir()
+    os.chmod(workdir, 0o755)  # runuser -u postgres starts psql in it
+    log = Path(f"/var/log/postgresql/postgresql-15-{debian_cluster}.log")
+    guide = Guide(names_for(debian_cluster, issuer_url), workdir, log)
+    fqdn = subprocess.run(["hostname", "-f"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+
+    guide.run("names")
+    out = guide.run("installed").stdout
+    assert "pg_oauth.control" in out and "operator commands" in out
+
+    assert f"DNS:{fqdn}" in guide.run("certificate").stdout
+    out = guide.run("postgresql.conf").stdout
+    assert "ssl = on" in out and "shared_preload_libraries = pg_oauth" in out
+
+    assert "online" in guide.run("restart").stdout
+    guide.until("the workers say they wait for CREATE EXTENSION", lambda: (
+        'pg_oauth validator 0 waiting: extension pg_oauth is not installed in database '
+        '"postgres" (pg_oauth.database); run CREATE EXTENSION pg_oauth CASCADE there'
+        in guide.log_text()))
+
+    guide.run("create-extension")
+    guide.until("both workers idle", lambda: guide.run("workers").stdout.count(" idle ") == 2)
+    assert "pg_oauth validator 0 ready" in guide.log_text()
+
+    out = guide.run("pg_hba.conf").stdout
+    assert out.count("trust") == 2 and "(4 rows)" in out, out
+    guide.run("configuration")
+
+    token = subprocess.run(
+        ["pg-oauth", "mint", "--dir", keydir, "--sub", "00u1a2b3c4dEXAMPLE",
+         "--aud", audience(), "--claim", "email=alice@example.com"],
+        capture_output=True, text=True, check=True, env=clean_env()).stdout.strip()
+    token_file = workdir / "token.jwt"
+    token_file.write_text(token + "\n")
+    os.chmod(token_file, 0o600)
+
+    out = guide.run("first-login").stdout
+    assert re.search(r"^ alice\s+\| alice@example\.com$", out, re.MULTILINE), out
+
+    refused = guide.run("refused-login", stop_on_error=False)
+    assert 'password authentication failed for user "alice"' in refused.stderr, refused.stderr
+    assert re.search(r'pg_oauth: login of "alice" matched pg_hba.conf line \d+ '
+                     r"\(host, scram-sha-256\), not a pg_oauth trust line; \"alice\" has no "
+                     r"password: if this was a token login, connect with TLS "
+                     r"\(sslmode=verify-full\): trust line 4 is hostssl", refused.stdout), refused
+
+    out = guide.run("check").stdout
+    lines = out.splitlines()
+    # no risk; the token lines accept any address, which the guide says to narrow
+    assert 'database "postgres": 0 risks, 2 warnings' in lines, out
+    findings = [line for line in lines if line.startswith(("risk:", "warning:"))]
+    assert [f.split(": pg_hba.conf line ")[0] for f in findings] == [
+        "warning: trust_from_anywhere"] * 2, findings
+    # explain: every check, the last one the decision
+    assert "decision" in lines[-2] and "ok: role 'alice' allowed" in lines[-2], out
+    assert lines[-1].split() == ["input:", "allowed", "roles:", "alice"], out
+    guide.names += "\n$PSQL -At -c 'SELECT severity, check_name FROM oauth.check_setup()'"
+    assert guide.run("names").stdout.split() == ["warning|trust_from_anywhere"] * 2
+
+    assert token not in guide.log_text()
