@@ -13,7 +13,9 @@
  *	- no JWKS was fetched since (a fetch may have removed its key),
  *	- the server is a primary (a standby's configuration changes through WAL,
  *	  which bumps no counter).
- * Refusals are never cached.
+ * Refusals are never cached, nor decisions too large for an entry: the
+ * identity and the claims share one area of it, so an identity is kept whole
+ * or the decision is not cached (a cut identity would not be the token's).
  *
  *-------------------------------------------------------------------------
  */
@@ -26,7 +28,8 @@
 
 #define CACHE_ENTRIES		512
 #define CACHE_PROBE			8
-#define CACHE_CLAIMS_MAX	4096	/* larger claims are simply not cached */
+/* issuer, subject, token id and claims; larger decisions are simply not cached */
+#define CACHE_DATA_MAX		(4096 + 3 * 256)
 
 typedef struct CacheEntry
 {
@@ -43,12 +46,10 @@ typedef struct CacheEntry
 	int			max_sessions;
 	char		kid[PG_OAUTH_KID_LEN];
 	char		alg[PG_OAUTH_ALG_LEN];
-	char		issuer[PG_OAUTH_IDENT_LEN];
-	char		subject[PG_OAUTH_IDENT_LEN];
-	char		token_id[PG_OAUTH_IDENT_LEN];
 	bool		has_subject;
 	bool		has_token_id;
-	char		claims[CACHE_CLAIMS_MAX];
+	/* issuer, subject and token id (when it has them), claims: NUL-terminated */
+	char		data[CACHE_DATA_MAX];
 } CacheEntry;
 
 typedef struct DecisionCache
@@ -125,6 +126,26 @@ entry_matches(const CacheEntry *e, const uint8 *hash, const TokenRequest *req)
 		e->ssl == req->ssl;
 }
 
+/* A palloc'd copy of the string at *p; *p moves past it. */
+static char *
+next_string(const char **p)
+{
+	char	   *s = pstrdup(*p);
+
+	*p += strlen(s) + 1;
+	return s;
+}
+
+/* Append s and its NUL at *p; *p moves past it. */
+static void
+put_string(char **p, const char *s)
+{
+	size_t		len = strlen(s) + 1;
+
+	memcpy(*p, s, len);
+	*p += len;
+}
+
 /*
  * A still-valid cached decision for this request (hash: decision_cache_hash
  * of its token), copied into *out with palloc'd strings; false when none.
@@ -138,6 +159,7 @@ decision_cache_lookup(const TokenRequest *req, const uint8 *hash, TokenDecision 
 	uint32		start;
 	int			i;
 	bool		hit = false;
+	const char *p;
 
 	if (!cache_usable())
 		return false;
@@ -160,10 +182,11 @@ decision_cache_lookup(const TokenRequest *req, const uint8 *hash, TokenDecision 
 		out->ok = true;
 		strlcpy(out->reason, "ok", sizeof(out->reason));
 		strlcpy(out->detail, "cached decision", sizeof(out->detail));
-		out->issuer = pstrdup(e->issuer);
-		out->subject = e->has_subject ? pstrdup(e->subject) : NULL;
-		out->token_id = e->has_token_id ? pstrdup(e->token_id) : NULL;
-		out->claims = pstrdup(e->claims);
+		p = e->data;
+		out->issuer = next_string(&p);
+		out->subject = e->has_subject ? next_string(&p) : NULL;
+		out->token_id = e->has_token_id ? next_string(&p) : NULL;
+		out->claims = next_string(&p);
 		out->has_expires_at = true;
 		out->expires_at = e->expires_at;
 		out->allowed_roles = list_make1(pstrdup(e->role));
@@ -192,13 +215,17 @@ decision_cache_store(const TokenRequest *req, const uint8 *hash,
 {
 	uint32		start;
 	CacheEntry *slot = NULL;
+	Size		size;
+	char	   *p;
 	int			i;
 
 	if (!cache_usable() || !d->ok || !d->has_expires_at || d->issuer == NULL ||
-		d->claims == NULL || strlen(d->claims) >= CACHE_CLAIMS_MAX ||
-		strlen(d->issuer) >= PG_OAUTH_IDENT_LEN ||
-		(d->subject && strlen(d->subject) >= PG_OAUTH_IDENT_LEN) ||
-		(d->token_id && strlen(d->token_id) >= PG_OAUTH_IDENT_LEN))
+		d->claims == NULL)
+		return;
+	size = strlen(d->issuer) + 1 + strlen(d->claims) + 1 +
+		(d->subject ? strlen(d->subject) + 1 : 0) +
+		(d->token_id ? strlen(d->token_id) + 1 : 0);
+	if (size > CACHE_DATA_MAX)
 		return;
 
 	start = bucket_of(hash);
@@ -229,12 +256,15 @@ decision_cache_store(const TokenRequest *req, const uint8 *hash,
 	slot->max_sessions = d->max_sessions;
 	strlcpy(slot->kid, d->kid, sizeof(slot->kid));
 	strlcpy(slot->alg, d->alg, sizeof(slot->alg));
-	strlcpy(slot->issuer, d->issuer, sizeof(slot->issuer));
 	slot->has_subject = d->subject != NULL;
-	strlcpy(slot->subject, d->subject ? d->subject : "", sizeof(slot->subject));
 	slot->has_token_id = d->token_id != NULL;
-	strlcpy(slot->token_id, d->token_id ? d->token_id : "", sizeof(slot->token_id));
-	strlcpy(slot->claims, d->claims, sizeof(slot->claims));
+	p = slot->data;
+	put_string(&p, d->issuer);
+	if (d->subject)
+		put_string(&p, d->subject);
+	if (d->token_id)
+		put_string(&p, d->token_id);
+	put_string(&p, d->claims);
 	LWLockRelease(cache->lock);
 }
 
