@@ -163,6 +163,7 @@ pg_oauth_housekeeper_main(Datum main_arg)
 {
 	bool		installed = false;
 	uint64		dropped_reported = 0;
+	bool		identities_reported = false;
 	TimestampTz last_check = 0;
 	TimestampTz last_retention = 0;
 	AuditRecord *records;
@@ -206,6 +207,24 @@ pg_oauth_housekeeper_main(Datum main_arg)
 					(errmsg("pg_oauth: %llu audit records were not written to oauth.audit_log (more logins than the audit ring holds between two housekeeper runs); their log lines exist",
 							(unsigned long long) (audit_log_dropped() - dropped_reported))));
 			dropped_reported = audit_log_dropped();
+		}
+
+		/* identity texts that found no room: said once (more room needs a restart) */
+		if (!identities_reported)
+		{
+			char		why[128];
+			uint64		not_kept = identity_store_not_kept(why, sizeof(why));
+
+			if (not_kept > 0)
+			{
+				ereport(WARNING,
+						(errmsg("pg_oauth: %llu token identities could not be kept as text in shared memory",
+								(unsigned long long) not_kept),
+						 errdetail("%s. They are still matched whole (by their SHA-256) for session limits and revocation, but show as NULL in oauth.sessions, oauth.audit_log and oauth.stats; the audit log lines have them.",
+								   why[0] ? why : "no room"),
+						 errhint("Raise pg_oauth.identity_memory (a restart is needed).")));
+				identities_reported = true;
+			}
 		}
 
 		/* A standby queues no audit records (audit_log_record checks). */

@@ -39,6 +39,7 @@ int			pg_oauth_rate_limit_failures = 10;
 int			pg_oauth_rate_limit_window = 60;
 int			pg_oauth_rate_limit_max_delay = 1000;
 bool		pg_oauth_decision_cache = true;
+int			pg_oauth_identity_memory = 64 * 1024;	/* kB */
 
 bool		pg_oauth_loaded_at_startup = false;
 
@@ -74,6 +75,7 @@ pg_oauth_shmem_request(void)
 	size = add_size(size, rate_limit_shmem_size());
 	size = add_size(size, audit_log_shmem_size());
 	size = add_size(size, decision_cache_shmem_size());
+	size = add_size(size, identity_store_shmem_size());
 	RequestAddinShmemSpace(size);
 	RequestNamedLWLockTranche("pg_oauth", PG_OAUTH_NUM_LOCKS);
 }
@@ -90,6 +92,7 @@ pg_oauth_shmem_startup(void)
 	rate_limit_shmem_startup();
 	audit_log_shmem_startup();
 	decision_cache_shmem_startup();
+	identity_store_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -233,6 +236,14 @@ define_settings(void)
 							 true,
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_oauth.identity_memory",
+							"Shared memory for the text of token identities (issuer, subject, token id) shown by oauth.sessions and oauth.stats and on their way to oauth.audit_log.",
+							"Identities are matched by hash whatever their length; when this is full their text shows as NULL.",
+							&pg_oauth_identity_memory,
+							64 * 1024, 256, 1024 * 1024,
+							PGC_POSTMASTER, GUC_UNIT_KB,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("pg_oauth");
 }

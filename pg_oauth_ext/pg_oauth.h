@@ -20,6 +20,7 @@
 #include "storage/condition_variable.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
+#include "utils/dsa.h"
 #include "utils/guc.h"
 
 #if PG_VERSION_NUM < 150000
@@ -39,6 +40,8 @@
 #define PG_OAUTH_IDENT_LEN			256
 #define PG_OAUTH_KID_LEN			64
 #define PG_OAUTH_ALG_LEN			16
+/* a SHA-256 digest (sha256.c): tokens and identities are compared by it */
+#define PG_OAUTH_TOKEN_HASH_LEN		32
 
 /* GUCs (pg_oauth.c) */
 extern char *pg_oauth_database;
@@ -58,6 +61,7 @@ extern int	pg_oauth_rate_limit_window;
 extern int	pg_oauth_rate_limit_max_delay;
 extern bool pg_oauth_decision_cache;
 extern char *pg_oauth_allow_privileges_string;
+extern int	pg_oauth_identity_memory;
 
 typedef enum SessionExpiryMode
 {
@@ -268,8 +272,37 @@ extern int	session_registry_end_expired(int mode, int grace_s);
 extern void session_registry_install_hooks(void);
 
 /* sha256.c */
-#define PG_OAUTH_TOKEN_HASH_LEN		32
 extern void pg_oauth_sha256(const void *data, size_t len, uint8 out[PG_OAUTH_TOKEN_HASH_LEN]);
+
+/*
+ * identity_store.c: identities of any length in shared memory, compared by
+ * the SHA-256 of each part, their text kept in a DSA area.
+ */
+#define IDENTITY_ISSUER		0x01
+#define IDENTITY_SUBJECT	0x02
+#define IDENTITY_TOKEN_ID	0x04
+
+typedef struct IdentityHash
+{
+	uint8		present;		/* IDENTITY_* bits of the parts that exist */
+	uint8		issuer[PG_OAUTH_TOKEN_HASH_LEN];
+	uint8		subject[PG_OAUTH_TOKEN_HASH_LEN];
+	uint8		token_id[PG_OAUTH_TOKEN_HASH_LEN];
+} IdentityHash;
+
+extern Size identity_store_shmem_size(void);
+extern void identity_store_shmem_startup(void);
+extern void identity_hash(const char *issuer, const char *subject, const char *token_id,
+						  IdentityHash *out);
+extern bool identity_matches(const IdentityHash *have, const IdentityHash *want);
+extern dsa_pointer identity_text_store(const char *issuer, const char *subject,
+									   const char *token_id);
+extern void identity_text_fetch(dsa_pointer dp, char **issuer, char **subject,
+								char **token_id);
+extern void identity_text_take(dsa_pointer dp, char **issuer, char **subject,
+							   char **token_id);
+extern void identity_text_free(dsa_pointer dp);
+extern uint64 identity_store_not_kept(char *why, size_t whylen);
 
 /* decision_cache.c */
 extern Size decision_cache_shmem_size(void);
