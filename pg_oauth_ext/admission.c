@@ -27,6 +27,7 @@
 #include "utils/elog.h"
 #include "utils/errcodes.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 
 typedef struct PendingAdmission
 {
@@ -49,7 +50,7 @@ emit_record(bool ok, const char *reason)
 	strlcpy(admission.rec.reason, reason, sizeof(admission.rec.reason));
 	admission.rec.elapsed_us = (int64) (GetCurrentTimestamp() - admission.rec.at);
 	audit_log_record(&admission.rec);
-	login_stats_record(admission.stats.issuer[0] ? admission.stats.issuer : NULL,
+	login_stats_record(admission.stats.issuer,
 					   reason, ok, admission.stats.from_cache,
 					   admission.stats.key_cache_hit, admission.stats.validation_us,
 					   admission.stats.queue_us);
@@ -97,8 +98,10 @@ admission_xact_callback(XactEvent event, void *arg)
 	if (Log_connections)
 		ereport(LOG,
 				(errmsg("pg_oauth: token login authorized: user=%s issuer=%s subject=%s token_id=%s",
-						admission.rec.role, admission.rec.issuer, admission.rec.subject,
-						admission.rec.token_id),
+						admission.rec.role,
+						admission.rec.issuer ? admission.rec.issuer : "",
+						admission.rec.subject ? admission.rec.subject : "",
+						admission.rec.token_id ? admission.rec.token_id : ""),
 				 errhidestmt(true), errhidecontext(true)));
 }
 
@@ -121,9 +124,16 @@ admission_exit_callback(int code, Datum arg)
 		emit_record(false, admission.refusal[0] ? admission.refusal : "server_refused");
 }
 
+static const char *
+keep(const char *s)
+{
+	return s ? MemoryContextStrdup(TopMemoryContext, s) : NULL;
+}
+
 /*
  * The hook accepted the token for roleid: audit and count it once the
  * startup transaction commits (or as refused if the backend exits first).
+ * The identity is copied: the hook's memory may be gone by then.
  */
 void
 admission_expect(Oid roleid, const AuditRecord *rec, const LoginStatsArgs *stats)
@@ -138,7 +148,11 @@ admission_expect(Oid roleid, const AuditRecord *rec, const LoginStatsArgs *stats
 	}
 	admission.roleid = roleid;
 	admission.rec = *rec;
+	admission.rec.issuer = keep(rec->issuer);
+	admission.rec.subject = keep(rec->subject);
+	admission.rec.token_id = keep(rec->token_id);
 	admission.stats = *stats;
+	admission.stats.issuer = keep(stats->issuer);
 	admission.refusal[0] = '\0';
 	admission.pending = true;
 }

@@ -6,7 +6,8 @@
  *
  * A login never waits on the table: it copies its record into the ring and
  * goes on.  When the ring is full the oldest record is overwritten and
- * counted as dropped (the log line still exists).
+ * counted as dropped (the log line still exists).  The identity of a record
+ * is kept whole in identity_store.c, freed by whoever takes the record out.
  *
  *-------------------------------------------------------------------------
  */
@@ -21,13 +22,19 @@
 
 #define AUDIT_RING_SIZE 512
 
+typedef struct AuditSlot
+{
+	AuditRecord rec;			/* its identity pointers are NULL here */
+	dsa_pointer identity;		/* issuer, subject, token id; invalid: none or not kept */
+} AuditSlot;
+
 typedef struct AuditRing
 {
 	LWLock	   *lock;
 	uint64		head;			/* next record written */
 	uint64		tail;			/* next record taken */
 	uint64		dropped;
-	AuditRecord records[AUDIT_RING_SIZE];
+	AuditSlot	records[AUDIT_RING_SIZE];
 } AuditRing;
 
 static AuditRing *ring = NULL;
@@ -104,31 +111,6 @@ pg_oauth_escape_text(const char *in, char *out, size_t outlen)
 	out[o] = '\0';
 }
 
-/*
- * strlcpy for text that is already valid UTF-8 (identities from the
- * validator): when cut, cut before a partial character, never inside one.
- */
-void
-pg_oauth_clip_utf8(const char *in, char *out, size_t outlen)
-{
-	size_t		n = strlcpy(out, in, outlen);
-	size_t		end,
-				start;
-
-	if (n < outlen)
-		return;
-	end = outlen - 1;
-	start = end;
-	while (start > 0 && (((unsigned char) out[start - 1]) & 0xC0) == 0x80)
-		start--;
-	if (start > 0 && ((unsigned char) out[start - 1]) >= 0xC0)
-	{
-		start--;
-		if (start + pg_utf_mblen((const unsigned char *) out + start) > end)
-			out[start] = '\0';
-	}
-}
-
 /* key="value" with anything that could forge log structure replaced */
 static void
 append_quoted(StringInfo buf, const char *key, const char *value)
@@ -159,6 +141,9 @@ void
 audit_log_record(const AuditRecord *rec)
 {
 	StringInfoData buf;
+	AuditSlot  *slot;
+	dsa_pointer identity;
+	dsa_pointer dropped = InvalidDsaPointer;
 
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "outcome=%s reason=%s", rec->ok ? "ok" : "refused", rec->reason);
@@ -187,32 +172,61 @@ audit_log_record(const AuditRecord *rec)
 	if (ring == NULL || !pg_oauth_audit_log || RecoveryInProgress())
 		return;
 
+	/* stored before the lock is taken: it may have to map shared memory */
+	identity = identity_text_store(rec->issuer, rec->subject, rec->token_id);
 	LWLockAcquire(ring->lock, LW_EXCLUSIVE);
 	if (ring->head - ring->tail >= AUDIT_RING_SIZE)
 	{
+		dropped = ring->records[ring->tail % AUDIT_RING_SIZE].identity;
 		ring->tail++;
 		ring->dropped++;
 	}
-	ring->records[ring->head % AUDIT_RING_SIZE] = *rec;
+	slot = &ring->records[ring->head % AUDIT_RING_SIZE];
+	slot->rec = *rec;
+	slot->rec.issuer = slot->rec.subject = slot->rec.token_id = NULL;
+	slot->identity = identity;
 	ring->head++;
 	LWLockRelease(ring->lock);
+	/* once out of the ring, a record's identity is ours alone */
+	identity_text_free(dropped);
 }
 
-/* Housekeeper: take up to max records, oldest first. */
+/*
+ * Housekeeper: take up to max records, oldest first; their identities are
+ * copied into the current memory context.
+ */
 int
 audit_log_take(AuditRecord *out, int max)
 {
+	dsa_pointer *identities;
 	int			n = 0;
+	int			i;
 
 	if (ring == NULL)
 		return 0;
+	identities = palloc(sizeof(dsa_pointer) * max);
 	LWLockAcquire(ring->lock, LW_EXCLUSIVE);
 	while (n < max && ring->tail < ring->head)
 	{
-		out[n++] = ring->records[ring->tail % AUDIT_RING_SIZE];
+		AuditSlot  *slot = &ring->records[ring->tail % AUDIT_RING_SIZE];
+
+		out[n] = slot->rec;
+		identities[n++] = slot->identity;
 		ring->tail++;
 	}
 	LWLockRelease(ring->lock);
+	for (i = 0; i < n; i++)
+	{
+		char	   *issuer,
+				   *subject,
+				   *token_id;
+
+		identity_text_take(identities[i], &issuer, &subject, &token_id);
+		out[i].issuer = issuer;
+		out[i].subject = subject;
+		out[i].token_id = token_id;
+	}
+	pfree(identities);
 	return n;
 }
 

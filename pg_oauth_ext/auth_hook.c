@@ -96,7 +96,7 @@ server_side_reason(const char *reason)
 		strcmp(reason, "rate_limited") == 0;
 }
 
-/* The audit record and the counters' arguments of this attempt. */
+/* The audit record and the counters' arguments of this attempt (identity: the decision's). */
 static void
 describe_attempt(LoginAttempt *a, const char *reason, AuditRecord *rec, LoginStatsArgs *stats)
 {
@@ -122,12 +122,12 @@ describe_attempt(LoginAttempt *a, const char *reason, AuditRecord *rec, LoginSta
 	if (d)
 	{
 		/* pyhook fills issuer/subject/token id only once the signature verified */
-		pg_oauth_clip_utf8(d->issuer ? d->issuer : "", rec->issuer, sizeof(rec->issuer));
-		pg_oauth_clip_utf8(d->subject ? d->subject : "", rec->subject, sizeof(rec->subject));
-		pg_oauth_clip_utf8(d->token_id ? d->token_id : "", rec->token_id, sizeof(rec->token_id));
+		rec->issuer = d->issuer;
+		rec->subject = d->subject;
+		rec->token_id = d->token_id;
 		strlcpy(rec->kid, d->kid, sizeof(rec->kid));
 		strlcpy(rec->alg, d->alg, sizeof(rec->alg));
-		strlcpy(stats->issuer, d->issuer ? d->issuer : "", sizeof(stats->issuer));
+		stats->issuer = d->issuer;
 		stats->from_cache = d->from_cache;
 		stats->key_cache_hit = d->key_cache_hit;
 		stats->validation_us = d->validation_us;
@@ -145,7 +145,7 @@ finish_refused_attempt(LoginAttempt *a, const char *reason)
 	describe_attempt(a, reason, &rec, &stats);
 	rec.elapsed_us = (int64) (GetCurrentTimestamp() - a->started);
 	audit_log_record(&rec);
-	login_stats_record(stats.issuer[0] ? stats.issuer : NULL, reason, false,
+	login_stats_record(stats.issuer, reason, false,
 					   stats.from_cache, stats.key_cache_hit,
 					   stats.validation_us, stats.queue_us);
 }

@@ -82,8 +82,10 @@ typedef struct AuditBatch
 static Datum
 text_or_null(const char *s, char *isnull)
 {
-	*isnull = (s[0] == '\0') ? 'n' : ' ';
-	return s[0] == '\0' ? (Datum) 0 : CStringGetTextDatum(s);
+	bool		none = (s == NULL || s[0] == '\0');
+
+	*isnull = none ? 'n' : ' ';
+	return none ? (Datum) 0 : CStringGetTextDatum(s);
 }
 
 static void

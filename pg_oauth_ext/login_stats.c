@@ -7,6 +7,8 @@
  *
  * Histograms have 4 buckets per power of two of microseconds; p50/p99 are
  * reported as their bucket's lower bound, at most 25 % below the true value.
+ * Issuers are told apart by their SHA-256, whatever their length; their
+ * names are kept in identity_store.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -51,8 +53,10 @@ static const char *const reason_codes[] = {
 
 typedef struct IssuerStats
 {
-	char		issuer[PG_OAUTH_IDENT_LEN];	/* "" : refused before an issuer was known */
 	bool		used;
+	bool		has_issuer;		/* false: refused before an issuer was known */
+	uint8		issuer_hash[PG_OAUTH_TOKEN_HASH_LEN];
+	dsa_pointer issuer_name;	/* invalid: no issuer, or its name found no room */
 	uint64		attempts;
 	uint64		successes;
 	uint64		refusals[NREASONS];
@@ -121,25 +125,66 @@ bucket_value(int b)
 	return (double) ((UINT64CONST(1) << log2) + ((uint64) sub << (log2 - 2)));
 }
 
-/* Find (or take) the stats slot of an issuer; lock held exclusively. */
+/* The stats slot of an issuer (NULL: none known), or NULL; lock held. */
 static IssuerStats *
-issuer_slot(const char *issuer)
+find_slot(const char *issuer, const uint8 *hash)
 {
 	int			i;
-	const char *name = issuer ? issuer : "";
 
 	for (i = 0; i < STATS_ISSUERS; i++)
-		if (stats->issuers[i].used && strncmp(stats->issuers[i].issuer, name,
-											  PG_OAUTH_IDENT_LEN - 1) == 0)
-			return &stats->issuers[i];
+	{
+		IssuerStats *s = &stats->issuers[i];
+
+		if (s->used && s->has_issuer == (issuer != NULL) &&
+			(issuer == NULL || memcmp(s->issuer_hash, hash, PG_OAUTH_TOKEN_HASH_LEN) == 0))
+			return s;
+	}
+	return NULL;
+}
+
+/*
+ * Lock the stats and return the slot of an issuer, taking a free one for a
+ * new issuer.  Its name is stored first, without the lock (that may have to
+ * map shared memory); *unused is a name another backend's slot made
+ * unneeded, for the caller to free once it released the lock.
+ */
+static IssuerStats *
+lock_issuer_slot(const char *issuer, dsa_pointer *unused)
+{
+	uint8		hash[PG_OAUTH_TOKEN_HASH_LEN];
+	IssuerStats *s;
+	dsa_pointer name;
+	int			i;
+
+	*unused = InvalidDsaPointer;
+	if (issuer != NULL)
+		pg_oauth_sha256(issuer, strlen(issuer), hash);
+	LWLockAcquire(stats->lock, LW_EXCLUSIVE);
+	if ((s = find_slot(issuer, hash)) != NULL)
+		return s;
+	LWLockRelease(stats->lock);
+
+	name = issuer ? identity_text_store(issuer, NULL, NULL) : InvalidDsaPointer;
+	LWLockAcquire(stats->lock, LW_EXCLUSIVE);
+	if ((s = find_slot(issuer, hash)) != NULL)
+	{
+		*unused = name;
+		return s;
+	}
 	for (i = 0; i < STATS_ISSUERS; i++)
-		if (!stats->issuers[i].used)
-		{
-			stats->issuers[i].used = true;
-			strlcpy(stats->issuers[i].issuer, name, PG_OAUTH_IDENT_LEN);
-			return &stats->issuers[i];
-		}
+	{
+		s = &stats->issuers[i];
+		if (s->used)
+			continue;
+		s->used = true;
+		s->has_issuer = (issuer != NULL);
+		if (issuer != NULL)
+			memcpy(s->issuer_hash, hash, PG_OAUTH_TOKEN_HASH_LEN);
+		s->issuer_name = name;
+		return s;
+	}
 	/* full: fold into the no-issuer row rather than lose the count */
+	*unused = name;
 	return &stats->issuers[0];
 }
 
@@ -159,11 +204,13 @@ login_stats_record(const char *issuer, const char *reason, bool ok,
 				   bool from_cache, int key_cache_hit, int64 validation_us, int64 queue_us)
 {
 	IssuerStats *s;
+	dsa_pointer unused;
 
 	if (stats == NULL)
 		return;
-	LWLockAcquire(stats->lock, LW_EXCLUSIVE);
-	s = issuer_slot(issuer);
+	if (issuer != NULL && issuer[0] == '\0')
+		issuer = NULL;
+	s = lock_issuer_slot(issuer, &unused);
 	s->attempts++;
 	if (ok)
 		s->successes++;
@@ -180,6 +227,7 @@ login_stats_record(const char *issuer, const char *reason, bool ok,
 	if (queue_us >= 0)
 		s->queue_hist[hist_bucket(queue_us)]++;
 	LWLockRelease(stats->lock);
+	identity_text_free(unused);
 }
 
 /* Called by pyhook (through SQL) after each discovery/JWKS fetch. */
@@ -189,16 +237,19 @@ pg_oauth_fn_record_jwks_fetch(PG_FUNCTION_ARGS)
 	char	   *issuer = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
 	bool		ok = !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
 	IssuerStats *s;
+	dsa_pointer unused;
 
 	if (stats == NULL)
 		PG_RETURN_VOID();
-	LWLockAcquire(stats->lock, LW_EXCLUSIVE);
-	s = issuer_slot(issuer);
+	if (issuer != NULL && issuer[0] == '\0')
+		issuer = NULL;
+	s = lock_issuer_slot(issuer, &unused);
 	if (ok)
 		s->jwks_fetch_ok++;
 	else
 		s->jwks_fetch_failed++;
 	LWLockRelease(stats->lock);
+	identity_text_free(unused);
 	PG_RETURN_VOID();
 }
 
@@ -258,19 +309,23 @@ pg_oauth_fn_stats(PG_FUNCTION_ARGS)
 	{
 		IssuerStats s;
 		TimestampTz since;
+		char	   *issuer = NULL;
 		Datum		values[14];
 		bool		nulls[14];
 
 		LWLockAcquire(stats->lock, LW_SHARED);
 		s = stats->issuers[i];
 		since = stats->since;
+		/* a reset frees the name: copy it under the lock */
+		if (s.used)
+			identity_text_fetch(s.issuer_name, &issuer, NULL, NULL);
 		LWLockRelease(stats->lock);
 		if (!s.used)
 			continue;
 
 		memset(nulls, false, sizeof(nulls));
-		values[0] = CStringGetTextDatum(s.issuer);
-		nulls[0] = (s.issuer[0] == '\0');
+		values[0] = issuer ? CStringGetTextDatum(issuer) : (Datum) 0;
+		nulls[0] = (issuer == NULL);
 		values[1] = Int64GetDatum((int64) s.attempts);
 		values[2] = Int64GetDatum((int64) s.successes);
 		values[3] = refusals_jsonb(&s);
@@ -292,11 +347,18 @@ pg_oauth_fn_stats(PG_FUNCTION_ARGS)
 Datum
 pg_oauth_fn_stats_reset(PG_FUNCTION_ARGS)
 {
+	dsa_pointer names[STATS_ISSUERS];
+	int			i;
+
 	if (stats == NULL)
 		PG_RETURN_VOID();
 	LWLockAcquire(stats->lock, LW_EXCLUSIVE);
+	for (i = 0; i < STATS_ISSUERS; i++)
+		names[i] = stats->issuers[i].used ? stats->issuers[i].issuer_name : InvalidDsaPointer;
 	memset(stats->issuers, 0, sizeof(stats->issuers));
 	stats->since = GetCurrentTimestamp();
 	LWLockRelease(stats->lock);
+	for (i = 0; i < STATS_ISSUERS; i++)
+		identity_text_free(names[i]);
 	PG_RETURN_VOID();
 }

@@ -36,8 +36,6 @@
 #define PG_OAUTH_REASON_LEN			32
 #define PG_OAUTH_DETAIL_LEN			512
 #define PG_OAUTH_WORKER_ERROR_LEN	256
-/* issuer, subject, token id as kept in shared memory (longer ones are cut) */
-#define PG_OAUTH_IDENT_LEN			256
 #define PG_OAUTH_KID_LEN			64
 #define PG_OAUTH_ALG_LEN			16
 /* a SHA-256 digest (sha256.c): tokens and identities are compared by it */
@@ -187,7 +185,8 @@ typedef struct WorkerInfo
 
 typedef struct KidRefetch
 {
-	char		issuer[PG_OAUTH_IDENT_LEN];
+	bool		used;
+	uint8		issuer_hash[PG_OAUTH_TOKEN_HASH_LEN];	/* issuers compared whole */
 	TimestampTz at;
 } KidRefetch;
 
@@ -334,7 +333,6 @@ extern void rate_limit_sleep(int ms);
 /* audit_log.c */
 #define PG_OAUTH_ESCAPED_NAME_LEN	(4 * NAMEDATALEN)
 extern void pg_oauth_escape_text(const char *in, char *out, size_t outlen);
-extern void pg_oauth_clip_utf8(const char *in, char *out, size_t outlen);
 
 typedef struct AuditRecord
 {
@@ -350,11 +348,12 @@ typedef struct AuditRecord
 	char		role[PG_OAUTH_ESCAPED_NAME_LEN];
 	char		database[PG_OAUTH_ESCAPED_NAME_LEN];
 	char		client_addr[64];
-	char		issuer[PG_OAUTH_IDENT_LEN];
-	char		subject[PG_OAUTH_IDENT_LEN];
-	char		token_id[PG_OAUTH_IDENT_LEN];
 	char		kid[PG_OAUTH_KID_LEN];
 	char		alg[PG_OAUTH_ALG_LEN];
+	/* from the validator, whole; NULL when unknown (process memory only) */
+	const char *issuer;
+	const char *subject;
+	const char *token_id;
 } AuditRecord;
 
 extern Size audit_log_shmem_size(void);
@@ -367,7 +366,7 @@ extern uint64 audit_log_dropped(void);
 /* login_stats.c: the arguments of login_stats_record, kept for later */
 typedef struct LoginStatsArgs
 {
-	char		issuer[PG_OAUTH_IDENT_LEN];
+	const char *issuer;			/* NULL: none known (process memory) */
 	bool		from_cache;
 	int			key_cache_hit;
 	int64		validation_us;

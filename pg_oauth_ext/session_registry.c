@@ -9,6 +9,8 @@
  * search.  Sessions are ended by the housekeeper worker (expiry) or by
  * oauth.revoke() with SIGTERM; the backend's emit_log_hook turns the
  * generic "terminating connection" FATAL into one that says why.
+ * Identities are compared by hash, their text kept apart (identity_store.c),
+ * so that they match whole whatever their length.
  *
  *-------------------------------------------------------------------------
  */
@@ -51,9 +53,8 @@ typedef struct SessionEntry
 	char		role[NAMEDATALEN];
 	char		database[NAMEDATALEN];
 	char		client_addr[64];
-	char		issuer[PG_OAUTH_IDENT_LEN];
-	char		subject[PG_OAUTH_IDENT_LEN];
-	char		token_id[PG_OAUTH_IDENT_LEN];
+	IdentityHash identity;		/* what limits and revocations compare */
+	dsa_pointer identity_text;	/* freed by the entry's backend; invalid: not kept */
 } SessionEntry;
 
 typedef struct SessionRegistry
@@ -91,19 +92,20 @@ session_registry_shmem_startup(void)
 static void
 registry_exit_callback(int code, Datum arg)
 {
+	dsa_pointer text = InvalidDsaPointer;
+
 	if (my_entry < 0 || registry == NULL)
 		return;
 	LWLockAcquire(registry->lock, LW_EXCLUSIVE);
 	if (registry->entries[my_entry].pid == MyProcPid)
+	{
+		text = registry->entries[my_entry].identity_text;
 		memset(&registry->entries[my_entry], 0, sizeof(SessionEntry));
+	}
 	LWLockRelease(registry->lock);
 	my_entry = -1;
-}
-
-static bool
-same(const char *a, const char *b)
-{
-	return a != NULL && b != NULL && strcmp(a, b) == 0;
+	/* readers copy the text under the lock: nobody can be reading it now */
+	identity_text_free(text);
 }
 
 /*
@@ -118,26 +120,36 @@ session_registry_enter(const TokenDecision *decision, const char *role,
 					   const char *database, const char *client_addr)
 {
 	SessionEntry *e;
+	IdentityHash identity;
+	IdentityHash subject;
+	dsa_pointer text;
 	int			live = 0;
 	int			i;
 
 	if (registry == NULL || MyBackendId == InvalidBackendId || MyBackendId > registry->nentries)
 		return -1;
 
+	identity_hash(decision->issuer, decision->subject, decision->token_id, &identity);
+	/* the limit counts sessions of this issuer and subject, whatever their token */
+	subject = identity;
+	subject.present &= ~IDENTITY_TOKEN_ID;
+	/* stored before the lock is taken: it may have to map shared memory */
+	text = identity_text_store(decision->issuer, decision->subject, decision->token_id);
+
 	LWLockAcquire(registry->lock, LW_EXCLUSIVE);
-	if (decision->max_sessions >= 0 && decision->subject != NULL)
+	if (decision->max_sessions >= 0 && decision->subject != NULL && decision->issuer != NULL)
 	{
 		for (i = 0; i < registry->nentries; i++)
 		{
 			SessionEntry *o = &registry->entries[i];
 
-			if (o->pid != 0 && o->end == SESSION_LIVE &&
-				same(o->issuer, decision->issuer) && same(o->subject, decision->subject))
+			if (o->pid != 0 && o->end == SESSION_LIVE && identity_matches(&o->identity, &subject))
 				live++;
 		}
 		if (live >= decision->max_sessions)
 		{
 			LWLockRelease(registry->lock);
+			identity_text_free(text);
 			return live;
 		}
 	}
@@ -154,9 +166,8 @@ session_registry_enter(const TokenDecision *decision, const char *role,
 	strlcpy(e->role, role, sizeof(e->role));
 	strlcpy(e->database, database, sizeof(e->database));
 	strlcpy(e->client_addr, client_addr ? client_addr : "", sizeof(e->client_addr));
-	strlcpy(e->issuer, decision->issuer ? decision->issuer : "", sizeof(e->issuer));
-	strlcpy(e->subject, decision->subject ? decision->subject : "", sizeof(e->subject));
-	strlcpy(e->token_id, decision->token_id ? decision->token_id : "", sizeof(e->token_id));
+	e->identity = identity;
+	e->identity_text = text;
 	LWLockRelease(registry->lock);
 
 	before_shmem_exit(registry_exit_callback, (Datum) 0);
@@ -217,6 +228,7 @@ pg_oauth_fn_end_sessions(PG_FUNCTION_ARGS)
 	char	   *issuer = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *subject = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	char	   *token_id = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	IdentityHash revoked;
 	int			ended = 0;
 	int			i;
 
@@ -226,17 +238,14 @@ pg_oauth_fn_end_sessions(PG_FUNCTION_ARGS)
 				 errmsg("a revocation needs an issuer, a subject or a token id")));
 	if (registry == NULL)
 		PG_RETURN_INT32(0);
+	identity_hash(issuer, subject, token_id, &revoked);
 
 	LWLockAcquire(registry->lock, LW_EXCLUSIVE);
 	for (i = 0; i < registry->nentries; i++)
 	{
 		SessionEntry *e = &registry->entries[i];
 
-		if (e->pid == 0 || e->end != SESSION_LIVE)
-			continue;
-		if ((issuer && strcmp(e->issuer, issuer) != 0) ||
-			(subject && strcmp(e->subject, subject) != 0) ||
-			(token_id && strcmp(e->token_id, token_id) != 0))
+		if (e->pid == 0 || e->end != SESSION_LIVE || !identity_matches(&e->identity, &revoked))
 			continue;
 		end_session_locked(e, SESSION_END_REVOKED);
 		ended++;
@@ -258,23 +267,32 @@ pg_oauth_fn_sessions(PG_FUNCTION_ARGS)
 	for (i = 0; i < registry->nentries; i++)
 	{
 		SessionEntry e;
+		char	   *issuer = NULL;
+		char	   *subject = NULL;
+		char	   *token_id = NULL;
 		Datum		values[10];
 		bool		nulls[10];
 
 		LWLockAcquire(registry->lock, LW_SHARED);
 		e = registry->entries[i];
+		/* the text is freed when the session ends: copy it under the lock */
+		if (e.pid != 0)
+			identity_text_fetch(e.identity_text, &issuer, &subject, &token_id);
 		LWLockRelease(registry->lock);
 		if (e.pid == 0)
 			continue;
 
+		/* an identity whose text found no room shows as NULL */
 		memset(nulls, false, sizeof(nulls));
 		values[0] = Int32GetDatum(e.pid);
 		values[1] = CStringGetTextDatum(e.role);
 		values[2] = CStringGetTextDatum(e.database);
-		values[3] = CStringGetTextDatum(e.issuer);
-		values[4] = CStringGetTextDatum(e.subject);
-		values[5] = CStringGetTextDatum(e.token_id);
-		nulls[5] = (e.token_id[0] == '\0');
+		values[3] = issuer ? CStringGetTextDatum(issuer) : (Datum) 0;
+		nulls[3] = (issuer == NULL);
+		values[4] = subject ? CStringGetTextDatum(subject) : (Datum) 0;
+		nulls[4] = (subject == NULL);
+		values[5] = token_id ? CStringGetTextDatum(token_id) : (Datum) 0;
+		nulls[5] = (token_id == NULL);
 		values[6] = TimestampTzGetDatum(e.expires_at);
 		nulls[6] = !e.has_expires_at;
 		if (e.client_addr[0] != '\0')

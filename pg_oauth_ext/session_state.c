@@ -397,9 +397,10 @@ pg_oauth_fn_config_changed(PG_FUNCTION_ARGS)
 Datum
 pg_oauth_fn_kid_refetch_allowed(PG_FUNCTION_ARGS)
 {
-	char	   *issuer = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	text	   *issuer = PG_GETARG_TEXT_PP(0);
 	double		cooldown_s = PG_GETARG_FLOAT8(1);
 	TimestampTz now = GetCurrentTimestamp();
+	uint8		hash[PG_OAUTH_TOKEN_HASH_LEN];
 	KidRefetch *slot = NULL;
 	KidRefetch *oldest = NULL;
 	bool		allowed = true;
@@ -407,13 +408,15 @@ pg_oauth_fn_kid_refetch_allowed(PG_FUNCTION_ARGS)
 
 	if (pg_oauth_shared == NULL)
 		PG_RETURN_BOOL(true);
+	/* issuers are told apart whole, whatever their length */
+	pg_oauth_sha256(VARDATA_ANY(issuer), VARSIZE_ANY_EXHDR(issuer), hash);
 
 	LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < PG_OAUTH_REFETCH_ISSUERS; i++)
 	{
 		KidRefetch *r = &pg_oauth_shared->kid_refetch[i];
 
-		if (strncmp(r->issuer, issuer, PG_OAUTH_IDENT_LEN - 1) == 0 && r->issuer[0] != '\0')
+		if (r->used && memcmp(r->issuer_hash, hash, PG_OAUTH_TOKEN_HASH_LEN) == 0)
 		{
 			slot = r;
 			break;
@@ -429,7 +432,8 @@ pg_oauth_fn_kid_refetch_allowed(PG_FUNCTION_ARGS)
 		if (slot == NULL)
 		{
 			slot = oldest;
-			strlcpy(slot->issuer, issuer, sizeof(slot->issuer));
+			slot->used = true;
+			memcpy(slot->issuer_hash, hash, PG_OAUTH_TOKEN_HASH_LEN);
 		}
 		slot->at = now;
 	}
