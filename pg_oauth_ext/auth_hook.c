@@ -85,6 +85,8 @@ typedef struct LoginAttempt
 	const char *client_addr;	/* NULL: Unix socket */
 	bool		token_seen;		/* a token was presented: counts for rate limits */
 	Oid			roleid;			/* the role, once looked up */
+	char	   *token;			/* wiped by refuse() when set */
+	int			token_len;
 	TokenDecision *decision;	/* NULL until a worker answered */
 } LoginAttempt;
 
@@ -166,6 +168,9 @@ refuse(LoginAttempt *a, const char *reason, const char *detail, const char *hint
 	TokenDecision *decision = a->decision;
 	int			delay = 0;
 	char	   *brake = NULL;
+
+	if (a->token != NULL)
+		explicit_bzero(a->token, a->token_len);
 
 	finish_refused_attempt(a, reason);
 	if (a->token_seen && !server_side_reason(reason))
@@ -551,6 +556,7 @@ authenticate_with_token(Port *port)
 	char	   *token;
 	int			token_len = 0;
 	int			live;
+	int			checks;
 	uint8		token_hash[PG_OAUTH_TOKEN_HASH_LEN];
 	bool		hashed;
 	uint64		config_version,
@@ -595,32 +601,52 @@ authenticate_with_token(Port *port)
 	req.ssl = port->ssl_in_use;
 
 	/* A token seen again is admitted from the cache; otherwise a worker decides. */
-	decision_cache_versions(&config_version, &key_epoch);
+	a->token = token;
+	a->token_len = token_len;
 	hashed = decision_cache_hash(token, token_len, token_hash);
 	TRACE_BACKEND(TRACE_B_HASHED);
-	if (!hashed || !decision_cache_lookup(&req, token_hash, &decision))
-		token_queue_validate(&req, &decision);
+	for (checks = 1;; checks++)
+	{
+		decision_cache_versions(&config_version, &key_epoch);
+		if (!hashed || !decision_cache_lookup(&req, token_hash, &decision))
+			token_queue_validate(&req, &decision);
+		a->decision = &decision;
+
+		if (!decision.ok)
+			refuse(a, decision.reason, decision.detail,
+				   hint_for(decision.reason, decision.detail));
+
+		if (!role_in_list(port->user_name, decision.allowed_roles))
+			refuse(a, "role_not_allowed",
+				   psprintf("the token allows roles: %s", roles_as_text(decision.allowed_roles)),
+				   NULL);
+
+		check_role(a);
+
+		/* oauth.sessions, and the subject's session limit, counted atomically */
+		live = session_registry_enter(&decision, port->user_name, req.database, a->client_addr);
+		if (live >= 0)
+			refuse(a, "too_many_connections",
+				   psprintf("subject already has %d live token sessions (limit %d)",
+							live, decision.max_sessions),
+				   "Close another session of this identity first.");
+
+		/*
+		 * A revocation that committed while this token was checked ends the
+		 * sessions in the registry at its commit, after moving the version:
+		 * a session entered too late for that sees the new version here and
+		 * is checked again against the new configuration.
+		 */
+		if (pg_atomic_read_u64(&pg_oauth_shared->config_version) == config_version)
+			break;
+		session_registry_leave();
+		if (checks >= 3)
+			refuse(a, "validator_unavailable",
+				   "the configuration changed while this token was being checked, three times in a row",
+				   "Log in again.");
+	}
 	explicit_bzero(token, token_len);
-	a->decision = &decision;
-
-	if (!decision.ok)
-		refuse(a, decision.reason, decision.detail,
-			   hint_for(decision.reason, decision.detail));
-
-	if (!role_in_list(port->user_name, decision.allowed_roles))
-		refuse(a, "role_not_allowed",
-			   psprintf("the token allows roles: %s", roles_as_text(decision.allowed_roles)),
-			   NULL);
-
-	check_role(a);
-
-	/* oauth.sessions, and the subject's session limit, counted atomically */
-	live = session_registry_enter(&decision, port->user_name, req.database, a->client_addr);
-	if (live >= 0)
-		refuse(a, "too_many_connections",
-			   psprintf("subject already has %d live token sessions (limit %d)",
-						live, decision.max_sessions),
-			   "Close another session of this identity first.");
+	a->token = NULL;
 
 	if (hashed && !decision.from_cache)
 		decision_cache_store(&req, token_hash, &decision, config_version, key_epoch);

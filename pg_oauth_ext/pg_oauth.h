@@ -268,6 +268,8 @@ extern void session_registry_shmem_startup(void);
 extern int	session_registry_enter(const TokenDecision *decision, const char *role,
 								   const char *database, const char *client_addr);
 extern int	session_registry_end_expired(int mode, int grace_s);
+extern void session_registry_leave(void);
+extern void session_registry_end_pending(bool commit);
 extern void session_registry_install_hooks(void);
 
 /* sha256.c */

@@ -67,6 +67,10 @@ typedef struct SessionRegistry
 static SessionRegistry *registry = NULL;
 static emit_log_hook_type prev_emit_log_hook = NULL;
 static int	my_entry = -1;
+static bool exit_callback_registered = false;
+
+/* revocations of this transaction, whose sessions end when it commits */
+static List *pending_ends = NIL;
 
 Size
 session_registry_shmem_size(void)
@@ -89,8 +93,9 @@ session_registry_shmem_startup(void)
 	}
 }
 
-static void
-registry_exit_callback(int code, Datum arg)
+/* Take this backend's entry out of the registry (it is not a session, or no more). */
+void
+session_registry_leave(void)
 {
 	dsa_pointer text = InvalidDsaPointer;
 
@@ -106,6 +111,12 @@ registry_exit_callback(int code, Datum arg)
 	my_entry = -1;
 	/* readers copy the text under the lock: nobody can be reading it now */
 	identity_text_free(text);
+}
+
+static void
+registry_exit_callback(int code, Datum arg)
+{
+	session_registry_leave();
 }
 
 /*
@@ -170,7 +181,11 @@ session_registry_enter(const TokenDecision *decision, const char *role,
 	e->identity_text = text;
 	LWLockRelease(registry->lock);
 
-	before_shmem_exit(registry_exit_callback, (Datum) 0);
+	if (!exit_callback_registered)
+	{
+		before_shmem_exit(registry_exit_callback, (Datum) 0);
+		exit_callback_registered = true;
+	}
 	return -1;
 }
 
@@ -218,9 +233,35 @@ session_registry_end_expired(int mode, int grace_s)
 	return ended;
 }
 
+/* How many live sessions a revocation covers; end them too when "end". */
+static int
+sessions_covered(const IdentityHash *revoked, bool end)
+{
+	int			count = 0;
+	int			i;
+
+	LWLockAcquire(registry->lock, end ? LW_EXCLUSIVE : LW_SHARED);
+	for (i = 0; i < registry->nentries; i++)
+	{
+		SessionEntry *e = &registry->entries[i];
+
+		if (e->pid == 0 || e->end != SESSION_LIVE || !identity_matches(&e->identity, revoked))
+			continue;
+		if (end)
+			end_session_locked(e, SESSION_END_REVOKED);
+		count++;
+	}
+	LWLockRelease(registry->lock);
+	return count;
+}
+
 /*
  * The live sessions a revocation covers (NULL arguments match anything, but
- * at least one must be given), ended at once.
+ * at least one must be given): counted now, ended when the transaction
+ * commits, after the configuration version has moved (session_state.c).  A
+ * login checked before the revocation was visible either is in the registry
+ * by then, or sees the new version after entering it and is checked again
+ * (auth_hook.c): none slips between the two.
  */
 Datum
 pg_oauth_fn_end_sessions(PG_FUNCTION_ARGS)
@@ -228,9 +269,8 @@ pg_oauth_fn_end_sessions(PG_FUNCTION_ARGS)
 	char	   *issuer = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *subject = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	char	   *token_id = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
-	IdentityHash revoked;
-	int			ended = 0;
-	int			i;
+	IdentityHash *revoked;
+	MemoryContext old;
 
 	if (issuer == NULL && subject == NULL && token_id == NULL)
 		ereport(ERROR,
@@ -238,20 +278,30 @@ pg_oauth_fn_end_sessions(PG_FUNCTION_ARGS)
 				 errmsg("a revocation needs an issuer, a subject or a token id")));
 	if (registry == NULL)
 		PG_RETURN_INT32(0);
-	identity_hash(issuer, subject, token_id, &revoked);
 
-	LWLockAcquire(registry->lock, LW_EXCLUSIVE);
-	for (i = 0; i < registry->nentries; i++)
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	revoked = palloc(sizeof(IdentityHash));
+	identity_hash(issuer, subject, token_id, revoked);
+	pending_ends = lappend(pending_ends, revoked);
+	MemoryContextSwitchTo(old);
+	pg_oauth_note_config_change();
+	PG_RETURN_INT32(sessions_covered(revoked, false));
+}
+
+/* At the end of a transaction that revoked: end the sessions (commit) or not. */
+void
+session_registry_end_pending(bool commit)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending_ends)
 	{
-		SessionEntry *e = &registry->entries[i];
-
-		if (e->pid == 0 || e->end != SESSION_LIVE || !identity_matches(&e->identity, &revoked))
-			continue;
-		end_session_locked(e, SESSION_END_REVOKED);
-		ended++;
+		if (commit && registry != NULL)
+			(void) sessions_covered((IdentityHash *) lfirst(lc), true);
+		pfree(lfirst(lc));
 	}
-	LWLockRelease(registry->lock);
-	PG_RETURN_INT32(ended);
+	list_free(pending_ends);
+	pending_ends = NIL;
 }
 
 Datum

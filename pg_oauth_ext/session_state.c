@@ -364,9 +364,14 @@ config_xact_callback(XactEvent event, void *arg)
 			pg_atomic_fetch_add_u64(&pg_oauth_shared->config_version, 1);
 			pg_oauth_wake_all_workers();
 		}
+		/* after the version moved: see pg_oauth_fn_end_sessions */
+		session_registry_end_pending(true);
 	}
 	else if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
 		config_change_pending = false;
+		session_registry_end_pending(false);
+	}
 }
 
 /* This transaction changed the configuration: move the version at commit. */

@@ -1,8 +1,8 @@
 """Adversarial review of the issue-9 fixes.
 
-Every test here is an attack.  A test that FAILS on main is an attack that works
-(a finding); a test that passes documents a defence that held.  Findings are
-marked "FINDING" in their docstring, defences "HOLDS".
+Every test here is an attack by an adversarial reviewer.  Each passes now: "HOLDS"
+marks a defence that held from the start, "HOLDS (was a finding)" an attack that
+worked until it was fixed (the fix named in the docstring or the commit).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def test_precreated_schema_is_refused_by_create_extension(precreated):
 
 
 def test_precreated_oauth_schema_does_not_give_its_owner_superuser(precreated, issuer):
-    """FINDING.  The non-superuser owner of pg_oauth.database creates schema oauth
+    """HOLDS (was a finding).  The non-superuser owner of pg_oauth.database creates schema oauth
     before the DBA runs CREATE EXTENSION pg_oauth (the control file's schema is used
     when it exists).  Owning the schema, it later renames it away and creates a new
     schema oauth holding its own oauth.warmup().  The validator workers call
@@ -157,7 +157,7 @@ def owned(issuer) -> Iterator[Cluster]:
 
 @pytest.mark.parametrize("setting", ["role", "session_authorization"])
 def test_database_role_setting_cannot_change_who_the_workers_are(owned, issuer, setting):
-    """FINDING.  worker_settings.c pins search_path, plan_cache_mode, ... at
+    """HOLDS (was a finding).  worker_settings.c pins search_path, plan_cache_mode, ... at
     PGC_S_SESSION but not role/session_authorization: InitPostgres applies the
     database's "role" (checked only against the worker's superuser session user) and
     the workers then run as rev_owner; EXECUTE on oauth.warmup/validate is revoked
@@ -208,10 +208,9 @@ def test_revocation_cannot_be_committed_by_commit_prepared(twopc, issuer):
 # 4. oauth.revoke() and a login racing it  (FINDING, medium)
 # ====================================================================================
 
-@pytest.mark.xfail(strict=True, reason="revoke/login race: being fixed")
 def test_revoke_ends_a_session_that_logged_in_before_the_revocation_committed(
         cluster, issuer):
-    """FINDING.  oauth.revoke() ends the live sessions it covers (_end_sessions) inside
+    """HOLDS (was a finding).  oauth.revoke() ended the live sessions it covers inside
     its own transaction, before the revocation is committed and visible to the workers.
     A login that passes validation in between (here: while the DBA's transaction is
     open; in autocommit the window is shorter but the same) enters the session registry
@@ -234,9 +233,8 @@ def test_revoke_ends_a_session_that_logged_in_before_the_revocation_committed(
             sess.close()
 
 
-@pytest.mark.xfail(strict=True, reason="revoke/login race: being fixed")
 def test_revoke_in_autocommit_ends_every_session_of_the_token(cluster, issuer):
-    """FINDING (same cause, no explicit transaction): logins racing an autocommit
+    """HOLDS (was a finding; same cause, no explicit transaction): logins racing an autocommit
     oauth.revoke().  Four clients keep logging in with tokens of one jti (each one new,
     so each goes through a worker); the sessions that complete while oauth.revoke()
     runs are checked 2 s later.  Any survivor is a revoked token's live session."""
@@ -250,7 +248,7 @@ def test_revoke_in_autocommit_ends_every_session_of_the_token(cluster, issuer):
         kept: list[psycopg.Connection] = []
         lock = threading.Lock()
 
-        def loop() -> None:
+        def loop(done=done, started=started, kept=kept, lock=lock, jti=jti) -> None:
             n = 0
             while not done.is_set():
                 n += 1
@@ -291,9 +289,8 @@ def test_revoke_in_autocommit_ends_every_session_of_the_token(cluster, issuer):
 # 5. Long subjects: oauth.revoke(subject => ...) ends nothing  (FINDING, low)
 # ====================================================================================
 
-@pytest.mark.xfail(strict=True, reason="long identities: being fixed (branch h6)")
 def test_revoke_by_subject_ends_a_session_whose_subject_is_long(cluster, issuer):
-    """FINDING.  session_registry_enter() keeps issuer/subject/token id cut to
+    """HOLDS (was a finding).  session_registry_enter() keeps issuer/subject/token id cut to
     PG_OAUTH_IDENT_LEN-1 (255) bytes; _end_sessions compares them with strcmp against
     the full value, so a revocation of a subject of 256+ bytes ends none of its live
     sessions (new logins are refused: pyhook compares the whole subject)."""
@@ -334,7 +331,7 @@ def hba(cluster: Cluster, text: str, reload: bool) -> Iterator[None]:
 
 
 def test_check_setup_names_a_trust_line_that_matches_plain_tcp(cluster, issuer):
-    """FINDING.  trust_without_tls looks only at host/hostnossl lines; a hostnogssenc
+    """HOLDS (was a finding).  trust_without_tls looks only at host/hostnossl lines; a hostnogssenc
     trust line matches TCP connections without TLS just as "host" does, and the
     checker says nothing about it (with the README's other choices: zero rows)."""
     nogss = ("local all postgres scram-sha-256\n"
@@ -385,7 +382,7 @@ def attacker_jwks_and_signer():
 
 
 def test_pg_write_all_data_token_role_cannot_mint_tokens_for_others(writer_cluster, issuer):
-    """FINDING.  pg_write_all_data is not among the privileges token logins refuse
+    """HOLDS (was a finding).  pg_write_all_data is not among the privileges token logins refuse
     (role_policy.c), yet it gives UPDATE on oauth.jwks_cache, whose only trigger
     checks the database.  The workers adopt any cached JWKS newer than theirs every
     5 s (plpython_adapter._seed_keys -> jwks_cache.seed), so the token user puts its
