@@ -76,8 +76,10 @@ pg_oauth_shmem_request(void)
 	size = add_size(size, audit_log_shmem_size());
 	size = add_size(size, decision_cache_shmem_size());
 	size = add_size(size, identity_store_shmem_size());
+	size = add_size(size, key_refresh_shmem_size());
 	RequestAddinShmemSpace(size);
 	RequestNamedLWLockTranche("pg_oauth", PG_OAUTH_NUM_LOCKS);
+	RequestNamedLWLockTranche(PG_OAUTH_KEY_REFRESH_TRANCHE, 1);
 }
 
 static void
@@ -93,6 +95,7 @@ pg_oauth_shmem_startup(void)
 	audit_log_shmem_startup();
 	decision_cache_shmem_startup();
 	identity_store_shmem_startup();
+	key_refresh_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -407,6 +407,13 @@ extern int	role_reachable_privileges(Oid roleid, RolePrivilege *found, int max_f
 extern void pg_oauth_register_housekeeper(void);
 PGDLLEXPORT void pg_oauth_housekeeper_main(Datum main_arg);
 
+/* key_refresh.c: oauth.refresh_keys() makes every worker drop and refetch keys */
+#define PG_OAUTH_KEY_REFRESH_TRANCHE	"pg_oauth key refresh"
+extern Size key_refresh_shmem_size(void);
+extern void key_refresh_shmem_startup(void);
+extern uint64 key_refresh_generation(void);
+extern List *key_refresh_issuers(uint64 seen, uint64 *upto, bool *all);
+
 /* spi_transaction.c */
 extern ErrorData *spi_run_in_transaction(void (*step) (void *), void *arg,
 										 MemoryContext error_context);

@@ -14,6 +14,7 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -42,6 +43,8 @@
 
 static int	worker_index = -1;
 static bool worker_ready = false;
+/* the last oauth.refresh_keys() generation this worker has carried out */
+static uint64 keys_seen = 0;
 static SPIPlanPtr validate_plan = NULL;
 static MemoryContext request_context = NULL;
 static char last_logged_error[PG_OAUTH_WORKER_ERROR_LEN];
@@ -401,6 +404,90 @@ idle_refresh(void)
 		worker_ready = false;
 }
 
+/* ---- oauth.refresh_keys() ---- */
+
+typedef struct KeyRefreshCall
+{
+	List	   *issuers;		/* names; NIL with all */
+	bool		all;
+	char	   *summary;
+} KeyRefreshCall;
+
+static void
+key_refresh_step(void *arg)
+{
+	KeyRefreshCall *call = (KeyRefreshCall *) arg;
+	Oid			argtypes[1] = {TEXTARRAYOID};
+	Datum		values[1] = {(Datum) 0};
+	char		nulls[1] = {'n'};
+
+	if (!call->all)
+	{
+		int			n = list_length(call->issuers);
+		Datum	   *names = palloc(sizeof(Datum) * Max(n, 1));
+		ListCell   *lc;
+		int			i = 0;
+
+		foreach(lc, call->issuers)
+			names[i++] = CStringGetTextDatum((char *) lfirst(lc));
+		values[0] = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false,
+													TYPALIGN_INT));
+		nulls[0] = ' ';
+	}
+	if (SPI_execute_with_args("SELECT oauth._refresh_keys_now($1)", 1, argtypes,
+							  values, nulls, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "oauth._refresh_keys_now() failed");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			call->summary = MemoryContextStrdup(request_context, TextDatumGetCString(d));
+	}
+}
+
+/*
+ * Carry out the oauth.refresh_keys() calls committed since the last one:
+ * drop the keys of their issuers and fetch them again, before any other
+ * login is decided.  False when that could not run: then this worker must
+ * not decide logins with what it holds.
+ */
+static bool
+keys_current(void)
+{
+	KeyRefreshCall call = {NIL, false, NULL};
+	uint64		upto;
+	ErrorData  *edata;
+
+	if (key_refresh_generation() == keys_seen)
+		return true;
+	MemoryContextReset(request_context);
+	MemoryContextSwitchTo(request_context);
+	call.issuers = key_refresh_issuers(keys_seen, &upto, &call.all);
+	token_queue_set_worker_state(worker_index, WORKER_BUSY, NULL);
+	pgstat_report_activity(STATE_RUNNING, "pg_oauth: dropping and refetching keys");
+	edata = spi_run_in_transaction(key_refresh_step, &call, request_context);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	if (edata)
+	{
+		char		msg[PG_OAUTH_WORKER_ERROR_LEN];
+
+		snprintf(msg, sizeof(msg), "dropping and refetching keys failed: %s", edata->message);
+		ereport(LOG, (errmsg("pg_oauth: validator %d: %s", worker_index, msg)));
+		token_queue_set_worker_state(worker_index, WORKER_NOT_READY, msg);
+		worker_ready = false;
+		return false;
+	}
+	keys_seen = upto;
+	ereport(LOG,
+			(errmsg("pg_oauth: validator %d dropped the keys of %s and fetched them again: %s",
+					worker_index,
+					call.all ? "every issuer" : "the issuers oauth.refresh_keys() named",
+					call.summary ? call.summary : "")));
+	return true;
+}
+
 void
 pg_oauth_worker_main(Datum main_arg)
 {
@@ -425,6 +512,8 @@ pg_oauth_worker_main(Datum main_arg)
 											"pg_oauth request",
 											ALLOCSET_DEFAULT_SIZES);
 	last_refresh = GetCurrentTimestamp();
+	/* a new process holds no keys: only later oauth.refresh_keys() calls concern it */
+	keys_seen = key_refresh_generation();
 
 	for (;;)
 	{
@@ -454,9 +543,25 @@ pg_oauth_worker_main(Datum main_arg)
 			}
 		}
 
+		if (!keys_current())
+		{
+			(void) WaitLatch(MyLatch,
+							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 WORKER_RETRY_MS, PG_WAIT_EXTENSION);
+			continue;
+		}
+
 		slot = token_queue_claim(worker_index, &ticket);
 		if (slot != NULL)
 		{
+			/* committed between the check above and the claim: this login waits for it */
+			if (!keys_current())
+			{
+				token_queue_fail(slot, "validator_unavailable",
+								 "the validator could not drop and refetch keys after oauth.refresh_keys()");
+				token_queue_complete(slot, ticket);
+				continue;
+			}
 			handle_request(slot, ticket);
 			/* steady load must not starve key refreshes into the login path */
 			if (TimestampDifferenceExceeds(last_refresh, GetCurrentTimestamp(),
