@@ -493,6 +493,7 @@ class KeyStore:
         wall: Clock = time.time,
         refresh_on_login: bool = True,
         kid_refetch_gate: Callable[[str, float], bool] | None = None,
+        held_keys_only: bool = False,
     ) -> None:
         self._fetch: Fetch = fetch or urllib_fetch
         # False where something else calls refresh_due()/refresh() between logins
@@ -502,6 +503,10 @@ class KeyStore:
         # asked before an unknown-kid refetch when several stores (one per
         # worker process) share one cooldown: False means another used it
         self.kid_refetch_gate = kid_refetch_gate
+        # True: once it holds keys for an issuer, never fetch for it again, not
+        # even for an unknown kid (oauth.explain decides with the document the
+        # workers stored, neither fresher nor staler)
+        self.held_keys_only = held_keys_only
         self._now = now
         self._wall = wall
         self.max_bytes = max_bytes
@@ -512,6 +517,16 @@ class KeyStore:
         self._entries: dict[str, _Entry] = {}
         self._events: list[FetchEvent] = []
         self._new_notes: list[tuple[str, str]] = []
+
+    def sibling(self, **options: Any) -> KeyStore:
+        """An empty store that fetches and tells time the way this one does."""
+        return KeyStore(
+            fetch=self._fetch,
+            now=self._now,
+            max_bytes=self.max_bytes,
+            wall=self._wall,
+            **options,
+        )
 
     # -- the login path -----------------------------------------------------
 
@@ -549,7 +564,9 @@ class KeyStore:
         now = self._now()
         attempted = False  # one login waits for the network at most once
         if not entry.keys or self._too_stale(entry, issuer, now):
-            if self._may_retry(entry, issuer, now):
+            if self._may_retry(entry, issuer, now) and not (
+                self.held_keys_only and entry.keys
+            ):
                 attempted = True
                 self._fetch_into(entry, issuer, now)
             if not entry.keys:
@@ -568,6 +585,11 @@ class KeyStore:
         except KeyNotFound as exc:
             if attempted:
                 raise
+            if self.held_keys_only:
+                raise KeyNotFound(
+                    f"{exc.detail}; the keys held are not refetched here (a login "
+                    "refetches them for an unknown kid, at most once per jwks_cooldown)"
+                ) from None
             cooldown = issuer.jwks_cooldown
             if (
                 cooldown > 0
@@ -686,6 +708,14 @@ class KeyStore:
         if entry.last_error:
             parts.append(f"last refresh failed: {entry.last_error}")
         return "; ".join(parts) + _skipped(entry)
+
+    def forget(self, issuer: str | None = None) -> None:
+        """Drop everything held for ``issuer`` (None: every issuer): keys, the
+        discovered jwks_uri, cooldowns. The next use loads or fetches anew."""
+        if issuer is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(issuer, None)
 
     def prune(self, config: Config) -> None:
         """Forget issuers that are no longer configured."""

@@ -10,6 +10,11 @@ statistics (oauth._record_jwks_fetch) and, on a primary, stores the last good
 JWKS in oauth.jwks_cache; loading the configuration and each warm-up adopt
 newer documents from that table (on a standby: what replicated). Both are
 best-effort, each in its own subtransaction: they never change a decision.
+
+oauth.explain() runs in a DBA's session, whose statement may be logged with
+every message raised in it: it raises none (what would be logged becomes a
+row), refuses a token written into the statement text, and decides with the
+document the workers stored, as a login would.
 """
 
 from __future__ import annotations
@@ -55,12 +60,16 @@ REVOCATIONS_QUERY = (
     "WHERE expires_at IS NULL OR expires_at OPERATOR(pg_catalog.>) pg_catalog.now() "
     "ORDER BY id"
 )
+# documents fetched before a committed oauth.refresh_keys() are never adopted again
 JWKS_CACHE_QUERY = (
     "SELECT issuer, jwks_uri, discovered, jwks::pg_catalog.text AS jwks, etag, "
     "extract(epoch FROM max_age)::pg_catalog.float8 AS max_age, "
-    "extract(epoch FROM fetched_at)::pg_catalog.float8 AS fetched_at FROM oauth.jwks_cache"
+    "extract(epoch FROM fetched_at)::pg_catalog.float8 AS fetched_at FROM oauth.jwks_cache "
+    "WHERE fetched_at OPERATOR(pg_catalog.>) oauth._keys_dropped_at(issuer)"
 )
 RECOVERY_QUERY = "SELECT pg_catalog.pg_is_in_recovery() AS standby"
+# the statement as the client sent it: does it hold the token as a literal?
+CURRENT_QUERY_QUERY = "SELECT pg_catalog.current_query() AS query"
 CONFIG_DATABASE_QUERY = (
     "SELECT oauth._in_config_database() AS here, "
     "pg_catalog.current_setting('pg_oauth.database', true) AS config_database"
@@ -195,8 +204,11 @@ def cached_jwks(row: dict[str, Any]) -> CachedJwks:
     )
 
 
-def explain_rows(decision: Decision) -> list[dict[str, Any]]:
-    """The trail of a decision as rows of oauth.explain(), ending with the verdict."""
+def explain_rows(
+    decision: Decision, notes: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """The trail of a decision as rows of oauth.explain(), then one ``note`` row per
+    message the validator would have logged, ending with the verdict."""
     rows = [
         {
             "step": number,
@@ -207,6 +219,16 @@ def explain_rows(decision: Decision) -> list[dict[str, Any]]:
         }
         for number, check in enumerate(decision.trail, start=1)
     ]
+    rows.extend(
+        {
+            "step": len(rows) + number,
+            "name": "note",
+            "outcome": "info",
+            "input": "",
+            "detail": _pg_text(note),
+        }
+        for number, note in enumerate(notes or [], start=1)
+    )
     rows.append(
         {
             "step": len(rows) + 1,
@@ -221,6 +243,48 @@ def explain_rows(decision: Decision) -> list[dict[str, Any]]:
     return rows
 
 
+# the payload or the signature, as long as the log-hygiene test looks for
+_SECRET_SEGMENT_CHARS = 16
+
+
+def written_into(token: str | bytes, statement: str | None) -> bool:
+    """Whether ``statement`` holds the token's payload or signature as text."""
+    if not statement:
+        return False
+    text = token.decode("ascii", "replace") if isinstance(token, bytes) else token
+    return any(
+        len(part) >= _SECRET_SEGMENT_CHARS and part in statement
+        for part in text.split(".")[1:3]
+    )
+
+
+def statement_refusal_rows() -> list[dict[str, Any]]:
+    """oauth.explain()'s answer to a token written into the statement text."""
+    detail = (
+        "token_in_statement: the token is part of the statement text, which "
+        "log_statement, log_min_duration_statement, log_min_error_statement, "
+        "auto_explain and pgaudit can write to the server log; pass it as a bind "
+        "parameter ($1) with statement logging off for the transaction, or use "
+        "pg-oauth explain --dsn"
+    )
+    return [
+        {
+            "step": 1,
+            "name": "statement",
+            "outcome": "fail",
+            "input": "the token's payload or signature is in the statement text",
+            "detail": "not checked",
+        },
+        {
+            "step": 2,
+            "name": "decision",
+            "outcome": "fail",
+            "input": "allowed roles: none",
+            "detail": detail,
+        },
+    ]
+
+
 class Adapter:
     def __init__(self, plpy: Any) -> None:
         self.plpy = plpy
@@ -230,6 +294,8 @@ class Adapter:
         self.config_version: object = None
         self._plans: dict[str, Any] = {}
         self._reported_key_changes = 0
+        # while oauth.explain() runs: what would have been logged (None: log it)
+        self._notes: list[str] | None = None
 
     def validate(
         self,
@@ -263,12 +329,26 @@ class Adapter:
         """Rows for oauth.explain(): every check with its input and outcome, then the verdict.
 
         The same validation a login gets, plus one row per role_map rule and the
-        checks the backend makes on the role itself.
+        checks the backend makes on the role itself. It logs nothing (a message
+        would carry the caller's statement into the server log): what it would
+        have warned about becomes ``note`` rows. The keys are the document the
+        workers stored in oauth.jwks_cache; only when none is stored for the
+        token's issuer does it fetch, as a worker without keys would.
         """
+        if self._token_in_statement(token):
+            return statement_refusal_rows()
         self._require_config_database()
+        notes: list[str] = []
+        self._notes = notes
+        # a store of its own per call: nothing a previous call fetched lingers
+        keys = self.keys.sibling(
+            refresh_on_login=False,
+            kid_refetch_gate=self._kid_refetch_gate,
+            held_keys_only=True,
+        )
         try:
             config = self._config(None, seed=False)
-            self._seed_keys(config)
+            self._seed_keys(config, keys)
             decision = validate(
                 token,
                 requested_role,
@@ -276,19 +356,60 @@ class Adapter:
                 client_addr,
                 True,
                 config,
-                self.keys,
+                keys,
                 explain=True,
             )
             decision = self._role_checks(decision, requested_role)
-            return explain_rows(decision)
         except Exception as exc:  # noqa: BLE001 - explain reports, never raises
-            return explain_rows(
-                Decision(
-                    ok=False, reason=ValidatorError.reason, detail=type(exc).__name__
-                )
+            decision = Decision(
+                ok=False, reason=ValidatorError.reason, detail=type(exc).__name__
             )
         finally:
+            self._after_fetches(keys)
+            self._notes = None
+        return explain_rows(decision, notes)
+
+    def refresh_keys_now(self, issuers: list[str] | None) -> str:
+        """Drop the keys held for ``issuers`` (None: every issuer) and fetch them
+        again: a committed oauth.refresh_keys() asked for it. Never raises; a summary.
+
+        Persisted documents fetched before the request are invisible
+        (JWKS_CACHE_QUERY), so seeding afterwards adopts only newer ones, e.g.
+        what another worker fetched when this one's fetch failed.
+        """
+        names = None if issuers is None else set(issuers)
+        if names is None:
+            self.keys.forget()
+        else:
+            for name in names:
+                self.keys.forget(name)
+        try:
+            config = self._config(None, seed=False)
+        except Exception as exc:  # noqa: BLE001 - the keys are dropped all the same
+            self._warn(
+                f"pg_oauth: loading configuration failed: {type(exc).__name__}: {exc}"
+            )
+            return f"configuration unavailable ({type(exc).__name__})"
+        targets = [
+            config.issuers[name]
+            for name in sorted(config.issuers)
+            if config.issuers[name].enabled and (names is None or name in names)
+        ]
+        failed = 0
+        try:
+            for issuer in targets:
+                try:
+                    self.keys.refresh(issuer)
+                except Exception as exc:  # noqa: BLE001 - one issuer must not stop the others
+                    failed += 1
+                    detail = getattr(exc, "detail", type(exc).__name__)
+                    self._warn(f"pg_oauth: keys of issuer {issuer.issuer!a}: {detail}")
+            self._seed_keys(config)
+        finally:
             self._after_fetches()
+        key_count = sum(len(self.keys.keys(i.issuer)) for i in targets)
+        summary = f"{len(targets)} issuers, {key_count} keys"
+        return summary + (f", {failed} issuers without keys" if failed else "")
 
     def warmup(self) -> str:
         """Load configuration, adopt newer persisted keys, fetch keys that are missing
@@ -355,6 +476,14 @@ class Adapter:
             self._seed_keys(config)
         return config
 
+    def _token_in_statement(self, token: str | bytes) -> bool:
+        try:
+            with self.plpy.subtransaction():
+                row = self._execute("current_query", CURRENT_QUERY_QUERY)[0]
+        except Exception:  # noqa: BLE001 - cannot tell: check the token
+            return False
+        return written_into(token, row["query"])
+
     def _require_config_database(self) -> None:
         """Configuration lives in pg_oauth.database only: anywhere else explain would
         read rows no worker reads, so it refuses and names the right database."""
@@ -375,8 +504,9 @@ class Adapter:
 
     # -- keys in oauth.jwks_cache, fetch statistics --------------------------------
 
-    def _seed_keys(self, config: Config) -> int:
+    def _seed_keys(self, config: Config, keys: KeyStore | None = None) -> int:
         """Adopt documents from oauth.jwks_cache newer than the ones held; how many."""
+        keys = self.keys if keys is None else keys
         adopted = 0
         try:
             with self.plpy.subtransaction():
@@ -391,7 +521,7 @@ class Adapter:
             if issuer is None:
                 continue
             try:
-                if self.keys.seed(issuer, cached_jwks(row)):
+                if keys.seed(issuer, cached_jwks(row)):
                     adopted += 1
             except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
                 self._warn(
@@ -400,19 +530,21 @@ class Adapter:
                 )
         return adopted
 
-    def _after_fetches(self) -> None:
+    def _after_fetches(self, keys: KeyStore | None = None) -> None:
         """Report the HTTP requests just made and persist newly fetched keys."""
+        keys = self.keys if keys is None else keys
         with contextlib.suppress(Exception):
-            for event in self.keys.drain_events():
+            for event in keys.drain_events():
                 self._record_fetch(event.issuer, event.ok)
         with contextlib.suppress(Exception):
-            for issuer, note in self.keys.drain_notes():
+            for issuer, note in keys.drain_notes():
                 self._warn(f"pg_oauth: keys of issuer {issuer!a}: {note}")
-        if self.keys.key_changes != self._reported_key_changes:
-            self._reported_key_changes = self.keys.key_changes
+        # explain's own store starts empty each call: only the workers' changes count
+        if keys is self.keys and keys.key_changes != self._reported_key_changes:
+            self._reported_key_changes = keys.key_changes
             self._keys_changed()
         with contextlib.suppress(Exception):
-            dirty = self.keys.take_dirty()
+            dirty = keys.take_dirty()
             if dirty and not self._in_recovery():
                 for snapshot in dirty:
                     self._persist(snapshot)
@@ -544,10 +676,15 @@ class Adapter:
         return self.plpy.execute(plan, args or [])
 
     def _warn(self, message: str) -> None:
+        if self._notes is not None:  # oauth.explain: a row, not a message
+            self._notes.append(message)
+            return
         # logging must never turn a decision into an error
         with contextlib.suppress(Exception):
             self.plpy.warning(message)
 
     def _log(self, message: str) -> None:
+        if self._notes is not None:  # oauth.explain: routine lines are not its business
+            return
         with contextlib.suppress(Exception):
             self.plpy.log(message)
