@@ -1,15 +1,18 @@
 """The ``pg-oauth`` command.
 
 Operator commands, for the server's administrators (``make install`` puts them on
-PATH): ``explain``/``check``, the validator's decision on a token, offline, and
+PATH): ``explain``/``check``, the validator's decision on a token, and
 ``doctor``, the server's setup checker (``oauth.check_setup()``). Development
 commands, never for production: ``dev-issuer``, ``mint`` and ``rotate``, a local
 issuer and its tokens (docs/dev-tools.md).
 
-``explain`` and ``check`` run pyhook's validation (the same code the server runs)
-against configuration from a JSON file (``--config``) or read from a database
-(``--dsn``, with psycopg). The token is read from a file or standard input, never
-from the command line, where other users could see it.
+``explain`` and ``check`` with ``--dsn`` run ``oauth.explain`` on the server (the
+workers' keys, the role checks), the token a bind parameter in a transaction that
+logs no statement (pyhook/server_explain.py). With ``--config``, or ``--dsn`` plus
+``--now``/``--no-fetch``, pyhook's validation (the same code the server runs)
+runs here against configuration from a JSON file or read from the database.
+The token is read from a file or standard input, never from the command line,
+where other users could see it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pyhook.offline_config import (
     config_from_file,
 )
 from pyhook.plpython_adapter import explain_rows
+from pyhook.server_explain import explain_on_server
 from pyhook.setup_doctor import (
     EXIT_CANNOT_CHECK,
     DoctorError,
@@ -148,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
         source.add_argument("--config", help="configuration as a JSON file")
         source.add_argument(
             "--dsn",
-            help="read oauth.* from this database, as a superuser: " + DSN_HELP,
+            help="run oauth.explain in this database, as a superuser (with --now or "
+            "--no-fetch: read oauth.* from it and decide here): " + DSN_HELP,
         )
         sub.add_argument("--role", required=True, help="the requested user")
         sub.add_argument("--database", default="postgres")
@@ -240,6 +245,11 @@ def _read_token(path: str) -> str:
 def _decide(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
     # first: connecting as root may give up root (pyhook.local_connection)
     token = _read_token(args.token_file)
+    if args.dsn and not args.no_fetch and args.now is None:
+        rows = explain_on_server(
+            args.dsn, token, args.role, args.database, args.client_addr
+        )
+        return rows, rows[-1]["outcome"] == "pass"
     if args.config:
         config, cached = config_from_file(args.config)
     else:
