@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-from conftest import RecordingIssuer, make_cluster
+from conftest import CLUSTERS, RecordingIssuer, make_cluster
 from pgcluster import Cluster
 
 from pyhook.dev_issuer import DevIssuer
@@ -176,3 +176,26 @@ def test_refresh_while_the_issuer_is_down_fails_closed(kc, own):
     # the next login fetches (no keys held: no cooldown to wait for)
     assert attempt(kc, "alice", token) == "ok"
     assert verdict(kc, token) == "ok"
+
+
+def test_refresh_keys_on_a_standby(kc, own):
+    """A standby's workers hold keys of their own: the call refreshes them there (it
+    cannot delete the replicated rows, and hides those fetched before it)."""
+    kc.sql("CHECKPOINT")  # pg_basebackup's own checkpoint is spread: leave it nothing to do
+    standby = Cluster.standby_of(kc)
+    CLUSTERS.append(standby)
+    try:
+        standby.start()
+        standby.wait_for_workers()
+        old_kid = own.current_kid("RS256")
+        token = own.mint(sub="alice", kid=old_kid)
+        assert attempt(standby, "alice", token) == "ok"
+        own.rotate("RS256", retire=True)
+        assert attempt(standby, "alice", token) == "ok"
+        assert standby.sql("SELECT oauth.refresh_keys()") == [(1,)]
+        assert attempt(standby, "alice", token) == "unknown_key"
+        assert verdict(standby, token) == "unknown_key"
+        assert attempt(standby, "alice", own.mint(sub="alice")) == "ok"
+    finally:
+        standby.stop()
+        kc.sql("SELECT oauth.refresh_keys()")  # the primary's workers too, for what follows
