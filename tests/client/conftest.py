@@ -133,9 +133,14 @@ def workload_issuer(workdir: Path) -> Iterator[DevIssuer]:
 @pytest.fixture(scope="session")
 def idp(workdir: Path, workload_issuer: DevIssuer) -> Iterator[IdP]:
     node = shutil.which("node")
-    if node is None or not (NODE_DIR / "node_modules" / "oidc-provider").is_dir():
-        pytest.fail("the client tests need Node and tests/client/node/node_modules: "
-                    "make node-deps (make test runs it)")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout \
+        if node else ""
+    major_minor = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+    if major_minor < (20, 18):  # oidc-provider 9 (Debian 12's nodejs 18 is too old)
+        pytest.fail(f"the client tests need Node 20.18 or later, found {version or 'none'}")
+    if not (NODE_DIR / "node_modules" / "oidc-provider").is_dir():
+        pytest.fail("tests/client/node/node_modules is missing: make node-deps "
+                    "(make test runs it)")
     key_file = workdir / "svc-jwt.pem"
     config = {
         "resources": [RESOURCE, OTHER_RESOURCE],
