@@ -24,7 +24,6 @@ import json
 import os
 import shlex
 import stat
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +31,10 @@ from typing import Any
 
 from pg_oauth_client.errors import ConfigError
 
-if sys.version_info >= (3, 11):
+try:
     import tomllib
-else:  # pragma: no cover - exercised on Python < 3.11 only
-    import tomli as tomllib
+except ImportError:  # pragma: no cover - Python < 3.11
+    import tomli as tomllib  # type: ignore[no-redef]
 
 ENV_PREFIX = "PG_OAUTH_"
 DEFAULT_PROFILE = "default"
