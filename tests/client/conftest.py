@@ -326,7 +326,7 @@ def device_sign_in(client: ClientEnv, idp: IdP, profile: str, login: str = "alic
                    decision: str = "approve", command: tuple[str, ...] = ("token",)
                    ) -> tuple[subprocess.CompletedProcess, str]:
     """Run pg-oauth until it shows the verification URL, act in the 'browser', finish."""
-    proc = client.popen(*command, "--profile", profile)
+    proc = client.popen(command[0], "--profile", profile, *command[1:])
     assert proc.stderr is not None
     shown = ""
     deadline = time.monotonic() + 30

@@ -130,3 +130,55 @@ def test_wrong_profile_in_a_driver_is_one_clear_error(client: ClientEnv,
     monkeypatch.setenv("PG_OAUTH_CACHE_DIR", str(client.cache))
     with pytest.raises(ClientError, match="no profile 'nope'"):
         psycopg.connect(password=get_token("nope"))
+
+
+NODE_LOGIN = """
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import pg from 'pg';
+const run = promisify(execFile);
+const password = async () => (await run('pg-oauth', ['token', '--profile', 'dev'])).stdout.trim();
+const client = new pg.Client({ password });
+await client.connect();
+const { rows } = await client.query("SELECT current_user, oauth.claim('email') AS email");
+console.log(rows[0].current_user, rows[0].email);
+await client.end();
+"""
+
+
+def test_device_flow_token_with_every_driver(client: ClientEnv, idp, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A person signs in once (device flow, approved over HTTP); psql, psycopg, asyncpg
+    and node-postgres then log in as that person with tokens from pg-oauth."""
+    import asyncio
+
+    import asyncpg
+    from conftest import device_sign_in
+    from pg_oauth_client import async_token_provider, get_token
+
+    done, _ = device_sign_in(client, idp, "dev", login="alice",
+                             command=("psql", "--", "-XtA", "-c", "SELECT current_user"))
+    assert done.returncode == 0 and done.stdout.strip() == "alice", done.stderr
+
+    env = {**_user_env(client, tmp_path), "PGUSER": "alice"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with psycopg.connect(password=get_token("dev", interactive=False)) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("alice",)
+
+    async def via_asyncpg() -> str:
+        conn = await asyncpg.connect(password=async_token_provider("dev"))
+        try:
+            return await conn.fetchval("SELECT current_user")
+        finally:
+            await conn.close()
+
+    assert asyncio.run(via_asyncpg()) == "alice"
+
+    script = tmp_path / "login.mjs"
+    script.write_text(NODE_LOGIN)
+    (tmp_path / "node_modules").symlink_to(NODE_DIR / "node_modules")
+    node = subprocess.run(["node", str(script)], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path, check=False)
+    assert node.returncode == 0, node.stderr
+    assert node.stdout.split() == ["alice", "alice@example.com"]
