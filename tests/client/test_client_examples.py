@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import NODE_DIR, ROOT, ClientEnv
+from client_support import NODE_DIR, ROOT, ClientEnv, device_sign_in
 
 EXAMPLE = re.compile(r"<!-- example: (\S+) -->\s*```(\w+)\n(.*?)```", re.DOTALL)
 SOURCES = (ROOT / "docs" / "clients.md", ROOT / "README.md")
@@ -153,7 +153,6 @@ def test_device_flow_token_with_every_driver(client: ClientEnv, idp, tmp_path: P
     import asyncio
 
     import asyncpg
-    from conftest import device_sign_in
     from pg_oauth_client import async_token_provider, get_token
 
     done, _ = device_sign_in(client, idp, "dev", login="alice",

@@ -10,7 +10,7 @@ import time
 
 import psycopg
 import pytest
-from conftest import RESOURCE, ClientEnv, IdP, device_sign_in
+from client_support import RESOURCE, ClientEnv, IdP, device_sign_in
 from pg_oauth_client.jwt_peek import unverified_claims
 
 from pyhook.dev_issuer import DevIssuer

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import CLIENT_DIR, ROOT
+from client_support import CLIENT_DIR, ROOT
 from pg_oauth_client.errors import ConfigError, IdPError
 from pg_oauth_client.oauth_flows import OAuthClient
 from pg_oauth_client.profile import load_profile
