@@ -84,8 +84,8 @@ def test_pool_connection_opened_hours_later_gets_a_fresh_token(
                         open=True) as pool:
         with pool.connection() as conn:
             user, first_jti = conn.execute(query).fetchone()
-            conn.close()  # the pool replaces a closed connection with a new one
-        client.age_cache("prod")  # ... hours later
+            client.age_cache("prod")  # ... hours later
+            conn.close()  # given back closed, the pool replaces it with a new connection
         with pool.connection() as conn:
             user2, second_jti = conn.execute(query).fetchone()
     assert user == user2 == "svc"
