@@ -30,7 +30,7 @@ EXTRA_CLEAN = sql/pg_oauth--1.0.sql
 
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
-.PHONY: install-python install-tools uninstall-python deps test-deps venv test unit-test integration-test demo bench lint
+.PHONY: install-python install-tools uninstall-python deps test-deps node-deps venv test unit-test integration-test demo bench lint
 
 # PGXS is only there once postgresql-server-dev-15 is installed; `make test` and
 # `make demo` install it first and then call make again.
@@ -93,10 +93,16 @@ test-deps:
 
 venv: test-deps
 
+# npm packages of the client tests (oidc-provider, node-postgres), from the lockfile
+NODE_DEPS = tests/client/node/node_modules/.package-lock.json
+node-deps: $(NODE_DEPS)
+$(NODE_DEPS): tests/client/node/package-lock.json tests/client/node/package.json
+	npm ci --prefix tests/client/node --no-audit --no-fund --loglevel=error
+
 unit-test: test-deps
 	.venv/bin/python -m pytest -q tests/unit
 
-test: test-deps
+test: test-deps node-deps
 	$(MAKE) all
 	$(MAKE) install
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests
@@ -112,4 +118,4 @@ bench: test-deps
 	.venv/bin/python bench/run.py
 
 lint: test-deps
-	.venv/bin/ruff check pyhook tests bench scripts
+	.venv/bin/ruff check pyhook client tests bench scripts

@@ -70,6 +70,15 @@ DEVELOPMENT_COMMANDS = {
     "mint": "print a token signed by the development issuer's keys",
     "rotate": "add a signing key to the development issuer and print its kid",
 }
+# the client half (pg_oauth_client, pip-installable without pyhook) owns these
+CLIENT_COMMANDS = {
+    "token": "print a fresh access token for a profile",
+    "psql": "run psql with a fresh token in PGPASSWORD",
+    "exec": "run a command with a fresh token in PGPASSWORD",
+    "login": "sign in again (device flow)",
+    "logout": "forget a profile's cached tokens",
+    "profiles": "list the profiles",
+}
 DSN_HELP = (
     "a libpq connection string, as psql takes it; as root with no user given: "
     "the postgres OS user over the local socket, as `runuser -u postgres -- psql`"
@@ -86,6 +95,8 @@ def _command_list() -> str:
         "development commands (a local stand-in issuer and its tokens; "
         "never for production):\n"
         f"{rows(DEVELOPMENT_COMMANDS)}\n\n"
+        "client commands (from the client package, pg_oauth_client: docs/clients.md):\n"
+        f"{rows(CLIENT_COMMANDS)}\n\n"
         "`pg-oauth COMMAND --help` describes one."
     )
 
@@ -314,6 +325,15 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in CLIENT_COMMANDS:
+        try:
+            from pg_oauth_client.cli import main as client_main
+        except ImportError:
+            print(f"pg-oauth {argv[0]}: a client command: install the client package "
+                  "(pip install ./client, docs/clients.md)", file=sys.stderr)
+            return EXIT_ERROR
+        return client_main(argv)
     args = _parser().parse_args(argv)
     try:
         if args.command == "dev-issuer":

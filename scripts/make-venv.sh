@@ -13,5 +13,6 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt" \
         -r "$here/requirements-dev.txt" -c "$here/constraints.txt"
     "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -e "$here"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -e "$here/client"
     echo "$want" > "$stamp"
 fi

@@ -1,0 +1,5 @@
+import sys
+
+from pg_oauth_client.cli import main
+
+sys.exit(main())

@@ -1,0 +1,213 @@
+"""The ``pg-oauth`` command, client half: ``token``, ``psql``, ``exec``, ``login``,
+``logout``, ``profiles``. The server-side subcommands (explain, check, doctor, dev-issuer,
+mint, rotate) belong to pyhook; when it is installed, ``pg-oauth`` runs them too.
+
+Tokens go to standard output (``token``) or into the child's environment only
+(``psql``/``exec``: PGPASSWORD), never onto a command line or into a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from pg_oauth_client import __version__
+from pg_oauth_client.errors import ClientError
+from pg_oauth_client.profile import FLOWS, config_path, load_profile, profile_names
+from pg_oauth_client.refusal import advice, find_refusal
+from pg_oauth_client.tokens import forget, obtain
+
+CLIENT_COMMANDS = ("token", "psql", "exec", "login", "logout", "profiles")
+SERVER_COMMANDS = ("explain", "check", "doctor", "dev-issuer", "mint", "rotate")
+_SCAN_LIMIT = 64 * 1024  # the tail of the child's stderr kept to find a refusal
+
+
+def _add_profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", "-p", default=None,
+                   help="profile name (default: $PG_OAUTH_PROFILE, else 'default')")
+
+
+def _add_freshness(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-valid", type=float, default=None, metavar="SECONDS",
+                   help="reuse a cached token only if valid this long (default: the "
+                        "profile's min_valid, 300; at most half the token's lifetime)")
+    p.add_argument("--no-interactive", action="store_true",
+                   help="never start an interactive sign-in: fail instead")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pg-oauth",
+        description="Short-lived OAuth/OIDC tokens as PostgreSQL passwords "
+                    f"(profiles: {config_path()}).",
+        epilog="Server tools (" + ", ".join(SERVER_COMMANDS) + ") come with pyhook, "
+               "the server side of pg_oauth.")
+    parser.add_argument("--version", action="version", version=f"pg-oauth {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tok = commands.add_parser("token", help="print a fresh access token",
+                              description="Print an access token for the profile: the "
+                              "cached one while it stays valid long enough, else a new one.")
+    _add_profile(tok)
+    _add_freshness(tok)
+    tok.add_argument("--force", action="store_true", help="do not reuse a cached token")
+    tok.add_argument("--output", "-o", choices=("token", "json"), default="token",
+                     help="token (default) or json with expires_at")
+
+    for name, text in (("psql", "run psql with a fresh token in PGPASSWORD"),
+                       ("exec", "run a command with a fresh token in PGPASSWORD")):
+        sub = commands.add_parser(name, help=text, description=text + " (its environment "
+                                  "only), and the profile's host/port/dbname/user/sslmode as "
+                                  "PG* defaults. When the server refuses the token, says why "
+                                  "and what to do.")
+        _add_profile(sub)
+        _add_freshness(sub)
+        sub.add_argument("args", nargs=argparse.REMAINDER,
+                         help="-- then the " + ("psql arguments" if name == "psql"
+                                                else "command and its arguments"))
+
+    login = commands.add_parser("login", help="sign in again (device flow) or fetch anew",
+                                description="A new sign-in for a device_code profile, "
+                                "ignoring any cached refresh token; other flows fetch a new "
+                                "token. Prints nothing on standard output.")
+    _add_profile(login)
+
+    logout = commands.add_parser("logout", help="forget the profile's cached tokens")
+    _add_profile(logout)
+
+    commands.add_parser("profiles", help="list the profiles of the config file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SERVER_COMMANDS:
+        return _server_command(argv)
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ClientError as exc:
+        print(f"pg-oauth: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("pg-oauth: interrupted", file=sys.stderr)
+        return 130
+
+
+def _server_command(argv: list[str]) -> int:
+    try:
+        from pyhook.cli import main as server_main
+    except ImportError:
+        print(f"pg-oauth: {argv[0]} is a server-side command: it comes with pyhook, "
+              "the server side of pg_oauth (pip install it from the pg_oauth tree)",
+              file=sys.stderr)
+        return 2
+    return server_main(argv)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "profiles":
+        return _profiles()
+    if args.command == "logout":
+        removed = forget(args.profile)
+        name = load_profile(args.profile).name
+        print(f"pg-oauth: {'forgot' if removed else 'no'} cached tokens of profile {name!r}",
+              file=sys.stderr)
+        return 0
+    if args.command == "login":
+        token = obtain(args.profile, force=True, sign_in=True)
+        print(f"pg-oauth: signed in for profile {token.profile!r}"
+              + (f", token valid until {_clock(token.expires_at)}" if token.expires_at else ""),
+              file=sys.stderr)
+        return 0
+    profile = load_profile(args.profile)
+    token = obtain(profile, min_valid=args.min_valid, force=getattr(args, "force", False),
+                   interactive=not args.no_interactive)
+    if args.command == "token":
+        if args.output == "json":
+            print(json.dumps({
+                "profile": token.profile,
+                "access_token": token.access_token,
+                "expires_at": token.expires_at and int(token.expires_at),
+                "expires_in": token.expires_at and max(int(token.expires_at - time.time()), 0),
+            }))
+        else:
+            print(token.access_token)
+        return 0
+    command = list(args.args)
+    if command and command[0] == "--":
+        command = command[1:]
+    if args.command == "psql":
+        command = ["psql", *command]
+    if not command:
+        print("pg-oauth: exec needs a command: pg-oauth exec -- COMMAND [ARGS...]",
+              file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    for key, value in profile.libpq_environment().items():
+        env.setdefault(key, value)
+    # a token must not go to a server nobody verified: libpq's default (prefer) would
+    env.setdefault("PGSSLMODE", "verify-full")
+    env["PGPASSWORD"] = token.access_token
+    return _run_child(command, env, token.access_token, profile.name)
+
+
+def _run_child(command: list[str], env: dict[str, str], token: str, profile_name: str) -> int:
+    """Run the command; pass its stderr through as it comes, keeping the tail to find a
+    refusal. Ctrl-C is the child's to handle (psql cancels a query)."""
+    exe = shutil.which(command[0], path=env.get("PATH"))
+    if exe is None:
+        print(f"pg-oauth: {command[0]}: command not found", file=sys.stderr)
+        return 127
+    # a handler, not SIG_IGN: handlers are reset by exec, so the child keeps Ctrl-C
+    previous = signal.signal(signal.SIGINT, _ignore_signal)
+    try:
+        proc = subprocess.Popen([exe, *command[1:]], env=env, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        tail = b""
+        err = sys.stderr.buffer
+        while chunk := os.read(proc.stderr.fileno(), 65536):
+            err.write(chunk)
+            err.flush()
+            tail = (tail + chunk)[-_SCAN_LIMIT:]
+        status = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    refusal = find_refusal(tail.decode("utf-8", "replace"))
+    if refusal is not None:
+        for line in advice(refusal, token, profile_name):
+            print(f"pg-oauth: {line}", file=sys.stderr)
+    return status if status >= 0 else 128 - status
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """Ctrl-C while the child runs: the child (in the same process group) gets it too."""
+
+
+def _profiles() -> int:
+    names = profile_names()
+    if not names:
+        print(f"pg-oauth: no profiles in {config_path()}", file=sys.stderr)
+        return 0
+    for name in names:
+        try:
+            p = load_profile(name, apply_env=False)
+            where = p.issuer or p.token_file or (p.command[0] if p.command else "")
+            print(f"{name}\t{p.flow}\t{where}")
+        except ClientError as exc:
+            print(f"{name}\t(error)\t{exc}")
+    return 0
+
+
+def _clock(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts or 0))
+
+
+__all__ = ["CLIENT_COMMANDS", "FLOWS", "main"]
