@@ -85,3 +85,24 @@ CREATE FUNCTION oauth._log_config_applied(table_id bigint, version bigint, messa
     LANGUAGE c VOLATILE STRICT
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_log_config_applied';
 REVOKE ALL ON FUNCTION oauth._log_config_applied(bigint, bigint, text) FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Claims as arrays, for "any of my groups" in RLS policies (session_state.c)
+------------------------------------------------------------------------------
+
+-- Same path syntax as oauth.claim().  An array claim gives its elements
+-- (strings unquoted, other values as JSON text), any other claim a one-element
+-- array; NULL when absent or not a token session.
+CREATE FUNCTION oauth.claim_array(path text) RETURNS text[]
+    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_claim_array';
+COMMENT ON FUNCTION oauth.claim_array(text) IS
+    'A claim of this session''s token as text[] (an array claim''s elements; any other claim as one element); NULL when absent or not a token session';
+
+-- true when an element of oauth.claim_array(path) equals value (byte for byte);
+-- false otherwise, also when absent or not a token session.
+CREATE FUNCTION oauth.claim_contains(path text, value text) RETURNS boolean
+    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_claim_contains';
+COMMENT ON FUNCTION oauth.claim_contains(text, text) IS
+    'Whether the claim at path (an array claim: one of its elements) equals value; false when absent or not a token session';
