@@ -29,9 +29,30 @@
 #define AUDIT_BATCH				64
 #define EXTENSION_RECHECK_MS	10000
 #define RETENTION_EVERY_MS		(10 * 60 * 1000)
+/*
+ * Retention deletes this many rows per transaction, oldest first by the
+ * index on at, and comes back after a short pause (audit rows are written
+ * and expired sessions ended in between): no long transaction holds back
+ * vacuum or the audit ring, however many rows are due.
+ */
+#define RETENTION_BATCH_ROWS	10000
+#define RETENTION_PAUSE_MS		20
 
 static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr retention_plan = NULL;
 static MemoryContext tick_context = NULL;
+
+/* A retention pass under way: it deletes rows older than cutoff, batch by batch. */
+typedef struct RetentionPass
+{
+	bool		active;
+	TimestampTz cutoff;
+	TimestampTz started;
+	int64		deleted;
+	int			batches;
+} RetentionPass;
+
+static RetentionPass retention = {false};
 
 void
 pg_oauth_register_housekeeper(void)
@@ -62,6 +83,7 @@ housekeeper_transaction(void (*step) (void *), void *arg, const char *what)
 		return true;
 	ereport(LOG, (errmsg("pg_oauth housekeeper: %s failed: %s", what, edata->message)));
 	insert_plan = NULL;			/* the extension may have been dropped */
+	retention_plan = NULL;
 	return false;
 }
 
@@ -151,13 +173,51 @@ audit_insert_step(void *arg)
 static void
 retention_step(void *arg)
 {
-	char		query[256];
+	int64	   *deleted = (int64 *) arg;
+	Datum		values[1];
 
-	snprintf(query, sizeof(query),
-			 "DELETE FROM oauth.audit_log WHERE at < pg_catalog.now() - interval '%d minutes'",
-			 pg_oauth_audit_retention);
-	if (SPI_execute(query, false, 0) != SPI_OK_DELETE)
+	if (retention_plan == NULL)
+	{
+		Oid			types[1] = {TIMESTAMPTZOID};
+		SPIPlanPtr	plan = SPI_prepare(
+									   "DELETE FROM oauth.audit_log WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+									   "SELECT ctid FROM oauth.audit_log WHERE at OPERATOR(pg_catalog.<) $1 "
+									   "ORDER BY at LIMIT " CppAsString2(RETENTION_BATCH_ROWS) "))",
+									   1, types);
+
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not prepare the audit retention delete: %s",
+				 SPI_result_code_string(SPI_result));
+		retention_plan = plan;
+	}
+	values[0] = TimestampTzGetDatum(retention.cutoff);
+	if (SPI_execute_plan(retention_plan, values, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "audit retention delete failed");
+	*deleted = (int64) SPI_processed;
+}
+
+/* One batch of the retention pass; the pass ends with a batch that was not full. */
+static void
+retention_batch(void)
+{
+	int64		deleted = 0;
+
+	if (!housekeeper_transaction(retention_step, &deleted, "pg_oauth: trimming audit log"))
+	{
+		retention.active = false;
+		return;
+	}
+	retention.deleted += deleted;
+	retention.batches++;
+	if (deleted >= RETENTION_BATCH_ROWS)
+		return;
+	retention.active = false;
+	/* a large purge is worth a line; the routine pass every 10 minutes is not */
+	ereport(retention.batches > 1 ? LOG : DEBUG1,
+			(errmsg("pg_oauth: audit retention deleted %lld rows older than %s from oauth.audit_log in %d transactions, %.1f s",
+					(long long) retention.deleted, timestamptz_to_str(retention.cutoff),
+					retention.batches,
+					(double) (GetCurrentTimestamp() - retention.started) / USECS_PER_SEC)));
 }
 
 void
@@ -187,7 +247,8 @@ pg_oauth_housekeeper_main(Datum main_arg)
 		TimestampTz now;
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 HOUSEKEEPER_TICK_MS, PG_WAIT_EXTENSION);
+						 retention.active ? RETENTION_PAUSE_MS : HOUSEKEEPER_TICK_MS,
+						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -195,6 +256,7 @@ pg_oauth_housekeeper_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 			last_retention = 0; /* a new retention applies now, not in 10 min */
+			retention.active = false;	/* with its own cutoff */
 		}
 		MemoryContextReset(tick_context);
 		MemoryContextSwitchTo(tick_context);
@@ -266,11 +328,17 @@ pg_oauth_housekeeper_main(Datum main_arg)
 			CHECK_FOR_INTERRUPTS();
 		}
 
-		if (installed && pg_oauth_audit_retention > 0 &&
+		if (installed && pg_oauth_audit_retention > 0 && !retention.active &&
 			TimestampDifferenceExceeds(last_retention, now, RETENTION_EVERY_MS))
 		{
 			last_retention = now;
-			(void) housekeeper_transaction(retention_step, NULL, "pg_oauth: trimming audit log");
+			retention.active = true;
+			retention.cutoff = now - (TimestampTz) pg_oauth_audit_retention * USECS_PER_MINUTE;
+			retention.started = now;
+			retention.deleted = 0;
+			retention.batches = 0;
 		}
+		if (installed && retention.active)
+			retention_batch();
 	}
 }

@@ -195,6 +195,9 @@ typedef struct PgOAuthShared
 	LWLock	   *lock;			/* protects slot states and worker states */
 	ConditionVariable slot_freed;
 	pg_atomic_uint64 config_version;
+	/* configuration version last logged as loaded (worker_log.c), under lock */
+	uint64		config_logged_table;
+	uint64		config_logged_version;
 	uint64		next_ticket;
 	int			refresher;		/* worker refreshing keys, -1: none (one at a time) */
 	int			nworkers;

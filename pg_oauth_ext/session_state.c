@@ -14,6 +14,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -21,6 +22,8 @@
 
 PG_FUNCTION_INFO_V1(pg_oauth_fn_claims);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_claim);
+PG_FUNCTION_INFO_V1(pg_oauth_fn_claim_array);
+PG_FUNCTION_INFO_V1(pg_oauth_fn_claim_contains);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_session);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_workers);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_config_version);
@@ -31,6 +34,8 @@ OAuthSession pg_oauth_session = {false};
 
 /* The session's claims parsed once, in TopMemoryContext; NULL until first use. */
 static Jsonb *session_claims_jsonb = NULL;
+/* bumped whenever the claims are set: the claim functions' caches are then stale */
+static uint64 claims_generation = 0;
 
 static char *
 top_strdup(const char *s)
@@ -56,6 +61,7 @@ session_state_remember(const TokenDecision *decision, const char *role)
 	if (session_claims_jsonb != NULL)
 		pfree(session_claims_jsonb);
 	session_claims_jsonb = NULL;
+	claims_generation++;
 }
 
 /*
@@ -171,44 +177,25 @@ split_claim_path(const char *p, int n, Datum *segments)
 }
 
 /*
- * oauth.claim(path): one claim by path.  In C so that no operator or
- * function is looked up through the caller's search_path (a policy using it
- * must not be steerable by the user it restricts), and cheap per row.
- *
- * A top-level claim whose name is exactly the path wins; otherwise the path
- * is split into segments and followed like jsonb's #>> (an integer segment
- * indexes an array).  Strings come back unquoted, other values as JSON text,
- * JSON null as NULL.
+ * The claim at a path, as oauth.claim() finds it: a top-level claim whose
+ * name is exactly the path wins; otherwise the path is split into segments
+ * and followed like jsonb's #> (an integer segment indexes an array).  NULL
+ * when absent or JSON null.  Containers come back as jbvBinary.
  */
-Datum
-pg_oauth_fn_claim(PG_FUNCTION_ARGS)
+static JsonbValue *
+claim_value(Jsonb *claims, const char *p, int n)
 {
-	Jsonb	   *claims;
-	text	   *path;
-	const char *p;
-	int			n;
+	JsonbValue *v = palloc(sizeof(JsonbValue));
 	Datum	   *segments;
 	int			nsegments;
 	bool		isnull;
-	Datum		result;
-
-	if (PG_ARGISNULL(0) || (claims = session_claims()) == NULL)
-		PG_RETURN_NULL();
-	path = PG_GETARG_TEXT_PP(0);
-	p = VARDATA_ANY(path);
-	n = VARSIZE_ANY_EXHDR(path);
+	Datum		element;
+	Jsonb	   *found;
 
 	if (JB_ROOT_IS_OBJECT(claims))
 	{
-		JsonbValue	vbuf;
-		JsonbValue *v = getKeyJsonValueFromContainer(&claims->root, p, n, &vbuf);
-
-		if (v != NULL)
-		{
-			if (v->type == jbvNull)
-				PG_RETURN_NULL();
-			PG_RETURN_TEXT_P(jsonb_value_text(v));
-		}
+		if (getKeyJsonValueFromContainer(&claims->root, p, n, v) != NULL)
+			return v->type == jbvNull ? NULL : v;
 	}
 	else
 	{
@@ -219,17 +206,226 @@ pg_oauth_fn_claim(PG_FUNCTION_ARGS)
 		key.val.string.val = (char *) p;
 		key.val.string.len = n;
 		if (findJsonbValueFromContainer(&claims->root, JB_FARRAY, &key) != NULL)
-			PG_RETURN_NULL();
+			return NULL;
 	}
 
 	segments = palloc(sizeof(Datum) * (n + 1));
 	nsegments = split_claim_path(p, n, segments);
 	if (nsegments == 0)
-		PG_RETURN_NULL();
-	result = jsonb_get_element(claims, segments, nsegments, &isnull, true);
+		return NULL;
+	element = jsonb_get_element(claims, segments, nsegments, &isnull, false);
 	if (isnull)
+		return NULL;
+	found = DatumGetJsonbP(element);
+	if (JB_ROOT_IS_SCALAR(found))
+	{
+		(void) JsonbExtractScalar(&found->root, v);
+		return v->type == jbvNull ? NULL : v;
+	}
+	v->type = jbvBinary;
+	v->val.binary.data = &found->root;
+	v->val.binary.len = VARSIZE(found) - VARHDRSZ;
+	return v;
+}
+
+/*
+ * A claim as text[]: an array claim gives its elements (strings unquoted,
+ * other values as JSON text, JSON null as NULL), any other claim a
+ * one-element array of what claim() returns.
+ */
+static ArrayType *
+claim_as_array(JsonbValue *v)
+{
+	ArrayBuildState *elements = initArrayResult(TEXTOID, CurrentMemoryContext, false);
+
+	if (v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data))
+	{
+		JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
+		JsonbValue	element;
+		JsonbIteratorToken token;
+
+		while ((token = JsonbIteratorNext(&it, &element, true)) != WJB_DONE)
+		{
+			if (token != WJB_ELEM)
+				continue;
+			if (element.type == jbvNull)
+				accumArrayResult(elements, (Datum) 0, true, TEXTOID, CurrentMemoryContext);
+			else
+				accumArrayResult(elements, PointerGetDatum(jsonb_value_text(&element)), false,
+								 TEXTOID, CurrentMemoryContext);
+		}
+	}
+	else
+		accumArrayResult(elements, PointerGetDatum(jsonb_value_text(v)), false,
+						 TEXTOID, CurrentMemoryContext);
+	return DatumGetArrayTypeP(makeArrayResult(elements, CurrentMemoryContext));
+}
+
+/*
+ * RLS policies call the claim functions once per row, nearly always with a
+ * constant path, and a session's claims never change after login: each call
+ * site (FmgrInfo) keeps its last answer and only copies it out.
+ */
+typedef struct ClaimCache
+{
+	MemoryContext cxt;			/* everything below but the struct itself */
+	uint64		generation;		/* claims_generation when filled */
+	bool		filled;
+	char	   *path;
+	int			pathlen;
+	bool		isnull;
+	Datum		result;			/* claim(): text; claim_array(): text[] */
+	int			nitems;			/* claim_contains(): the non-NULL elements */
+	text	  **items;
+} ClaimCache;
+
+typedef enum ClaimForm
+{
+	CLAIM_TEXT,
+	CLAIM_ARRAY,
+	CLAIM_ITEMS
+} ClaimForm;
+
+static ClaimCache *
+claim_lookup(FunctionCallInfo fcinfo, text *path, ClaimForm form)
+{
+	ClaimCache *cache = (ClaimCache *) fcinfo->flinfo->fn_extra;
+	const char *p = VARDATA_ANY(path);
+	int			n = VARSIZE_ANY_EXHDR(path);
+	Jsonb	   *claims;
+	JsonbValue *v;
+	MemoryContext old;
+
+	if (cache != NULL && cache->filled && cache->generation == claims_generation &&
+		cache->pathlen == n && memcmp(cache->path, p, n) == 0)
+		return cache;
+
+	if (cache == NULL)
+	{
+		cache = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(ClaimCache));
+		cache->cxt = AllocSetContextCreate(fcinfo->flinfo->fn_mcxt, "pg_oauth claim cache",
+										   ALLOCSET_SMALL_SIZES);
+		fcinfo->flinfo->fn_extra = cache;
+	}
+	else
+		MemoryContextReset(cache->cxt);
+	cache->filled = false;
+
+	old = MemoryContextSwitchTo(cache->cxt);
+	cache->path = palloc(n + 1);
+	memcpy(cache->path, p, n);
+	cache->pathlen = n;
+	cache->isnull = true;
+	cache->nitems = 0;
+	claims = session_claims();
+	v = claims == NULL ? NULL : claim_value(claims, p, n);
+	if (v != NULL)
+	{
+		cache->isnull = false;
+		if (form == CLAIM_TEXT)
+			cache->result = PointerGetDatum(jsonb_value_text(v));
+		else
+		{
+			ArrayType  *array = claim_as_array(v);
+
+			cache->result = PointerGetDatum(array);
+			if (form == CLAIM_ITEMS)
+			{
+				Datum	   *elements;
+				bool	   *nulls;
+				int			count;
+				int			i;
+
+				deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT,
+								  &elements, &nulls, &count);
+				cache->items = palloc(sizeof(text *) * (count + 1));
+				for (i = 0; i < count; i++)
+					if (!nulls[i])
+						cache->items[cache->nitems++] = DatumGetTextPP(elements[i]);
+			}
+		}
+	}
+	MemoryContextSwitchTo(old);
+	cache->generation = claims_generation;
+	cache->filled = true;
+	return cache;
+}
+
+/* The cached answer, copied into the caller's memory (it may be freed there). */
+static Datum
+copy_varlena(Datum value)
+{
+	Size		size = VARSIZE_ANY(DatumGetPointer(value));
+	void	   *copy = palloc(size);
+
+	memcpy(copy, DatumGetPointer(value), size);
+	return PointerGetDatum(copy);
+}
+
+/*
+ * oauth.claim(path): one claim by path.  In C so that no operator or
+ * function is looked up through the caller's search_path (a policy using it
+ * must not be steerable by the user it restricts), and cheap per row.
+ * Strings come back unquoted, other values as JSON text, JSON null as NULL.
+ */
+Datum
+pg_oauth_fn_claim(PG_FUNCTION_ARGS)
+{
+	ClaimCache *cache;
+
+	if (PG_ARGISNULL(0) || session_claims() == NULL)
 		PG_RETURN_NULL();
-	PG_RETURN_DATUM(result);
+	cache = claim_lookup(fcinfo, PG_GETARG_TEXT_PP(0), CLAIM_TEXT);
+	if (cache->isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(copy_varlena(cache->result));
+}
+
+/*
+ * oauth.claim_array(path): a claim as text[], for "any of my groups":
+ * group_id = ANY (oauth.claim_array('groups')).  NULL when absent.
+ */
+Datum
+pg_oauth_fn_claim_array(PG_FUNCTION_ARGS)
+{
+	ClaimCache *cache;
+
+	if (PG_ARGISNULL(0) || session_claims() == NULL)
+		PG_RETURN_NULL();
+	cache = claim_lookup(fcinfo, PG_GETARG_TEXT_PP(0), CLAIM_ARRAY);
+	if (cache->isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(copy_varlena(cache->result));
+}
+
+/*
+ * oauth.claim_contains(path, value): true when an element of
+ * claim_array(path) equals value byte for byte; false when none does, the
+ * claim is absent, or the session did not log in with a token.
+ */
+Datum
+pg_oauth_fn_claim_contains(PG_FUNCTION_ARGS)
+{
+	ClaimCache *cache;
+	text	   *value;
+	const char *v;
+	int			n;
+	int			i;
+
+	if (session_claims() == NULL)
+		PG_RETURN_BOOL(false);
+	cache = claim_lookup(fcinfo, PG_GETARG_TEXT_PP(0), CLAIM_ITEMS);
+	value = PG_GETARG_TEXT_PP(1);
+	v = VARDATA_ANY(value);
+	n = VARSIZE_ANY_EXHDR(value);
+	for (i = 0; i < cache->nitems; i++)
+	{
+		text	   *item = cache->items[i];
+
+		if (VARSIZE_ANY_EXHDR(item) == n && memcmp(VARDATA_ANY(item), v, n) == 0)
+			PG_RETURN_BOOL(true);
+	}
+	PG_RETURN_BOOL(false);
 }
 
 Datum

@@ -40,8 +40,16 @@
 #define WORKER_BUSY_REFRESH_MS	1000
 /* A worker that is not ready re-checks this often. */
 #define WORKER_RETRY_MS			1000
+/*
+ * A worker behind a configuration change tries to load it (through
+ * oauth.warmup) at most this often while idle: at once when woken by the
+ * change, again while another worker holds the refresh.
+ */
+#define WORKER_CATCH_UP_RETRY_MS	100
 
 static int	worker_index = -1;
+/* the shared configuration counter this worker's pyhook last loaded (0: none) */
+static uint64 loaded_config_version = 0;
 static bool worker_ready = false;
 /* the last oauth.refresh_keys() generation this worker has carried out */
 static uint64 keys_seen = 0;
@@ -90,6 +98,21 @@ pg_oauth_wake_all_workers(void)
 	LWLockRelease(pg_oauth_shared->lock);
 	for (i = 0; i < n; i++)
 		SetLatch(&procs[i]->procLatch);
+}
+
+static uint64
+shared_config_version(void)
+{
+	return pg_atomic_read_u64(&pg_oauth_shared->config_version);
+}
+
+/* A committed configuration change this worker has not loaded, and time to try. */
+static bool
+config_catch_up_due(TimestampTz last_attempt)
+{
+	return shared_config_version() != loaded_config_version &&
+		TimestampDifferenceExceeds(last_attempt, GetCurrentTimestamp(),
+								   WORKER_CATCH_UP_RETRY_MS);
 }
 
 static void
@@ -151,6 +174,7 @@ try_become_ready(void)
 	ReadyCheck	rc = {false, NULL};
 	ErrorData  *edata;
 	char		msg[PG_OAUTH_WORKER_ERROR_LEN];
+	uint64		config_version = shared_config_version();
 
 	MemoryContextReset(request_context);
 	pgstat_report_activity(STATE_RUNNING, "pg_oauth: loading validator");
@@ -189,6 +213,7 @@ try_become_ready(void)
 				(errmsg("pg_oauth validator %d ready: extension pg_oauth found in database \"%s\"",
 						worker_index, pg_oauth_database)));
 	waiting_logged = false;
+	loaded_config_version = config_version;
 	ereport(DEBUG1, (errmsg("pg_oauth validator %d ready: %s", worker_index,
 							rc.summary ? rc.summary : "")));
 	token_queue_set_worker_state(worker_index, WORKER_IDLE, NULL);
@@ -318,6 +343,7 @@ handle_request(TokenSlot *slot, uint64 ticket)
 	char	   *token;
 	int			token_len = slot->token_len;
 	TimestampTz started;
+	uint64		config_version = shared_config_version();
 
 	MemoryContextReset(request_context);
 	MemoryContextSwitchTo(request_context);
@@ -343,7 +369,7 @@ handle_request(TokenSlot *slot, uint64 ticket)
 	if (RecoveryInProgress())
 		call.nulls[5] = 'n';
 	else
-		call.values[5] = Int64GetDatum((int64) pg_atomic_read_u64(&pg_oauth_shared->config_version));
+		call.values[5] = Int64GetDatum((int64) config_version);
 
 	pgstat_report_activity(STATE_RUNNING, "pg_oauth: validating a token");
 	started = GetCurrentTimestamp();
@@ -363,6 +389,8 @@ handle_request(TokenSlot *slot, uint64 ticket)
 	if (ProcDiePending)
 		token_queue_fail(slot, "validator_unavailable",
 						 "the validator worker was terminated while checking this token");
+	else if (edata == NULL && strcmp(slot->reason, "validator_error") != 0)
+		loaded_config_version = config_version; /* pyhook is up to date with it */
 	else if (edata)
 	{
 		ereport(LOG,
@@ -384,15 +412,20 @@ handle_request(TokenSlot *slot, uint64 ticket)
 	token_queue_complete(slot, ticket);
 }
 
-static void
+/*
+ * oauth.warmup(): refresh keys that are due and load a configuration change.
+ * False when another worker is refreshing (this one then did nothing).
+ */
+static bool
 idle_refresh(void)
 {
 	ReadyCheck	rc = {false, NULL};
 	ErrorData  *edata;
+	uint64		config_version = shared_config_version();
 
 	/* one refresher at a time; it is busy, so backends wake another worker */
 	if (!token_queue_start_refresh(worker_index))
-		return;
+		return false;
 	MemoryContextReset(request_context);
 	pgstat_report_activity(STATE_RUNNING, "pg_oauth: refreshing keys");
 	edata = spi_run_in_transaction(ready_step, &rc, request_context);
@@ -402,6 +435,9 @@ idle_refresh(void)
 		ereport(LOG, (errmsg("pg_oauth: key refresh failed: %s", edata->message)));
 	else if (!rc.installed)
 		worker_ready = false;
+	else
+		loaded_config_version = config_version;
+	return true;
 }
 
 /* ---- oauth.refresh_keys() ---- */
@@ -492,6 +528,7 @@ void
 pg_oauth_worker_main(Datum main_arg)
 {
 	TimestampTz last_refresh;
+	TimestampTz last_catch_up = 0;
 
 	worker_index = DatumGetInt32(main_arg);
 
@@ -573,9 +610,20 @@ pg_oauth_worker_main(Datum main_arg)
 			continue;
 		}
 
+		/* a committed configuration change: load it now, not at the next login */
+		if (config_catch_up_due(last_catch_up))
+		{
+			last_catch_up = GetCurrentTimestamp();
+			if (idle_refresh())
+				last_refresh = GetCurrentTimestamp();
+			continue;
+		}
+
 		rc = WaitLatch(MyLatch,
 					   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					   WORKER_IDLE_REFRESH_MS, PG_WAIT_EXTENSION);
+					   shared_config_version() != loaded_config_version ?
+					   WORKER_CATCH_UP_RETRY_MS : WORKER_IDLE_REFRESH_MS,
+					   PG_WAIT_EXTENSION);
 		if ((rc & WL_TIMEOUT) &&
 			TimestampDifferenceExceeds(last_refresh, GetCurrentTimestamp(),
 									   WORKER_IDLE_REFRESH_MS))

@@ -8,12 +8,15 @@ is skipped and noted in ``Config.skipped_rules``, never raised.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import gc
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # a runtime X | Y alias would need Python 3.10
     IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -203,6 +206,76 @@ class IssuerConfig:
         return min(max(max_age, self.jwks_refresh_min), self.jwks_refresh_max)
 
 
+# Outside a character class these make a pattern more than literal text.
+_REGEX_SPECIAL = frozenset(".^$*+?{}[]|()")
+
+
+def literal_values(pattern: str) -> frozenset[str] | None:
+    """Every string ``pattern`` fully matches, when that is a finite list of literals.
+
+    ``alice``, ``example\\.com``, ``(alice|bob)``, ``^(?:a|b)$``: a literal or one
+    alternation of literals, optionally in one group and between ``^`` and ``$``. None
+    for anything else (classes, quantifiers, ``\\d``, flags, nested groups): those
+    are matched by the regular expression on every value. Conservative on purpose:
+    a pattern read wrongly here would let a rule miss a value it matches.
+    """
+    tokens: list[tuple[bool, str]] = []  # (special, character)
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            if i + 1 == len(pattern):
+                return None
+            escaped = pattern[i + 1]
+            if escaped.isascii() and escaped.isalnum():
+                return None  # \d, \w, \1, \n, \A ...: not a literal character
+            tokens.append((False, escaped))
+            i += 2
+            continue
+        tokens.append((char in _REGEX_SPECIAL, char))
+        i += 1
+    if tokens[:1] == [(True, "^")]:
+        tokens = tokens[1:]
+    if tokens[-1:] == [(True, "$")]:
+        tokens = tokens[:-1]
+    if tokens[:1] == [(True, "(")] and tokens[-1:] == [(True, ")")]:
+        tokens = tokens[1:-1]
+        if tokens[:1] == [(True, "?")]:
+            if tokens[1:2] != [(False, ":")]:
+                return None  # (?i), (?P<name>...), lookarounds
+            tokens = tokens[2:]
+    alternatives = [""]
+    for special, char in tokens:
+        if not special:
+            alternatives[-1] += char
+        elif char == "|":
+            alternatives.append("")
+        else:
+            return None
+    return frozenset(alternatives)
+
+
+@dataclass(frozen=True)
+class CompiledPattern:
+    """A role_map pattern compiled once, and the values it matches when it is literal."""
+
+    regex: re.Pattern[str]
+    literals: frozenset[str] | None
+
+    @classmethod
+    def compile(cls, pattern: str) -> CompiledPattern:
+        regex = re.compile(pattern)
+        literals = literal_values(pattern)
+        # belt and braces: every value read off the pattern must really match it
+        if literals is not None and not all(regex.fullmatch(v) for v in literals):
+            literals = None
+        return cls(regex, literals)
+
+
+# pattern text -> compiled pattern; kept by the caller across configuration loads
+PatternCache = dict[str, CompiledPattern]
+
+
 @dataclass(frozen=True)
 class RoleRule:
     id: int
@@ -214,13 +287,26 @@ class RoleRule:
     databases: frozenset[str] | None = None
     client_cidrs: tuple[IPNetwork, ...] | None = None
     max_sessions: int | None = None
+    # every value the pattern fully matches, when it is a list of literals (None: a regex)
+    literals: frozenset[str] | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> RoleRule:
-        """Compile one role_map row; raises ValueError (re.error is one) if it is unusable."""
+    def from_row(
+        cls, row: Mapping[str, Any], patterns: PatternCache | None = None
+    ) -> RoleRule:
+        """Compile one role_map row; raises ValueError (re.error is one) if it is unusable.
+
+        ``patterns``: compiled patterns to reuse and to add to (a reload of thousands
+        of rules then compiles only the new ones).
+        """
         pattern = str(row["pattern"])
         role = str(row["role"])
-        regex = re.compile(pattern)
+        compiled = None if patterns is None else patterns.get(pattern)
+        if compiled is None:
+            compiled = CompiledPattern.compile(pattern)
+            if patterns is not None:
+                patterns[pattern] = compiled
+        regex = compiled.regex
         groups = [int(a or b) for a, b in _GROUP_REFERENCE.findall(role)]
         if groups and max(groups) > regex.groups:
             raise ValueError(
@@ -245,12 +331,40 @@ class RoleRule:
                 else tuple(ipaddress.ip_network(str(c), strict=False) for c in cidrs)
             ),
             max_sessions=_optional_int(row.get("max_sessions")),
+            literals=compiled.literals,
         )
 
 
 @dataclass(frozen=True)
-class Revocation:
-    """One row of oauth.revocations: every non-NULL column must match the token."""
+class ClaimRules:
+    """The rules of one issuer that read one claim path.
+
+    A login resolves the path once; literal patterns are found by the value in a
+    dict, only the others are matched value by value.
+    """
+
+    claim: str
+    by_value: dict[str, tuple[RoleRule, ...]]
+    others: tuple[RoleRule, ...]
+
+    @classmethod
+    def build(cls, claim: str, rules: Iterable[RoleRule]) -> ClaimRules:
+        by_value: dict[str, list[RoleRule]] = {}
+        others: list[RoleRule] = []
+        for rule in rules:
+            if rule.literals is None:
+                others.append(rule)
+            else:
+                for value in rule.literals:
+                    by_value.setdefault(value, []).append(rule)
+        return cls(claim, {v: tuple(r) for v, r in by_value.items()}, tuple(others))
+
+
+class Revocation(NamedTuple):
+    """One row of oauth.revocations: every non-NULL column must match the token.
+
+    A tuple, not a dataclass: a configuration may hold hundreds of thousands.
+    """
 
     id: int
     issuer: str | None = None
@@ -261,18 +375,20 @@ class Revocation:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Revocation:
-        def text(name: str) -> str | None:
-            value = row.get(name)
-            return None if value is None else str(value)
-
-        expires = row.get("expires_at")
+        issuer, subject, token_id, reason, expires = (
+            row.get("issuer"),
+            row.get("subject"),
+            row.get("token_id"),
+            row.get("reason"),
+            row.get("expires_at"),
+        )
         return cls(
-            id=int(row["id"]),
-            issuer=text("issuer"),
-            subject=text("subject"),
-            token_id=text("token_id"),
-            reason=text("reason"),
-            expires_at=None if expires is None else float(expires),
+            int(row["id"]),
+            None if issuer is None else str(issuer),
+            None if subject is None else str(subject),
+            None if token_id is None else str(token_id),
+            None if reason is None else str(reason),
+            None if expires is None else float(expires),
         )
 
     def matches(
@@ -301,6 +417,86 @@ class Revocation:
         return f"revocation {self.id} (by {', '.join(parts)})"
 
 
+class Revocations:
+    """The revocations of a configuration, each under its most specific column, so a
+    login looks up three keys whatever their number. Rows are only ever added here
+    (a configuration change that removes or changes rows builds a new set)."""
+
+    def __init__(self, revocations: Iterable[Revocation] = ()) -> None:
+        self._by_token_id: dict[str, list[Revocation]] = {}
+        self._by_subject: dict[str, list[Revocation]] = {}
+        self._by_issuer: dict[str, list[Revocation]] = {}
+        self._count = 0
+        self.highest_id = 0  # the highest id added
+        self.add(revocations)
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> Revocations:
+        # a row that cannot be read must not be skipped (fail closed): let it raise
+        with _collector_paused():
+            return cls([Revocation.from_row(row) for row in rows])
+
+    def add(self, revocations: Iterable[Revocation]) -> None:
+        for rev in revocations:
+            if rev.token_id is not None:
+                index, key = self._by_token_id, rev.token_id
+            elif rev.subject is not None:
+                index, key = self._by_subject, rev.subject
+            elif rev.issuer is not None:
+                index, key = self._by_issuer, rev.issuer
+            else:
+                continue
+            found = index.get(key)
+            if found is None:
+                index[key] = [rev]
+            else:
+                found.append(rev)
+            self._count += 1
+            self.highest_id = max(self.highest_id, rev.id)
+
+    def add_rows(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Add rows (all read before any is added); how many."""
+        with _collector_paused():
+            revocations = [Revocation.from_row(row) for row in rows]
+            self.add(revocations)
+        return len(revocations)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def covering(
+        self, issuer: str | None, subject: str | None, token_id: str | None, now: float
+    ) -> Revocation | None:
+        """The first active revocation (by id) that covers this token, if any."""
+        if not self._count:
+            return None
+        candidates: list[Revocation] = []
+        for index, value in (
+            (self._by_token_id, token_id),
+            (self._by_subject, subject),
+            (self._by_issuer, issuer),
+        ):
+            if value is not None:
+                candidates.extend(index.get(value, ()))
+        for rev in sorted(candidates):
+            if rev.matches(issuer, subject, token_id, now):
+                return rev
+        return None
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while many acyclic objects are made at once: each
+    pass would walk all of them again (a 100k-row load took twice as long)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 @dataclass
 class Config:
     issuers: dict[str, IssuerConfig]
@@ -308,55 +504,89 @@ class Config:
     version: object = None
     # one sentence per role_map row that could not be used (for the server log)
     skipped_rules: list[str] = field(default_factory=list)
-    revocations: list[Revocation] = field(default_factory=list)
+    revocations: Revocations = field(default_factory=Revocations)
     _rules_by_issuer: dict[str, list[RoleRule]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    # each revocation under its most specific column, for O(1) lookups per login
-    _revocations_by: dict[tuple[str, str], list[Revocation]] = field(
+    _claim_rules: dict[str, tuple[ClaimRules, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
+        if not isinstance(self.revocations, Revocations):
+            self.revocations = Revocations(self.revocations)
+        self._index_rules()
+
+    def _index_rules(self) -> None:
         by_issuer: dict[str, list[RoleRule]] = {}
         for rule in sorted(self.rules, key=lambda r: r.id):
             by_issuer.setdefault(rule.issuer, []).append(rule)
         self._rules_by_issuer = by_issuer
-        index: dict[tuple[str, str], list[Revocation]] = {}
-        for rev in self.revocations:
-            if rev.token_id is not None:
-                key = ("token_id", rev.token_id)
-            elif rev.subject is not None:
-                key = ("subject", rev.subject)
-            elif rev.issuer is not None:
-                key = ("issuer", rev.issuer)
-            else:
-                continue
-            index.setdefault(key, []).append(rev)
-        self._revocations_by = index
+        claim_rules: dict[str, tuple[ClaimRules, ...]] = {}
+        for issuer, rules in by_issuer.items():
+            by_claim: dict[str, list[RoleRule]] = {}
+            for rule in rules:
+                by_claim.setdefault(rule.claim, []).append(rule)
+            claim_rules[issuer] = tuple(
+                ClaimRules.build(claim, group) for claim, group in by_claim.items()
+            )
+        self._claim_rules = claim_rules
+
+    def updated(
+        self,
+        version: object,
+        issuers: dict[str, IssuerConfig] | None = None,
+        rules: tuple[list[RoleRule], list[str]] | None = None,
+        revocations: Revocations | None = None,
+    ) -> Config:
+        """A copy with the parts given replaced (``rules``: the rules and the skipped
+        rows' sentences); the others, and their indexes, are shared."""
+        new = copy.copy(self)
+        new.version = version
+        if issuers is not None:
+            new.issuers = issuers
+        if revocations is not None:
+            new.revocations = revocations
+        if rules is not None:
+            new.rules, new.skipped_rules = rules
+            new._index_rules()
+        return new
 
     def rules_for(self, issuer: str) -> list[RoleRule]:
         """The rules of one issuer in id order."""
         return self._rules_by_issuer.get(issuer, [])
 
+    def claim_rules(self, issuer: str) -> tuple[ClaimRules, ...]:
+        """The rules of one issuer grouped by the claim they read."""
+        return self._claim_rules.get(issuer, ())
+
     def revocation_for(
         self, issuer: str | None, subject: str | None, token_id: str | None, now: float
     ) -> Revocation | None:
         """The first active revocation that covers this token, if any."""
-        if not self._revocations_by:
-            return None
-        candidates: list[Revocation] = []
-        for column, value in (
-            ("token_id", token_id),
-            ("subject", subject),
-            ("issuer", issuer),
-        ):
-            if value is not None:
-                candidates.extend(self._revocations_by.get((column, value), ()))
-        for rev in sorted(candidates, key=lambda r: r.id):
-            if rev.matches(issuer, subject, token_id, now):
-                return rev
-        return None
+        return self.revocations.covering(issuer, subject, token_id, now)
+
+    @staticmethod
+    def issuers_from_rows(issuer_rows: Iterable[Mapping[str, Any]]) -> dict[str, IssuerConfig]:
+        issuers: dict[str, IssuerConfig] = {}
+        for row in issuer_rows:
+            cfg = IssuerConfig.from_row(row)
+            issuers[cfg.issuer] = cfg
+        return issuers
+
+    @staticmethod
+    def rules_from_rows(
+        rule_rows: Iterable[Mapping[str, Any]], patterns: PatternCache | None = None
+    ) -> tuple[list[RoleRule], list[str]]:
+        """The usable rules, and a sentence for each row skipped."""
+        rules: list[RoleRule] = []
+        skipped: list[str] = []
+        for row in rule_rows:
+            try:
+                rules.append(RoleRule.from_row(row, patterns))
+            except Exception as exc:  # noqa: BLE001 - a broken rule must not break other logins
+                skipped.append(f"role_map rule id {row.get('id')} skipped: {exc}")
+        return rules, skipped
 
     @classmethod
     def from_rows(
@@ -365,24 +595,13 @@ class Config:
         rule_rows: Iterable[Mapping[str, Any]],
         version: object = None,
         revocation_rows: Iterable[Mapping[str, Any]] = (),
+        patterns: PatternCache | None = None,
     ) -> Config:
-        issuers: dict[str, IssuerConfig] = {}
-        for row in issuer_rows:
-            cfg = IssuerConfig.from_row(row)
-            issuers[cfg.issuer] = cfg
-        rules: list[RoleRule] = []
-        skipped: list[str] = []
-        for row in rule_rows:
-            try:
-                rules.append(RoleRule.from_row(row))
-            except Exception as exc:  # noqa: BLE001 - a broken rule must not break other logins
-                skipped.append(f"role_map rule id {row.get('id')} skipped: {exc}")
-        # a revocation row that cannot be read must not be skipped (fail closed): let it raise
-        revocations = [Revocation.from_row(row) for row in revocation_rows]
+        rules, skipped = cls.rules_from_rows(rule_rows, patterns)
         return cls(
-            issuers=issuers,
+            issuers=cls.issuers_from_rows(issuer_rows),
             rules=rules,
             version=version,
             skipped_rules=skipped,
-            revocations=revocations,
+            revocations=Revocations.from_rows(revocation_rows),
         )

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from pyhook.config import Config
+from pyhook.config import Config, PatternCache, Revocations
 from pyhook.decision import FAIL, PASS, Check, Decision
 from pyhook.errors import ValidatorError
 from pyhook.jwks_cache import CachedJwks, KeyStore
@@ -52,14 +52,38 @@ RULES_QUERY = (
     "client_cidrs::pg_catalog.text[] AS client_cidrs, "
     "max_sessions FROM oauth.role_map ORDER BY id"
 )
-VERSION_QUERY = "SELECT version FROM oauth.config_state"
-# expired rows are left out here; the validator also compares expires_at with now
-REVOCATIONS_QUERY = (
+# The shared-memory change counter (moved by every committed configuration
+# change, read by the worker before each request); NULL on a standby, where
+# replayed changes do not move it.
+COUNTER_QUERY = (
+    "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL "
+    "ELSE oauth.config_version() END AS counter"
+)
+# The table's version and what changed where (80-scale.sql); the table's oid
+# tells a re-created extension from the one loaded.
+STATE_QUERY = (
+    "SELECT tableoid::pg_catalog.int8 AS table_id, version, issuers_changes, "
+    "role_map_changes, revocations_rewrites FROM oauth.config_state"
+)
+_REVOCATION_COLUMNS = (
     "SELECT id, issuer, subject, token_id, reason, "
     "extract(epoch FROM expires_at)::pg_catalog.float8 AS expires_at FROM oauth.revocations "
-    "WHERE expires_at IS NULL OR expires_at OPERATOR(pg_catalog.>) pg_catalog.now() "
+)
+# expired rows are left out here; the validator also compares expires_at with now
+REVOCATIONS_QUERY = (
+    _REVOCATION_COLUMNS
+    + "WHERE expires_at IS NULL OR expires_at OPERATOR(pg_catalog.>) pg_catalog.now() "
     "ORDER BY id"
 )
+# the rows added since a worker last read the table (by the primary key)
+REVOCATIONS_SINCE_QUERY = (
+    _REVOCATION_COLUMNS
+    + "WHERE id OPERATOR(pg_catalog.>) $1 "
+    "AND coalesce(expires_at OPERATOR(pg_catalog.>) pg_catalog.now(), true) ORDER BY id"
+)
+# worker_log.c: without the PL/Python CONTEXT lines; one LOG line per change
+LOG_QUERY = "SELECT oauth._log($1, $2)"
+LOG_CONFIG_QUERY = "SELECT oauth._log_config_applied($1, $2, $3) AS first"
 # documents fetched before a committed oauth.refresh_keys() are never adopted again
 JWKS_CACHE_QUERY = (
     "SELECT issuer, jwks_uri, discovered, jwks::pg_catalog.text AS jwks, etag, "
@@ -93,7 +117,9 @@ PERSIST_QUERY = (
     "max_age = EXCLUDED.max_age, fetched_at = EXCLUDED.fetched_at "
     "WHERE c.fetched_at OPERATOR(pg_catalog.<) EXCLUDED.fetched_at"
 )
-TEXT, BOOL, FLOAT8 = "pg_catalog.text", "pg_catalog.bool", "pg_catalog.float8"
+TEXT, BOOL, FLOAT8, INT8 = (
+    "pg_catalog.text", "pg_catalog.bool", "pg_catalog.float8", "pg_catalog.int8"
+)
 PERSIST_TYPES = [TEXT, TEXT, BOOL, TEXT, TEXT, FLOAT8, FLOAT8]
 RECORD_FETCH_QUERY = "SELECT oauth._record_jwks_fetch($1::pg_catalog.text, $2::pg_catalog.bool)"
 RECORD_FETCH_TYPES = [TEXT, BOOL]
@@ -114,6 +140,27 @@ ROLE_QUERY = (
     "AS refused_via "
     "FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $1"
 )
+
+
+@dataclass(frozen=True)
+class ConfigState:
+    """The row of oauth.config_state: the version and what changed in each table."""
+
+    table_id: int  # the table's oid: a re-created extension starts over
+    version: int
+    issuers_changes: int = 0
+    role_map_changes: int = 0
+    revocations_rewrites: int = 0  # updates, deletes, and ids inserted out of order
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ConfigState:
+        return cls(
+            table_id=int(row["table_id"]),
+            version=int(row["version"]),
+            issuers_changes=int(row["issuers_changes"]),
+            role_map_changes=int(row["role_map_changes"]),
+            revocations_rewrites=int(row["revocations_rewrites"]),
+        )
 
 
 def _pg_text(value: str) -> str:
@@ -291,7 +338,9 @@ class Adapter:
         # the C worker calls warmup() between requests: it does the refreshing
         self.keys = KeyStore(refresh_on_login=False, kid_refetch_gate=self._kid_refetch_gate)
         self.config: Config | None = None
-        self.config_version: object = None
+        self._state: ConfigState | None = None  # oauth.config_state as self.config has it
+        self._counter: int | None = None  # the change counter self.config was checked at
+        self._patterns: PatternCache = {}  # compiled role_map patterns, across loads
         self._plans: dict[str, Any] = {}
         self._reported_key_changes = 0
         # while oauth.explain() runs: what would have been logged (None: log it)
@@ -441,40 +490,125 @@ class Adapter:
     # -- configuration ------------------------------------------------------
 
     def _config(self, config_version: int | None, seed: bool = True) -> Config:
-        """The configuration of ``config_version`` (None: read oauth.config_state).
+        """The configuration, brought up to date first when it changed.
 
-        The shared-memory counter and the table's version count apart, so the
-        cache key says which of the two it is. ``seed``: adopt persisted keys when
-        a new version is loaded (callers that seed anyway right after say False).
+        ``config_version``: the shared-memory change counter the worker read before
+        its transaction (None: read it here; NULL on a standby, where nothing moves
+        it). While it has not moved since the last check, no query at all; warm-up
+        and logins share this one check. When it moved, oauth.config_state says what
+        changed, and only that is read again (new revocations by id). ``seed``: adopt
+        persisted keys when issuers were loaded (callers that seed anyway say False).
         """
-        key: object
-        if config_version is None:
-            rows = self._execute("version", VERSION_QUERY)
-            key = ("table", rows[0]["version"]) if len(rows) else None
-        else:
-            key = ("shared", config_version)
-        if self.config is not None and key is not None and key == self.config_version:
+        counter = self._change_counter() if config_version is None else config_version
+        if self.config is not None and counter is not None and counter == self._counter:
             return self.config
-        config_version = key
-        config = Config.from_rows(
-            [dict(row) for row in self._execute("issuers", ISSUERS_QUERY)],
-            [dict(row) for row in self._execute("rules", RULES_QUERY)],
-            config_version,
-            [dict(row) for row in self._execute("revocations", REVOCATIONS_QUERY)],
+        state = ConfigState.from_row(self._execute("state", STATE_QUERY)[0])
+        previous, old = self.config, self._state
+        if previous is None or old is None or state.table_id != old.table_id:
+            config, changes = self._load(state), "read in full"
+        elif state != old:
+            config, changes = self._catch_up(previous, old, state)
+        else:
+            config, changes = previous, ""
+        self.config, self._state, self._counter = config, state, counter
+        if config is previous:
+            return config
+        if previous is None or config.rules is not previous.rules:
+            for note in config.skipped_rules:
+                self._warn(f"pg_oauth: {note}")
+        if previous is None or config.issuers is not previous.issuers:
+            self.keys.prune(config)
+            # a new issuer may already have keys another process fetched
+            if seed:
+                self._seed_keys(config)
+        self._announce(config, state, changes, first=previous is None)
+        return config
+
+    def _change_counter(self) -> int | None:
+        try:
+            value = self._execute("counter", COUNTER_QUERY)[0]["counter"]
+        except Exception:  # noqa: BLE001 - unknown: compare oauth.config_state every time
+            return None
+        return None if value is None else int(value)
+
+    def _load(self, state: ConfigState) -> Config:
+        """Everything, from scratch (a worker's first load, a re-created extension)."""
+        rules, skipped = Config.rules_from_rows(
+            self._execute("rules", RULES_QUERY), self._fresh_patterns()
         )
-        for note in config.skipped_rules:
-            self._warn(f"pg_oauth: {note}")
-        self.keys.prune(config)
-        self.config, self.config_version = config, config_version
-        self._log(
-            f"pg_oauth: configuration version {config_version} loaded: "
+        return Config(
+            issuers=Config.issuers_from_rows(self._execute("issuers", ISSUERS_QUERY)),
+            rules=rules,
+            version=state.version,
+            skipped_rules=skipped,
+            revocations=Revocations.from_rows(
+                self._execute("revocations", REVOCATIONS_QUERY)
+            ),
+        )
+
+    def _catch_up(
+        self, config: Config, old: ConfigState, state: ConfigState
+    ) -> tuple[Config, str]:
+        """``config`` with what changed between ``old`` and ``state`` read again; and
+        a note of what that was. Added revocations are added in place, last, once
+        everything that may fail has been read."""
+        notes: list[str] = []
+        issuers = rules = revocations = None
+        if state.issuers_changes != old.issuers_changes:
+            issuers = Config.issuers_from_rows(self._execute("issuers", ISSUERS_QUERY))
+            notes.append("issuers")
+        if state.role_map_changes != old.role_map_changes:
+            rules = Config.rules_from_rows(
+                self._execute("rules", RULES_QUERY), self._fresh_patterns()
+            )
+            notes.append("role_map")
+        if state.revocations_rewrites != old.revocations_rewrites:
+            revocations = Revocations.from_rows(
+                self._execute("revocations", REVOCATIONS_QUERY)
+            )
+            notes.append("revocations")
+        else:
+            added = config.revocations.add_rows(
+                self._execute(
+                    "revocations_since",
+                    REVOCATIONS_SINCE_QUERY,
+                    [config.revocations.highest_id],
+                    [INT8],
+                )
+            )
+            if added:
+                notes.append(f"{added} revocation{'s' if added != 1 else ''} added")
+        updated = config.updated(state.version, issuers, rules, revocations)
+        return updated, ", ".join(notes) or "no rows changed"
+
+    def _fresh_patterns(self) -> PatternCache:
+        """The compiled patterns to reuse; the ones no rule uses any more go with the
+        next load (the cache holds what the last load used, plus new ones)."""
+        used = {rule.pattern for rule in self.config.rules} if self.config else set()
+        self._patterns = {p: c for p, c in self._patterns.items() if p in used}
+        return self._patterns
+
+    def _announce(self, config: Config, state: ConfigState, changes: str, first: bool) -> None:
+        """One LOG line per configuration change for all workers; DEBUG1 otherwise."""
+        if self._notes is not None:  # oauth.explain says nothing in the caller's session
+            return
+        message = (
+            f"pg_oauth: configuration version {state.version} loaded ({changes}): "
             f"{len(config.issuers)} issuers, {len(config.rules)} role_map rules, "
             f"{len(config.revocations)} revocations"
         )
-        # a new issuer may already have keys another process fetched
-        if seed:
-            self._seed_keys(config)
-        return config
+        if first:
+            self._message("debug1", message)
+            return
+        try:
+            self._execute(
+                "log_config",
+                LOG_CONFIG_QUERY,
+                [state.table_id, state.version, message],
+                [INT8, INT8, TEXT],
+            )
+        except Exception:  # noqa: BLE001 - an older library: the plain message
+            self._message("log", message)
 
     def _token_in_statement(self, token: str | bytes) -> bool:
         try:
@@ -679,12 +813,23 @@ class Adapter:
         if self._notes is not None:  # oauth.explain: a row, not a message
             self._notes.append(message)
             return
-        # logging must never turn a decision into an error
-        with contextlib.suppress(Exception):
-            self.plpy.warning(message)
+        self._message("warning", message)
 
     def _log(self, message: str) -> None:
         if self._notes is not None:  # oauth.explain: routine lines are not its business
             return
+        self._message("log", message)
+
+    def _message(self, level: str, message: str) -> None:
+        """A server-log line without the PL/Python CONTEXT lines (oauth._log); plpy's
+        own functions when that is not there. Never raises: logging must never turn
+        a decision into an error."""
+        try:
+            self._execute("log", LOG_QUERY, [level, message], [TEXT, TEXT])
+            return
+        except Exception:  # noqa: BLE001, S110 - an older library: plpy below
+            pass
         with contextlib.suppress(Exception):
-            self.plpy.log(message)
+            {"warning": self.plpy.warning, "log": self.plpy.log}.get(
+                level, self.plpy.debug
+            )(message)

@@ -27,6 +27,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 from pyhook.claim_path import lookup, resolve
 from pyhook.config import (
     SUPPORTED_ALGORITHMS,
+    ClaimRules,
     Config,
     IssuerConfig,
     RequiredClaim,
@@ -313,19 +314,49 @@ def _expand(match: re.Match[str], template: str) -> str:
     return match.expand(template)
 
 
+def _value_role(rule: RoleRule, value: str) -> str | None:
+    match = rule.regex.fullmatch(value)
+    if match is None:
+        return None
+    try:
+        return _expand(match, rule.role) or None
+    except (re.error, IndexError):
+        return None
+
+
 def _rule_roles(rule: RoleRule, claims: dict[str, Any]) -> set[str]:
     roles: set[str] = set()
     for value in resolve(claims, rule.claim):
-        match = rule.regex.fullmatch(value)
-        if match is None:
-            continue
-        try:
-            role = _expand(match, rule.role)
-        except (re.error, IndexError):
-            continue
-        if role:
+        role = _value_role(rule, value)
+        if role is not None:
             roles.add(role)
     return roles
+
+
+def _matching_rules(
+    groups: tuple[ClaimRules, ...], claims: dict[str, Any]
+) -> list[tuple[RoleRule, set[str]]]:
+    """The rules that give the token a role, in id order, with the roles each gives.
+
+    Each claim path is resolved once; a literal pattern is found through its value,
+    only the other patterns are matched against every value.
+    """
+    found: dict[int, tuple[RoleRule, set[str]]] = {}
+    for group in groups:
+        values = resolve(claims, group.claim)
+        if not values:
+            continue
+        for value in values:
+            for rule in group.by_value.get(value, ()):
+                role = _value_role(rule, value)
+                if role is not None:
+                    found.setdefault(rule.id, (rule, set()))[1].add(role)
+        for rule in group.others:
+            for value in values:
+                role = _value_role(rule, value)
+                if role is not None:
+                    found.setdefault(rule.id, (rule, set()))[1].add(role)
+    return [found[rule_id] for rule_id in sorted(found)]
 
 
 class _Validation:
@@ -705,8 +736,13 @@ class _Validation:
         excluded_by_database: set[str] = set()
         excluded_by_client: set[str] = set()
         rule_checks: list[Check] = []
-        for rule in self.config.rules_for(issuer.issuer):
-            roles = _rule_roles(rule, claims)
+        # explain shows every rule; a login looks only at the rules that match
+        candidates = (
+            [(rule, _rule_roles(rule, claims)) for rule in self.config.rules_for(issuer.issuer)]
+            if self.explain
+            else _matching_rules(self.config.claim_rules(issuer.issuer), claims)
+        )
+        for rule, roles in candidates:
             if not roles:
                 if self.explain:
                     rule_checks.append(self._rule_check(rule, claims, SKIP, "no match"))

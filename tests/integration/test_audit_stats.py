@@ -3,6 +3,7 @@ the same on a streaming standby (log line only there)."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import psycopg
@@ -153,6 +154,33 @@ def test_audit_retention(cluster):
         assert cluster.sql("SELECT count(*) FROM oauth.audit_log "
                            "WHERE at BETWEEN now() - interval '2 hours' "
                            "AND now() - interval '30 minutes'") == [(1,)]
+    finally:
+        cluster.sql("ALTER SYSTEM RESET pg_oauth.audit_retention")
+        cluster.reload()
+
+
+def test_audit_retention_deletes_in_batches(cluster, issuer):
+    """A retention pass deletes 10 000 rows per transaction, oldest first, and writes the
+    audit rows of logins made meanwhile; a pass of more than one batch is logged."""
+    offset = len(cluster.log_text())
+    cluster.sql("INSERT INTO oauth.audit_log (at, outcome, reason, subject) "
+                "SELECT now() - interval '3 days' - g * interval '1 second', 'refused', "
+                "'expired', 'retention-batch' FROM generate_series(1, 25000) g")
+    cluster.sql("ALTER SYSTEM SET pg_oauth.audit_retention = '2d'")
+    cluster.reload()
+    try:
+        deadline = time.time() + 60
+        logged = None
+        while logged is None:
+            assert time.time() < deadline, "no retention pass was logged"
+            cluster.token_connect("alice", issuer.mint(sub="alice", jti="during-retention")).close()
+            logged = re.search(r"LOG:  pg_oauth: audit retention deleted (\d+) rows older than "
+                               r".* in (\d+) transactions", cluster.log_text()[offset:])
+            time.sleep(0.1)
+        assert int(logged.group(1)) >= 25000 and int(logged.group(2)) >= 3
+        assert cluster.sql("SELECT count(*) FROM oauth.audit_log "
+                           "WHERE subject = 'retention-batch'") == [(0,)]
+        wait_rows(cluster, "SELECT 1 FROM oauth.audit_log WHERE token_id = 'during-retention'")
     finally:
         cluster.sql("ALTER SYSTEM RESET pg_oauth.audit_retention")
         cluster.reload()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 
 
@@ -79,3 +81,97 @@ def test_bad_role_map_pattern_rejected_at_insert(cluster, issuer):
     with pytest.raises(psycopg.Error, match="group"):
         cluster.sql("INSERT INTO oauth.role_map (issuer, claim, pattern, role) "
                     "VALUES (%s, 'sub', 'abc', '\\1')", (issuer.issuer,))
+
+
+# -- configuration loaded once per change, off the login path -----------------------------
+
+NON_SESSION_CONTEXT = re.compile(r"^\S+ \S+ \S+ \[\d+\] CONTEXT:", re.MULTILINE)
+# any load at LOG, whatever its wording; and this version's wording
+ANY_LOAD = re.compile(r"LOG:  pg_oauth: configuration version .+ loaded")
+LOADED = re.compile(r"\[\d+\] LOG:  pg_oauth: configuration version (\d+) loaded \(([^)]*)\)")
+
+
+def new_log(cluster, offset: int) -> str:
+    return cluster.log_text()[offset:]
+
+
+def test_configuration_is_loaded_once_per_change_and_logged_once(cluster, issuer):
+    """Logins and the workers' refreshes (every second while busy, every 5 s idle) share
+    one check: no reload without a change. A change is loaded by every worker and
+    logged once, at LOG, without the PL/Python CONTEXT lines."""
+    cluster.token_connect("alice", issuer.mint(sub="alice")).close()
+    offset = len(cluster.log_text())
+    for _ in range(3):  # a worker that is busy refreshes keys after a second
+        cluster.token_connect("alice", issuer.mint(sub="alice")).close()
+        time.sleep(1.1)
+    assert ANY_LOAD.findall(new_log(cluster, offset)) == []
+
+    (version,) = cluster.sql(
+        "INSERT INTO oauth.revocations (subject, reason) VALUES ('nobody-at-all', 'log test') "
+        "RETURNING (SELECT version + 1 FROM oauth.config_state)")[0]
+    try:
+        deadline = time.time() + 15
+        while not ANY_LOAD.findall(new_log(cluster, offset)):
+            assert time.time() < deadline, "the change was never logged"
+            time.sleep(0.1)
+        time.sleep(1.0)  # every worker has loaded it by now (it is woken by the change)
+        for _ in range(4):
+            cluster.token_connect("alice", issuer.mint(sub="alice")).close()
+        text = new_log(cluster, offset)
+        assert len(ANY_LOAD.findall(text)) == 1, text
+        assert LOADED.findall(text) == [(str(version), "1 revocation added")]
+        assert not NON_SESSION_CONTEXT.findall(text), text
+    finally:
+        cluster.sql("DELETE FROM oauth.revocations WHERE subject = 'nobody-at-all'")
+
+
+def test_revocation_with_an_id_below_the_highest_applies(cluster, issuer, refused):
+    """Workers read new revocations by id; a row whose id is not above every earlier
+    one (OVERRIDING SYSTEM VALUE) makes them read the table again."""
+    cluster.sql("INSERT INTO oauth.revocations (subject, reason) VALUES ('nobody-1', 'x')")
+    token = issuer.mint(sub="alice", jti="low-id")
+    cluster.token_connect("alice", token).close()
+    low = -424242  # below every id the identity column gives
+    cluster.sql("INSERT INTO oauth.revocations (id, token_id) OVERRIDING SYSTEM VALUE "
+                "VALUES (%s, 'low-id')", (low,))
+    try:
+        assert refused("alice", issuer.mint(sub="alice", jti="low-id")) == "revoked"
+    finally:
+        cluster.sql("DELETE FROM oauth.revocations WHERE id = %s OR subject = 'nobody-1'",
+                    (low,))
+    cluster.token_connect("alice", issuer.mint(sub="alice", jti="low-id")).close()
+
+
+SLOW_INSERT = (
+    "INSERT INTO oauth.revocations (token_id, reason) "
+    "SELECT t, 'slow' FROM (VALUES (1, 'slow-1'), (2, 'slow-2')) AS v(n, t) "
+    "WHERE n = 1 OR pg_advisory_lock(424242)::text IS NOT NULL"
+)
+
+
+def test_revocations_committed_out_of_id_order_apply(cluster, issuer, refused):
+    """A transaction takes a revocation id, another takes a higher one and commits first,
+    and a worker catches up with it; the first one's row must still apply at commit."""
+    with cluster.admin() as holder, cluster.admin() as slow:
+        holder.execute("SELECT pg_advisory_lock(424242)")
+        # the first row takes its id, the second waits for the lock
+        inserting = threading.Thread(target=slow.execute, args=(SLOW_INSERT,))
+        inserting.start()
+        try:
+            deadline = time.time() + 15
+            while not cluster.sql("SELECT 1 FROM pg_stat_activity WHERE wait_event = 'advisory' "
+                                  "AND query LIKE 'INSERT INTO oauth.revocations%%'"):
+                assert time.time() < deadline, "the slow insert never waited"
+                time.sleep(0.05)
+            cluster.sql("INSERT INTO oauth.revocations (token_id, reason) VALUES ('fast', 'x')")
+            assert refused("alice", issuer.mint(sub="alice", jti="fast")) == "revoked"
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(424242)")
+            inserting.join(timeout=15)
+    try:
+        ids = dict(cluster.sql("SELECT token_id, id FROM oauth.revocations "
+                               "WHERE token_id IN ('slow-1', 'fast')"))
+        assert ids["slow-1"] < ids["fast"]  # the case this test is about
+        assert refused("alice", issuer.mint(sub="alice", jti="slow-1")) == "revoked"
+    finally:
+        cluster.sql("DELETE FROM oauth.revocations WHERE reason IN ('slow', 'x')")

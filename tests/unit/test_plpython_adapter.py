@@ -21,10 +21,13 @@ from pyhook.dev_issuer import DevIssuer
 from pyhook.jwks_cache import KeyStore
 from pyhook.plpython_adapter import (
     CONFIG_DATABASE_QUERY,
+    COUNTER_QUERY,
     ISSUERS_QUERY,
     JWKS_CACHE_QUERY,
     KID_REFETCH_TYPES,
     LOCK_TIMEOUT_QUERY,
+    LOG_CONFIG_QUERY,
+    LOG_QUERY,
     PERSIST_QUERY,
     PERSIST_TYPES,
     RECORD_FETCH_QUERY,
@@ -32,14 +35,17 @@ from pyhook.plpython_adapter import (
     RECOVERY_QUERY,
     RESTORE_LOCK_TIMEOUT_QUERY,
     REVOCATIONS_QUERY,
+    REVOCATIONS_SINCE_QUERY,
     ROLE_QUERY,
     RULES_QUERY,
-    VERSION_QUERY,
+    STATE_QUERY,
     Adapter,
 )
 
-# what loading one configuration version reads
-CONFIG_QUERIES = [ISSUERS_QUERY, RULES_QUERY, REVOCATIONS_QUERY, JWKS_CACHE_QUERY]
+# what loading the whole configuration reads
+CONFIG_QUERIES = [STATE_QUERY, ISSUERS_QUERY, RULES_QUERY, REVOCATIONS_QUERY, JWKS_CACHE_QUERY]
+# the tables' queries: what a configuration change may read again
+TABLE_QUERIES = {ISSUERS_QUERY, RULES_QUERY, REVOCATIONS_QUERY, REVOCATIONS_SINCE_QUERY}
 
 
 class FakePlan:
@@ -62,8 +68,15 @@ class FakePlpy:
     def __init__(
         self, issuers: list[dict[str, Any]], rules: list[dict[str, Any]]
     ) -> None:
-        self.issuers, self.rules, self.version = issuers, rules, 1
+        self.issuers, self.rules = issuers, rules
         self.revocations: list[dict[str, Any]] = []
+        # oauth.config_state, and the shared-memory counter (None: a standby)
+        self.state = {"table_id": 16400, "version": 1, "issuers_changes": 0,
+                      "role_map_changes": 0, "revocations_rewrites": 0}  # fmt: skip
+        self.counter: int | None = 1
+        self.log_functions_exist = True
+        self.debug: list[str] = []  # DEBUG1 lines through oauth._log
+        self.config_logs: list[tuple[int, int, str]] = []  # oauth._log_config_applied
         self.jwks_cache: list[dict[str, Any]] = []
         self.roles: dict[str, dict[str, Any]] = {
             "alice": {"rolcanlogin": True, "refused": [], "refused_via": []},
@@ -81,9 +94,29 @@ class FakePlpy:
         self.subtransactions = 0
         self.depth = 0  # open subtransactions
 
+    def change(self, table: str, rows: list[dict[str, Any]] | None = None,
+               added: dict[str, Any] | None = None) -> None:
+        """A committed configuration change, with what the triggers do: the version,
+        the table's counter, the shared-memory counter. ``added``: one revocation
+        inserted (with the next id), else the table's rows replaced by ``rows``."""
+        self.state["version"] += 1
+        if self.counter is not None:
+            self.counter += 1
+        if added is not None:
+            next_id = max((r["id"] for r in self.revocations), default=0) + 1
+            self.revocations.append(revocation_row(next_id, **added))
+            return
+        assert rows is not None
+        setattr(self, table, rows)
+        column = {"issuers": "issuers_changes", "rules": "role_map_changes",
+                  "revocations": "revocations_rewrites"}[table]  # fmt: skip
+        self.state[column] += 1
+
     def prepare(self, query: str, argtypes: list[str] | None = None) -> FakePlan:
         if query == RECORD_FETCH_QUERY and not self.record_fetch_exists:
             raise FakeSpiError("function oauth._record_jwks_fetch does not exist")
+        if query in (LOG_QUERY, LOG_CONFIG_QUERY) and not self.log_functions_exist:
+            raise FakeSpiError("function oauth._log does not exist")
         self.prepared.append(query)
         return FakePlan(query, list(argtypes or []))
 
@@ -111,10 +144,22 @@ class FakePlpy:
             return [dict(r) for r in self.rules]
         if plan.query == REVOCATIONS_QUERY:
             return [dict(r) for r in self.revocations]
+        if plan.query == REVOCATIONS_SINCE_QUERY:
+            return [dict(r) for r in self.revocations if r["id"] > args[0]]
         if plan.query == JWKS_CACHE_QUERY:
             return [dict(r) for r in self.jwks_cache]
-        if plan.query == VERSION_QUERY:
-            return [{"version": self.version}]
+        if plan.query == COUNTER_QUERY:
+            return [{"counter": self.counter}]
+        if plan.query == STATE_QUERY:
+            return [dict(self.state)]
+        if plan.query == LOG_QUERY:
+            {"warning": self.warnings, "log": self.logs, "debug1": self.debug}[
+                args[0]
+            ].append(args[1])
+            return [{}]
+        if plan.query == LOG_CONFIG_QUERY:
+            self.config_logs.append((args[0], args[1], args[2]))
+            return [{"first": True}]
         if plan.query == RECOVERY_QUERY:
             return [{"standby": self.standby}]
         if plan.query == CONFIG_DATABASE_QUERY:
@@ -156,6 +201,13 @@ class FakePlpy:
         self.logs.append(message)
 
 
+def revocation_row(rid: int, **columns: Any) -> dict[str, Any]:
+    row = {"id": rid, "issuer": None, "subject": None, "token_id": None,
+           "reason": None, "expires_at": None}  # fmt: skip
+    row.update(columns)
+    return row
+
+
 @pytest.fixture
 def plpy(static_jwks: str) -> FakePlpy:
     return FakePlpy([issuer_row(jwks=static_jwks)], [rule_row(1, "(alice|bob)", r"\1")])
@@ -193,7 +245,8 @@ def test_queries_are_the_documented_ones() -> None:
     assert " require_sub, " in ISSUERS_QUERY
     assert RULES_QUERY.endswith("max_sessions FROM oauth.role_map ORDER BY id")
     assert "client_cidrs::pg_catalog.text[] AS client_cidrs" in RULES_QUERY
-    assert VERSION_QUERY == "SELECT version FROM oauth.config_state"
+    assert STATE_QUERY.endswith(" FROM oauth.config_state")
+    assert "WHERE id OPERATOR(pg_catalog.>) $1 AND" in REVOCATIONS_SINCE_QUERY
 
 
 # grammar, not functions looked up by name
@@ -257,50 +310,172 @@ def test_refused_row_after_the_signature_keeps_identity(
     assert row["claims"] is not None
 
 
-def test_config_is_cached_per_version(plpy: FakePlpy, token: str) -> None:
+def test_config_is_checked_against_the_counter(plpy: FakePlpy, token: str) -> None:
     adapter = Adapter(plpy)
     adapter.validate(token, "alice", "app", None, True, 1)
-    assert sorted(plpy.executed) == sorted(CONFIG_QUERIES)
+    assert sorted(plpy.executed) == sorted([*CONFIG_QUERIES, LOG_QUERY])  # DEBUG1 line
     plpy.executed.clear()
     for _ in range(3):
         assert adapter.validate(token, "alice", "app", None, True, 1)["ok"]
-    assert plpy.executed == []  # same version: no query at all
-    # a new version reloads: bob is now the only mapped role
-    plpy.rules = [rule_row(2, "alice", "bob")]
+    assert plpy.executed == []  # the counter has not moved: no query at all
+    # a change: only the table that changed is read again; bob is now the only role
+    plpy.change("rules", [rule_row(2, "alice", "bob")])
     row = adapter.validate(token, "bob", "app", None, True, 2)
     assert row["ok"] and row["allowed_roles"] == ["bob"]
-    assert sorted(plpy.executed) == sorted(CONFIG_QUERIES)
+    assert plpy.executed == [STATE_QUERY, RULES_QUERY, REVOCATIONS_SINCE_QUERY, LOG_CONFIG_QUERY]
     # plans were prepared once and reused
-    assert sorted(plpy.prepared) == sorted(CONFIG_QUERIES)
+    assert sorted(set(plpy.prepared)) == sorted(plpy.prepared)
 
 
-def test_unknown_version_reads_config_state(plpy: FakePlpy, token: str) -> None:
+def test_warmup_and_logins_share_one_check(plpy: FakePlpy, token: str) -> None:
+    """Warm-up (which reads the counter itself) and a login (handed the counter by
+    the worker) must not take each other's configuration for another version."""
+    adapter = Adapter(plpy)
+    adapter.warmup()
+    plpy.executed.clear()
+    assert adapter.validate(token, "alice", "app", None, True, 1)["ok"]
+    assert plpy.executed == []
+    adapter.warmup()
+    assert not TABLE_QUERIES & set(plpy.executed)
+    assert plpy.executed.count(STATE_QUERY) == 0  # only the counter was read
+
+
+def test_a_counter_that_moved_without_a_change_reads_no_table(
+    plpy: FakePlpy, token: str
+) -> None:
+    adapter = Adapter(plpy)
+    adapter.validate(token, "alice", "app", None, True, 1)
+    plpy.executed.clear()
+    adapter.validate(token, "alice", "app", None, True, 2)  # e.g. a rolled-back change
+    assert plpy.executed == [STATE_QUERY]
+
+
+def test_a_new_revocation_is_read_by_id(plpy: FakePlpy, token: str) -> None:
+    plpy.revocations = [revocation_row(i, subject=f"s{i}") for i in (1, 2, 5)]
+    adapter = Adapter(plpy)
+    assert adapter.validate(token, "alice", "app", None, True, 1)["ok"]
+    plpy.change("revocations", added={"token_id": "t-1", "reason": "leaked"})
+    plpy.executed.clear()
+    row = adapter.validate(token, "alice", "app", None, True, 2)
+    assert (row["reason"], row["token_id"]) == ("revoked", "t-1")
+    assert plpy.executed == [STATE_QUERY, REVOCATIONS_SINCE_QUERY, LOG_CONFIG_QUERY]
+    assert len(adapter.config.revocations) == 4  # type: ignore[union-attr]
+    # the next one reads from the highest id on
+    plpy.change("revocations", added={"subject": "bob"})
+    adapter.validate(token, "alice", "app", None, True, 3)
+    assert len(adapter.config.revocations) == 5  # type: ignore[union-attr]
+
+
+def test_deleted_revocations_read_the_table_again(plpy: FakePlpy, token: str) -> None:
+    plpy.revocations = [revocation_row(1, token_id="t-1")]
+    adapter = Adapter(plpy)
+    assert adapter.validate(token, "alice", "app", None, True, 1)["reason"] == "revoked"
+    plpy.change("revocations", [])
+    plpy.executed.clear()
+    assert adapter.validate(token, "alice", "app", None, True, 2)["ok"]
+    assert REVOCATIONS_QUERY in plpy.executed
+    assert not {ISSUERS_QUERY, RULES_QUERY} & set(plpy.executed)
+
+
+def test_a_new_issuer_is_read_with_its_persisted_keys(
+    plpy: FakePlpy, dev: DevIssuer
+) -> None:
+    adapter = Adapter(plpy)
+    adapter.warmup()
+    other = "https://other.example.com"
+    plpy.change("issuers", [*plpy.issuers, issuer_row(issuer=other, jwks=None,
+                                                      jwks_uri="https://other.example.com/k")])
+    plpy.executed.clear()
+    adapter.validate(dev.mint({"iss": ISS}, aud=AUD), "alice", "app", None, True, 2)
+    assert plpy.executed.count(ISSUERS_QUERY) == 1
+    assert JWKS_CACHE_QUERY in plpy.executed and RULES_QUERY not in plpy.executed
+    assert set(adapter.config.issuers) == {ISS, other}  # type: ignore[union-attr]
+
+
+def test_unchanged_patterns_are_not_compiled_again(plpy: FakePlpy, token: str) -> None:
+    adapter = Adapter(plpy)
+    adapter.validate(token, "alice", "app", None, True, 1)
+    regex = adapter.config.rules[0].regex  # type: ignore[union-attr]
+    plpy.change("rules", [*plpy.rules, rule_row(2, "carol", "carol")])
+    adapter.validate(token, "alice", "app", None, True, 2)
+    assert adapter.config.rules[0].regex is regex  # type: ignore[union-attr]
+
+
+def test_a_recreated_extension_is_read_in_full(plpy: FakePlpy, token: str) -> None:
+    plpy.revocations = [revocation_row(7, token_id="t-1")]
+    adapter = Adapter(plpy)
+    assert adapter.validate(token, "alice", "app", None, True, 1)["reason"] == "revoked"
+    # DROP and CREATE EXTENSION: a new table whose version starts over
+    plpy.revocations = []
+    plpy.state = dict(plpy.state, table_id=16999, version=1)
+    plpy.counter = 2
+    plpy.executed.clear()
+    assert adapter.validate(token, "alice", "app", None, True, 2)["ok"]
+    assert set(CONFIG_QUERIES) <= set(plpy.executed)
+
+
+def test_a_standby_compares_the_table_each_time(plpy: FakePlpy, token: str) -> None:
+    """On a standby the worker passes no counter (replayed changes do not move it)."""
+    plpy.counter = None
     adapter = Adapter(plpy)
     adapter.validate(token, "alice", "app", None, True, None)
-    assert plpy.executed.count(VERSION_QUERY) == 1 and ISSUERS_QUERY in plpy.executed
+    assert plpy.executed.count(COUNTER_QUERY) == 1 and ISSUERS_QUERY in plpy.executed
     plpy.executed.clear()
     adapter.validate(token, "alice", "app", None, True, None)
-    assert plpy.executed == [VERSION_QUERY]  # unchanged: no reload
-    plpy.version = 5
+    assert plpy.executed == [COUNTER_QUERY, STATE_QUERY]  # unchanged: nothing read
     plpy.issuers = [dict(plpy.issuers[0], enabled=False)]
+    plpy.state["version"] += 1  # replayed: the counter stays
+    plpy.state["issuers_changes"] += 1
     plpy.executed.clear()
     row = adapter.validate(token, "alice", "app", None, True, None)
     assert row["reason"] == "untrusted_issuer"
-    assert plpy.executed[0] == VERSION_QUERY and ISSUERS_QUERY in plpy.executed
-    assert plpy.prepared.count(VERSION_QUERY) == 1
+    assert plpy.executed[:2] == [COUNTER_QUERY, STATE_QUERY] and ISSUERS_QUERY in plpy.executed
+
+
+def test_loads_are_logged_once_per_change_without_context(
+    plpy: FakePlpy, token: str
+) -> None:
+    """The first load of a worker is DEBUG1; a change goes to
+    oauth._log_config_applied, which writes one LOG line for all workers; nothing
+    goes through plpy.log (it adds PL/Python CONTEXT lines)."""
+    adapter = Adapter(plpy)
+    adapter.warmup()
+    adapter.validate(token, "alice", "app", None, True, 1)
+    adapter.warmup()
+    assert len(plpy.debug) == 1 and "configuration version 1 loaded" in plpy.debug[0]
+    assert plpy.config_logs == [] and plpy.logs == []
+    plpy.change("revocations", added={"subject": "mallory"})
+    adapter.validate(token, "alice", "app", None, True, 2)
+    adapter.warmup()
+    assert [(t, v) for t, v, _ in plpy.config_logs] == [(16400, 2)]
+    assert "1 revocation added" in plpy.config_logs[0][2]
+    assert "1 revocations" in plpy.config_logs[0][2]
+    assert plpy.logs == []
+
+
+def test_messages_without_the_log_functions_use_plpy(plpy: FakePlpy, token: str) -> None:
+    plpy.log_functions_exist = False
+    plpy.rules.append(rule_row(9, "(unclosed", "x"))
+    adapter = Adapter(plpy)
+    adapter.validate(token, "alice", "app", None, True, 1)
+    assert any("rule id 9" in w for w in plpy.warnings)
+    plpy.change("rules", list(plpy.rules))
+    adapter.validate(token, "alice", "app", None, True, 2)
+    assert any("configuration version 2 loaded" in m for m in plpy.logs)
 
 
 def test_warmup_and_explain_read_persisted_keys_once(plpy: FakePlpy, token: str) -> None:
-    """Loading a new configuration adopts persisted keys; warm-up and explain adopt them
+    """Loading new issuers adopts persisted keys; warm-up and explain adopt them
     anyway, so a reload there must not read oauth.jwks_cache a second time."""
     adapter = Adapter(plpy)
     adapter.warmup()
     assert plpy.executed.count(JWKS_CACHE_QUERY) == 1
-    plpy.version = 2
+    plpy.change("issuers", [dict(plpy.issuers[0])])
     plpy.executed.clear()
     adapter.explain(token, "alice", "app")
     assert ISSUERS_QUERY in plpy.executed
     assert plpy.executed.count(JWKS_CACHE_QUERY) == 1
+    plpy.change("issuers", [dict(plpy.issuers[0])])
     plpy.executed.clear()
     adapter.validate(token, "alice", "app", None, True, 7)  # a login's reload seeds too
     assert plpy.executed.count(JWKS_CACHE_QUERY) == 1
@@ -344,7 +519,7 @@ def test_warmup_loads_keys_and_summarises(plpy: FakePlpy) -> None:
     summary = adapter.warmup()
     assert summary == f"1 issuers, {len(adapter.keys.keys(ISS))} keys"
     assert len(adapter.keys.keys(ISS)) >= 3
-    assert VERSION_QUERY in plpy.executed
+    assert COUNTER_QUERY in plpy.executed
 
 
 def test_warmup_fetches_remote_keys_and_logs_failures(
@@ -371,8 +546,7 @@ def test_warmup_fetches_remote_keys_and_logs_failures(
         assert server.jwks_requests == 1
         # and the login path needs no network either
         token = server.mint(aud=AUD, sub="alice")
-        plpy.rules = [rule_row(1, "alice", "alice", issuer=server.issuer)]
-        plpy.version = 2
+        plpy.change("rules", [rule_row(1, "alice", "alice", issuer=server.issuer)])
         assert adapter.validate(token, "alice", "app", None, True, None)["ok"]
         assert server.jwks_requests == 1
     finally:
@@ -452,7 +626,7 @@ def test_revocations_are_cached_with_the_configuration(
     plpy.executed.clear()
     adapter.validate(token, "alice", "app", None, True, 1)
     assert plpy.executed == []  # no query per login
-    plpy.revocations = []
+    plpy.change("revocations", [])
     assert adapter.validate(token, "alice", "app", None, True, 2)["ok"]
 
 
