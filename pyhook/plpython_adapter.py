@@ -508,6 +508,10 @@ class Adapter:
             config, changes = self._load(state), "read in full"
         elif state != old:
             config, changes = self._catch_up(previous, old, state)
+        elif counter is not None:
+            # the counter moved and no trigger recorded what (triggers disabled,
+            # DDL, a dropped and re-created row): nothing tells what changed
+            config, changes = self._load(state), "read in full: a change no trigger recorded"
         else:
             config, changes = previous, ""
         self.config, self._state, self._counter = config, state, counter
