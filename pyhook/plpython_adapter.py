@@ -62,8 +62,8 @@ COUNTER_QUERY = (
 # The table's version and what changed where (80-scale.sql); the table's oid
 # tells a re-created extension from the one loaded.
 STATE_QUERY = (
-    "SELECT tableoid::pg_catalog.int8 AS table_id, version, issuers_changes, "
-    "role_map_changes, revocations_rewrites FROM oauth.config_state"
+    "SELECT tableoid::pg_catalog.int8 AS table_id, version, changes_counted, "
+    "issuers_changes, role_map_changes, revocations_rewrites FROM oauth.config_state"
 )
 _REVOCATION_COLUMNS = (
     "SELECT id, issuer, subject, token_id, reason, "
@@ -148,15 +148,25 @@ class ConfigState:
 
     table_id: int  # the table's oid: a re-created extension starts over
     version: int
+    changes_counted: int = 0  # moves with version while the counting triggers run
     issuers_changes: int = 0
     role_map_changes: int = 0
     revocations_rewrites: int = 0  # updates, deletes, and ids inserted out of order
+
+    def counted_since(self, old: ConfigState) -> bool:
+        """Whether the counters explain every change since ``old``: the same table,
+        and each statement that moved the version also moved the counters."""
+        return (
+            self.table_id == old.table_id
+            and self.version - old.version == self.changes_counted - old.changes_counted
+        )
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ConfigState:
         return cls(
             table_id=int(row["table_id"]),
             version=int(row["version"]),
+            changes_counted=int(row["changes_counted"]),
             issuers_changes=int(row["issuers_changes"]),
             role_map_changes=int(row["role_map_changes"]),
             revocations_rewrites=int(row["revocations_rewrites"]),
@@ -504,16 +514,16 @@ class Adapter:
             return self.config
         state = ConfigState.from_row(self._execute("state", STATE_QUERY)[0])
         previous, old = self.config, self._state
-        if previous is None or old is None or state.table_id != old.table_id:
+        if previous is None or old is None:
             config, changes = self._load(state), "read in full"
-        elif state != old:
-            config, changes = self._catch_up(previous, old, state)
-        elif counter is not None:
-            # the counter moved and no trigger recorded what (triggers disabled,
-            # DDL, a dropped and re-created row): nothing tells what changed
-            config, changes = self._load(state), "read in full: a change no trigger recorded"
+        elif state == old and (counter is None or self._counter is None):
+            config, changes = previous, ""  # a standby, or no counter: nothing changed
+        elif state == old or not state.counted_since(old):
+            # the counter moved with no trigger to say why (they were disabled or
+            # skipped; config_guard.c saw it), or a counting trigger did not run
+            config, changes = self._load(state), "read in full"
         else:
-            config, changes = previous, ""
+            config, changes = self._catch_up(previous, old, state)
         self.config, self._state, self._counter = config, state, counter
         if config is previous:
             return config

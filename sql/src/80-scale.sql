@@ -9,7 +9,12 @@
 -- rows were updated, deleted or truncated, or an insert brought ids that are not
 -- above every id before (OVERRIDING SYSTEM VALUE, or transactions committing in
 -- another order than they took their ids): then it reads them all again.
+-- changes_counted moves with every statement these triggers see, as version does
+-- with _config_trigger: when the two moved apart (a trigger disabled), or the
+-- shared counter moved without either (config_guard.c saw a change no trigger
+-- did), a worker reads everything again.
 ALTER TABLE oauth.config_state
+    ADD COLUMN changes_counted bigint NOT NULL DEFAULT 0,
     ADD COLUMN issuers_changes bigint NOT NULL DEFAULT 0,
     ADD COLUMN role_map_changes bigint NOT NULL DEFAULT 0,
     ADD COLUMN revocations_rewrites bigint NOT NULL DEFAULT 0,
@@ -21,6 +26,7 @@ CREATE FUNCTION oauth._config_table_changed() RETURNS trigger
     AS $$
 BEGIN
     UPDATE oauth.config_state SET
+        changes_counted = changes_counted OPERATOR(pg_catalog.+) 1,
         issuers_changes = issuers_changes OPERATOR(pg_catalog.+)
             (TG_TABLE_NAME OPERATOR(pg_catalog.=) 'issuers')::pg_catalog.int4,
         role_map_changes = role_map_changes OPERATOR(pg_catalog.+)
@@ -40,12 +46,12 @@ CREATE FUNCTION oauth._revocations_inserted() RETURNS trigger
     AS $$
 BEGIN
     UPDATE oauth.config_state s SET
-        revocations_rewrites = s.revocations_rewrites OPERATOR(pg_catalog.+)
-            (n.lowest OPERATOR(pg_catalog.<=) s.revocations_highest_id)::pg_catalog.int4,
+        changes_counted = s.changes_counted OPERATOR(pg_catalog.+) 1,
+        revocations_rewrites = s.revocations_rewrites OPERATOR(pg_catalog.+) COALESCE(
+            (n.lowest OPERATOR(pg_catalog.<=) s.revocations_highest_id)::pg_catalog.int4, 0),
         revocations_highest_id = GREATEST(s.revocations_highest_id, n.highest)
     FROM (SELECT pg_catalog.min(id) AS lowest, pg_catalog.max(id) AS highest
-            FROM inserted) AS n
-    WHERE n.lowest IS NOT NULL;
+            FROM inserted) AS n;
     RETURN NULL;
 END
 $$;

@@ -175,3 +175,18 @@ def test_revocations_committed_out_of_id_order_apply(cluster, issuer, refused):
         assert refused("alice", issuer.mint(sub="alice", jti="slow-1")) == "revoked"
     finally:
         cluster.sql("DELETE FROM oauth.revocations WHERE reason IN ('slow', 'x')")
+
+
+def test_a_delete_the_counting_trigger_did_not_see_applies(cluster, issuer, refused):
+    """With the trigger that counts revocation rewrites disabled, a DELETE moves only the
+    version: the workers cannot tell what changed, so they read everything again."""
+    token = issuer.mint(sub="alice", jti="uncounted")
+    cluster.sql("INSERT INTO oauth.revocations (token_id) VALUES ('uncounted')")
+    try:
+        assert refused("alice", token) == "revoked"
+        cluster.sql("ALTER TABLE oauth.revocations DISABLE TRIGGER revocations_counted")
+        cluster.sql("DELETE FROM oauth.revocations WHERE token_id = 'uncounted'")
+        cluster.token_connect("alice", issuer.mint(sub="alice", jti="uncounted")).close()
+    finally:
+        cluster.sql("ALTER TABLE oauth.revocations ENABLE ALWAYS TRIGGER revocations_counted")
+        cluster.sql("DELETE FROM oauth.revocations WHERE token_id = 'uncounted'")

@@ -71,8 +71,9 @@ class FakePlpy:
         self.issuers, self.rules = issuers, rules
         self.revocations: list[dict[str, Any]] = []
         # oauth.config_state, and the shared-memory counter (None: a standby)
-        self.state = {"table_id": 16400, "version": 1, "issuers_changes": 0,
-                      "role_map_changes": 0, "revocations_rewrites": 0}  # fmt: skip
+        self.state = {"table_id": 16400, "version": 1, "changes_counted": 0,
+                      "issuers_changes": 0, "role_map_changes": 0,
+                      "revocations_rewrites": 0}  # fmt: skip
         self.counter: int | None = 1
         self.log_functions_exist = True
         self.debug: list[str] = []  # DEBUG1 lines through oauth._log
@@ -100,6 +101,7 @@ class FakePlpy:
         the table's counter, the shared-memory counter. ``added``: one revocation
         inserted (with the next id), else the table's rows replaced by ``rows``."""
         self.state["version"] += 1
+        self.state["changes_counted"] += 1
         if self.counter is not None:
             self.counter += 1
         if added is not None:
@@ -340,20 +342,28 @@ def test_warmup_and_logins_share_one_check(plpy: FakePlpy, token: str) -> None:
     assert plpy.executed.count(STATE_QUERY) == 0  # only the counter was read
 
 
-def test_a_counter_that_moved_without_a_recorded_change_reads_everything(
-    plpy: FakePlpy, token: str
-) -> None:
-    """The counter moves only at commits that changed configuration; when
-    oauth.config_state says nothing changed, no trigger saw the change (triggers
-    disabled, DDL): the only safe answer is to read it all again."""
+def test_a_change_no_trigger_counted_reads_everything(plpy: FakePlpy, token: str) -> None:
+    """The counter moved but oauth.config_state did not (triggers disabled: only
+    config_guard.c saw the change), or the version moved without the counting
+    triggers: the configuration is read again in full."""
+    plpy.revocations = [revocation_row(1, subject="nobody")]
     adapter = Adapter(plpy)
     adapter.validate(token, "alice", "app", None, True, 1)
     plpy.executed.clear()
     adapter.validate(token, "alice", "app", None, True, 1)  # nothing moved: no query
     assert plpy.executed == []
-    adapter.validate(token, "alice", "app", None, True, 2)
-    assert STATE_QUERY in plpy.executed and RULES_QUERY in plpy.executed
-    assert ISSUERS_QUERY in plpy.executed and REVOCATIONS_QUERY in plpy.executed
+    plpy.revocations.append(revocation_row(2, token_id="t-1"))  # no trigger ran
+    plpy.counter = 2
+    plpy.executed.clear()
+    assert adapter.validate(token, "alice", "app", None, True, 2)["reason"] == "revoked"
+    assert set(CONFIG_QUERIES) - {JWKS_CACHE_QUERY} <= set(plpy.executed)
+    # a DELETE with the counting trigger disabled: the version moved alone
+    plpy.revocations = [revocation_row(1, subject="nobody")]
+    plpy.state["version"] += 1
+    plpy.counter = 3
+    plpy.executed.clear()
+    assert adapter.validate(token, "alice", "app", None, True, 3)["ok"]
+    assert REVOCATIONS_QUERY in plpy.executed and RULES_QUERY in plpy.executed
 
 
 def test_a_new_revocation_is_read_by_id(plpy: FakePlpy, token: str) -> None:
