@@ -289,7 +289,7 @@ typedef enum ClaimForm
 static ClaimCache *
 claim_lookup(FunctionCallInfo fcinfo, text *path, ClaimForm form)
 {
-	ClaimCache *cache = (ClaimCache *) fcinfo->flinfo->fn_extra;
+	ClaimCache *cache = fcinfo->flinfo ? (ClaimCache *) fcinfo->flinfo->fn_extra : NULL;
 	const char *p = VARDATA_ANY(path);
 	int			n = VARSIZE_ANY_EXHDR(path);
 	Jsonb	   *claims;
@@ -302,10 +302,14 @@ claim_lookup(FunctionCallInfo fcinfo, text *path, ClaimForm form)
 
 	if (cache == NULL)
 	{
-		cache = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(ClaimCache));
-		cache->cxt = AllocSetContextCreate(fcinfo->flinfo->fn_mcxt, "pg_oauth claim cache",
+		/* no FmgrInfo (a direct call): an answer for this call only */
+		MemoryContext parent = fcinfo->flinfo ? fcinfo->flinfo->fn_mcxt : CurrentMemoryContext;
+
+		cache = MemoryContextAllocZero(parent, sizeof(ClaimCache));
+		cache->cxt = AllocSetContextCreate(parent, "pg_oauth claim cache",
 										   ALLOCSET_SMALL_SIZES);
-		fcinfo->flinfo->fn_extra = cache;
+		if (fcinfo->flinfo)
+			fcinfo->flinfo->fn_extra = cache;
 	}
 	else
 		MemoryContextReset(cache->cxt);
