@@ -25,18 +25,22 @@ class Plan:
     cpu_seconds: int  # pgbench -C run with CPU accounting, per method
     flood_logins: int  # valid logins timed per round, with and without a bad-token flood
     flood_clients: int  # concurrent clients sending bad-signature tokens
+    scale_idle_rounds: int  # logins after 10 s idle, per configuration size
+    scale_rls_runs: int  # runs of each RLS query (policy and constant)
 
 
 DEFAULT = Plan(
     name="default", rounds=10, rate_seconds=1, latency_logins=60, storm_logins=1000,
     storm_seconds=15, storm_cooldown=5, slow_logins=60, refresh_seconds=16,
     refresh_interval=8, cold_starts=3, proxy_seconds=2, proxy_scale=5, call_loops=1000,
-    cpu_seconds=2, flood_logins=40, flood_clients=16,
+    cpu_seconds=2, flood_logins=40, flood_clients=16, scale_idle_rounds=9,
+    scale_rls_runs=7,
 )
 
 QUICK = Plan(
     name="quick", rounds=2, rate_seconds=1, latency_logins=60, storm_logins=1000,
     storm_seconds=6, storm_cooldown=5, slow_logins=60, refresh_seconds=12,
     refresh_interval=5, cold_starts=1, proxy_seconds=2, proxy_scale=2, call_loops=300,
-    cpu_seconds=2, flood_logins=20, flood_clients=16,
+    cpu_seconds=2, flood_logins=20, flood_clients=16, scale_idle_rounds=3,
+    scale_rls_runs=3,
 )

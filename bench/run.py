@@ -39,6 +39,7 @@ from report import (
     machine_description,
 )
 from resilience import cold_start, slow_issuer, unknown_kid_storm
+from scale import scale
 from testbed import Testbed, tool_path
 from time_breakdown import breakdown, cpu_per_login
 
@@ -51,7 +52,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 SECTIONS = ("rate", "latency", "size", "storm", "slow", "flood", "cold", "proxy", "cpu",
-            "breakdown")
+            "breakdown", "scale")
 
 
 def run(plan: Plan, sections: set[str],
@@ -104,6 +105,8 @@ def run(plan: Plan, sections: set[str],
             tables.append(cpu_per_login(testbed, pgbench, plan, progress))
         if "breakdown" in sections:
             tables += breakdown(testbed, plan, progress)
+        if "scale" in sections:
+            tables += scale(testbed, plan, goals, progress)
         machine.append(f"load average at end: {load_average()}")
         progress("stopping the clusters")
     return goals, tables, machine
