@@ -46,7 +46,7 @@ def test_rls_recipe_tenants_see_only_their_rows(cluster, issuer):
                                         ('globex', 'globex plan');
         ALTER TABLE tenant_notes ENABLE ROW LEVEL SECURITY;
         CREATE POLICY tenant_isolation ON tenant_notes
-            USING (tenant_id = oauth.claim('tenant_id'));
+            USING (tenant_id = (SELECT oauth.claim('tenant_id')));
         GRANT SELECT ON tenant_notes TO alice, bob, scram_reader;
     """.replace("scram_reader", "carol"))
     with cluster.token_connect("alice", issuer.mint({"tenant_id": "acme"}, sub="alice")) as a:
