@@ -179,6 +179,7 @@ def scale(tb: Testbed, plan: Plan, goals: list[Goal], progress: Progress) -> lis
         for name in clusters:  # both servers' workers have seen a login
             for _ in range(10):
                 _timed_login(targets[name], _mint(tb))
+        log_mark = _LogMark.of(large)
 
         progress("scale: loading the large configuration from scratch")
         loads = _load_times(large)
@@ -194,12 +195,50 @@ def scale(tb: Testbed, plan: Plan, goals: list[Goal], progress: Progress) -> lis
         progress(f"scale: first logins after {IDLE_SECONDS:g} s idle")
         tables.append(_idle(tb, plan, clusters, targets, floor, back, goals, progress))
 
+        tables.append(log_mark.table(large))
+
         progress(f"scale: RLS policies over {RLS_ROWS:,} rows")
         tables.append(_rls(tb, plan, goals, progress))
 
         progress(f"scale: audit retention over {AUDIT_ROWS:,} rows")
         tables.append(_retention(tb, targets[SMALL], goals, progress))
     return tables
+
+
+LOADED_LINE = re.compile(r"LOG:  pg_oauth: configuration version .* loaded")
+# a CONTEXT line of a process without a session (log_line_prefix '%m [%p] %q%u@%d ')
+WORKER_CONTEXT = re.compile(r"^\S+ \S+ \S+ \[\d+\] CONTEXT:", re.MULTILINE)
+
+
+@dataclass
+class _LogMark:
+    """Where the server log and the change counter stood."""
+
+    offset: int
+    counter: int
+    started: float
+
+    @classmethod
+    def of(cls, cluster: Cluster) -> _LogMark:
+        return cls(len(cluster.log_text()), int(cluster.sql("SELECT oauth.config_version()")[0][0]),
+                   time.perf_counter())
+
+    def table(self, cluster: Cluster) -> Table:
+        text = cluster.log_text()[self.offset:]
+        changes = int(cluster.sql("SELECT oauth.config_version()")[0][0]) - self.counter
+        table = Table(
+            "The large server's log over the sections above",
+            ["minutes", "committed changes (shared counter)", "workers",
+             "LOG lines 'configuration version … loaded'", "CONTEXT lines from workers"])
+        table.add(f"{(time.perf_counter() - self.started) / 60:.1f}", changes,
+                  int(cluster.sql("SHOW pg_oauth.workers")[0][0]),
+                  len(LOADED_LINE.findall(text)), len(WORKER_CONTEXT.findall(text)))
+        table.notes.append(
+            "one LOG line per change, from the first worker to load it (the others: "
+            "DEBUG1); logins, idle spells and the workers' refreshes load nothing. A "
+            "change no trigger counted (the load function's DROP) is read in full, and "
+            "logged too.")
+        return table
 
 
 def _load_table(loads: dict[str, tuple[float, int]], sizes: Sizes) -> Table:
