@@ -17,6 +17,8 @@
  *	  ... CASCADE, DROP OWNED).
  * Logical replication applies rows without the executor's hooks; the
  * triggers are ENABLE ALWAYS for that (sql/src/50-config-database.sql).
+ * A utility statement also tells the workers not to trust the triggers'
+ * counters for that change (sql/src/80-scale.sql): they read everything.
  *
  *-------------------------------------------------------------------------
  */
@@ -133,7 +135,7 @@ config_guard_process_utility(PlannedStmt *pstmt, const char *queryString,
 								queryEnv, dest, qc);
 	/* an error above skips this; an abort later clears the pending change */
 	if (changes)
-		pg_oauth_note_config_change();
+		pg_oauth_note_config_structure_change();
 }
 
 static void

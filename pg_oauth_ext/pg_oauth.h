@@ -195,6 +195,8 @@ typedef struct PgOAuthShared
 	LWLock	   *lock;			/* protects slot states and worker states */
 	ConditionVariable slot_freed;
 	pg_atomic_uint64 config_version;
+	/* moved with config_version by changes no trigger may have seen (config_guard.c) */
+	pg_atomic_uint64 config_structure;
 	/* configuration version last logged as loaded (worker_log.c), under lock */
 	uint64		config_logged_table;
 	uint64		config_logged_version;
@@ -458,6 +460,7 @@ typedef struct OAuthSession
 extern OAuthSession pg_oauth_session;
 extern void session_state_remember(const TokenDecision *decision, const char *role);
 extern void pg_oauth_note_config_change(void);
+extern void pg_oauth_note_config_structure_change(void);
 
 /* config_guard.c */
 extern void config_guard_install_hooks(void);

@@ -28,6 +28,7 @@ PG_FUNCTION_INFO_V1(pg_oauth_fn_session);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_workers);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_config_version);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_config_changed);
+PG_FUNCTION_INFO_V1(pg_oauth_fn_config_structure_version);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_kid_refetch_allowed);
 
 OAuthSession pg_oauth_session = {false};
@@ -540,6 +541,7 @@ pg_oauth_fn_config_version(PG_FUNCTION_ARGS)
  * new number and then takes its snapshot is sure to see the new rows.
  */
 static bool config_change_pending = false;
+static bool config_structure_pending = false;
 static bool xact_callback_registered = false;
 
 static void
@@ -558,9 +560,14 @@ config_xact_callback(XactEvent event, void *arg)
 				 errhint("Change issuers, role_map or revocations in an ordinary transaction.")));
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
 	{
-		config_change_pending = false;
+		bool		structure = config_structure_pending;
+
+		config_change_pending = config_structure_pending = false;
 		if (pg_oauth_shared != NULL)
 		{
+			/* first: a worker that sees the new version sees this too */
+			if (structure)
+				pg_atomic_fetch_add_u64(&pg_oauth_shared->config_structure, 1);
 			pg_atomic_fetch_add_u64(&pg_oauth_shared->config_version, 1);
 			pg_oauth_wake_all_workers();
 		}
@@ -569,7 +576,7 @@ config_xact_callback(XactEvent event, void *arg)
 	}
 	else if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
 	{
-		config_change_pending = false;
+		config_change_pending = config_structure_pending = false;
 		session_registry_end_pending(false);
 	}
 }
@@ -584,6 +591,26 @@ pg_oauth_note_config_change(void)
 		xact_callback_registered = true;
 	}
 	config_change_pending = true;
+}
+
+/*
+ * This transaction changed what the configuration triggers may not have seen
+ * (a statement config_guard.c noted: DDL, COPY, TRUNCATE, drops): workers must
+ * not trust the triggers' counters for it and read everything again.
+ */
+void
+pg_oauth_note_config_structure_change(void)
+{
+	pg_oauth_note_config_change();
+	config_structure_pending = true;
+}
+
+Datum
+pg_oauth_fn_config_structure_version(PG_FUNCTION_ARGS)
+{
+	if (pg_oauth_shared == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64((int64) pg_atomic_read_u64(&pg_oauth_shared->config_structure));
 }
 
 Datum

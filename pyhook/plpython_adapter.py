@@ -60,10 +60,25 @@ COUNTER_QUERY = (
     "ELSE oauth.config_version() END AS counter"
 )
 # The table's version and what changed where (80-scale.sql); the table's oid
-# tells a re-created extension from the one loaded.
+# tells a re-created extension from the one loaded. Whether to trust those
+# counters: the structure counter (changes config_guard.c saw a statement make
+# that the triggers may not have) and how many of the triggers keeping them fire.
+TRACKING_TRIGGERS = (
+    "issuers_changed", "role_map_changed", "revocations_changed", "issuers_counted",
+    "role_map_counted", "revocations_counted", "revocations_inserted",
+)
 STATE_QUERY = (
-    "SELECT tableoid::pg_catalog.int8 AS table_id, version, changes_counted, "
-    "issuers_changes, role_map_changes, revocations_rewrites FROM oauth.config_state"
+    "SELECT s.tableoid::pg_catalog.int8 AS table_id, s.version, s.changes_counted, "
+    "s.issuers_changes, s.role_map_changes, s.revocations_rewrites, "
+    "oauth._config_structure_version() AS structure, "
+    "(SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t "
+    "WHERE t.tgrelid OPERATOR(pg_catalog.=) ANY (ARRAY["
+    "'oauth.issuers'::pg_catalog.regclass::pg_catalog.oid, "
+    "'oauth.role_map'::pg_catalog.regclass::pg_catalog.oid, "
+    "'oauth.revocations'::pg_catalog.regclass::pg_catalog.oid]) "
+    "AND t.tgname OPERATOR(pg_catalog.=) ANY ('{" + ",".join(TRACKING_TRIGGERS) + "}'::"
+    "pg_catalog.name[]) AND t.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::"
+    "pg_catalog.\"char\"[])) AS tracking FROM oauth.config_state s"
 )
 _REVOCATION_COLUMNS = (
     "SELECT id, issuer, subject, token_id, reason, "
@@ -152,12 +167,17 @@ class ConfigState:
     issuers_changes: int = 0
     role_map_changes: int = 0
     revocations_rewrites: int = 0  # updates, deletes, and ids inserted out of order
+    structure: int | None = None  # oauth._config_structure_version(); None: unknown
+    tracking: int = len(TRACKING_TRIGGERS)  # of those triggers, how many fire
 
     def counted_since(self, old: ConfigState) -> bool:
         """Whether the counters explain every change since ``old``: the same table,
-        and each statement that moved the version also moved the counters."""
+        no statement the triggers may have missed, every trigger firing, and each
+        statement that moved the version also moved the counters."""
         return (
             self.table_id == old.table_id
+            and self.structure == old.structure
+            and self.tracking == old.tracking == len(TRACKING_TRIGGERS)
             and self.version - old.version == self.changes_counted - old.changes_counted
         )
 
@@ -170,6 +190,8 @@ class ConfigState:
             issuers_changes=int(row["issuers_changes"]),
             role_map_changes=int(row["role_map_changes"]),
             revocations_rewrites=int(row["revocations_rewrites"]),
+            structure=None if row["structure"] is None else int(row["structure"]),
+            tracking=int(row["tracking"]),
         )
 
 
@@ -520,7 +542,8 @@ class Adapter:
             config, changes = previous, ""  # a standby, or no counter: nothing changed
         elif state == old or not state.counted_since(old):
             # the counter moved with no trigger to say why (they were disabled or
-            # skipped; config_guard.c saw it), or a counting trigger did not run
+            # skipped; config_guard.c saw it), a statement may have changed rows
+            # behind the triggers, or one of them did not run
             config, changes = self._load(state), "read in full"
         else:
             config, changes = self._catch_up(previous, old, state)

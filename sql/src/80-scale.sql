@@ -76,6 +76,14 @@ ALTER TABLE oauth.role_map ENABLE ALWAYS TRIGGER role_map_counted;
 ALTER TABLE oauth.revocations ENABLE ALWAYS TRIGGER revocations_counted;
 ALTER TABLE oauth.revocations ENABLE ALWAYS TRIGGER revocations_inserted;
 
+-- Moves (at commit, before the version) with every change that a statement
+-- config_guard.c notes may have made behind the triggers' back: DDL, COPY,
+-- TRUNCATE, drops. Workers then read everything again.
+CREATE FUNCTION oauth._config_structure_version() RETURNS bigint
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_config_structure_version';
+REVOKE ALL ON FUNCTION oauth._config_structure_version() FROM PUBLIC;
+
 ------------------------------------------------------------------------------
 -- Worker messages (worker_log.c): pyhook's log lines without the PL/Python
 -- CONTEXT lines, and one LOG line per configuration change for all workers

@@ -190,3 +190,29 @@ def test_a_delete_the_counting_trigger_did_not_see_applies(cluster, issuer, refu
     finally:
         cluster.sql("ALTER TABLE oauth.revocations ENABLE ALWAYS TRIGGER revocations_counted")
         cluster.sql("DELETE FROM oauth.revocations WHERE token_id = 'uncounted'")
+
+
+def test_a_change_behind_the_triggers_in_a_counted_transaction_applies(
+        cluster, issuer, refused):
+    """One transaction changes a revocation with its triggers disabled, enables them and
+    changes role_map: the counters show only the role_map change, but the ALTER TABLE
+    tells the workers not to trust them, and they read everything."""
+    cluster.sql("INSERT INTO oauth.revocations (token_id) VALUES ('behind-before')")
+    cluster.token_connect("alice", issuer.mint(sub="alice", jti="behind-after")).close()
+    time.sleep(0.5)  # every worker, woken by the insert, holds its row by now
+    try:
+        with cluster.admin() as conn, conn.transaction():
+            conn.execute("ALTER TABLE oauth.revocations "
+                         "DISABLE TRIGGER revocations_changed, "
+                         "DISABLE TRIGGER revocations_counted")
+            conn.execute("UPDATE oauth.revocations SET token_id = 'behind-after' "
+                         "WHERE token_id = 'behind-before'")
+            conn.execute("ALTER TABLE oauth.revocations "
+                         "ENABLE ALWAYS TRIGGER revocations_changed, "
+                         "ENABLE ALWAYS TRIGGER revocations_counted")
+            conn.execute("INSERT INTO oauth.role_map (issuer, claim, pattern, role) "
+                         "VALUES (%s, 'sub', 'behind-nobody', 'carol')", (issuer.issuer,))
+        assert refused("alice", issuer.mint(sub="alice", jti="behind-after")) == "revoked"
+    finally:
+        cluster.sql("DELETE FROM oauth.revocations WHERE token_id LIKE 'behind-%%'")
+        cluster.sql("DELETE FROM oauth.role_map WHERE pattern = 'behind-nobody'")

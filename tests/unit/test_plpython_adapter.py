@@ -39,6 +39,7 @@ from pyhook.plpython_adapter import (
     ROLE_QUERY,
     RULES_QUERY,
     STATE_QUERY,
+    TRACKING_TRIGGERS,
     Adapter,
 )
 
@@ -73,7 +74,8 @@ class FakePlpy:
         # oauth.config_state, and the shared-memory counter (None: a standby)
         self.state = {"table_id": 16400, "version": 1, "changes_counted": 0,
                       "issuers_changes": 0, "role_map_changes": 0,
-                      "revocations_rewrites": 0}  # fmt: skip
+                      "revocations_rewrites": 0, "structure": 0,
+                      "tracking": len(TRACKING_TRIGGERS)}  # fmt: skip
         self.counter: int | None = 1
         self.log_functions_exist = True
         self.debug: list[str] = []  # DEBUG1 lines through oauth._log
@@ -247,12 +249,13 @@ def test_queries_are_the_documented_ones() -> None:
     assert " require_sub, " in ISSUERS_QUERY
     assert RULES_QUERY.endswith("max_sessions FROM oauth.role_map ORDER BY id")
     assert "client_cidrs::pg_catalog.text[] AS client_cidrs" in RULES_QUERY
-    assert STATE_QUERY.endswith(" FROM oauth.config_state")
+    assert STATE_QUERY.endswith(" FROM oauth.config_state s")
     assert "WHERE id OPERATOR(pg_catalog.>) $1 AND" in REVOCATIONS_SINCE_QUERY
 
 
 # grammar, not functions looked up by name
-_GRAMMAR = {"extract", "coalesce", "exists", "in", "values", "operator", "conflict", "array"}
+_GRAMMAR = {"extract", "coalesce", "exists", "in", "values", "operator", "conflict", "array",
+            "any"}
 
 
 @pytest.mark.parametrize(
@@ -415,6 +418,36 @@ def test_unchanged_patterns_are_not_compiled_again(plpy: FakePlpy, token: str) -
     plpy.change("rules", [*plpy.rules, rule_row(2, "carol", "carol")])
     adapter.validate(token, "alice", "app", None, True, 2)
     assert adapter.config.rules[0].regex is regex  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "untrusted",
+    [{"structure": 1},  # a statement config_guard.c noted: DDL, COPY, TRUNCATE, a drop
+     {"tracking": len(TRACKING_TRIGGERS) - 1}],  # a trigger keeping the counters is off
+)  # fmt: skip
+def test_counters_not_to_be_trusted_read_everything(
+    plpy: FakePlpy, token: str, untrusted: dict[str, int]
+) -> None:
+    """A revocation changed behind the triggers' back, in a transaction whose other
+    change the triggers did count: nothing in the counters says revocations changed."""
+    plpy.revocations = [revocation_row(1, token_id="someone-else")]
+    adapter = Adapter(plpy)
+    assert adapter.validate(token, "alice", "app", None, True, 1)["ok"]
+    plpy.revocations[0]["token_id"] = "t-1"  # UPDATE with the triggers disabled
+    plpy.change("rules", list(plpy.rules))  # and a counted change
+    plpy.state.update(untrusted)
+    plpy.executed.clear()
+    assert adapter.validate(token, "alice", "app", None, True, 2)["reason"] == "revoked"
+    assert REVOCATIONS_QUERY in plpy.executed and ISSUERS_QUERY in plpy.executed
+    # once trusted again (tracking back), counted changes are read incrementally
+    plpy.state["tracking"] = len(TRACKING_TRIGGERS)
+    plpy.change("revocations", added={"subject": "mallory"})
+    plpy.executed.clear()
+    adapter.validate(token, "alice", "app", None, True, 3)
+    if "tracking" in untrusted:  # the last load saw a trigger off: read in full once more
+        assert REVOCATIONS_QUERY in plpy.executed
+    else:
+        assert plpy.executed[:2] == [STATE_QUERY, REVOCATIONS_SINCE_QUERY]
 
 
 def test_a_recreated_extension_is_read_in_full(plpy: FakePlpy, token: str) -> None:
