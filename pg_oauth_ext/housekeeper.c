@@ -309,7 +309,10 @@ pg_oauth_housekeeper_main(Datum main_arg)
 				installed = false;
 		}
 		if (!installed)
+		{
+			retention.active = false;	/* no fast ticks for a table not there */
 			continue;
+		}
 
 		for (;;)
 		{
