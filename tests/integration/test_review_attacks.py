@@ -290,10 +290,10 @@ def test_revoke_in_autocommit_ends_every_session_of_the_token(cluster, issuer):
 # ====================================================================================
 
 def test_revoke_by_subject_ends_a_session_whose_subject_is_long(cluster, issuer):
-    """HOLDS (was a finding).  session_registry_enter() keeps issuer/subject/token id cut to
-    PG_OAUTH_IDENT_LEN-1 (255) bytes; _end_sessions compares them with strcmp against
-    the full value, so a revocation of a subject of 256+ bytes ends none of its live
-    sessions (new logins are refused: pyhook compares the whole subject)."""
+    """HOLDS (was a finding).  session_registry_enter() kept issuer/subject/token id cut
+    to 255 bytes; _end_sessions compared them with strcmp against the full value, so a
+    revocation of a subject of 256+ bytes ended none of its live sessions.  Identities
+    are now compared by their SHA-256 (identity_store.c; test_long_identities.py)."""
     subject = "rev-long-" + "x" * 300
     cluster.sql("INSERT INTO oauth.role_map (issuer, claim, pattern, role) "
                 "SELECT issuer, 'sub', 'rev-long-x+', 'carol' FROM oauth.issuers")
