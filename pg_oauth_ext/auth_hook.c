@@ -249,9 +249,9 @@ option_sets_forbidden(const char *opt)
  * may be glued or the next word ("-c role=x"), "--name=value" is "-c", and
  * glibc's getopt skips over non-options to later ones.  Every word is
  * scanned, so this can only find more than PostgreSQL would apply, never
- * less.  Returns the forbidden setting, or NULL.
+ * less.
  */
-static const char *
+static bool
 forbidden_in_switches(const char *cmdline_options)
 {
 	int			maxac = 2 + (strlen(cmdline_options) + 1) / 2;
@@ -276,11 +276,11 @@ forbidden_in_switches(const char *cmdline_options)
 				continue;		/* a flag without argument: the group goes on */
 			optarg = (p[1] != '\0') ? p + 1 : (i + 1 < ac ? av[++i] : NULL);
 			if ((*p == 'c' || *p == '-') && optarg != NULL && option_sets_forbidden(optarg))
-				return optarg;
+				return true;
 			break;				/* the argument ends the group */
 		}
 	}
-	return NULL;
+	return false;
 }
 
 /*
@@ -295,7 +295,6 @@ check_startup_options(LoginAttempt *a)
 {
 	Port	   *port = a->port;
 	ListCell   *lc;
-	const char *setting;
 
 	/* name/value pairs sent as startup packet parameters */
 	for (lc = list_head(port->guc_options); lc != NULL; lc = lnext(port->guc_options, lc))
@@ -312,8 +311,7 @@ check_startup_options(LoginAttempt *a)
 	}
 
 	/* switches inside the "options" parameter */
-	if (port->cmdline_options != NULL &&
-		(setting = forbidden_in_switches(port->cmdline_options)) != NULL)
+	if (port->cmdline_options != NULL && forbidden_in_switches(port->cmdline_options))
 		refuse(a, "startup_option_forbidden",
 			   "startup options may not set role or session_authorization on token logins",
 			   "Connect as the role you need; SET ROLE after login is subject to normal privileges.");
