@@ -91,8 +91,8 @@ PYTHON=/usr/bin/python3 ./configure $configure_flags >"$build/configure.log" 2>&
 make -s -j"$jobs" >"$build/make.log" 2>&1 || { tail -n 40 "$build/make.log" >&2; exit 1; }
 rm -rf "$prefix"
 make -s install >"$build/install.log" 2>&1 || { tail -n 40 "$build/install.log" >&2; exit 1; }
-# PL/Python, and the logical decoding plugin the replication tests use
-for dir in src/pl/plpython contrib/test_decoding; do
+# PL/Python, and the contrib modules the tests load (logical decoding, auto_explain)
+for dir in src/pl/plpython contrib/test_decoding contrib/auto_explain; do
     make -s -C "$dir" install >>"$build/install.log" 2>&1
 done
 echo "$version" > "$prefix/.debian-source-version"
