@@ -212,8 +212,9 @@ def test_the_package_needs_no_pip_and_no_network(deb_package, tmp_path) -> None:
     assert sorted(p.name for p in control.iterdir()) == ["control", "md5sums", "postinst",
                                                          "prerm"]  # fmt: skip
     for script in ("postinst", "prerm"):
-        text = (control / script).read_text()
-        assert not re.search(r"pip|https?:|curl|wget|apt", text), text
+        commands = [line for line in (control / script).read_text().splitlines()
+                    if not line.lstrip().startswith("#")]  # fmt: skip
+        assert not re.search(r"pip|https?:|curl|wget|apt", "\n".join(commands)), commands
     assert "-m compileall" in (control / "postinst").read_text()
     files = subprocess.run(["dpkg-deb", "-c", str(deb_package)], capture_output=True,
                            text=True, check=True).stdout  # fmt: skip
