@@ -4,6 +4,8 @@
 #   make                 build the extension
 #   make install         install the extension, pyhook and its Python dependencies, and the
 #                        pg-oauth command (explain, check, doctor) in /usr/local/bin
+#   make deb             the same as a Debian package, its Python dependencies inside:
+#                        dist/postgresql-15-pg-oauth_<version>_amd64.deb (scripts/build-deb.sh)
 #   make test-deps       what tests, demo and benchmarks need on top: pgbouncer, python3-venv,
 #                        the unprivileged pgoauth OS user that runs their servers, .venv
 #   make test            everything the test suite needs (as root on Debian 12), then the suite
@@ -39,7 +41,7 @@ EXTRA_CLEAN = sql/pg_oauth--1.0.sql
 
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
-.PHONY: install-python install-tools uninstall-python deps test-deps node-deps venv test unit-test integration-test demo bench lint pg-server
+.PHONY: install-python install-tools uninstall-python deb deps test-deps node-deps venv test unit-test integration-test demo bench lint pg-server
 
 # PGXS is only there once postgresql-server-dev-15 is installed; `make test` and
 # `make demo` install it first and then call make again.
@@ -95,6 +97,11 @@ install-tools:
 uninstall-python:
 	rm -rf '$(DESTDIR)$(PYTHON_TARGET)' '$(DESTDIR)$(TOOLS_BINDIR)/pg-oauth'
 endif
+
+# What `make install` installs, for the PostgreSQL of PG_CONFIG, as a .deb in dist/: the
+# wheels are fetched here, so the servers that install it need no pip and no network.
+deb:
+	PG_CONFIG='$(PG_CONFIG)' SERVER_PYTHON='$(SERVER_PYTHON)' MAKE='$(MAKE)' sh scripts/build-deb.sh
 
 # What a server needs to build and install pg_oauth (Debian packages only).
 deps:

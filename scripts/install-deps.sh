@@ -8,8 +8,8 @@ set -eu
 # pip for make install; make-ssl-cert for the DBA guide's certificate
 PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-plpython3-15 libkrb5-dev libssl-dev
 gcc make python3 python3-pip ssl-cert"
-# the test virtualenv, the pooler the benchmarks measure against
-TEST_PACKAGES="python3-venv pgbouncer postgresql-contrib"
+# the test virtualenv, the pooler the benchmarks measure against, dpkg-shlibdeps for make deb
+TEST_PACKAGES="python3-venv pgbouncer postgresql-contrib dpkg-dev"
 
 test=false
 case "${1:-}" in

@@ -3,9 +3,12 @@
 Every ```sh block of the guide marked ``<!-- dba-guide: NAME -->`` runs in /bin/sh as
 root, in order, after the ``names`` block, of which two values are replaced: ``CLUSTER``
 (this test's own cluster, made by pg_createcluster on a free port, dropped at the end)
-and ``ISSUER`` (the development issuer, standing in for the IdP). The one unmarked block,
-the install, is what the test run has done already (pgo-itest, make test). The guide
-ends with a token login that works, one that is refused, and a setup without risks.
+and ``ISSUER`` (the development issuer, standing in for the IdP). The guide runs twice,
+once for each way to install: with ``make install``, the one unmarked block, which the
+test run has done already (pgo-itest, make test); and with the Debian package ``make deb``
+builds, installed by the ``install-package`` block (left installed: it holds the same
+files as make install, built from the same tree). The guide ends with a token login that
+works, one that is refused, and a setup without risks.
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ pytestmark = pytest.mark.skipif(PG_BIN != DEBIAN_PG15_BIN,
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-STEPS = ["names", "installed", "certificate", "postgresql.conf", "restart",
+STEPS = ["names", "install-package", "installed", "certificate", "postgresql.conf", "restart",
          "create-extension", "workers", "pg_hba.conf", "configuration", "first-login",
          "refused-login", "check"]  # fmt: skip
 # root's PATH on a stock Debian: the commands as a DBA's shell finds them
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# the same on a server that has only the package: nothing of make install in /usr/local
+PACKAGE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+PACKAGE = "postgresql-15-pg-oauth"
 SNAKEOIL = (Path("/etc/ssl/certs/ssl-cert-snakeoil.pem"),
             Path("/etc/ssl/private/ssl-cert-snakeoil.key"))  # fmt: skip
 
@@ -56,6 +62,7 @@ def test_every_command_of_the_guide_is_run() -> None:
     every = re.findall(r"```sh\n(.*?)```", guide_section(), re.DOTALL)
     unmarked = [b for b in every if b not in blocks.values()]
     assert len(unmarked) == 1 and "make install" in unmarked[0], unmarked
+    assert f"apt-get install ./{PACKAGE}_" in blocks["install-package"]
 
 
 def names_for(cluster: str, issuer: str) -> str:
@@ -74,26 +81,37 @@ def audience() -> str:
     return found.group(1)
 
 
-def clean_env() -> dict[str, str]:
+def clean_env(path: str = PATH) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PG", "PYTHON", "VIRTUAL_ENV"))}  # fmt: skip
-    env["PATH"] = PATH
+    env["PATH"] = path
     return env
+
+
+def without_network() -> list[str]:
+    """A command prefix that runs it with no network at all (a network namespace of its
+    own, only a loopback that is down), where the kernel lets root make one."""
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, check=False)
+    return ["unshare", "--net"] if probe.returncode == 0 else []
 
 
 class Guide:
     """Runs the guide's blocks in a working directory of its own."""
 
-    def __init__(self, names: str, workdir: Path, log: Path) -> None:
+    def __init__(self, names: str, workdir: Path, log: Path, path: str = PATH) -> None:
         self.names = names
         self.workdir = workdir
         self.log = log
+        self.path = path
 
-    def run(self, step: str, *, stop_on_error: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(self, step: str, *, stop_on_error: bool = True,
+            prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
         script = self.names + "\n" + guide_blocks()[step]
-        out = subprocess.run(["/bin/sh", "-eu" if stop_on_error else "-u", "-c", script],
-                             cwd=self.workdir, env=clean_env(), capture_output=True,
-                             text=True, timeout=180, check=False)  # fmt: skip
+        shell = ["/bin/sh", "-eu" if stop_on_error else "-u", "-c", script]
+        out = subprocess.run([*(prefix or []), *shell], cwd=self.workdir,
+                             env=clean_env(self.path), stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=180,
+                             check=False)  # fmt: skip
         if stop_on_error:
             assert out.returncode == 0, f"step {step}:\n{out.stdout}\n{out.stderr}"
         return out
@@ -108,7 +126,7 @@ class Guide:
             time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def debian_cluster() -> Iterator[str]:
     """A cluster as Debian makes one: /etc/postgresql/15/NAME, /var/lib/postgresql/15/NAME,
     run by the postgres OS user, started; never Debian's 15/main."""
@@ -151,17 +169,118 @@ def dev_issuer() -> Iterator[tuple[str, str]]:
         shutil.rmtree(keydir, ignore_errors=True)
 
 
-def test_the_dba_guide_as_written(debian_cluster, dev_issuer, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def deb_package() -> Path:
+    """`make deb` in this tree: the package's file."""
+    out = subprocess.run(["make", "-s", "deb"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, check=False)  # fmt: skip
+    assert out.returncode == 0, f"make deb:\n{out.stdout}\n{out.stderr}"
+    deb = Path(out.stdout.splitlines()[-1])
+    assert deb.parent == ROOT / "dist" and deb.name.startswith(f"{PACKAGE}_"), out.stdout
+    assert deb.name.endswith(f"_{arch()}.deb"), deb
+    return deb
+
+
+def arch() -> str:
+    return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+
+
+def pg_config(option: str) -> str:
+    return subprocess.run([str(PG_BIN / "pg_config"), option], capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+
+
+def package_installed() -> bool:
+    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", PACKAGE],
+                            capture_output=True, text=True, check=False).stdout  # fmt: skip
+    return status == "install ok installed"
+
+
+def test_the_package_needs_no_pip_and_no_network(deb_package, tmp_path) -> None:
+    """What the package says of itself: what it depends on, and maintainer scripts that
+    only byte-compile what it holds."""
+    fields = subprocess.run(["dpkg-deb", "-f", str(deb_package), "Package", "Version",
+                             "Architecture", "Depends"], capture_output=True, text=True,
+                            check=True).stdout  # fmt: skip
+    assert f"Package: {PACKAGE}\n" in fields and f"Architecture: {arch()}\n" in fields
+    default_version = re.search(r"^default_version = '(.+)'$",
+                                (ROOT / "sql/pg_oauth.control").read_text(), re.MULTILINE)
+    assert default_version and f"Version: {default_version.group(1)}+" in fields, fields
+    depends = fields.split("Depends: ")[1].strip().split(", ")
+    # cffi's library is built for CPython 3.11 (cryptography's is abi3)
+    for needed in ("postgresql-15", "postgresql-plpython3-15", "python3 (>= 3.11)",
+                   "python3 (<< 3.12)", "libpq5"):  # fmt: skip
+        assert needed in depends, depends
+    control = tmp_path / "DEBIAN"
+    subprocess.run(["dpkg-deb", "-e", str(deb_package), str(control)], check=True)
+    assert sorted(p.name for p in control.iterdir()) == ["control", "md5sums", "postinst",
+                                                         "prerm"]  # fmt: skip
+    for script in ("postinst", "prerm"):
+        commands = [line for line in (control / script).read_text().splitlines()
+                    if not line.lstrip().startswith("#")]  # fmt: skip
+        assert not re.search(r"pip|https?:|curl|wget|apt", "\n".join(commands)), commands
+    assert "-m compileall" in (control / "postinst").read_text()
+    files = subprocess.run(["dpkg-deb", "-c", str(deb_package)], capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    assert "__pycache__" not in files and "/usr/local" not in files
+    assert "_cffi_backend.cpython-311-" in files and "_rust.abi3.so" in files
+
+
+def check_installed_package() -> None:
+    """Every file where pg_config says, nothing else but its docs, each as dpkg put it."""
+    pkglibdir, sharedir = pg_config("--pkglibdir"), pg_config("--sharedir")
+    python = f"{sharedir}/pg_oauth/python"
+    listed = subprocess.run(["dpkg", "-L", PACKAGE], capture_output=True, text=True,
+                            check=True).stdout.splitlines()  # fmt: skip
+    for path in (f"{pkglibdir}/pg_oauth.so", f"{sharedir}/extension/pg_oauth.control",
+                 f"{sharedir}/extension/pg_oauth--1.0.sql", f"{python}/pyhook/__init__.py",
+                 f"{python}/jwt/__init__.py", f"{python}/cryptography/__init__.py",
+                 f"{python}/psycopg/__init__.py", "/usr/bin/pg-oauth",
+                 f"/usr/share/doc/{PACKAGE}/copyright",
+                 "/usr/share/man/man1/pg-oauth.1.gz"):  # fmt: skip
+        assert path in listed and Path(path).is_file(), path
+    places = (f"{pkglibdir}/", f"{sharedir}/extension/pg_oauth", f"{python}/", "/usr/bin/",
+              f"/usr/share/doc/{PACKAGE}/", "/usr/share/man/", "/usr/share/lintian/")
+    stray = [p for p in listed if Path(p).is_file() and not p.startswith(places)]
+    assert not stray, stray
+    assert "#!/usr/bin/python3 -I" in Path("/usr/bin/pg-oauth").read_text()
+    # the files on disk are the package's, and postinst made the byte code
+    verify = subprocess.run(["dpkg", "--verify", PACKAGE], capture_output=True, text=True,
+                            check=False)  # fmt: skip
+    assert verify.returncode == 0 and not verify.stdout, verify
+    assert list(Path(python, "pyhook", "__pycache__").glob("*.cpython-311.pyc"))
+
+
+@pytest.mark.parametrize("install", ["make install", "package"])
+def test_the_dba_guide_as_written(install, debian_cluster, dev_issuer, tmp_path,
+                                  request) -> None:  # fmt: skip
     issuer_url, keydir = dev_issuer
     workdir = tmp_path / "dba"
     workdir.mkdir()
     os.chmod(workdir, 0o755)  # runuser -u postgres starts psql in it
     log = Path(f"/var/log/postgresql/postgresql-15-{debian_cluster}.log")
-    guide = Guide(names_for(debian_cluster, issuer_url), workdir, log)
+    guide = Guide(names_for(debian_cluster, issuer_url), workdir, log,
+                  PATH if install == "make install" else PACKAGE_PATH)  # fmt: skip
     fqdn = subprocess.run(["hostname", "-f"], capture_output=True, text=True,
                           check=True).stdout.strip()  # fmt: skip
 
     guide.run("names")
+    if install == "package":
+        deb = request.getfixturevalue("deb_package")
+        shutil.copy(deb, workdir)
+        # what make install put there goes with an earlier package: the guide runs on the
+        # package's files only; the package is left installed for the tests after this one
+        subprocess.run(["dpkg", "--purge", PACKAGE], capture_output=True, check=True)
+        try:
+            out = guide.run("install-package", prefix=without_network())
+        finally:
+            if not package_installed():  # the rest of the suite needs the files back
+                subprocess.run(["make", "-s", "install"], cwd=ROOT, capture_output=True,
+                               check=True)  # fmt: skip
+        assert package_installed(), out
+        check_installed_package()
+        assert shutil.which("pg-oauth", path=PACKAGE_PATH) == "/usr/bin/pg-oauth"
     out = guide.run("installed").stdout
     assert "pg_oauth.control" in out and "operator commands" in out
 
