@@ -31,15 +31,19 @@ SCOPE = "openid pg"
 
 
 def server_major() -> int:
-    out = subprocess.run([str(PG_BIN / "postgres"), "--version"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [str(PG_BIN / "postgres"), "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return int(re.search(r"\(PostgreSQL\) (\d+)", out).group(1))
 
 
 pytestmark = pytest.mark.skipif(
     server_major() < 18,
     reason=f"the oauth pg_hba method and validator modules need PostgreSQL 18+; "
-           f"the server under test ({PG_BIN}) is older (set PG_BIN=/opt/pg_oauth/pg18/bin)",
+    f"the server under test ({PG_BIN}) is older (set PG_BIN=/opt/pg_oauth/pg18/bin)",
 )
 
 HBA = """\
@@ -120,13 +124,33 @@ def bearer_client_bin() -> Iterator[Path]:
         pytest.skip("gcc is needed to build the bearer-token client")
     workdir = Path(tempfile.mkdtemp(prefix="pg_oauth-bearer-client-"))
     (workdir / "bearer_client.c").write_text(CLIENT_C)
-    include = subprocess.run([str(CLIENT_BIN / "pg_config"), "--includedir"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    libdir = subprocess.run([str(CLIENT_BIN / "pg_config"), "--libdir"],
-                            capture_output=True, text=True, check=True).stdout.strip()
-    subprocess.run(["gcc", "-std=c99", "-Wall", "-o", str(workdir / "bearer_client"),
-                    str(workdir / "bearer_client.c"), f"-I{include}", f"-L{libdir}",
-                    f"-Wl,-rpath,{libdir}", "-lpq"], check=True)
+    include = subprocess.run(
+        [str(CLIENT_BIN / "pg_config"), "--includedir"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    libdir = subprocess.run(
+        [str(CLIENT_BIN / "pg_config"), "--libdir"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    subprocess.run(
+        [
+            "gcc",
+            "-std=c99",
+            "-Wall",
+            "-o",
+            str(workdir / "bearer_client"),
+            str(workdir / "bearer_client.c"),
+            f"-I{include}",
+            f"-L{libdir}",
+            f"-Wl,-rpath,{libdir}",
+            "-lpq",
+        ],
+        check=True,
+    )
     os.chmod(workdir, 0o755)
     yield workdir / "bearer_client"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -136,11 +160,17 @@ def bearer_client_bin() -> Iterator[Path]:
 def bcluster(issuer) -> Iterator[Cluster]:
     issuer.device_audience = AUDIENCE
     issuer.device_interval = 1
-    cluster = Cluster(
-        settings={"oauth_validator_libraries": "'pg_oauth'",
-                  "pg_oauth.rate_limit_failures": 0},
-        hba=HBA.format(issuer=issuer.issuer, scope=SCOPE),
-    ).init().start()
+    cluster = (
+        Cluster(
+            settings={
+                "oauth_validator_libraries": "'pg_oauth'",
+                "pg_oauth.rate_limit_failures": 0,
+            },
+            hba=HBA.format(issuer=issuer.issuer, scope=SCOPE),
+        )
+        .init()
+        .start()
+    )
     CLUSTERS.append(cluster)
     setup_oauth(cluster, issuer.issuer)
     cluster.sql("CREATE DATABASE pwdb")
@@ -155,9 +185,13 @@ class BearerSession:
 
     def __init__(self, binary: Path, conninfo: str, token: str) -> None:
         self.proc = subprocess.Popen(
-            [str(binary), conninfo], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "BEARER_TOKEN": token, "PGOAUTHDEBUG": "UNSAFE"})  # http issuer
+            [str(binary), conninfo],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "BEARER_TOKEN": token, "PGOAUTHDEBUG": "UNSAFE"},
+        )  # http issuer
         first = self.proc.stdout.readline()
         if not first.startswith("pid="):
             self.proc.wait(timeout=30)
@@ -178,15 +212,23 @@ class BearerSession:
             self.proc.wait(timeout=10)
 
 
-def conninfo(cluster: Cluster, issuer, user: str, dbname: str = "postgres",
-             sslmode: str = "require") -> str:
-    return (f"host=127.0.0.1 port={cluster.port} dbname={dbname} user={user} "
-            f"sslmode={sslmode} oauth_issuer={issuer.issuer} oauth_client_id=pg-oauth-tests "
-            f"connect_timeout=30")
+def conninfo(
+    cluster: Cluster,
+    issuer,
+    user: str,
+    dbname: str = "postgres",
+    sslmode: str = "require",
+) -> str:
+    return (
+        f"host=127.0.0.1 port={cluster.port} dbname={dbname} user={user} "
+        f"sslmode={sslmode} oauth_issuer={issuer.issuer} oauth_client_id=pg-oauth-tests "
+        f"connect_timeout=30"
+    )
 
 
-def bearer_login(binary: Path, cluster: Cluster, issuer, user: str, token: str,
-                 sql: str, **kw) -> list[str]:
+def bearer_login(
+    binary: Path, cluster: Cluster, issuer, user: str, token: str, sql: str, **kw
+) -> list[str]:
     session = BearerSession(binary, conninfo(cluster, issuer, user, **kw), token)
     try:
         return session.query(sql)
@@ -194,16 +236,19 @@ def bearer_login(binary: Path, cluster: Cluster, issuer, user: str, token: str,
         session.close()
 
 
-def refused_bearer(binary: Path, cluster: Cluster, issuer, user: str, token: str,
-                   **kw) -> tuple[str, str]:
+def refused_bearer(
+    binary: Path, cluster: Cluster, issuer, user: str, token: str, **kw
+) -> tuple[str, str]:
     """(the client's error, the reason= code the server log gives for it)."""
     offset = len(cluster.log_text())
     with pytest.raises(ConnectionError) as excinfo:
         bearer_login(binary, cluster, issuer, user, token, "SELECT 1", **kw)
     deadline = time.time() + 10
     while time.time() < deadline:
-        found = re.findall(r'JWT authentication failed for user "([^"]*)"\n.*DETAIL:  reason=(\w+)',
-                           cluster.log_text()[offset:])
+        found = re.findall(
+            r'JWT authentication failed for user "([^"]*)"\n.*DETAIL:  reason=(\w+)',
+            cluster.log_text()[offset:],
+        )
         if found:
             assert found == [(user, found[0][1])], found
             return str(excinfo.value), found[0][1]
@@ -211,11 +256,16 @@ def refused_bearer(binary: Path, cluster: Cluster, issuer, user: str, token: str
     raise AssertionError(f"no refusal logged; client said: {excinfo.value}")
 
 
-def wait_audit(cluster: Cluster, role: str, since: str, timeout: float = 15.0) -> list[tuple]:
+def wait_audit(
+    cluster: Cluster, role: str, since: str, timeout: float = 15.0
+) -> list[tuple]:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        rows = cluster.sql("SELECT outcome, reason, subject, database FROM oauth.audit_log "
-                           "WHERE role = %s AND at >= %s ORDER BY id", (role, since))
+        rows = cluster.sql(
+            "SELECT outcome, reason, subject, database FROM oauth.audit_log "
+            "WHERE role = %s AND at >= %s ORDER BY id",
+            (role, since),
+        )
         if rows:
             return rows
         time.sleep(0.1)
@@ -228,7 +278,9 @@ def now(cluster: Cluster) -> str:
 
 def approve(issuer, user_code: str, sub: str) -> None:
     data = urllib.parse.urlencode({"user_code": user_code, "sub": sub}).encode()
-    with urllib.request.urlopen(issuer.issuer + "/device/approve", data=data, timeout=5) as r:
+    with urllib.request.urlopen(
+        issuer.issuer + "/device/approve", data=data, timeout=5
+    ) as r:
         assert r.status == 200
 
 
@@ -238,11 +290,21 @@ def approve(issuer, user_code: str, sub: str) -> None:
 def test_psql_logs_in_with_the_device_flow(bcluster, issuer):
     since = now(bcluster)
     proc = subprocess.Popen(
-        [str(CLIENT_BIN / "psql"), "-XAt", conninfo(bcluster, issuer, "alice"),
-         "-c", ("SELECT current_user, oauth.claim('sub'), oauth.claim('scope'), "
-               "oauth.claim('client_id')")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PGOAUTHDEBUG": "UNSAFE"})
+        [
+            str(CLIENT_BIN / "psql"),
+            "-XAt",
+            conninfo(bcluster, issuer, "alice"),
+            "-c",
+            (
+                "SELECT current_user, oauth.claim('sub'), oauth.claim('scope'), "
+                "oauth.claim('client_id')"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PGOAUTHDEBUG": "UNSAFE"},
+    )
     try:
         prompt = ""
         for line in proc.stderr:
@@ -267,11 +329,19 @@ def test_psql_logs_in_with_the_device_flow(bcluster, issuer):
 # -- a client handing over its own token ---------------------------------------------
 
 
-def test_client_token_logs_in_with_claims_and_identity(bcluster, issuer, bearer_client_bin):
+def test_client_token_logs_in_with_claims_and_identity(
+    bcluster, issuer, bearer_client_bin
+):
     token = issuer.mint({"email": "bob@example.com"}, sub="bob")
-    rows = bearer_login(bearer_client_bin, bcluster, issuer, "bob", token,
-                        "SELECT current_user, oauth.claim('email'), system_user, "
-                        "(SELECT subject FROM oauth.session())")
+    rows = bearer_login(
+        bearer_client_bin,
+        bcluster,
+        issuer,
+        "bob",
+        token,
+        "SELECT current_user, oauth.claim('email'), system_user, "
+        "(SELECT subject FROM oauth.session())",
+    )
     assert rows == [f"bob|bob@example.com|oauth:{issuer.issuer} bob|bob"]
 
 
@@ -280,11 +350,15 @@ def test_one_policy_for_both_kinds_of_client(bcluster, issuer, bearer_client_bin
     # the same token as a password, on the trust line of pwdb
     with bcluster.token_connect("alice", token, dbname="pwdb") as conn:
         assert conn.execute("SELECT oauth.claim('sub')").fetchone() == ("alice",)
-    assert bearer_login(bearer_client_bin, bcluster, issuer, "alice", token,
-                        "SELECT oauth.claim('sub')") == ["alice"]
+    assert bearer_login(
+        bearer_client_bin, bcluster, issuer, "alice", token, "SELECT oauth.claim('sub')"
+    ) == ["alice"]
     # a rule limited to pwdb gives carol nothing on the oauth line
-    bcluster.sql("INSERT INTO oauth.role_map (issuer, claim, pattern, role, databases) "
-                 "VALUES (%s, 'sub', 'carol', 'carol', '{pwdb}')", (issuer.issuer,))
+    bcluster.sql(
+        "INSERT INTO oauth.role_map (issuer, claim, pattern, role, databases) "
+        "VALUES (%s, 'sub', 'carol', 'carol', '{pwdb}')",
+        (issuer.issuer,),
+    )
     try:
         carol = issuer.mint(sub="carol")
         with bcluster.token_connect("carol", carol, dbname="pwdb") as conn:
@@ -295,17 +369,23 @@ def test_one_policy_for_both_kinds_of_client(bcluster, issuer, bearer_client_bin
         bcluster.sql("DELETE FROM oauth.role_map WHERE role = 'carol'")
 
 
-@pytest.mark.parametrize(("user", "mint", "reason"), [
-    ("alice", {"sub": "alice", "aud": "someone-else"}, "audience_mismatch"),
-    ("carol", {"sub": "carol"}, "role_not_allowed"),
-    ("su", {"sub": "su"}, "superuser_forbidden"),
-    ("alice", {"sub": "alice", "lifetime": -120}, "expired"),
-])
-def test_refusals_log_and_audit_the_password_login_reason(bcluster, issuer, bearer_client_bin,
-                                                          user, mint, reason):
+@pytest.mark.parametrize(
+    ("user", "mint", "reason"),
+    [
+        ("alice", {"sub": "alice", "aud": "someone-else"}, "audience_mismatch"),
+        ("carol", {"sub": "carol"}, "role_not_allowed"),
+        ("su", {"sub": "su"}, "superuser_forbidden"),
+        ("alice", {"sub": "alice", "lifetime": -120}, "expired"),
+    ],
+)
+def test_refusals_log_and_audit_the_password_login_reason(
+    bcluster, issuer, bearer_client_bin, user, mint, reason
+):
     since = now(bcluster)
     token = issuer.mint(**mint)
-    client_error, logged = refused_bearer(bearer_client_bin, bcluster, issuer, user, token)
+    client_error, logged = refused_bearer(
+        bearer_client_bin, bcluster, issuer, user, token
+    )
     assert logged == reason
     assert "OAuth bearer authentication failed" in client_error, client_error
     assert token not in bcluster.log_text()
@@ -316,32 +396,47 @@ def test_refusals_log_and_audit_the_password_login_reason(bcluster, issuer, bear
     assert f"reason={reason}" in str(excinfo.value)
 
 
-def test_startup_options_and_tls_checked_before_the_token(bcluster, issuer, bearer_client_bin):
+def test_startup_options_and_tls_checked_before_the_token(
+    bcluster, issuer, bearer_client_bin
+):
     token = issuer.mint(sub="alice")
-    _, reason = refused_bearer(bearer_client_bin, bcluster, issuer, "alice", token,
-                               dbname="postgres options='-c role=bob'")
+    _, reason = refused_bearer(
+        bearer_client_bin,
+        bcluster,
+        issuer,
+        "alice",
+        token,
+        dbname="postgres options='-c role=bob'",
+    )
     assert reason == "startup_option_forbidden"
-    _, reason = refused_bearer(bearer_client_bin, bcluster, issuer, "alice", token,
-                               sslmode="disable")
+    _, reason = refused_bearer(
+        bearer_client_bin, bcluster, issuer, "alice", token, sslmode="disable"
+    )
     assert reason == "ssl_required"
 
 
-def test_revocation_ends_live_bearer_session_and_refuses_the_next(bcluster, issuer,
-                                                                    bearer_client_bin):
-    session = BearerSession(bearer_client_bin, conninfo(bcluster, issuer, "bob"),
-                            issuer.mint(sub="bob"))
+def test_revocation_ends_live_bearer_session_and_refuses_the_next(
+    bcluster, issuer, bearer_client_bin
+):
+    session = BearerSession(
+        bearer_client_bin, conninfo(bcluster, issuer, "bob"), issuer.mint(sub="bob")
+    )
     password = bcluster.token_connect("bob", issuer.mint(sub="bob"), dbname="pwdb")
     try:
         assert session.query("SELECT current_user") == ["bob"]
-        pids = {r[0] for r in bcluster.sql("SELECT pid FROM oauth.sessions WHERE role = 'bob'")}
+        pids = {
+            r[0]
+            for r in bcluster.sql("SELECT pid FROM oauth.sessions WHERE role = 'bob'")
+        }
         assert session.pid in pids and password.info.backend_pid in pids
         assert bcluster.sql("SELECT oauth.revoke(subject => 'bob')") == [(2,)]
         ended = session.query("SELECT 1")
         assert ended == [] or ended[0].startswith("error:"), ended
         with pytest.raises(psycopg.OperationalError):
             password.execute("SELECT 1")
-        _, reason = refused_bearer(bearer_client_bin, bcluster, issuer, "bob",
-                                   issuer.mint(sub="bob"))
+        _, reason = refused_bearer(
+            bearer_client_bin, bcluster, issuer, "bob", issuer.mint(sub="bob")
+        )
         assert reason == "revoked"
     finally:
         session.close()
@@ -353,8 +448,11 @@ def test_expired_bearer_session_is_ended(bcluster, issuer, bearer_client_bin):
     bcluster.sql("ALTER SYSTEM SET pg_oauth.session_expiry = 'always'")
     bcluster.reload()
     try:
-        session = BearerSession(bearer_client_bin, conninfo(bcluster, issuer, "alice"),
-                                issuer.mint(sub="alice", lifetime=3))
+        session = BearerSession(
+            bearer_client_bin,
+            conninfo(bcluster, issuer, "alice"),
+            issuer.mint(sub="alice", lifetime=3),
+        )
         try:
             out = session.query("SELECT pg_sleep(30)")
             assert out and "session ended: its token expired" in out[0], out
