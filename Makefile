@@ -10,7 +10,16 @@
 #   make demo            a throwaway cluster, a dev issuer, one login that works and one refused
 #   make bench           login benchmarks (bench/)
 
+# PG=15 (the default) is Debian 12's packaged PostgreSQL; PG=17, 18, 19 is a server built
+# from Debian's source package into /opt/pg_oauth/pg<major> (scripts/build-pg.sh) the first
+# time a target needs it. PG_CONFIG=... alone works as PGXS users expect.
+PG ?= 15
+PG_ROOT ?= /opt/pg_oauth
+ifeq ($(PG),15)
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
+else
+PG_CONFIG ?= $(PG_ROOT)/pg$(PG)/bin/pg_config
+endif
 
 # The interpreter PL/Python embeds (Debian: /usr/bin/python3); pyhook and its
 # dependencies must be importable by it.
@@ -30,7 +39,7 @@ EXTRA_CLEAN = sql/pg_oauth--1.0.sql
 
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
-.PHONY: install-python install-tools uninstall-python deps test-deps node-deps venv test unit-test integration-test demo bench lint
+.PHONY: install-python install-tools uninstall-python deps test-deps node-deps venv test unit-test integration-test demo bench lint pg-server
 
 # PGXS is only there once postgresql-server-dev-15 is installed; `make test` and
 # `make demo` install it first and then call make again.
@@ -50,8 +59,13 @@ include $(PGXS)
 install: install-python install-tools
 uninstall: uninstall-python
 
-# every object sees the shared-memory layout
-$(OBJS): pg_oauth_ext/pg_oauth.h
+# every object sees the shared-memory layout, and is built for one server: switching
+# PG_CONFIG rebuilds them all
+PG_STAMP := .built-for-pg
+$(shell v="$$($(PG_CONFIG) --version) $$($(PG_CONFIG) --includedir-server)"; \
+	[ "$$(cat $(PG_STAMP) 2>/dev/null)" = "$$v" ] || echo "$$v" > $(PG_STAMP))
+$(OBJS): pg_oauth_ext/pg_oauth.h $(PG_STAMP)
+EXTRA_CLEAN += $(PG_STAMP)
 
 sql/pg_oauth--1.0.sql: $(sort $(wildcard sql/src/*.sql))
 	cat $^ > $@
@@ -102,20 +116,28 @@ $(NODE_DEPS): tests/client/node/package-lock.json tests/client/node/package.json
 unit-test: test-deps
 	.venv/bin/python -m pytest -q tests/unit
 
-test: test-deps node-deps
-	$(MAKE) all
-	$(MAKE) install
-	.venv/bin/python -m pytest -q -p no:cacheprovider tests
+# a source-built major: built (or found up to date) before anything uses its pg_config
+pg-server:
+ifneq ($(PG),15)
+	sh scripts/build-pg.sh $(PG)
+endif
 
-demo: test-deps
+# the whole suite against PG (15 unless PG=17/18/19 is given); the servers the tests
+# start are that major's (PG_BIN)
+test: test-deps node-deps pg-server
 	$(MAKE) all
 	$(MAKE) install
-	.venv/bin/python scripts/demo.py
+	PG_BIN="$$($(PG_CONFIG) --bindir)" .venv/bin/python -m pytest -q -p no:cacheprovider tests
 
-bench: test-deps
+demo: test-deps pg-server
 	$(MAKE) all
 	$(MAKE) install
-	.venv/bin/python bench/run.py
+	PG_BIN="$$($(PG_CONFIG) --bindir)" .venv/bin/python scripts/demo.py
+
+bench: test-deps pg-server
+	$(MAKE) all
+	$(MAKE) install
+	PG_BIN="$$($(PG_CONFIG) --bindir)" .venv/bin/python bench/run.py
 
 lint: test-deps
 	.venv/bin/ruff check pyhook client tests bench scripts

@@ -12,6 +12,7 @@ authentication itself).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -326,7 +327,8 @@ class Testbed:
 
 
 def tool_path(name: str) -> str:
-    found = shutil.which(name, path="/usr/lib/postgresql/15/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    pg_bin = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
+    found = shutil.which(name, path=f"{pg_bin}:/usr/sbin:/usr/bin:/sbin:/bin")
     if found is None:
         raise RuntimeError(f"{name} not found (see scripts/install-deps.sh)")
     return found

@@ -95,7 +95,7 @@ admission_xact_callback(XactEvent event, void *arg)
 	}
 
 	emit_record(true, "ok");
-	if (Log_connections)
+	if (PGO_LOG_AUTHORIZATION)
 		ereport(LOG,
 				(errmsg("pg_oauth: token login authorized: user=%s issuer=%s subject=%s token_id=%s",
 						admission.rec.role,

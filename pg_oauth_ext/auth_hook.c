@@ -169,9 +169,9 @@ finish_refused_attempt(LoginAttempt *a, const char *reason)
  * sentence; pg_oauth.client_detail decides what the client reads.  A client
  * address that keeps presenting bad tokens waits a little longer each time.
  */
-static void
+PGO_NORETURN_PRE static void
 refuse(LoginAttempt *a, const char *reason, const char *detail, const char *hint)
-pg_attribute_noreturn();
+PGO_NORETURN_POST;
 
 static void
 refuse(LoginAttempt *a, const char *reason, const char *detail, const char *hint)

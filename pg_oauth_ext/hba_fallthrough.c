@@ -131,12 +131,24 @@ find_trust_line(const char *user, Oid roleid, bool named_only, TrustLine *found)
 	ListCell   *lc;
 
 	memset(found, 0, sizeof(*found));
+	/* errors of the file are PostgreSQL's to report (at reload): stay quiet */
+#if PG_VERSION_NUM >= 160000
+	{
+		char	   *err_msg = NULL;
+
+		/* the tokens live in hba.c's own context until free_auth_file() */
+		file = open_auth_file(HbaFileName, DEBUG3, 0, &err_msg);
+		if (file == NULL)
+			return;
+		tokenize_auth_file(HbaFileName, file, &tok_lines, DEBUG3, 0);
+	}
+#else
 	file = AllocateFile(HbaFileName, "r");
 	if (file == NULL)
 		return;
-	/* errors of the file are PostgreSQL's to report (at reload): stay quiet */
 	(void) tokenize_auth_file(HbaFileName, file, &tok_lines, DEBUG3);
 	FreeFile(file);
+#endif
 
 	foreach(lc, tok_lines)
 	{
@@ -155,9 +167,12 @@ find_trust_line(const char *user, Oid roleid, bool named_only, TrustLine *found)
 		found->linenumber = hba->linenumber;
 		found->conntype = hba->conntype;
 		found->by_name = by_name;
-		found->group = group;
-		return;
+		found->group = group != NULL ? pstrdup(group) : NULL;
+		break;
 	}
+#if PG_VERSION_NUM >= 160000
+	free_auth_file(file, 0);
+#endif
 }
 
 void

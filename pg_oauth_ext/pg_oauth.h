@@ -28,6 +28,36 @@
 #error "pg_oauth needs PostgreSQL 15 or later (shmem_request_hook)"
 #endif
 
+/*
+ * What differs between the majors pg_oauth builds on (15 to 19).
+ */
+/* 18 replaced the postfix pg_attribute_noreturn() by a prefix pg_noreturn */
+#if PG_VERSION_NUM >= 180000
+#define PGO_NORETURN_PRE pg_noreturn
+#define PGO_NORETURN_POST
+#else
+#define PGO_NORETURN_PRE
+#define PGO_NORETURN_POST pg_attribute_noreturn()
+#endif
+
+/* 17 numbers backends by ProcNumber from 0; before, BackendId from 1 */
+#if PG_VERSION_NUM >= 170000
+#include "storage/procnumber.h"
+#define PGO_MY_SLOT()	((int) MyProcNumber)
+#else
+#include "storage/backendid.h"
+#define PGO_MY_SLOT()	(MyBackendId == InvalidBackendId ? -1 : (int) MyBackendId - 1)
+#endif
+
+/* 18 made log_connections a list of aspects; "authorization" is ours */
+#if PG_VERSION_NUM >= 180000
+#include "tcop/backend_startup.h"
+#define PGO_LOG_AUTHORIZATION	((log_connections & LOG_CONNECTION_AUTHORIZATION) != 0)
+#else
+#include "postmaster/postmaster.h"
+#define PGO_LOG_AUTHORIZATION	Log_connections
+#endif
+
 /* Hard ceiling of pg_oauth.max_token_bytes (the password packet limit). */
 #define PG_OAUTH_TOKEN_CEILING		65530
 /* Per-slot buffer: the token going in, the decision (claims JSON...) coming out. */

@@ -23,7 +23,6 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "replication/walsender.h"
-#include "storage/backendid.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
@@ -137,7 +136,7 @@ session_registry_enter(const TokenDecision *decision, const char *role,
 	int			live = 0;
 	int			i;
 
-	if (registry == NULL || MyBackendId == InvalidBackendId || MyBackendId > registry->nentries)
+	if (registry == NULL || PGO_MY_SLOT() < 0 || PGO_MY_SLOT() >= registry->nentries)
 		return -1;
 
 	identity_hash(decision->issuer, decision->subject, decision->token_id, &identity);
@@ -165,7 +164,7 @@ session_registry_enter(const TokenDecision *decision, const char *role,
 		}
 	}
 
-	my_entry = MyBackendId - 1;
+	my_entry = PGO_MY_SLOT();
 	e = &registry->entries[my_entry];
 	memset(e, 0, sizeof(*e));
 	e->pid = MyProcPid;

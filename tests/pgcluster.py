@@ -1,4 +1,7 @@
-"""A throwaway PostgreSQL 15 cluster with pg_oauth preloaded, for tests, demo and bench.
+"""A throwaway PostgreSQL cluster with pg_oauth preloaded, for tests, demo and bench.
+
+The server is Debian's PostgreSQL 15, or the major whose binaries PG_BIN names
+(`make PG=18 test` sets it to /opt/pg_oauth/pg18/bin).
 
 The server runs as an unprivileged OS user (PostgreSQL refuses root): when this
 process is root, every server command goes through `runuser -u pgoauth`.
@@ -9,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -19,10 +23,20 @@ from typing import Any
 
 import psycopg
 
-PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+DEBIAN_PG15_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_BIN = Path(os.environ.get("PG_BIN", str(DEBIAN_PG15_BIN)))
 SERVER_USER = os.environ.get("PG_OAUTH_SERVER_USER", "pgoauth")
 ADMIN_USER = "postgres"
 ADMIN_PASSWORD = "admin-break-glass"
+
+
+def server_major() -> int:
+    """The major version of the server PG_BIN holds (15, 18...)."""
+    out = subprocess.run([str(PG_BIN / "postgres"), "--version"], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    match = re.search(r"\)\s*(\d+)", out)
+    assert match, out
+    return int(match.group(1))
 
 
 def free_port() -> int:

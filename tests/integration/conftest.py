@@ -1,4 +1,4 @@
-"""Fixtures for end-to-end tests: a real PostgreSQL 15 with pg_oauth preloaded,
+"""Fixtures for end-to-end tests: a real PostgreSQL (15, or PG_BIN's) with pg_oauth preloaded,
 a real OIDC dev issuer serving discovery and JWKS on 127.0.0.1, real clients."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import time
 import psycopg
 import pytest
 from conftest import make_cluster, read_message, refusal
-from pgcluster import ADMIN_PASSWORD, ADMIN_USER, PG_BIN, _as_server_user
+from pgcluster import ADMIN_PASSWORD, ADMIN_USER, PG_BIN, _as_server_user, server_major
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,7 +52,6 @@ PRIVILEGED = [
     ("su", "superuser_forbidden", ['role "su" has superuser']),
     ("p_member", "superuser_forbidden", ['member of "p_admins"', "superuser"]),
     ("p_nested", "superuser_forbidden", ['member of "p_admins"', "superuser"]),
-    ("p_createrole", "privilege_forbidden", ["createrole"]),
     ("p_program", "privilege_forbidden", ["pg_execute_server_program"]),
     ("p_reader", "privilege_forbidden", ["pg_read_server_files"]),
     ("p_writer", "privilege_forbidden", ["pg_write_server_files"]),
@@ -60,6 +59,10 @@ PRIVILEGED = [
     ("p_bypass", "privilege_forbidden", ["bypassrls"]),
     ("p_bygroup", "privilege_forbidden", ['member of "p_rlsgroup"', "bypassrls"]),
 ]
+# Before 16, CREATEROLE could grant any role, pg_execute_server_program included; since 16
+# it reaches only what its holder has ADMIN OPTION on (test_createrole_since_16).
+if server_major() < 16:
+    PRIVILEGED.append(("p_createrole", "privilege_forbidden", ["createrole"]))
 
 
 def full_refusal(cluster, role, token, **kw) -> str:
@@ -99,6 +102,20 @@ def test_plain_role_is_admitted_and_reaches_nothing(cluster, issuer):
     with cluster.token_connect("p_plain", issuer.mint(sub="p_plain")) as conn:
         assert conn.execute("SELECT current_user, session_user").fetchone() == \
             ("p_plain", "p_plain")
+
+
+@pytest.mark.skipif(server_major() < 16, reason="CREATEROLE is privileged before 16")
+def test_createrole_since_16(cluster, issuer):
+    """Since 16, CREATEROLE grants only roles its holder has ADMIN OPTION on: a token
+    session of a CREATEROLE role cannot reach a privileged role or make one."""
+    assert cluster.sql("SELECT * FROM oauth.role_privileges('p_createrole')") == []
+    with cluster.token_connect("p_createrole", issuer.mint(sub="p_createrole")) as conn:
+        for attempt in ("GRANT pg_execute_server_program TO p_createrole",
+                        "GRANT p_admins TO p_createrole",
+                        "CREATE ROLE p_made SUPERUSER",
+                        "CREATE ROLE p_made BYPASSRLS"):  # fmt: skip
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(attempt)
 
 
 def test_role_privileges_lists_what_a_role_reaches(cluster):
