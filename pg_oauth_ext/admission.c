@@ -124,6 +124,21 @@ admission_exit_callback(int code, Datum arg)
 		emit_record(false, admission.refusal[0] ? admission.refusal : "server_refused");
 }
 
+/*
+ * PostgreSQL refused a login whose token pg_oauth accepted (an OAUTHBEARER
+ * login that the pg_ident.conf map refused): audit and count it now, with
+ * reason.  False when no token login was waiting; *role: its role as audited.
+ */
+bool
+admission_refuse(const char *reason, const char **role)
+{
+	if (!admission.pending)
+		return false;
+	*role = admission.rec.role;
+	emit_record(false, reason);
+	return true;
+}
+
 static const char *
 keep(const char *s)
 {

@@ -9,6 +9,10 @@
  * AuthenticationOk after it returns.  "trust" is the one method that lets an
  * extension see a cleartext password, so the hook asks for it itself.
  *
+ * PostgreSQL 18's "oauth" method (SASL OAUTHBEARER) brings the token itself:
+ * oauth_validator.c hands it to token_login_bearer(), which runs the same
+ * checks and the same decision (decide_token) as a password login.
+ *
  *-------------------------------------------------------------------------
  */
 #include "pg_oauth.h"
@@ -88,7 +92,15 @@ typedef struct LoginAttempt
 	char	   *token;			/* wiped by refuse() when set */
 	int			token_len;
 	TokenDecision *decision;	/* NULL until a worker answered */
+	bool		bearer;			/* OAUTHBEARER: a refusal returns to the validator */
 } LoginAttempt;
+
+/*
+ * Set by refuse() on an OAUTHBEARER attempt just before it raises the ERROR
+ * that token_login_bearer() catches; with the sentence the client may read.
+ */
+static bool bearer_refused = false;
+static char *bearer_client_detail = NULL;
 
 /* Refusals that say nothing about the client: never held against its address. */
 static bool
@@ -189,6 +201,29 @@ refuse(LoginAttempt *a, const char *reason, const char *detail, const char *hint
 						 decision->issuer,
 						 decision->subject ? decision->subject : "",
 						 decision->token_id ? decision->token_id : "");
+
+	if (a->bearer)
+	{
+		/*
+		 * OAUTHBEARER: PostgreSQL's auth-oauth.c writes the FATAL the client
+		 * reads (validator modules should not end the exchange themselves);
+		 * the server log gets the same line as a password login.
+		 */
+		ereport(LOG_SERVER_ONLY,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("JWT authentication failed for user \"%s\"", a->port->user_name),
+				 errdetail("%s", logdetail.data),
+				 hint ? errhint("%s", hint) : 0));
+		bearer_client_detail =
+			pg_oauth_client_detail == CLIENT_DETAIL_FULL ?
+			psprintf("reason=%s: %s", reason, detail) :
+			pg_oauth_client_detail == CLIENT_DETAIL_REASON ?
+			psprintf("reason=%s", reason) : NULL;
+		bearer_refused = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg_internal("pg_oauth refused the bearer token")));
+	}
 
 	ereport(FATAL,
 			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
@@ -544,15 +579,58 @@ check_role(LoginAttempt *a)
 }
 
 static void
-authenticate_with_token(Port *port)
+begin_attempt(LoginAttempt *a, Port *port, char *addrbuf, size_t addrlen)
 {
-	LoginAttempt attempt;
-	LoginAttempt *a = &attempt;
+	memset(a, 0, sizeof(*a));
+	a->port = port;
+	a->started = GetCurrentTimestamp();
+	TRACE_BACKEND(TRACE_B_START);
+	a->client_addr = client_address(port, addrbuf, addrlen);
+}
+
+/*
+ * Cheap refusals first: none of these needs a worker.  On a password login
+ * they come before the token is asked for.
+ */
+static void
+check_connection(LoginAttempt *a)
+{
+	Port	   *port = a->port;
+
+	/* A token must never cross the network in clear. */
+	if (pg_oauth_require_ssl && !connection_encrypted(port) &&
+		port->raddr.addr.ss_family != AF_UNIX)
+		refuse(a, "ssl_required",
+			   a->bearer ?
+			   "token logins need an encrypted connection; the token was not checked" :
+			   "token logins need an encrypted connection; the token was not requested",
+			   "Connect with sslmode=require (or verify-full).");
+
+	/* A walsender (replication=true|database) streams every change: DBA's choice. */
+	if (am_walsender && !role_privilege_allowed(ROLE_PRIV_REPLICATION))
+		refuse(a, "replication_forbidden",
+			   a->bearer ?
+			   "replication connections are not allowed on token logins; the token was not checked" :
+			   "replication connections are not allowed on token logins; the token was not requested",
+			   "Use a pg_hba line with another method for replication, or add replication to pg_oauth.allow_privileges.");
+
+	check_startup_options(a);
+}
+
+/*
+ * Token in, decision out, for both kinds of client: the decision cache or a
+ * worker validates it, the requested role must be one it allows and pass
+ * role_policy.c, the session is registered (limits, expiry, revocation) and
+ * remembered (oauth.claims()), and admission.c audits it once PostgreSQL
+ * admits the session.  Any refusal goes through refuse().  The token is
+ * wiped before this returns.
+ */
+static void
+decide_token(LoginAttempt *a, char *token, int token_len)
+{
+	Port	   *port = a->port;
 	TokenRequest req;
 	TokenDecision decision;
-	char		addrbuf[NI_MAXHOST];
-	char	   *token;
-	int			token_len = 0;
 	int			live;
 	int			checks;
 	uint8		token_hash[PG_OAUTH_TOKEN_HASH_LEN];
@@ -560,36 +638,13 @@ authenticate_with_token(Port *port)
 	uint64		config_version,
 				key_epoch;
 
-	memset(a, 0, sizeof(*a));
-	a->port = port;
-	a->started = GetCurrentTimestamp();
-	TRACE_BACKEND(TRACE_B_START);
-	a->client_addr = client_address(port, addrbuf, sizeof(addrbuf));
-
-	/* Cheap refusals first: none of these asks for a token or needs a worker. */
-	/* A token must never cross the network in clear. */
-	if (pg_oauth_require_ssl && !connection_encrypted(port) &&
-		port->raddr.addr.ss_family != AF_UNIX)
-		refuse(a, "ssl_required",
-			   "token logins need an encrypted connection; the token was not requested",
-			   "Connect with sslmode=require (or verify-full).");
-
-	/* A walsender (replication=true|database) streams every change: DBA's choice. */
-	if (am_walsender && !role_privilege_allowed(ROLE_PRIV_REPLICATION))
-		refuse(a, "replication_forbidden",
-			   "replication connections are not allowed on token logins; the token was not requested",
-			   "Use a pg_hba line with another method for replication, or add replication to pg_oauth.allow_privileges.");
-
-	check_startup_options(a);
-
-	token = read_token(a, &token_len);
-	TRACE_BACKEND(TRACE_B_TOKEN);
+	a->token = token;
+	a->token_len = token_len;
 	if (!looks_like_jws(token, token_len))
-	{
-		explicit_bzero(token, token_len);
-		refuse(a, "malformed", "the password is not a compact JWS (three base64url parts)",
-			   "Send the JWT as the password.");
-	}
+		refuse(a, "malformed",
+			   a->bearer ? "the bearer token is not a compact JWS (three base64url parts)" :
+			   "the password is not a compact JWS (three base64url parts)",
+			   a->bearer ? NULL : "Send the JWT as the password.");
 
 	req.token = token;
 	req.token_len = token_len;
@@ -599,8 +654,6 @@ authenticate_with_token(Port *port)
 	req.ssl = port->ssl_in_use;
 
 	/* A token seen again is admitted from the cache; otherwise a worker decides. */
-	a->token = token;
-	a->token_len = token_len;
 	hashed = decision_cache_hash(token, token_len, token_hash);
 	TRACE_BACKEND(TRACE_B_HASHED);
 	for (checks = 1;; checks++)
@@ -663,6 +716,91 @@ authenticate_with_token(Port *port)
 	TRACE_BACKEND(TRACE_B_DONE);
 	log_trace(decision.from_cache);
 #endif
+	a->decision = NULL;			/* it lives in this frame */
+}
+
+/* A trust line: ask for the token as the password, then decide. */
+static void
+authenticate_with_token(Port *port)
+{
+	LoginAttempt attempt;
+	char		addrbuf[NI_MAXHOST];
+	char	   *token;
+	int			token_len = 0;
+
+	begin_attempt(&attempt, port, addrbuf, sizeof(addrbuf));
+	check_connection(&attempt);
+	token = read_token(&attempt, &token_len);
+	TRACE_BACKEND(TRACE_B_TOKEN);
+	decide_token(&attempt, token, token_len);
+}
+
+/*
+ * The identity an OAUTHBEARER login reports to PostgreSQL (its authn_id,
+ * SYSTEM_USER "oauth:<authn_id>", what a pg_ident.conf map matches): the
+ * token's issuer, one space, its subject.  An issuer is a URL and has no
+ * space, so the first space splits the two.  NULL without a subject.
+ */
+static char *
+bearer_identity(void)
+{
+	if (!pg_oauth_session.active || pg_oauth_session.issuer == NULL ||
+		pg_oauth_session.subject == NULL)
+		return NULL;
+	return psprintf("%s %s", pg_oauth_session.issuer, pg_oauth_session.subject);
+}
+
+/*
+ * OAUTHBEARER (oauth_validator.c): the token PostgreSQL's "oauth" method
+ * received goes through the same checks and decide_token() as a password
+ * login.  Returns whether it is accepted; *authn_id gets the identity, and
+ * *client_detail what pg_oauth.client_detail lets a refused client read.
+ * A refusal is logged, audited and counted by refuse(), whose ERROR is
+ * caught here: PostgreSQL then refuses the exchange itself.
+ */
+bool
+token_login_bearer(Port *port, const char *token, char **authn_id, char **client_detail)
+{
+	static LoginAttempt attempt;	/* static: read after a longjmp */
+	char		addrbuf[NI_MAXHOST];
+	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile bool accepted = false;
+
+	*authn_id = NULL;
+	*client_detail = NULL;
+	bearer_refused = false;
+	bearer_client_detail = NULL;
+	PG_TRY();
+	{
+		size_t		len = strlen(token);
+		char	   *copy;
+
+		begin_attempt(&attempt, port, addrbuf, sizeof(addrbuf));
+		attempt.bearer = true;
+		check_connection(&attempt);
+		attempt.token_seen = true;
+		TRACE_BACKEND(TRACE_B_TOKEN);
+		if (len > (size_t) pg_oauth_max_token_bytes)
+			refuse(&attempt, "too_large",
+				   psprintf("the token is %zu bytes; pg_oauth.max_token_bytes is %d",
+							len, pg_oauth_max_token_bytes),
+				   NULL);
+		copy = pnstrdup(token, len);
+		decide_token(&attempt, copy, (int) len);
+		*authn_id = bearer_identity();
+		accepted = true;
+	}
+	PG_CATCH();
+	{
+		if (!bearer_refused)
+			PG_RE_THROW();
+		MemoryContextSwitchTo(oldcxt);
+		FlushErrorState();
+		*client_detail = bearer_client_detail;
+	}
+	PG_END_TRY();
+	bearer_refused = false;
+	return accepted;
 }
 
 static void
@@ -680,6 +818,15 @@ pg_oauth_client_auth(Port *port, int status)
 		(port->hba->auth_method == uaSCRAM || port->hba->auth_method == uaMD5 ||
 		 port->hba->auth_method == uaPassword))
 		hba_fallthrough_log(port);
+
+#if PG_VERSION_NUM >= 180000
+	/* pg_oauth as the validator of an "oauth" line: see oauth_validator.c */
+	if (port->hba->auth_method == uaOAuth)
+	{
+		oauth_validator_after_method(port, status);
+		return;
+	}
+#endif
 
 	/* Other methods decide for themselves; a failed one is refused anyway. */
 	if (status != STATUS_OK || port->hba->auth_method != uaTrust)

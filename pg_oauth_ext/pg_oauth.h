@@ -9,8 +9,9 @@
  *
  *-------------------------------------------------------------------------
  */
-#ifndef PG_OAUTH_H
-#define PG_OAUTH_H
+/* not PG_OAUTH_H: PostgreSQL 18's libpq/oauth.h uses that guard */
+#ifndef PG_OAUTH_EXT_H
+#define PG_OAUTH_EXT_H
 
 #include "postgres.h"
 
@@ -412,6 +413,7 @@ typedef struct LoginStatsArgs
 
 /* admission.c */
 extern void admission_expect(Oid roleid, const AuditRecord *rec, const LoginStatsArgs *stats);
+extern bool admission_refuse(const char *reason, const char **role);
 
 /* role_policy.c: privileges a token login refuses unless pg_oauth.allow_privileges names them */
 #define ROLE_PRIV_SUPERUSER					0x01
@@ -470,6 +472,13 @@ PGDLLEXPORT void pg_oauth_worker_main(Datum main_arg);
 
 /* auth_hook.c */
 extern void pg_oauth_install_auth_hook(void);
+extern bool token_login_bearer(Port *port, const char *token, char **authn_id,
+							   char **client_detail);
+
+/* oauth_validator.c: pg_oauth as PostgreSQL 18's OAuth validator module */
+#if PG_VERSION_NUM >= 180000
+extern void oauth_validator_after_method(Port *port, int status);
+#endif
 
 /* hba_fallthrough.c */
 extern void hba_fallthrough_log(Port *port);
@@ -495,4 +504,4 @@ extern void pg_oauth_note_config_structure_change(void);
 /* config_guard.c */
 extern void config_guard_install_hooks(void);
 
-#endif							/* PG_OAUTH_H */
+#endif							/* PG_OAUTH_EXT_H */

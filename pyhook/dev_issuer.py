@@ -1,4 +1,5 @@
-"""A local OIDC issuer for demos and tests: discovery, JWKS and token minting.
+"""A local OIDC issuer for demos and tests: discovery, JWKS, token minting, and the
+RFC 8628 device authorization grant that libpq's built-in OAuth flow uses (PostgreSQL 18+).
 
 Keys live in ``key_dir`` (PEM private keys plus ``keys.json``, files mode 0600) so
 that a ``pg-oauth dev-issuer`` process and ``pg-oauth mint``/``rotate`` run in other
@@ -15,11 +16,13 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import threading
 import time
 import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -38,12 +41,37 @@ INDEX_FILE = "keys.json"
 LOCK_FILE = ".lock"
 ISSUER_FILE = "issuer"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+# RFC 8414's name for the same document; libpq 18 fetches it when the oauth_issuer of
+# a connection names it (it asks for DISCOVERY_PATH otherwise)
+AUTHORIZATION_SERVER_PATH = "/.well-known/oauth-authorization-server"
 JWKS_PATH = "/jwks.json"
+DEVICE_AUTHORIZATION_PATH = "/device_authorization"
+TOKEN_PATH = "/token"
+DEVICE_APPROVE_PATH = "/device/approve"
+DEVICE_VERIFICATION_PATH = "/device"
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_AUDIENCE = "pg_oauth"
 DEFAULT_SUBJECT = "alice"
 INITIAL_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
 SIGNING_ALGORITHMS: tuple[str, ...] = ALGORITHMS
 _EC_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
+
+
+@dataclass
+class DeviceGrant:
+    """One RFC 8628 device authorization, from the client's request to its token."""
+
+    device_code: str
+    user_code: str
+    scope: str
+    client_id: str
+    expires_at: float
+    subject: str | None = None  # set by approve(): the end user it is issued for
+    claims: dict[str, Any] = field(default_factory=dict)
+    aud: str | list[str] | None = None
+    denied: bool = False
+    polls: int = 0
+    issued: bool = False
 
 
 class _Remove:
@@ -147,6 +175,26 @@ def public_jwk(private_key: Any, kid: str, alg: str) -> dict[str, Any]:
     return {**jwk, "kid": kid, "alg": alg, "use": "sig"}
 
 
+def _user_code() -> str:
+    """Eight letters without vowels or look-alikes, as RFC 8628 section 6.1 suggests."""
+    alphabet = "BCDFGHJKLMNPQRSTVWXZ"
+    code = "".join(secrets.choice(alphabet) for _ in range(8))
+    return f"{code[:4]}-{code[4:]}"
+
+
+def parse_form(body: bytes, content_type: str) -> dict[str, str]:
+    """A POST body as a flat dict: application/x-www-form-urlencoded, or a JSON object."""
+    if content_type.split(";", 1)[0].strip().lower() == "application/json":
+        value = json.loads(body or b"{}")
+        if not isinstance(value, dict):
+            raise ValueError("the JSON body is not an object")
+        return {
+            str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()
+        }
+    pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    return dict(pairs)
+
+
 def _write_private(path: str, data: bytes) -> None:
     """Write a file readable by its owner only, atomically."""
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -178,6 +226,13 @@ class DevIssuer:
         self._thread: threading.Thread | None = None
         self._private_keys: dict[str, Any] = {}  # file name -> key (files never change)
         self._unpublished: dict[str, Any] = {}  # alg -> a key that is never published
+        # device flow (RFC 8628): what the tokens it issues carry, how clients poll
+        self.device_audience: str | list[str] = DEFAULT_AUDIENCE
+        self.device_interval = 1  # seconds between token polls (RFC default: 5)
+        self.device_lifetime = 600  # seconds a device code stays valid
+        self.device_token_lifetime = 300
+        self.device_grants: dict[str, DeviceGrant] = {}  # by device_code
+        self._device_lock = threading.Lock()
 
     # -- keys ---------------------------------------------------------------
 
@@ -448,13 +503,137 @@ class DevIssuer:
         return {
             "issuer": issuer,
             "jwks_uri": issuer + JWKS_PATH,
+            "token_endpoint": issuer + TOKEN_PATH,
+            "device_authorization_endpoint": issuer + DEVICE_AUTHORIZATION_PATH,
+            "grant_types_supported": [DEVICE_CODE_GRANT],
+            "token_endpoint_auth_methods_supported": ["none", "client_secret_basic"],
             "id_token_signing_alg_values_supported": algs,
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],
         }
 
+    # -- device authorization grant (RFC 8628) -------------------------------
+
+    def device_authorize(
+        self, form: Mapping[str, str], now: float | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """The device authorization endpoint: a device code and a user code to approve."""
+        client_id = form.get("client_id", "")
+        if not client_id:
+            return 400, {"error": "invalid_client", "error_description": "no client_id"}
+        now = time.time() if now is None else now
+        grant = DeviceGrant(
+            device_code=secrets.token_urlsafe(24),
+            user_code=_user_code(),
+            scope=form.get("scope", ""),
+            client_id=client_id,
+            expires_at=now + self.device_lifetime,
+        )
+        with self._device_lock:
+            self.device_grants[grant.device_code] = grant
+        verification = self.issuer + DEVICE_VERIFICATION_PATH
+        return 200, {
+            "device_code": grant.device_code,
+            "user_code": grant.user_code,
+            "verification_uri": verification,
+            "verification_uri_complete": f"{verification}?user_code={grant.user_code}",
+            "expires_in": self.device_lifetime,
+            "interval": self.device_interval,
+        }
+
+    def device_grant(self, user_code: str) -> DeviceGrant | None:
+        with self._device_lock:
+            return next(
+                (g for g in self.device_grants.values() if g.user_code == user_code),
+                None,
+            )
+
+    def approve(
+        self,
+        user_code: str,
+        sub: str = DEFAULT_SUBJECT,
+        claims: Mapping[str, Any] | None = None,
+        aud: str | list[str] | None = None,
+        deny: bool = False,
+    ) -> bool:
+        """The end user approves (or denies) ``user_code``; the token will be for ``sub``.
+
+        ``claims`` are added to the token, ``aud`` replaces ``device_audience``.
+        False when no pending grant has that user code.
+        """
+        grant = self.device_grant(user_code)
+        if grant is None or grant.issued:
+            return False
+        grant.subject = sub
+        grant.claims = dict(claims or {})
+        grant.aud = aud
+        grant.denied = deny
+        return True
+
+    def device_token(
+        self, form: Mapping[str, str], now: float | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """The token endpoint for the device code grant (RFC 8628 section 3.4/3.5)."""
+        if form.get("grant_type") != DEVICE_CODE_GRANT:
+            return 400, {"error": "unsupported_grant_type"}
+        now = time.time() if now is None else now
+        with self._device_lock:
+            grant = self.device_grants.get(form.get("device_code", ""))
+            if grant is None or grant.issued:
+                return 400, {"error": "invalid_grant"}
+            if form.get("client_id") and form["client_id"] != grant.client_id:
+                return 400, {"error": "invalid_grant"}
+            grant.polls += 1
+            if now >= grant.expires_at:
+                return 400, {"error": "expired_token"}
+            if grant.denied:
+                return 400, {"error": "access_denied"}
+            if grant.subject is None:
+                return 400, {"error": "authorization_pending"}
+            grant.issued = True
+        claims: dict[str, Any] = {"client_id": grant.client_id, **grant.claims}
+        if grant.scope:
+            claims.setdefault("scope", grant.scope)
+        token = self.mint(
+            claims,
+            sub=grant.subject,
+            aud=grant.aud if grant.aud is not None else self.device_audience,
+            lifetime=self.device_token_lifetime,
+            now=now,
+        )
+        body: dict[str, Any] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": self.device_token_lifetime,
+        }
+        if grant.scope:
+            body["scope"] = grant.scope
+        return 200, body
+
+    def _answer_post(self, path: str, form: Mapping[str, str]) -> tuple[int, bytes]:
+        if path == DEVICE_AUTHORIZATION_PATH:
+            status, body = self.device_authorize(form)
+        elif path == TOKEN_PATH:
+            status, body = self.device_token(form)
+        elif path == DEVICE_APPROVE_PATH:
+            claims = json.loads(form["claims"]) if form.get("claims") else None
+            aud = json.loads(form["aud"]) if form.get("aud") else None
+            approved = self.approve(
+                form.get("user_code", ""),
+                sub=form.get("sub", DEFAULT_SUBJECT),
+                claims=claims,
+                aud=aud,
+                deny=form.get("deny", "") in ("1", "true"),
+            )
+            status, body = 200, {"approved": True}
+            if not approved:
+                status, body = 404, {"error": "no pending grant has this user_code"}
+        else:
+            status, body = 404, {"error": "not found"}
+        return status, _json_bytes(body)
+
     def _answer(self, path: str) -> tuple[int, bytes]:
-        if path == DISCOVERY_PATH:
+        if path in (DISCOVERY_PATH, AUTHORIZATION_SERVER_PATH):
             with self._counter_lock:
                 self.discovery_requests += 1
             if self._delay:
@@ -514,6 +693,33 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout test)
+
+    def do_POST(self) -> None:
+        issuer = self.server.dev_issuer
+        path = urllib.parse.urlsplit(self.path).path
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length > 0 else b""
+            form = parse_form(body, self.headers.get("Content-Type", ""))
+            status, answer = issuer._answer_post(path, form)
+        except (ValueError, UnicodeDecodeError) as exc:
+            status, answer = (
+                400,
+                _json_bytes(
+                    {"error": "invalid_request", "error_description": str(exc)}
+                ),
+            )
+        except Exception as exc:  # noqa: BLE001 - answer 500, keep serving
+            status, answer = 500, _json_bytes({"error": type(exc).__name__})
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # tests and demos need quiet stderr

@@ -40,6 +40,12 @@ class RecordingIssuer:
     def __getattr__(self, name: str):
         return getattr(self._issuer, name)
 
+    def __setattr__(self, name: str, value) -> None:
+        if name == "_issuer":
+            object.__setattr__(self, name, value)
+        else:  # settings such as device_audience belong to the issuer
+            setattr(self._issuer, name, value)
+
     def mint(self, claims: dict | None = None, **kw) -> str:
         kw.setdefault("aud", AUDIENCE)
         token = self._issuer.mint(claims, **kw)

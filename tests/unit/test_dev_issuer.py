@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,13 @@ from typing import Any
 import pytest
 from unit_support import AUD, NOW
 
-from pyhook.dev_issuer import REMOVE, DevIssuer, forge_hs256_with_public_key
+from pyhook.dev_issuer import (
+    DEVICE_CODE_GRANT,
+    REMOVE,
+    DevIssuer,
+    forge_hs256_with_public_key,
+    parse_form,
+)
 
 
 def get(url: str) -> tuple[int, dict[str, str], Any]:
@@ -176,3 +183,139 @@ def test_issuer_of_a_stopped_instance_comes_from_the_issuer_file(
     (tmp_path / "issuer").write_text("http://127.0.0.1:4444\n")
     assert issuer.issuer == "http://127.0.0.1:4444"
     assert DevIssuer(str(tmp_path), port=5555).issuer == "http://127.0.0.1:5555"
+
+
+# -- the device authorization grant (RFC 8628) libpq 18's OAuth flow uses ------
+
+
+def test_discovery_names_the_device_flow_endpoints(tmp_path: Path) -> None:
+    issuer = DevIssuer(str(tmp_path), port=4444)
+    discovery = issuer.discovery()
+    assert discovery["token_endpoint"] == "http://127.0.0.1:4444/token"
+    assert (
+        discovery["device_authorization_endpoint"]
+        == "http://127.0.0.1:4444/device_authorization"
+    )
+    assert discovery["grant_types_supported"] == [DEVICE_CODE_GRANT]
+
+
+def test_device_flow_pending_until_approved_then_one_token(tmp_path: Path) -> None:
+    issuer = DevIssuer(str(tmp_path), port=4444)
+    issuer.device_audience = AUD
+    status, authz = issuer.device_authorize(
+        {"client_id": "psql", "scope": "openid pg"}, now=NOW
+    )
+    assert status == 200
+    assert set(authz) == {
+        "device_code",
+        "user_code",
+        "verification_uri",
+        "verification_uri_complete",
+        "expires_in",
+        "interval",
+    }
+    assert authz["verification_uri"] == "http://127.0.0.1:4444/device"
+    assert (authz["expires_in"], authz["interval"]) == (600, 1)
+    poll = {"grant_type": DEVICE_CODE_GRANT, "device_code": authz["device_code"]}
+    assert issuer.device_token({**poll, "client_id": "psql"}, now=NOW + 1) == (
+        400,
+        {"error": "authorization_pending"},
+    )
+    assert issuer.approve("NOPE-NOPE") is False
+    assert issuer.approve(authz["user_code"], sub="bob", claims={"email": "b@x"})
+    status, answer = issuer.device_token(poll, now=NOW + 2)
+    assert status == 200 and answer["token_type"] == "Bearer"
+    assert answer["expires_in"] == 300 and answer["scope"] == "openid pg"
+    header, payload, _ = parts(answer["access_token"])
+    assert header["alg"] == "RS256"
+    assert payload["iss"] == "http://127.0.0.1:4444" and payload["sub"] == "bob"
+    assert payload["aud"] == AUD and payload["scope"] == "openid pg"
+    assert payload["client_id"] == "psql" and payload["email"] == "b@x"
+    assert payload["exp"] == NOW + 2 + 300
+    # a device code is good for one token
+    assert issuer.device_token(poll, now=NOW + 3) == (400, {"error": "invalid_grant"})
+
+
+def test_device_flow_refusals(tmp_path: Path) -> None:
+    issuer = DevIssuer(str(tmp_path), port=4444)
+    assert issuer.device_authorize({"scope": "x"})[0] == 400  # no client_id
+    _, authz = issuer.device_authorize({"client_id": "c"}, now=NOW)
+    poll = {"grant_type": DEVICE_CODE_GRANT, "device_code": authz["device_code"]}
+    assert issuer.device_token({**poll, "grant_type": "password"}) == (
+        400,
+        {"error": "unsupported_grant_type"},
+    )
+    assert issuer.device_token({**poll, "client_id": "other"}, now=NOW)[0] == 400
+    assert issuer.device_token({**poll, "device_code": "x"}, now=NOW) == (
+        400,
+        {"error": "invalid_grant"},
+    )
+    assert issuer.device_token(poll, now=NOW + 601) == (
+        400,
+        {"error": "expired_token"},
+    )
+    _, denied = issuer.device_authorize({"client_id": "c"}, now=NOW)
+    assert issuer.approve(denied["user_code"], deny=True)
+    poll["device_code"] = denied["device_code"]
+    assert issuer.device_token(poll, now=NOW) == (400, {"error": "access_denied"})
+
+
+def test_device_approval_with_audience_over_post_forms() -> None:
+    assert parse_form(b"a=1&b=x+y&c=", "application/x-www-form-urlencoded") == {
+        "a": "1",
+        "b": "x y",
+        "c": "",
+    }
+    assert parse_form(
+        b'{"user_code": "AB", "claims": {"x": 1}}', "application/json"
+    ) == {
+        "user_code": "AB",
+        "claims": '{"x": 1}',
+    }
+    with pytest.raises(ValueError):
+        parse_form(b"[1]", "application/json; charset=utf-8")
+
+
+def post(url: str, form: dict[str, str]) -> tuple[int, str, Any]:
+    data = urllib.parse.urlencode(form).encode()
+    try:
+        with urllib.request.urlopen(url, data=data, timeout=5) as response:
+            ctype = response.headers["Content-Type"]
+            return response.status, ctype, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.headers["Content-Type"], json.loads(exc.read())
+
+
+def test_device_flow_over_http(served: DevIssuer) -> None:
+    served.device_audience = AUD
+    for path in (
+        "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+    ):
+        status, _, discovery = get(served.issuer + path)
+        assert status == 200 and discovery["issuer"] == served.issuer
+    status, ctype, authz = post(
+        discovery["device_authorization_endpoint"],
+        {"client_id": "psql", "scope": "openid"},
+    )
+    assert (status, ctype) == (200, "application/json")
+    poll = {
+        "grant_type": DEVICE_CODE_GRANT,
+        "device_code": authz["device_code"],
+        "client_id": "psql",
+    }
+    assert post(discovery["token_endpoint"], poll)[::2] == (
+        400,
+        {"error": "authorization_pending"},
+    )
+    approve = served.issuer + "/device/approve"
+    assert post(approve, {"user_code": "ZZZZ-ZZZZ"})[0] == 404
+    assert post(
+        approve, {"user_code": authz["user_code"], "sub": "carol", "aud": '"elsewhere"'}
+    )[::2] == (200, {"approved": True})
+    status, _, answer = post(discovery["token_endpoint"], poll)
+    assert status == 200
+    _, payload, _ = parts(answer["access_token"])
+    assert (payload["sub"], payload["aud"]) == ("carol", "elsewhere")
+    assert post(served.issuer + "/nowhere", {})[0] == 404
