@@ -17,7 +17,7 @@ import psycopg
 from login_loop import percentile, rotated
 from plan import Plan
 from report import Goal, Table, ms, ratio
-from resilience import refusal_reason
+from resilience import refusal_reason, timed_login
 from testbed import RATE_LIMIT, RS256, TOKEN_USER, Target, Testbed
 
 Progress = Callable[[str], None]
@@ -133,15 +133,6 @@ class Flood:
         return outcomes
 
 
-def _timed_login(target: Target, token: str) -> tuple[float, str | None]:
-    """Seconds taken and None, or seconds and the refusal's reason."""
-    started = time.perf_counter()
-    try:
-        psycopg.connect(target.conninfo(), password=token, connect_timeout=20).close()
-        return time.perf_counter() - started, None
-    except psycopg.Error as exc:
-        return time.perf_counter() - started, refusal_reason(exc)
-
 
 def _checked_bad_signatures(tb: Testbed) -> int:
     """Bad-signature tokens the workers have refused so far (oauth.stats)."""
@@ -203,7 +194,7 @@ def bad_token_flood(tb: Testbed, plan: Plan, goals: list[Goal], progress: Progre
                 began = datetime.datetime.now(datetime.UTC)
                 try:
                     for token in tokens:
-                        seconds, reason = _timed_login(victim, token)
+                        seconds, reason = timed_login(victim, token)
                         if reason is None:
                             samples[phase].append(seconds)
                         else:

@@ -29,6 +29,16 @@ def refusal_reason(exc: psycopg.Error) -> str:
     return text.strip().splitlines()[0][:60] if text.strip() else type(exc).__name__
 
 
+def timed_login(target: Target, token: str | None) -> tuple[float, str | None]:
+    """Seconds taken and None, or seconds and the refusal's reason."""
+    started = time.perf_counter()
+    try:
+        psycopg.connect(target.conninfo(), password=token, connect_timeout=20).close()
+        return time.perf_counter() - started, None
+    except psycopg.Error as exc:
+        return time.perf_counter() - started, refusal_reason(exc)
+
+
 def _workers(tb: Testbed) -> int:
     assert tb.main is not None
     return int(tb.main.sql("SHOW pg_oauth.workers")[0][0])

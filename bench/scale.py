@@ -18,7 +18,7 @@ from login_loop import Login, interleaved_latencies, median, percentile, rotated
 from pgcluster import Cluster
 from plan import Plan
 from report import Goal, Table, ms, ratio, verdict
-from resilience import refusal_reason
+from resilience import timed_login
 from testbed import AUDIENCE, MAIN_HBA, SERVER_SETTINGS, TOKEN_USER, Target, Testbed
 
 Progress = Callable[[str], None]
@@ -146,14 +146,6 @@ def _hook_p50(cluster: Cluster, since: datetime.datetime) -> float | None:
     return row[0][0] if row else None
 
 
-def _timed_login(target: Target, token: str | None) -> tuple[float, str | None]:
-    started = time.perf_counter()
-    try:
-        psycopg.connect(target.conninfo(), password=token, connect_timeout=20).close()
-        return time.perf_counter() - started, None
-    except psycopg.Error as exc:
-        return time.perf_counter() - started, refusal_reason(exc)
-
 
 def _mint(tb: Testbed, **claims: object) -> str:
     return tb.mint("RS256", groups=GROUPS, **claims)
@@ -178,7 +170,7 @@ def scale(tb: Testbed, plan: Plan, goals: list[Goal], progress: Progress) -> lis
         floor = Target.of(tb.floor, "tcp+tls", TOKEN_USER)
         for name in clusters:  # both servers' workers have seen a login
             for _ in range(10):
-                _timed_login(targets[name], _mint(tb))
+                timed_login(targets[name], _mint(tb))
         log_mark = _LogMark.of(large)
 
         progress("scale: loading the large configuration from scratch")
@@ -329,7 +321,7 @@ def _revocation(tb: Testbed, large: Cluster, target: Target, goals: list[Goal]) 
         (rid,) = large.sql("INSERT INTO oauth.revocations (token_id, reason) "
                            "VALUES (%s, 'bench') RETURNING id", (jti,))[0]
         committed = time.perf_counter()
-        _, reason = _timed_login(target, _mint(tb, jti=jti))
+        _, reason = timed_login(target, _mint(tb, jti=jti))
         answered = time.perf_counter() - committed
         worst = max(worst, answered)
         refused_all &= reason == "revoked"
@@ -342,7 +334,7 @@ def _revocation(tb: Testbed, large: Cluster, target: Target, goals: list[Goal]) 
         committed = time.perf_counter()
         wait = 0.0 if trial % 2 == 0 else 1.0
         time.sleep(wait)
-        _, reason = _timed_login(target, _mint(tb, jti=jti))
+        _, reason = timed_login(target, _mint(tb, jti=jti))
         table.add("DELETE 1 row (each worker reads the 100k rows again)",
                   "at once" if wait == 0 else f"{wait:g} s later", reason or "admitted",
                   ms(time.perf_counter() - committed - wait), "")
@@ -372,9 +364,9 @@ def _idle(tb: Testbed, plan: Plan, clusters: dict[str, Cluster], targets: dict[s
         time.sleep(IDLE_SECONDS)
         for name in rotated(names, r):
             if name == TRUST_FLOOR:
-                seconds, reason = _timed_login(floor, None)
+                seconds, reason = timed_login(floor, None)
             else:
-                seconds, reason = _timed_login(targets[name], tokens[name])
+                seconds, reason = timed_login(targets[name], tokens[name])
             if reason is not None:
                 raise RuntimeError(f"login after idle refused: {reason}")
             samples[name].append(seconds)
@@ -523,7 +515,7 @@ def _retention(tb: Testbed, target: Target, goals: list[Goal], progress: Progres
     generated = time.perf_counter() - started
     size_before = main.sql("SELECT pg_total_relation_size('oauth.audit_log')")[0][0]
     progress(f"scale: {AUDIT_ROWS:,} audit rows in {generated:.0f} s; logins without a pass")
-    before = [_timed_login(target, _mint(tb))[0] for _ in range(200)]
+    before = [timed_login(target, _mint(tb))[0] for _ in range(200)]
 
     offset = len(main.log_text())
     main.sql("ALTER SYSTEM SET pg_oauth.audit_retention = '30d'")
@@ -533,7 +525,7 @@ def _retention(tb: Testbed, target: Target, goals: list[Goal], progress: Progres
     deadline = time.perf_counter() + 300
     logged = None
     while logged is None:
-        seconds, reason = _timed_login(target, _mint(tb))
+        seconds, reason = timed_login(target, _mint(tb))
         during.append(seconds)
         refused += reason is not None
         logged = RETENTION_LINE.search(main.log_text()[offset:])
