@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (bearer_client_bin: a fixture imported from test_oauthbearer)
 """Attacks on pg_oauth as PostgreSQL 18's OAuth validator (SASL OAUTHBEARER).
 
 One cluster, logging everything a superuser can turn on (log_min_messages=debug5,
@@ -18,7 +19,7 @@ import time
 import pytest
 from conftest import AUDIENCE, CLUSTERS, setup_oauth
 from pgcluster import Cluster
-from test_oauthbearer import (  # noqa: F401 (bearer_client_bin is a fixture)
+from test_oauthbearer import (  # noqa: F401
     BearerSession,
     bearer_client_bin,
     now,
