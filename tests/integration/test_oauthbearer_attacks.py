@@ -262,3 +262,16 @@ def test_no_bearer_token_reaches_the_loud_log(acluster, issuer, bearer_client_bi
     assert "Query Parameters" in log or "DEBUG" in log  # the loud settings took
     assert not [s[:12] for t in (good, bad) for s in secrets(t) if s in log]
     assert AUDIENCE
+
+
+def test_check_setup_sees_oauth_lines(acluster):
+    """A careless DBA's oauth line without hostssl: the client sends its token before
+    pg_oauth can refuse the connection (ssl_required), so a passive listener has it.
+    oauth.check_setup() (and pg-oauth doctor) reported trust lines without TLS but
+    nothing for oauth lines, and warned no_token_lines on a cluster whose token logins
+    all go through oauth lines."""
+    rows = acluster.sql("SELECT severity, check_name, finding FROM oauth.check_setup()")
+    names = [r[1] for r in rows]
+    assert "no_token_lines" not in names, rows
+    flagged = [r for r in rows if r[1] == "oauth_without_tls"]
+    assert len(flagged) == 4 and all(r[0] == "risk" for r in flagged), rows
