@@ -93,6 +93,7 @@ typedef struct LoginAttempt
 	int			token_len;
 	TokenDecision *decision;	/* NULL until a worker answered */
 	bool		bearer;			/* OAUTHBEARER: a refusal returns to the validator */
+	char	   *expected_issuer;	/* OAUTHBEARER: the oauth line's issuer identifier */
 } LoginAttempt;
 
 /*
@@ -667,6 +668,18 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 			refuse(a, decision.reason, decision.detail,
 				   hint_for(decision.reason, decision.detail));
 
+		/*
+		 * An oauth line names one issuer: the one libpq's flow asks for a
+		 * token and the one a pg_ident.conf map's entries are written for.
+		 * A token of another issuer of oauth.issuers is not for this line.
+		 */
+		if (a->expected_issuer != NULL &&
+			(decision.issuer == NULL || strcmp(decision.issuer, a->expected_issuer) != 0))
+			refuse(a, "untrusted_issuer",
+				   psprintf("the token's issuer is not \"%s\", the issuer of the pg_hba.conf oauth line",
+							a->expected_issuer),
+				   "Get a token from the issuer the oauth line names, or add an oauth line for this issuer.");
+
 		if (!role_in_list(port->user_name, decision.allowed_roles))
 			refuse(a, "role_not_allowed",
 				   psprintf("the token allows roles: %s", roles_as_text(decision.allowed_roles)),
@@ -750,6 +763,35 @@ bearer_identity(void)
 	return psprintf("%s %s", pg_oauth_session.issuer, pg_oauth_session.subject);
 }
 
+#if PG_VERSION_NUM >= 180000
+/*
+ * The issuer identifier of an oauth line: its issuer option, or, when that
+ * is a .well-known URI of the discovery document (OIDC style
+ * "<issuer>/.well-known/openid-configuration", RFC 8414 style
+ * "<authority>/.well-known/oauth-authorization-server<path>"), the
+ * identifier it stands for, as libpq derives it.
+ */
+static char *
+line_issuer(Port *port)
+{
+	const char *uri = port->hba ? port->hba->oauth_issuer : NULL;
+	const char *wk;
+	const char *rest;
+
+	if (uri == NULL || uri[0] == '\0')
+		return NULL;
+	wk = strstr(uri, "/.well-known/");
+	if (wk == NULL)
+		return pstrdup(uri);
+	rest = wk + strlen("/.well-known/");
+	if (strncmp(rest, "openid-configuration", strlen("openid-configuration")) == 0)
+		rest += strlen("openid-configuration");
+	else if (strncmp(rest, "oauth-authorization-server", strlen("oauth-authorization-server")) == 0)
+		rest += strlen("oauth-authorization-server");
+	return psprintf("%.*s%s", (int) (wk - uri), uri, rest);
+}
+#endif
+
 /*
  * OAUTHBEARER (oauth_validator.c): the token PostgreSQL's "oauth" method
  * received goes through the same checks and decide_token() as a password
@@ -777,6 +819,9 @@ token_login_bearer(Port *port, const char *token, char **authn_id, char **client
 
 		begin_attempt(&attempt, port, addrbuf, sizeof(addrbuf));
 		attempt.bearer = true;
+#if PG_VERSION_NUM >= 180000
+		attempt.expected_issuer = line_issuer(port);
+#endif
 		check_connection(&attempt);
 		attempt.token_seen = true;
 		TRACE_BACKEND(TRACE_B_TOKEN);

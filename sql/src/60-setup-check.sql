@@ -112,7 +112,9 @@ BEGIN
      WHERE h.error IS NOT NULL
      ORDER BY h.line_number;
 
-    IF first_trust IS NULL THEN
+    -- PostgreSQL 18's oauth lines are token lines too (pg_oauth as their validator)
+    IF first_trust IS NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_hba_file_rules AS h WHERE h.auth_method = 'oauth') THEN
         RETURN QUERY SELECT 'warning', 'no_token_lines',
             'pg_hba.conf has no trust line: pg_oauth acts only on trust lines, so no token login can succeed',
             'Add a token line, e.g. hostssl all +oauth_users 0.0.0.0/0 trust, below the break-glass lines';
@@ -137,6 +139,17 @@ BEGIN
            'Use hostssl for token lines'
       FROM pg_catalog.pg_hba_file_rules AS h
      WHERE h.auth_method = 'trust' AND h.type IN ('host', 'hostnossl', 'hostnogssenc')
+     ORDER BY h.line_number;
+
+    RETURN QUERY
+    SELECT 'risk', 'oauth_without_tls',
+           pg_catalog.format('pg_hba.conf %s: a %s oauth line matches TCP connections without TLS; the client sends its bearer token before pg_oauth can refuse the connection (pg_oauth.require_ssl), so the token crosses the network in clear',
+                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
+                                                  h.address, h.netmask, h.auth_method),
+                             h.type),
+           'Use hostssl for oauth lines (and sslmode=verify-full on the clients)'
+      FROM pg_catalog.pg_hba_file_rules AS h
+     WHERE h.auth_method = 'oauth' AND h.type IN ('host', 'hostnossl', 'hostnogssenc')
      ORDER BY h.line_number;
 
     RETURN QUERY
