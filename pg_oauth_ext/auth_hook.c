@@ -680,6 +680,20 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 							a->expected_issuer),
 				   "Get a token from the issuer the oauth line names, or add an oauth line for this issuer.");
 
+#if PG_VERSION_NUM >= 180000
+		/* ... and the scopes libpq's flow asked the user to grant */
+		if (a->bearer)
+		{
+			char	   *missing = bearer_missing_scopes(decision.claims, port->hba->oauth_scope);
+
+			if (missing != NULL)
+				refuse(a, "scope_missing",
+					   psprintf("the token does not grant scope \"%s\" of the pg_hba.conf oauth line (claims scope and scp)",
+								missing),
+					   "Ask the identity provider for a token with the scopes the oauth line names.");
+		}
+#endif
+
 		if (!role_in_list(port->user_name, decision.allowed_roles))
 			refuse(a, "role_not_allowed",
 				   psprintf("the token allows roles: %s", roles_as_text(decision.allowed_roles)),

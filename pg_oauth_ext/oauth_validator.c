@@ -28,6 +28,8 @@
 #include "libpq/hba.h"
 #include "libpq/oauth.h"
 #include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
 
 static bool pg_oauth_validate(const ValidatorModuleState *state, const char *token,
 							  const char *role, ValidatorModuleResult *result);
@@ -104,6 +106,121 @@ oauth_validator_after_method(Port *port, int status)
 					   port->hba->usermap ? port->hba->usermap : "",
 					   MyClientConnectionInfo.authn_id ? MyClientConnectionInfo.authn_id : ""),
 			 errhint("Add a line for this identity to the map, or set delegate_ident_mapping=1 on the oauth line to let oauth.role_map decide.")));
+}
+
+/*
+ * OpenID Connect's own scopes ask for an ID token and userinfo, not for
+ * access to a resource: access tokens need not carry them (Entra ID's
+ * never do), so an oauth line asking for them asks nothing of the token.
+ */
+static const char *const oidc_scopes[] = {
+	"openid", "profile", "email", "address", "phone", "offline_access"
+};
+
+static bool
+is_oidc_scope(const char *scope, int len)
+{
+	for (int i = 0; i < lengthof(oidc_scopes); i++)
+		if (strlen(oidc_scopes[i]) == len && memcmp(oidc_scopes[i], scope, len) == 0)
+			return true;
+	return false;
+}
+
+/* Is scope (len bytes) one of the space-separated words of list? */
+static bool
+word_in(const char *list, int list_len, const char *scope, int len)
+{
+	int			i = 0;
+
+	while (i < list_len)
+	{
+		int			start;
+
+		while (i < list_len && list[i] == ' ')
+			i++;
+		start = i;
+		while (i < list_len && list[i] != ' ')
+			i++;
+		if (i - start == len && len > 0 && memcmp(list + start, scope, len) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Does the token grant scope?  RFC 9068 / RFC 8693 put the scopes in
+ * "scope", a space-separated string; Entra ID and Okta in "scp", a string
+ * or an array of strings.  Either counts.
+ */
+static bool
+token_grants_scope(JsonbContainer *claims, const char *scope, int len)
+{
+	static const char *const names[] = {"scope", "scp"};
+
+	for (int n = 0; n < lengthof(names); n++)
+	{
+		JsonbValue	v;
+
+		if (!getKeyJsonValueFromContainer(claims, names[n], strlen(names[n]), &v))
+			continue;
+		if (v.type == jbvString && word_in(v.val.string.val, v.val.string.len, scope, len))
+			return true;
+		if (v.type == jbvBinary && JsonContainerIsArray(v.val.binary.data))
+		{
+			JsonbIterator *it = JsonbIteratorInit(v.val.binary.data);
+			JsonbValue	e;
+			JsonbIteratorToken t;
+
+			while ((t = JsonbIteratorNext(&it, &e, true)) != WJB_DONE)
+				if (t == WJB_ELEM && e.type == jbvString && e.val.string.len == len &&
+					memcmp(e.val.string.val, scope, len) == 0)
+					return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * The scopes of an oauth line's scope= (space-separated) that the token's
+ * claims do not grant, OpenID Connect's own left aside: NULL when none is
+ * missing, else the missing ones, space-separated.  PostgreSQL leaves this
+ * check to the validator: without it a token the user granted to another
+ * application of the same audience would open a session here.
+ */
+char *
+bearer_missing_scopes(const char *claims_json, const char *line_scope)
+{
+	Jsonb	   *claims;
+	StringInfoData missing;
+	const char *p = line_scope;
+
+	if (line_scope == NULL || line_scope[0] == '\0')
+		return NULL;
+	claims = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+												CStringGetDatum(claims_json ? claims_json : "{}")));
+	initStringInfo(&missing);
+	while (*p != '\0')
+	{
+		const char *start;
+		int			len;
+
+		while (*p == ' ')
+			p++;
+		start = p;
+		while (*p != '\0' && *p != ' ')
+			p++;
+		len = (int) (p - start);
+		if (len == 0 || is_oidc_scope(start, len))
+			continue;
+		if (!JB_ROOT_IS_OBJECT(claims) || !token_grants_scope(&claims->root, start, len))
+			appendStringInfo(&missing, "%s%.*s", missing.len > 0 ? " " : "", len, start);
+	}
+	if (missing.len == 0)
+	{
+		pfree(missing.data);
+		return NULL;
+	}
+	return missing.data;
 }
 
 #endif							/* PG_VERSION_NUM >= 180000 */

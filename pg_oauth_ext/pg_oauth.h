@@ -478,6 +478,7 @@ extern bool token_login_bearer(Port *port, const char *token, char **authn_id,
 /* oauth_validator.c: pg_oauth as PostgreSQL 18's OAuth validator module */
 #if PG_VERSION_NUM >= 180000
 extern void oauth_validator_after_method(Port *port, int status);
+extern char *bearer_missing_scopes(const char *claims_json, const char *line_scope);
 #endif
 
 /* hba_fallthrough.c */

@@ -65,6 +65,8 @@ static const PinnedSetting pinned_settings[] = {
 	 * '<the token>'"); where it is not loaded, this is a harmless placeholder
 	 */
 	{"auto_explain.log_min_duration", "-1"},
+	/* nor does pgaudit, where it is loaded, log their parameters */
+	{"pgaudit.log_parameter", "off"},
 };
 
 #define NUM_PINNED_SETTINGS lengthof(pinned_settings)

@@ -23,21 +23,36 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import AUDIENCE, CLUSTERS, setup_oauth
-from pgcluster import PG_BIN, Cluster
+from pgcluster import PG_BIN, Cluster, server_major
 
-PG18 = Path("/opt/pg_oauth/pg18")
-CLIENT_BIN = Path(os.environ.get("PG_OAUTH_CLIENT_BIN", PG18 / "bin"))
+# psql and libpq with OAuth support: the server's own (18+), unless told otherwise
+CLIENT_BIN = Path(os.environ.get("PG_OAUTH_CLIENT_BIN", PG_BIN))
 SCOPE = "openid pg"
 
 
-def server_major() -> int:
-    out = subprocess.run(
-        [str(PG_BIN / "postgres"), "--version"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return int(re.search(r"\(PostgreSQL\) (\d+)", out).group(1))
+class ScopedIssuer:
+    """The suite's issuer, whose tokens grant "pg", the scope the oauth lines ask for
+    beside OpenID Connect's own (a test's own "scope" or "scp" claim wins)."""
+
+    def __init__(self, inner) -> None:
+        object.__setattr__(self, "_inner", inner)
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._inner, name, value)
+
+    def mint(self, claims: dict | None = None, **kw) -> str:
+        claims = dict(claims or {})
+        if "scope" not in claims and "scp" not in claims:
+            claims["scope"] = "pg"
+        return self._inner.mint(claims, **kw)
+
+
+@pytest.fixture(scope="module")
+def issuer(issuer):
+    return ScopedIssuer(issuer)
 
 
 pytestmark = pytest.mark.skipif(

@@ -22,6 +22,7 @@ from pgcluster import Cluster
 from test_oauthbearer import (  # noqa: F401
     BearerSession,
     bearer_client_bin,
+    issuer,
     now,
     server_major,
     wait_audit,
@@ -152,25 +153,28 @@ def test_well_known_issuer_line_still_admits_its_issuer(
     assert got == ["alice"], got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scope= of the oauth line is not checked: a token without the scopes the "
-    "line asks for logs in (see docstring)",
-)
 def test_token_without_the_lines_scope_is_refused(acluster, issuer, bearer_client_bin):
     """PostgreSQL's validator guide: the validator must check that the token's scopes
-    cover the line's (scope="openid pg" here) so that a client cannot use a token the
-    user granted for something else.  pg_oauth decides on audience and role_map only:
-    a token for the right audience with scope "email" (or no scope at all) logs in.
-    Not fixed: which claim carries scopes (scope, scp) and whether to require them is a
-    policy decision (an oauth.issuers column, say), not a one-line check."""
-    token = issuer.mint({"scope": "email"}, sub="alice")
-    got = attempt(
-        bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer), token
-    )
-    assert isinstance(got, ConnectionError), (
-        f"logged in without the line's scope: {got}"
-    )
+    cover the line's (scope="openid pg" here), so that a token the user granted to
+    another application of the same audience opens no session.  Found in review: a
+    token for the right audience with scope "email" logged in.  Now every scope of the
+    line but OpenID Connect's own must be in the token's "scope" (a space-separated
+    string) or "scp" (a string or an array, as Entra ID and Okta write it)."""
+    offset = len(acluster.log_text())
+    for claims in ({"scope": "email"}, {"scope": "openid profile"}, {"scp": ["email"]},
+                   {"scope": "pgx"}, {"scope": ""}):  # fmt: skip
+        token = issuer.mint(claims, sub="alice")
+        got = attempt(bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer), token)
+        assert isinstance(got, ConnectionError), f"{claims}: logged in without scope pg: {got}"
+    assert reason_logged(acluster, offset, "alice") == "scope_missing"
+    reasons = re.findall(r"DETAIL:  reason=(\w+)", acluster.log_text()[offset:])
+    assert reasons == ["scope_missing"] * 5, reasons
+    assert 'does not grant scope "pg" of the pg_hba.conf oauth line' in acluster.log_text()[offset:]
+    for claims in ({"scope": "openid pg"}, {"scope": "pg"}, {"scp": ["x", "pg"]},
+                   {"scp": "email pg"}):  # fmt: skip
+        token = issuer.mint(claims, sub="alice")
+        got = attempt(bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer), token)
+        assert got == ["alice"], f"{claims}: {got}"
 
 
 # -- checked and sound -------------------------------------------------------------
