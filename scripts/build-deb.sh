@@ -165,7 +165,7 @@ cat > "$root/DEBIAN/postinst" <<EOF
 # Byte code for the server's Python: nothing is downloaded, nothing installed by pip.
 set -e
 if [ "\$1" = configure ]; then
-    ${SERVER_PYTHON#/usr/bin/} -m compileall -q $python_target >/dev/null || true
+    ${SERVER_PYTHON} -I -m compileall -q $python_target >/dev/null || true
 fi
 EOF
 cat > "$root/DEBIAN/prerm" <<EOF
