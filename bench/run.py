@@ -18,6 +18,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent), str(BENCH.parent / "tests")]
 
+from bearer import bearer
 from flood import bad_token_flood
 from login_speed import (
     Counted,
@@ -52,7 +53,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 SECTIONS = ("rate", "latency", "size", "storm", "slow", "flood", "cold", "proxy", "cpu",
-            "breakdown", "scale")
+            "breakdown", "scale", "bearer")
 
 
 def run(plan: Plan, sections: set[str],
@@ -107,6 +108,8 @@ def run(plan: Plan, sections: set[str],
             tables += breakdown(testbed, plan, progress)
         if "scale" in sections:
             tables += scale(testbed, plan, goals, progress)
+        if "bearer" in sections:
+            tables.append(bearer(testbed, plan, progress))
         machine.append(f"load average at end: {load_average()}")
         progress("stopping the clusters")
     return goals, tables, machine
