@@ -236,4 +236,17 @@ def bearer(tb: Testbed, plan: Plan, progress: Progress) -> Table:
         "so every login is two connections: one that asks the server for the discovery "
         "URI and is refused, then the one with the token.")
     table.notes.append(f"refused logins in oauth.audit_log after the run: {rejected}.")
+
+    def p50(transport: str, way: Way) -> float:
+        return percentile(samples[(transport, way)], 0.5)
+
+    table.notes.append("What it means: " + "; ".join(
+        f"{transport}: OAUTHBEARER costs "
+        f"{(p50(transport, BEARER_FRESH) - p50(transport, PASSWORD_FRESH)) * 1000:+.2f} ms "
+        "p50 against the same first-seen token sent as a password and "
+        f"{(p50(transport, BEARER_AGAIN) - p50(transport, PASSWORD_AGAIN)) * 1000:+.2f} ms "
+        "repeated, a discovery connection first adds "
+        f"{(p50(transport, BEARER_DISCOVERY) - p50(transport, BEARER_AGAIN)) * 1000:+.2f} ms, "
+        f"scram-sha-256 is {(p50(transport, SCRAM) - p50(transport, TRUST)) * 1000:+.2f} ms "
+        "over trust" for transport in TRANSPORTS) + ".")
     return table
