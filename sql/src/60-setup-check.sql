@@ -152,6 +152,41 @@ BEGIN
      WHERE h.auth_method = 'oauth' AND h.type IN ('host', 'hostnossl', 'hostnogssenc')
      ORDER BY h.line_number;
 
+    -- PostgreSQL 18's oauth lines on another validator: PostgreSQL itself refuses
+    -- a line whose validator oauth_validator_libraries does not list, a line
+    -- without validator= when that setting lists several (both hba_file_error),
+    -- and every oauth line while it is empty; a valid line always shows its
+    -- validator in options, given or the one library listed
+    RETURN QUERY
+    SELECT 'risk', 'oauth_line_other_validator',
+           pg_catalog.format('pg_hba.conf %s: the validator of this oauth line is "%s", not pg_oauth: its logins skip pg_oauth''s policy (superusers refused, oauth.role_map, the role policy, revocation, session limits, the audit log)',
+                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
+                                                  h.address, h.netmask, h.auth_method),
+                             v.validator),
+           'Add validator=pg_oauth to the line (pg_oauth in oauth_validator_libraries); keep another validator only on lines it is meant to decide, and keep superusers off them'
+      FROM pg_catalog.pg_hba_file_rules AS h,
+           LATERAL (SELECT pg_catalog.substr(o, 11)
+                      FROM pg_catalog.unnest(h.options) AS o
+                     WHERE pg_catalog.left(o, 10) = 'validator=') AS v(validator)
+     WHERE h.auth_method = 'oauth' AND h.error IS NULL
+       AND v.validator !~ '(^|/)pg_oauth(\.so)?$'
+     ORDER BY h.line_number;
+
+    -- without a map PostgreSQL compares the validator's identity with the role
+    -- name; pg_oauth's is "<issuer> <subject>", which no role is named
+    RETURN QUERY
+    SELECT 'warning', 'oauth_line_without_map',
+           pg_catalog.format('pg_hba.conf %s: an oauth line with neither delegate_ident_mapping=1 nor map=: PostgreSQL admits a login there only when the identity the validator reports equals the role name (pg_oauth reports the token''s issuer, a space and its subject), so its logins fail',
+                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
+                                                  h.address, h.netmask, h.auth_method)),
+           'Add delegate_ident_mapping=1 (oauth.role_map decides the role), or map=<name> with a pg_ident.conf map from "<issuer> <subject>" to roles'
+      FROM pg_catalog.pg_hba_file_rules AS h
+     WHERE h.auth_method = 'oauth' AND h.error IS NULL
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(h.options) AS o
+                        WHERE o = 'delegate_ident_mapping=true'
+                           OR pg_catalog.left(o, 4) = 'map=')
+     ORDER BY h.line_number;
+
     RETURN QUERY
     SELECT 'warning', 'trust_local',
            pg_catalog.format('pg_hba.conf %s: token logins over the Unix socket (no TLS needed there); every local OS user can try them',
@@ -231,6 +266,15 @@ BEGIN
     IF NOT oauth._lists_pg_oauth(pg_catalog.current_setting('shared_preload_libraries')) THEN
         RETURN QUERY SELECT 'risk', 'library_not_preloaded',
             'pg_oauth is not in shared_preload_libraries: trust lines are plain trust, no token is asked for',
+            'Set shared_preload_libraries = ''pg_oauth'' and restart the server';
+    END IF;
+
+    -- PostgreSQL 18: the oauth method loads the validator in each backend, too
+    -- late for pg_oauth's shared memory and workers (NULL before 18)
+    IF oauth._lists_pg_oauth(pg_catalog.current_setting('oauth_validator_libraries', true))
+       AND NOT oauth._lists_pg_oauth(pg_catalog.current_setting('shared_preload_libraries')) THEN
+        RETURN QUERY SELECT 'risk', 'validator_not_preloaded',
+            'oauth_validator_libraries names pg_oauth but shared_preload_libraries does not: every OAUTHBEARER login on an oauth line is refused (reason=validator_unavailable)',
             'Set shared_preload_libraries = ''pg_oauth'' and restart the server';
     END IF;
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 from conftest import AUDIENCE, CLUSTERS, setup_oauth
-from pgcluster import Cluster
+from pgcluster import ADMIN_USER, Cluster
 from test_oauthbearer import (  # noqa: F401
     BearerSession,
     bearer_client_bin,
@@ -279,3 +279,135 @@ def test_check_setup_sees_oauth_lines(acluster):
     assert "no_token_lines" not in names, rows
     flagged = [r for r in rows if r[1] == "oauth_without_tls"]
     assert len(flagged) == 4 and all(r[0] == "risk" for r in flagged), rows
+
+
+# -- oauth lines that bypass or break pg_oauth (oauth.check_setup) ---------------------
+
+
+ADMIN_LINES = "local all {admin} scram-sha-256\nhost all {admin} 127.0.0.1/32 scram-sha-256\n"
+
+
+def oauth_line(issuer_url: str, dbname: str, options: str) -> str:
+    return (f'hostssl {dbname} all 127.0.0.1/32 oauth issuer="{issuer_url}" '
+            f'scope="{SCOPE}" {options}\n')
+
+
+def set_validator_libraries(cluster: Cluster, *libraries: str) -> None:
+    """oauth_validator_libraries (PGC_SIGHUP) as postgresql.conf would say it ("" for
+    none: ALTER SYSTEM would write an empty list element), reloaded."""
+    value = ", ".join(f'"{lib}"' if "$" in lib else lib for lib in libraries)
+    cluster.settings["oauth_validator_libraries"] = f"'{value}'"
+    cluster.write_config()
+    cluster.reload()
+    deadline = time.time() + 10
+    while cluster.sql("SHOW oauth_validator_libraries")[0][0] != value:
+        assert time.time() < deadline, "oauth_validator_libraries not reloaded"
+        time.sleep(0.1)
+
+
+def setup_rows(cluster: Cluster, hba: str) -> list[tuple[str, str, str]]:
+    """check_setup's rows with `hba` as pg_hba.conf on disk (restored afterwards)."""
+    path = cluster.data / "pg_hba.conf"
+    before = path.read_text()
+    path.write_text(ADMIN_LINES.format(admin=ADMIN_USER) + hba)
+    try:
+        return cluster.sql("SELECT severity, check_name, finding FROM oauth.check_setup()")
+    finally:
+        path.write_text(before)
+
+
+def test_check_setup_names_oauth_lines_another_validator_decides(acluster, issuer):
+    """With a second validator in oauth_validator_libraries, an oauth line can name it
+    (or get it as the one library listed): its logins never reach pg_oauth, so no
+    superuser refusal, role_map, revocation or audit row applies, and check_setup said
+    nothing about it.  Lines PostgreSQL refuses (a validator not listed, none named
+    while several are, an empty list) are its own hba_file_error."""
+    iss = issuer.issuer
+    try:
+        set_validator_libraries(acluster, "pg_oauth", "other_validator", "$libdir/pg_oauth")
+        rows = setup_rows(acluster, (
+            oauth_line(iss, "postgres", "validator=pg_oauth delegate_ident_mapping=1")
+            + oauth_line(iss, "otherdb", "validator=other_validator delegate_ident_mapping=1")
+            + oauth_line(iss, "mapdb", 'validator="$libdir/pg_oauth" map=wide')))
+        assert "hba_file_error" not in [r[1] for r in rows], rows
+        flagged = [r for r in rows if r[1] == "oauth_line_other_validator"]
+        assert [(r[0], r[2].split(":")[0]) for r in flagged] == [("risk", "pg_hba.conf line 4")]
+        assert '"other_validator", not pg_oauth' in flagged[0][2]
+
+        # no validator= on the line: the one library listed is its validator
+        set_validator_libraries(acluster, "other_validator")
+        rows = setup_rows(acluster, oauth_line(iss, "postgres", "delegate_ident_mapping=1"))
+        assert [r[2].split(":")[0] for r in rows if r[1] == "oauth_line_other_validator"] == [
+            "pg_hba.conf line 3"], rows
+
+        # what PostgreSQL refuses to load is a line error, not another validator
+        set_validator_libraries(acluster, "pg_oauth", "other_validator")
+        rows = setup_rows(acluster, oauth_line(iss, "postgres", "delegate_ident_mapping=1"))
+        assert [r[1] for r in rows if r[1].startswith("oauth_line")] == [], rows
+        assert any(r[1] == "hba_file_error" and 'requires argument "validator"' in r[2]
+                   for r in rows), rows
+        set_validator_libraries(acluster)
+        rows = setup_rows(acluster, oauth_line(iss, "postgres", "delegate_ident_mapping=1"))
+        assert any(r[1] == "hba_file_error" and "oauth_validator_libraries must be set" in r[2]
+                   for r in rows), rows
+    finally:
+        set_validator_libraries(acluster, "pg_oauth")
+    assert acluster.sql("SHOW oauth_validator_libraries") == [("pg_oauth",)]
+    assert "oauth_line_other_validator" not in [
+        r[1] for r in acluster.sql("SELECT severity, check_name FROM oauth.check_setup()")]
+
+
+def test_check_setup_warns_of_an_oauth_line_without_map_or_delegation(
+    acluster, issuer, bearer_client_bin
+):
+    """Without delegate_ident_mapping=1 and without map=, PostgreSQL admits a login only
+    when the validator's identity ("<issuer> <subject>") equals the role name: the line
+    refuses every token pg_oauth accepts, and check_setup did not say why."""
+    rows = setup_rows(acluster, (
+        oauth_line(issuer.issuer, "postgres", "delegate_ident_mapping=1")
+        + oauth_line(issuer.issuer, "mapdb", "map=wide")
+        + oauth_line(issuer.issuer, "nomapdb", "")))
+    flagged = [r for r in rows if r[1] == "oauth_line_without_map"]
+    assert [(r[0], r[2].split(":")[0]) for r in flagged] == [("warning", "pg_hba.conf line 5")]
+    assert "delegate_ident_mapping=1" in flagged[0][2]
+    # the live cluster's lines all delegate or map: nothing to warn of
+    assert "oauth_line_without_map" not in [
+        r[1] for r in acluster.sql("SELECT severity, check_name FROM oauth.check_setup()")]
+    # and such a line does refuse a token pg_oauth accepts
+    path = acluster.data / "pg_hba.conf"
+    before = path.read_text()
+    path.write_text(ADMIN_LINES.format(admin=ADMIN_USER)
+                    + oauth_line(issuer.issuer, "postgres", ""))
+    acluster.reload()
+    try:
+        offset = len(acluster.log_text())
+        got = attempt(bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer),
+                      issuer.mint(sub="alice"))
+        assert isinstance(got, ConnectionError), got
+        assert ('provided user name (alice) and authenticated user name '
+                f'({issuer.issuer} alice) do not match') in acluster.log_text()[offset:]
+    finally:
+        path.write_text(before)
+        acluster.reload()
+
+
+def test_check_setup_names_a_validator_that_is_not_preloaded(acluster, issuer, bearer_client_bin):
+    """oauth_validator_libraries = 'pg_oauth' without pg_oauth in shared_preload_libraries:
+    the validator loads in each backend without its workers and refuses every login
+    (validator_unavailable).  check_setup only said trust lines were plain trust."""
+    preload = acluster.settings["shared_preload_libraries"]
+    acluster.restart({"shared_preload_libraries": "'auto_explain'"})
+    try:
+        rows = acluster.sql("SELECT severity, check_name, finding FROM oauth.check_setup()")
+        assert [r[:2] for r in rows if r[1] == "validator_not_preloaded"] == [
+            ("risk", "validator_not_preloaded")], rows
+        offset = len(acluster.log_text())
+        got = attempt(bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer),
+                      issuer.mint(sub="alice"))
+        assert isinstance(got, ConnectionError), got
+        assert reason_logged(acluster, offset, "alice") == "validator_unavailable"
+    finally:
+        acluster.restart({"shared_preload_libraries": preload})
+        acluster.wait_for_workers()
+    assert "validator_not_preloaded" not in [
+        r[1] for r in acluster.sql("SELECT severity, check_name FROM oauth.check_setup()")]
