@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from pgcluster import Cluster
+from pgcluster import Cluster, server_major
 
 PG_OAUTH = [sys.executable, "-m", "pyhook"]
 JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
@@ -60,7 +60,7 @@ def main() -> int:
                  "print('discovery:', d['issuer'], d['jwks_uri'])")
         show(["python3", "-c", probe])
 
-        step("2. A throwaway PostgreSQL 15 cluster with TLS and pg_oauth preloaded")
+        step(f"2. A throwaway PostgreSQL {server_major()} cluster with TLS and pg_oauth preloaded")
         cluster.init().start()
         print(f"  data directory {cluster.data}, port {cluster.port}, runs as an unprivileged user")
         print("  postgresql.conf: shared_preload_libraries = 'pg_oauth', ssl = on")
