@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pyhook.config import Config, PatternCache, Revocations
+from pyhook.config import Config, IssuerConfig, PatternCache, Revocations
 from pyhook.decision import FAIL, PASS, Check, Decision
 from pyhook.errors import ValidatorError
 from pyhook.jwks_cache import CachedJwks, KeyStore
@@ -476,15 +476,8 @@ class Adapter:
             for name in sorted(config.issuers)
             if config.issuers[name].enabled and (names is None or name in names)
         ]
-        failed = 0
         try:
-            for issuer in targets:
-                try:
-                    self.keys.refresh(issuer)
-                except Exception as exc:  # noqa: BLE001 - one issuer must not stop the others
-                    failed += 1
-                    detail = getattr(exc, "detail", type(exc).__name__)
-                    self._warn(f"pg_oauth: keys of issuer {issuer.issuer!a}: {detail}")
+            failed = self._fetch_keys(targets)
             self._seed_keys(config)
         finally:
             self._after_fetches()
@@ -502,22 +495,27 @@ class Adapter:
                 f"pg_oauth: loading configuration failed: {type(exc).__name__}: {exc}"
             )
             return f"configuration unavailable ({type(exc).__name__})"
-        failed = 0
         try:
             self._seed_keys(config)
-            for issuer in self.keys.refresh_due(config):
-                try:
-                    self.keys.refresh(issuer)
-                except Exception as exc:  # noqa: BLE001 - one issuer must not stop the others
-                    failed += 1
-                    detail = getattr(exc, "detail", type(exc).__name__)
-                    self._warn(f"pg_oauth: keys of issuer {issuer.issuer!a}: {detail}")
+            failed = self._fetch_keys(self.keys.refresh_due(config))
         finally:
             self._after_fetches()
         enabled = [i for i in config.issuers.values() if i.enabled]
         key_count = sum(len(self.keys.keys(i.issuer)) for i in enabled)
         summary = f"{len(enabled)} issuers, {key_count} keys"
         return summary + (f", {failed} issuers without fresh keys" if failed else "")
+
+    def _fetch_keys(self, issuers: list[IssuerConfig]) -> int:
+        """Fetch each issuer's keys, warning of those that fail; how many failed."""
+        failed = 0
+        for issuer in issuers:
+            try:
+                self.keys.refresh(issuer)
+            except Exception as exc:  # noqa: BLE001 - one issuer must not stop the others
+                failed += 1
+                detail = getattr(exc, "detail", type(exc).__name__)
+                self._warn(f"pg_oauth: keys of issuer {issuer.issuer!a}: {detail}")
+        return failed
 
     # -- configuration ------------------------------------------------------
 
