@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from login_loop import percentile, rotated
-from pgcluster import Cluster, server_major
+from pgcluster import Cluster, pg_config, server_major
 from plan import Plan
 from report import Table, ms
 from testbed import (
@@ -30,7 +30,6 @@ from testbed import (
     TRANSPORTS,
     USER_PASSWORD,
     Testbed,
-    tool_path,
 )
 
 Progress = Callable[[str], None]
@@ -82,16 +81,10 @@ AS_PASSWORD = {BEARER_FRESH: PASSWORD_FRESH, BEARER_AGAIN: PASSWORD_AGAIN,
 
 def build_client(workdir: Path) -> Path:
     """login_times.c, compiled against the libpq of the server under test."""
-    pg_config = tool_path("pg_config")
-
-    def ask(option: str) -> str:
-        return subprocess.run([pg_config, option], capture_output=True, text=True,
-                              check=True).stdout.strip()
-
     binary = workdir / "login_times"
     subprocess.run(["gcc", "-std=c99", "-O2", "-Wall", "-Werror", "-D_POSIX_C_SOURCE=200809L",
-                    "-o", str(binary), str(SOURCE), f"-I{ask('--includedir')}",
-                    f"-L{ask('--libdir')}", f"-Wl,-rpath,{ask('--libdir')}", "-lpq"],
+                    "-o", str(binary), str(SOURCE), f"-I{pg_config('--includedir')}",
+                    f"-L{pg_config('--libdir')}", f"-Wl,-rpath,{pg_config('--libdir')}", "-lpq"],
                    check=True)
     return binary
 

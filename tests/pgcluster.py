@@ -30,6 +30,12 @@ ADMIN_USER = "postgres"
 ADMIN_PASSWORD = "admin-break-glass"
 
 
+def pg_config(option: str, bindir: Path | None = None) -> str:
+    """What the pg_config of PG_BIN (or of bindir) says of option (--libdir, ...)."""
+    return subprocess.run([str((bindir or PG_BIN) / "pg_config"), option],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+
 def server_major() -> int:
     """The major version of the server PG_BIN holds (15, 18...)."""
     out = subprocess.run([str(PG_BIN / "postgres"), "--version"], capture_output=True,

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pgcluster import DEBIAN_PG15_BIN, PG_BIN, free_port
+from pgcluster import DEBIAN_PG15_BIN, PG_BIN, free_port, pg_config
 
 # The guide is for Debian's packaged PostgreSQL 15 (pg_createcluster 15, pg_conftool 15):
 # a run against a source-built major (make PG=18 test) has no such cluster to follow it on.
@@ -183,11 +183,6 @@ def deb_package() -> Path:
 
 def arch() -> str:
     return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
-                          check=True).stdout.strip()  # fmt: skip
-
-
-def pg_config(option: str) -> str:
-    return subprocess.run([str(PG_BIN / "pg_config"), option], capture_output=True, text=True,
                           check=True).stdout.strip()  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import AUDIENCE, CLUSTERS, setup_oauth
-from pgcluster import PG_BIN, Cluster, server_major
+from pgcluster import PG_BIN, Cluster, pg_config, server_major
 
 # psql and libpq with OAuth support: the server's own (18+), unless told otherwise
 CLIENT_BIN = Path(os.environ.get("PG_OAUTH_CLIENT_BIN", PG_BIN))
@@ -139,18 +139,8 @@ def bearer_client_bin() -> Iterator[Path]:
         pytest.skip("gcc is needed to build the bearer-token client")
     workdir = Path(tempfile.mkdtemp(prefix="pg_oauth-bearer-client-"))
     (workdir / "bearer_client.c").write_text(CLIENT_C)
-    include = subprocess.run(
-        [str(CLIENT_BIN / "pg_config"), "--includedir"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    libdir = subprocess.run(
-        [str(CLIENT_BIN / "pg_config"), "--libdir"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    include = pg_config("--includedir", CLIENT_BIN)
+    libdir = pg_config("--libdir", CLIENT_BIN)
     subprocess.run(
         [
             "gcc",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_cluster
-from pgcluster import DEBIAN_PG15_BIN, PG_BIN, server_major
+from pgcluster import DEBIAN_PG15_BIN, PG_BIN, pg_config, server_major
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,11 +23,6 @@ pytestmark = pytest.mark.skipif(
     PG_BIN == DEBIAN_PG15_BIN or os.geteuid() != 0,
     reason="the package of Debian's 15 is tested by test_dba_guide.py; apt needs root",
 )
-
-
-def pg_config(option: str) -> str:
-    return subprocess.run([str(PG_BIN / "pg_config"), option], capture_output=True,
-                          text=True, check=True).stdout.strip()  # fmt: skip
 
 
 def test_the_package_of_this_major_installs_and_logs_in(issuer) -> None:
