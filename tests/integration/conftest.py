@@ -9,6 +9,7 @@ import socket
 import struct
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -102,14 +103,45 @@ def cluster(issuer: RecordingIssuer) -> Iterator[Cluster]:
     c.stop()
 
 
-def refusal(excinfo: pytest.ExceptionInfo) -> str:
-    """The reason code from a refused login's message."""
-    msg = str(excinfo.value)
+def reason_of(error: BaseException) -> str:
+    """The reason code from a refused login's error."""
+    msg = str(error)
     assert "JWT authentication failed for user" in msg, msg
     for line in msg.splitlines():
         if "reason=" in line:
             return line.split("reason=", 1)[1].split(":", 1)[0].strip()
     raise AssertionError(f"no reason in: {msg}")
+
+
+def refusal(excinfo: pytest.ExceptionInfo) -> str:
+    """The reason code from a refused login's message."""
+    return reason_of(excinfo.value)
+
+
+def attempt(cluster: Cluster, user: str, token: str, **kw) -> str:
+    """'ok' or the refusal reason of one token login."""
+    try:
+        cluster.token_connect(user, token, **kw).close()
+    except psycopg.OperationalError as exc:
+        return reason_of(exc)
+    return "ok"
+
+
+def until(check: Callable[[], object], timeout: float = 30.0, what: str = "",
+          ignore: tuple[type[BaseException], ...] = ()) -> object:
+    """check()'s first truthy value; an AssertionError after timeout seconds.  Errors
+    of the types in ignore count as a falsy value (a server restarting, say)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            value = check()
+        except ignore:
+            value = None
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.2)
 
 
 @pytest.fixture

@@ -6,38 +6,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import CLUSTERS, RecordingIssuer, make_cluster
+from conftest import CLUSTERS, RecordingIssuer, attempt, make_cluster, until
 from pgcluster import Cluster
 
 from pyhook.dev_issuer import DevIssuer
-
-
-def until(check: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
-    deadline = time.time() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.2)
-
-
-def attempt(cluster: Cluster, user: str, token: str) -> str:
-    """'ok' or the refusal reason."""
-    try:
-        cluster.token_connect(user, token).close()
-    except psycopg.OperationalError as exc:
-        message = str(exc)
-        assert "JWT authentication failed for user" in message, message
-        line = next(x for x in message.splitlines() if "reason=" in x)
-        return line.split("reason=", 1)[1].split(":", 1)[0].strip()
-    return "ok"
 
 
 def explain(cluster: Cluster, token: str, role: str = "alice") -> list[tuple]:

@@ -6,22 +6,11 @@ gate and the decision cache never cut them."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import psycopg
 import pytest
-from conftest import AUDIENCE, make_cluster
-
-
-def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not reached")
+from conftest import AUDIENCE, make_cluster, until
 
 
 def wait_rows(cluster, query: str, params: tuple, count: int) -> list[tuple]:
@@ -31,7 +20,7 @@ def wait_rows(cluster, query: str, params: tuple, count: int) -> list[tuple]:
         rows[:] = cluster.sql(query, params)
         return len(rows) >= count
 
-    wait_until(enough)
+    until(enough, 15)
     return rows
 
 
@@ -92,7 +81,7 @@ def test_session_limit_holds_for_long_subjects(cluster, issuer, refused, one_ses
         assert len(sessions_of(cluster, subject)) == 1
     finally:
         first.close()
-    wait_until(lambda: not sessions_of(cluster, subject))
+    until(lambda: not sessions_of(cluster, subject), 15)
     cluster.token_connect("carol", issuer.mint(sub=subject)).close()
 
 
@@ -186,7 +175,7 @@ def test_decision_cache_path_matches_whole_identities(cluster, issuer, refused,
         assert refused("carol", token) == "too_many_connections"
     finally:
         first.close()
-    wait_until(lambda: not sessions_of(cluster, subject))
+    until(lambda: not sessions_of(cluster, subject), 15)
     with cluster.token_connect("carol", token) as again:
         assert cluster.sql("SELECT subject, token_id FROM oauth.sessions WHERE pid = %s",
                            (again.info.backend_pid,)) == [(subject, jti)]
@@ -281,12 +270,12 @@ def test_full_identity_memory_still_matches_by_hash(small_memory, issuer, refuse
         with pytest.raises(psycopg.OperationalError):
             conns[-1].execute("SELECT 1")
         assert refused("carol", issuer.mint(sub=subjects[-1]), target=c) == "revoked"
-        wait_until(lambda: "identities could not be kept" in c.log_text())
+        until(lambda: "identities could not be kept" in c.log_text(), 15)
     finally:
         for conn in conns:
             conn.close()
     # once sessions end their memory is reused
-    wait_until(lambda: c.sql("SELECT count(*) FROM oauth.sessions") == [(0,)])
+    until(lambda: c.sql("SELECT count(*) FROM oauth.sessions") == [(0,)], 15)
     subject = actions_subject(30000)
     with c.token_connect("carol", issuer.mint(sub=subject)) as conn:
         assert c.sql("SELECT subject FROM oauth.sessions WHERE pid = %s",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import make_cluster, read_message, refusal
+from conftest import make_cluster, read_message, reason_of
 
 FAILURES = 4  # pg_oauth.rate_limit_failures of this module's cluster
 MAX_DELAY_MS = 200
@@ -63,12 +63,7 @@ def attempt(cluster, user: str, token: str,
 
 
 def reason(error: psycopg.OperationalError | None) -> str | None:
-    if error is None:
-        return None
-
-    class Info:  # the shape refusal() reads
-        value = error
-    return refusal(Info)
+    return None if error is None else reason_of(error)
 
 
 def hint(error: psycopg.OperationalError | None) -> str:

@@ -13,24 +13,13 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import AUDIENCE, CLUSTERS, RecordingIssuer, make_cluster, refusal
+from conftest import AUDIENCE, CLUSTERS, RecordingIssuer, attempt, make_cluster
 from pgcluster import DEFAULT_HBA, Cluster
 
 OWNER_PASSWORD = "rev-owner-pw"
 
 
 # -- helpers ------------------------------------------------------------------------
-
-def attempt(cluster: Cluster, user: str, token: str, **kw) -> str:
-    """'ok' or the refusal reason of one token login."""
-    try:
-        cluster.token_connect(user, token, **kw).close()
-    except psycopg.OperationalError as exc:
-        class Info:  # the shape refusal() reads
-            value = exc
-        return refusal(Info)
-    return "ok"
-
 
 def until(check, timeout: float = 20.0, interval: float = 0.25):
     """check()'s first truthy value within timeout, else its last value."""

@@ -8,17 +8,8 @@ import time
 
 import psycopg
 import pytest
+from conftest import until
 from pgcluster import ADMIN_PASSWORD
-
-
-def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not reached")
 
 
 def live_pids(cluster) -> set[int]:
@@ -76,7 +67,7 @@ def test_sessions_view_lists_live_token_sessions(cluster, issuer):
         assert (role, db, iss, sub, jti, addr, state) == \
             ("alice", "postgres", issuer.issuer, "alice", "view-check-1", "127.0.0.1", "live")
         assert exp is not None and login is not None
-    wait_until(lambda: pid not in live_pids(cluster))
+    until(lambda: pid not in live_pids(cluster), 15)
     # sessions that did not log in with a token are not listed
     assert all(r[0] != "postgres" for r in cluster.sql("SELECT role FROM oauth.sessions"))
 
@@ -100,12 +91,12 @@ def test_session_expiry_idle_waits_for_an_idle_moment(cluster, issuer, expiry_mo
         target=lambda: result.append(busy.execute("SELECT pg_sleep(5), 'done'").fetchone()))
     worker.start()
     # the idle session goes shortly after its token expires ...
-    wait_until(lambda: idle_pid not in live_pids(cluster))
+    until(lambda: idle_pid not in live_pids(cluster), 15)
     # ... while the busy one finishes its query first
     assert busy_pid in live_pids(cluster)
     worker.join()
     assert result and result[0][1] == "done"
-    wait_until(lambda: busy_pid not in live_pids(cluster))
+    until(lambda: busy_pid not in live_pids(cluster), 15)
     with pytest.raises(psycopg.OperationalError) as e:
         idle.execute("SELECT 1")
     assert "session ended" in str(e.value) or "closed" in str(e.value)
@@ -170,8 +161,8 @@ def test_per_subject_session_limit(cluster, issuer, refused):
         # another subject is not affected
         cluster.token_connect("bob", issuer.mint(sub="bob")).close()
         conns.pop().close()
-        wait_until(lambda: len(cluster.sql(
-            "SELECT 1 FROM oauth.sessions WHERE subject = 'alice'")) == 1)
+        until(lambda: len(cluster.sql(
+            "SELECT 1 FROM oauth.sessions WHERE subject = 'alice'")) == 1, 15)
         conns.append(cluster.token_connect("alice", issuer.mint(sub="alice")))
     finally:
         for c in conns:

@@ -16,36 +16,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import AUDIENCE, CLUSTERS, RecordingIssuer, make_cluster
+from conftest import AUDIENCE, CLUSTERS, RecordingIssuer, attempt, make_cluster, until
 from pgcluster import Cluster, free_port
 
 from pyhook.dev_issuer import DevIssuer
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def until(check: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
-    """Poll ``check`` until it returns something true."""
-    deadline = time.time() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.3)
-
-
-def attempt(cluster: Cluster, user: str, token: str) -> str:
-    """'ok' or the refusal reason."""
-    try:
-        cluster.token_connect(user, token).close()
-    except psycopg.OperationalError as exc:
-        message = str(exc)
-        assert "JWT authentication failed for user" in message, message
-        line = next(x for x in message.splitlines() if "reason=" in x)
-        return line.split("reason=", 1)[1].split(":", 1)[0].strip()
-    return "ok"
 
 
 # -- token policy on the shared cluster -------------------------------------------------

@@ -11,7 +11,7 @@ import time
 
 import psycopg
 import pytest
-from conftest import CLUSTERS, make_cluster, refusal, setup_oauth
+from conftest import CLUSTERS, make_cluster, reason_of, refusal, setup_oauth
 from pgcluster import Cluster
 
 
@@ -30,9 +30,7 @@ def attempt(cluster, user, token) -> str | None:
         cluster.token_connect(user, token).close()
         return None
     except psycopg.OperationalError as e:
-        class Info:  # the shape refusal() reads
-            value = e
-        return refusal(Info)
+        return reason_of(e)
 
 
 def answer_promptly_again(cluster, issuer) -> None:
