@@ -138,27 +138,44 @@ config_guard_process_utility(PlannedStmt *pstmt, const char *queryString,
 		pg_oauth_note_config_structure_change();
 }
 
+/* Does the plan write one of the configuration tables? */
+static bool
+plan_writes_configuration(PlannedStmt *plan)
+{
+#if PG_VERSION_NUM >= 190000
+	/* 19 keeps the written range-table indexes as a Bitmapset */
+	int			rti = -1;
+
+	while ((rti = bms_next_member(plan->resultRelationRelids, rti)) >= 0)
+	{
+		RangeTblEntry *rte = rt_fetch(rti, plan->rtable);
+
+		if (rte->rtekind == RTE_RELATION && configuration_table(rte->relid))
+			return true;
+	}
+#else
+	ListCell   *lc;
+
+	foreach(lc, plan->resultRelations)
+	{
+		RangeTblEntry *rte = rt_fetch(lfirst_int(lc), plan->rtable);
+
+		if (rte->rtekind == RTE_RELATION && configuration_table(rte->relid))
+			return true;
+	}
+#endif
+	return false;
+}
+
 static void
 config_guard_executor_start(QueryDesc *queryDesc, int eflags)
 {
 	PlannedStmt *plan = queryDesc->plannedstmt;
 
 	if ((queryDesc->operation != CMD_SELECT || plan->hasModifyingCTE) &&
-		!(eflags & EXEC_FLAG_EXPLAIN_ONLY) && config_database())
-	{
-		ListCell   *lc;
-
-		foreach(lc, plan->resultRelations)
-		{
-			RangeTblEntry *rte = rt_fetch(lfirst_int(lc), plan->rtable);
-
-			if (rte->rtekind == RTE_RELATION && configuration_table(rte->relid))
-			{
-				pg_oauth_note_config_change();
-				break;
-			}
-		}
-	}
+		!(eflags & EXEC_FLAG_EXPLAIN_ONLY) && config_database() &&
+		plan_writes_configuration(plan))
+		pg_oauth_note_config_change();
 	if (prev_executor_start)
 		prev_executor_start(queryDesc, eflags);
 	else

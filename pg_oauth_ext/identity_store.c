@@ -79,11 +79,16 @@ identity_store_shmem_startup(void)
 	{
 		dsa_area   *created;
 
+		/* 19 names a tranche once, in shared memory, for every process */
+#if PG_VERSION_NUM >= 190000
+		store->tranche_id = LWLockNewTrancheId("pg_oauth identities");
+#else
 		store->tranche_id = LWLockNewTrancheId();
+		LWLockRegisterTranche(store->tranche_id, "pg_oauth identities");
+#endif
 		pg_atomic_init_u64(&store->not_kept, 0);
 		SpinLockInit(&store->mutex);
 		store->last_error[0] = '\0';
-		LWLockRegisterTranche(store->tranche_id, "pg_oauth identities");
 
 		/* The postmaster cannot use DSM segments: it only sets the area up. */
 		created = dsa_create_in_place(area_place(), in_place_size(),
@@ -92,8 +97,10 @@ identity_store_shmem_startup(void)
 		dsa_set_size_limit(created, (size_t) pg_oauth_identity_memory * 1024);
 		dsa_detach(created);
 	}
+#if PG_VERSION_NUM < 190000
 	else
 		LWLockRegisterTranche(store->tranche_id, "pg_oauth identities");
+#endif
 }
 
 /*

@@ -22,6 +22,7 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 
 PG_FUNCTION_INFO_V1(pg_oauth_fn_stats);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_stats_reset);

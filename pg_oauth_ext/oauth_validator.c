@@ -74,11 +74,12 @@ pg_oauth_validate(const ValidatorModuleState *state, const char *token,
 
 	result->authorized = token_login_bearer(MyProcPort, token, &authn_id, &client_detail);
 	result->authn_id = authn_id;
-#if PG_VERSION_NUM >= 190000
-	/* what pg_oauth.client_detail lets the client read, as on password logins */
-	if (!result->authorized && client_detail != NULL)
-		result->error_detail = client_detail;
-#endif
+
+	/*
+	 * 19's error_detail is not for the client: PostgreSQL logs it as the
+	 * DETAIL of its own failure line.  pg_oauth's line already logs the
+	 * reason, so it stays unset (PostgreSQL then logs its generic words).
+	 */
 	return true;
 }
 

@@ -31,6 +31,7 @@
 #include "utils/catcache.h"
 #include "utils/guc.h"
 #include "utils/syscache.h"
+#include "utils/tuplestore.h"
 #include "utils/varlena.h"
 
 PG_FUNCTION_INFO_V1(pg_oauth_fn_role_privileges);

@@ -28,6 +28,7 @@
 #include "utils/builtins.h"
 #include "utils/elog.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 #include "utils/wait_event.h"
 
 PG_FUNCTION_INFO_V1(pg_oauth_fn_sessions);

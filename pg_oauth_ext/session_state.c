@@ -19,6 +19,7 @@
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 
 PG_FUNCTION_INFO_V1(pg_oauth_fn_claims);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_claim);
