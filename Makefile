@@ -5,23 +5,34 @@
 #   make install         install the extension, pyhook and its Python dependencies, and the
 #                        pg-oauth command (explain, check, doctor) in /usr/local/bin
 #   make deb             the same as a Debian package, its Python dependencies inside:
-#                        dist/postgresql-15-pg-oauth_<version>_amd64.deb (scripts/build-deb.sh)
+#                        dist/postgresql-<major>-pg-oauth_<version>_amd64.deb (scripts/build-deb.sh)
 #   make test-deps       what tests, demo and benchmarks need on top: pgbouncer, python3-venv,
-#                        the unprivileged pgoauth OS user that runs their servers, .venv
+#                        the unprivileged pgoauth OS user that runs their servers, the venv
 #   make test            everything the test suite needs (as root on Debian 12), then the suite
 #   make demo            a throwaway cluster, a dev issuer, one login that works and one refused
 #   make bench           login benchmarks (bench/)
+#   make run CMD='...'   CMD as root where the server of PG runs, PG_BIN naming its programs
 
-# PG=15 (the default) is Debian 12's packaged PostgreSQL; PG=17, 18, 19 is a server built
-# from Debian's source package into /opt/pg_oauth/pg<major> (scripts/build-pg.sh) the first
-# time a target needs it. PG_CONFIG=... alone works as PGXS users expect.
-PG ?= 15
-PG_ROOT ?= /opt/pg_oauth
-ifeq ($(PG),15)
-PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
+# PG is the PostgreSQL major. The machine's own (Debian 12: 15; Debian 13: 17) comes from its
+# own apt; any other (17, 18, 19 on Debian 12) from Debian's binary packages of that major in
+# a Debian root (scripts/pg-root.sh), made once, cached outside the checkout and made again
+# when the package's version changes. Every target above, given PG=<major>, runs in that
+# root with the checkout and /tmp at the same paths. PG_CONFIG=... alone works as PGXS users
+# expect: that server, here.
+NATIVE_PG := $(shell sh scripts/pg-root.sh native)
+PG ?= $(or $(NATIVE_PG),15)
+ifeq ($(origin PG_CONFIG),undefined)
+ifeq ($(PG),$(NATIVE_PG))
+PG_CONFIG := $(firstword $(wildcard /usr/lib/postgresql/$(PG)/bin/pg_config) pg_config)
 else
-PG_CONFIG ?= $(PG_ROOT)/pg$(PG)/bin/pg_config
+IN_ROOT := $(PG)
+PG_CONFIG := /nonexistent/pg_config
 endif
+endif
+
+# The test virtualenv, one per machine's Python: .venv here, .venv-pg<major> in a root
+# (the checkout is the same directory inside and out).
+VENV ?= $(if $(wildcard /etc/pg_oauth-root),.venv-pg$(NATIVE_PG),.venv)
 
 # The interpreter PL/Python embeds (Debian: /usr/bin/python3); pyhook and its
 # dependencies must be importable by it.
@@ -41,7 +52,7 @@ EXTRA_CLEAN = sql/pg_oauth--1.0.sql
 
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
-.PHONY: install-python install-tools uninstall-python deb deps test-deps node-deps venv test unit-test integration-test demo bench lint pg-server
+.PHONY: install-python install-tools uninstall-python deb deps test-deps node-deps venv test unit-test demo bench lint run root
 
 # PGXS is only there once postgresql-server-dev-15 is installed; `make test` and
 # `make demo` install it first and then call make again.
@@ -100,51 +111,66 @@ endif
 
 # What `make install` installs, for the PostgreSQL of PG_CONFIG, as a .deb in dist/: the
 # wheels are fetched here, so the servers that install it need no pip and no network.
+ifndef IN_ROOT
 deb:
 	PG_CONFIG='$(PG_CONFIG)' SERVER_PYTHON='$(SERVER_PYTHON)' MAKE='$(MAKE)' sh scripts/build-deb.sh
 
 # What a server needs to build and install pg_oauth (Debian packages only).
 deps:
-	sh scripts/install-deps.sh
+	sh scripts/install-deps.sh $(PG)
 
-# On top: the test tools, the unprivileged OS user for throwaway servers, .venv.
+# On top: the test tools, the unprivileged OS user for throwaway servers, the venv.
 test-deps:
-	sh scripts/install-deps.sh --test
-	sh scripts/make-venv.sh
+	sh scripts/install-deps.sh $(PG) --test
+	sh scripts/make-venv.sh $(VENV)
 
 venv: test-deps
+endif
 
-# npm packages of the client tests (oidc-provider, node-postgres), from the lockfile
+# npm packages of the client tests (oidc-provider, node-postgres), from the lockfile; on
+# the host, also for a root (which has node but no npm)
 NODE_DEPS = tests/client/node/node_modules/.package-lock.json
 node-deps: $(NODE_DEPS)
 $(NODE_DEPS): tests/client/node/package-lock.json tests/client/node/package.json
 	npm ci --prefix tests/client/node --no-audit --no-fund --loglevel=error
 
+ifndef IN_ROOT
 unit-test: test-deps
-	.venv/bin/python -m pytest -q tests/unit
+	$(VENV)/bin/python -m pytest -q tests/unit
 
-# a source-built major: built (or found up to date) before anything uses its pg_config
-pg-server:
-ifneq ($(PG),15)
-	sh scripts/build-pg.sh $(PG)
-endif
-
-# the whole suite against PG (15 unless PG=17/18/19 is given); the servers the tests
-# start are that major's (PG_BIN)
-test: test-deps node-deps pg-server
+# the whole suite against PG; the servers the tests start are that major's (PG_BIN)
+test: test-deps node-deps
 	$(MAKE) all
 	$(MAKE) install
-	PG_BIN="$$($(PG_CONFIG) --bindir)" .venv/bin/python -m pytest -q -p no:cacheprovider tests
+	PG_BIN="$$($(PG_CONFIG) --bindir)" $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
 
-demo: test-deps pg-server
+demo: test-deps
 	$(MAKE) all
 	$(MAKE) install
-	PG_BIN="$$($(PG_CONFIG) --bindir)" .venv/bin/python scripts/demo.py
+	PG_BIN="$$($(PG_CONFIG) --bindir)" $(VENV)/bin/python scripts/demo.py
 
-bench: test-deps pg-server
+bench: test-deps node-deps
 	$(MAKE) all
 	$(MAKE) install
-	PG_BIN="$$($(PG_CONFIG) --bindir)" .venv/bin/python bench/run.py
+	PG_BIN="$$($(PG_CONFIG) --bindir)" $(VENV)/bin/python bench/run.py
 
 lint: test-deps
-	.venv/bin/ruff check pyhook client tests bench scripts
+	$(VENV)/bin/ruff check pyhook client tests bench scripts
+
+# CMD as root with PG_BIN naming this server's programs
+run:
+	PG_BIN="$$($(PG_CONFIG) --bindir)" sh -c '$(CMD)'
+else
+# PG is not this machine's own major: the same target inside its root (the checkout and
+# /tmp at the same paths), after the npm packages are fetched here
+test demo bench install deb deps test-deps venv unit-test lint all clean uninstall: root
+	sh scripts/pg-root.sh $(PG) run $(MAKE) --no-print-directory PG=$(PG) $@
+
+test demo bench: node-deps
+
+run: root
+	sh scripts/pg-root.sh $(PG) run sh -c '$(CMD)'
+
+root:
+	sh scripts/pg-root.sh $(PG) ensure
+endif

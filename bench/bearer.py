@@ -179,7 +179,7 @@ def bearer(tb: Testbed, plan: Plan, progress: Progress) -> Table:
                  f"the server under test is {major})")
         return Table(TITLE, ["skipped"], [[
             (f"the server under test is PostgreSQL {major}: the oauth pg_hba method needs "
-             "18+ (PG_BIN=/opt/pg_oauth/pg18/bin)")]])
+             "18+ (make PG=18 bench)")]])
     workdir = Path(tempfile.mkdtemp(prefix="pg_oauth-bench-bearer-"))
     bench = Bench(tb, workdir)
     try:

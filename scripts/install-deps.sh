@@ -1,22 +1,32 @@
 #!/bin/sh
-# What pg_oauth needs from Debian 12, as root; idempotent, skips apt when all is there.
-#   install-deps.sh          a server: build and install (make deps)
-#   install-deps.sh --test   also tests, demo and benchmarks (make test-deps)
+# What pg_oauth needs from Debian (12, or 13, or a root of scripts/pg-root.sh), as root;
+# idempotent, skips apt when all is there.
+#   install-deps.sh MAJOR          a server: build and install (make deps)
+#   install-deps.sh MAJOR --test   also tests, demo and benchmarks (make test-deps)
 set -eu
 
-# PGXS headers; libpq-be.h includes gssapi.h (libkrb5-dev); the validator's PL/Python;
-# pip for make install; make-ssl-cert for the DBA guide's certificate
-PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-plpython3-15 libkrb5-dev libssl-dev
-gcc make python3 python3-pip ssl-cert"
-# the test virtualenv, the pooler the benchmarks measure against, dpkg-shlibdeps for make deb
-TEST_PACKAGES="python3-venv pgbouncer postgresql-contrib dpkg-dev"
-
+major=${1:?usage: $0 MAJOR [--test]}
+case "$major" in
+    *[!0-9]*) echo "usage: $0 MAJOR [--test]" >&2; exit 2 ;;
+esac
 test=false
-case "${1:-}" in
+case "${2:-}" in
     --test) test=true ;;
     "") ;;
-    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+    *) echo "usage: $0 MAJOR [--test]" >&2; exit 2 ;;
 esac
+
+# PGXS headers; libpq-be.h includes gssapi.h (libkrb5-dev); the validator's PL/Python;
+# pip for make install; make-ssl-cert for the DBA guide's certificate. The contrib modules
+# the tests load (auto_explain, test_decoding) are in postgresql-MAJOR itself.
+PACKAGES="postgresql-$major postgresql-server-dev-$major postgresql-plpython3-$major
+postgresql-client-$major libkrb5-dev libssl-dev gcc make python3 python3-pip ssl-cert"
+# the test virtualenv, the pooler the benchmarks measure against, dpkg-shlibdeps for make deb
+TEST_PACKAGES="python3-venv pgbouncer dpkg-dev"
+# psql's OAuth device flow (OAUTHBEARER tests) is a library of its own from 18 on
+if [ "$major" -ge 18 ]; then
+    TEST_PACKAGES="$TEST_PACKAGES libpq-oauth"
+fi
 if $test; then
     PACKAGES="$PACKAGES $TEST_PACKAGES"
 fi

@@ -2,9 +2,10 @@
 # The test/demo virtualenv, built from the interpreter PL/Python embeds so that
 # pyhook runs under the same Python, and the same library versions, in tests as in
 # the server.
+#   make-venv.sh [DIR]   DIR relative to the checkout, .venv unless given
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
-venv="$here/.venv"
+venv="$here/${1:-.venv}"
 stamp="$venv/.pg_oauth-requirements"
 want=$(cat "$here/requirements.txt" "$here/requirements-dev.txt" "$here/constraints.txt" | sha256sum | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL cluster with pg_oauth preloaded, for tests, demo and bench.
 
 The server is Debian's PostgreSQL 15, or the major whose binaries PG_BIN names
-(`make PG=18 test` sets it to /opt/pg_oauth/pg18/bin).
+(`make PG=18 test` runs the suite in a Debian root where it is /usr/lib/postgresql/18/bin).
 
 The server runs as an unprivileged OS user (PostgreSQL refuses root): when this
 process is root, every server command goes through `runuser -u pgoauth`.

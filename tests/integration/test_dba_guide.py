@@ -17,18 +17,20 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pgcluster import DEBIAN_PG15_BIN, PG_BIN, free_port, pg_config
+from pgcluster import PG_BIN, free_port, pg_config, server_major
 
-# The guide is for Debian's packaged PostgreSQL 15 (pg_createcluster 15, pg_conftool 15):
-# a run against a source-built major (make PG=18 test) has no such cluster to follow it on.
-pytestmark = pytest.mark.skipif(PG_BIN != DEBIAN_PG15_BIN,
-                                reason="the DBA guide follows Debian's packaged PostgreSQL 15")
+# The guide is for Debian's packaged PostgreSQL: 15 on Debian 12, 17 on Debian 13, and the
+# root's major in a root of scripts/pg-root.sh (pg_createcluster MAJOR, pg_conftool MAJOR).
+MAJOR = server_major()
+pytestmark = pytest.mark.skipif(PG_BIN != Path(f"/usr/lib/postgresql/{MAJOR}/bin"),
+                                reason="the DBA guide follows Debian's packaged PostgreSQL")
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -39,7 +41,9 @@ STEPS = ["names", "install-package", "installed", "certificate", "postgresql.con
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # the same on a server that has only the package: nothing of make install in /usr/local
 PACKAGE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-PACKAGE = "postgresql-15-pg-oauth"
+PACKAGE = f"postgresql-{MAJOR}-pg-oauth"
+# the Python the package is built for and the server embeds (3.11 on Debian 12, 3.13 on 13)
+PY = sys.version_info
 SNAKEOIL = (Path("/etc/ssl/certs/ssl-cert-snakeoil.pem"),
             Path("/etc/ssl/private/ssl-cert-snakeoil.key"))  # fmt: skip
 
@@ -62,12 +66,14 @@ def test_every_command_of_the_guide_is_run() -> None:
     every = re.findall(r"```sh\n(.*?)```", guide_section(), re.DOTALL)
     unmarked = [b for b in every if b not in blocks.values()]
     assert len(unmarked) == 1 and "make install" in unmarked[0], unmarked
-    assert f"apt-get install ./{PACKAGE}_" in blocks["install-package"]
+    assert "apt-get install ./postgresql-$PGV-pg-oauth_" in blocks["install-package"]
 
 
 def names_for(cluster: str, issuer: str) -> str:
-    """The names block with this test's cluster and issuer, nothing else changed."""
+    """The names block with this test's major, cluster and issuer, nothing else changed."""
     names = guide_blocks()["names"]
+    names, n = re.subn(r"^PGV=\S+", f"PGV={MAJOR}", names, flags=re.MULTILINE)
+    assert n == 1, names
     names, n = re.subn(r"^CLUSTER=\S+", f"CLUSTER={cluster}", names, flags=re.MULTILINE)
     assert n == 1, names
     names, n = re.subn(r"^ISSUER=\S+", f"ISSUER={issuer}", names, flags=re.MULTILINE)
@@ -128,22 +134,22 @@ class Guide:
 
 @pytest.fixture
 def debian_cluster() -> Iterator[str]:
-    """A cluster as Debian makes one: /etc/postgresql/15/NAME, /var/lib/postgresql/15/NAME,
-    run by the postgres OS user, started; never Debian's 15/main."""
+    """A cluster as Debian makes one: /etc/postgresql/MAJOR/NAME, /var/lib/postgresql/MAJOR/NAME,
+    run by the postgres OS user, started; never Debian's MAJOR/main."""
     assert os.geteuid() == 0 and shutil.which("pg_createcluster"), "Debian's tools, as root"
     name = f"pgoauth_guide_{os.getpid()}"
-    assert name != "main" and not Path(f"/etc/postgresql/15/{name}").exists()
+    assert name != "main" and not Path(f"/etc/postgresql/{MAJOR}/{name}").exists()
     had_snakeoil = all(p.exists() for p in SNAKEOIL)
-    subprocess.run(["pg_createcluster", "15", name, "-p", str(free_port()), "--start"],
+    subprocess.run(["pg_createcluster", str(MAJOR), name, "-p", str(free_port()), "--start"],
                    check=True, capture_output=True, cwd="/", env=clean_env())  # fmt: skip
     try:
         yield name
     finally:
-        subprocess.run(["pg_dropcluster", "--stop", "15", name], check=False,
+        subprocess.run(["pg_dropcluster", "--stop", str(MAJOR), name], check=False,
                        capture_output=True, cwd="/", env=clean_env())  # fmt: skip
-        for leftover in (f"/etc/postgresql/15/{name}", f"/var/lib/postgresql/15/{name}"):
+        for leftover in (f"/etc/postgresql/{MAJOR}/{name}", f"/var/lib/postgresql/{MAJOR}/{name}"):
             shutil.rmtree(leftover, ignore_errors=True)
-        Path(f"/var/log/postgresql/postgresql-15-{name}.log").unlink(missing_ok=True)
+        Path(f"/var/log/postgresql/postgresql-{MAJOR}-{name}.log").unlink(missing_ok=True)
         if not had_snakeoil:  # leave the machine as it was found
             for link in Path("/etc/ssl/certs").iterdir():
                 if link.is_symlink() and os.readlink(link) == SNAKEOIL[0].name:
@@ -203,9 +209,10 @@ def test_the_package_needs_no_pip_and_no_network(deb_package, tmp_path) -> None:
                                 (ROOT / "sql/pg_oauth.control").read_text(), re.MULTILINE)
     assert default_version and f"Version: {default_version.group(1)}+" in fields, fields
     depends = fields.split("Depends: ")[1].strip().split(", ")
-    # cffi's library is built for CPython 3.11 (cryptography's is abi3)
-    for needed in ("postgresql-15", "postgresql-plpython3-15", "python3 (>= 3.11)",
-                   "python3 (<< 3.12)", "libpq5"):  # fmt: skip
+    # cffi's library is built for the server's CPython (cryptography's is abi3)
+    for needed in (f"postgresql-{MAJOR}", f"postgresql-plpython3-{MAJOR}",
+                   f"python3 (>= {PY.major}.{PY.minor})", f"python3 (<< {PY.major}.{PY.minor + 1})",
+                   "libpq5"):  # fmt: skip
         assert needed in depends, depends
     control = tmp_path / "DEBIAN"
     subprocess.run(["dpkg-deb", "-e", str(deb_package), str(control)], check=True)
@@ -219,7 +226,7 @@ def test_the_package_needs_no_pip_and_no_network(deb_package, tmp_path) -> None:
     files = subprocess.run(["dpkg-deb", "-c", str(deb_package)], capture_output=True,
                            text=True, check=True).stdout  # fmt: skip
     assert "__pycache__" not in files and "/usr/local" not in files
-    assert "_cffi_backend.cpython-311-" in files and "_rust.abi3.so" in files
+    assert f"_cffi_backend.cpython-{PY.major}{PY.minor}-" in files and "_rust.abi3.so" in files
 
 
 def check_installed_package() -> None:
@@ -244,7 +251,7 @@ def check_installed_package() -> None:
     verify = subprocess.run(["dpkg", "--verify", PACKAGE], capture_output=True, text=True,
                             check=False)  # fmt: skip
     assert verify.returncode == 0 and not verify.stdout, verify
-    assert list(Path(python, "pyhook", "__pycache__").glob("*.cpython-311.pyc"))
+    assert list(Path(python, "pyhook", "__pycache__").glob(f"*.cpython-{PY.major}{PY.minor}.pyc"))
 
 
 @pytest.mark.parametrize("install", ["make install", "package"])
@@ -254,7 +261,7 @@ def test_the_dba_guide_as_written(install, debian_cluster, dev_issuer, tmp_path,
     workdir = tmp_path / "dba"
     workdir.mkdir()
     os.chmod(workdir, 0o755)  # runuser -u postgres starts psql in it
-    log = Path(f"/var/log/postgresql/postgresql-15-{debian_cluster}.log")
+    log = Path(f"/var/log/postgresql/postgresql-{MAJOR}-{debian_cluster}.log")
     guide = Guide(names_for(debian_cluster, issuer_url), workdir, log,
                   PATH if install == "make install" else PACKAGE_PATH)  # fmt: skip
     fqdn = subprocess.run(["hostname", "-f"], capture_output=True, text=True,

@@ -58,7 +58,7 @@ def issuer(issuer):
 pytestmark = pytest.mark.skipif(
     server_major() < 18,
     reason=f"the oauth pg_hba method and validator modules need PostgreSQL 18+; "
-    f"the server under test ({PG_BIN}) is older (set PG_BIN=/opt/pg_oauth/pg18/bin)",
+    f"the server under test ({PG_BIN}) is older (make PG=18 test)",
 )
 
 HBA = """\

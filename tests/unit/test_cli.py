@@ -15,9 +15,7 @@ from typing import Any
 
 from unit_support import ROOT
 
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
-if not os.path.exists(PYTHON):  # pragma: no cover - outside the project's venv
-    PYTHON = sys.executable
+PYTHON = sys.executable  # the project's venv that runs the tests (.venv, or a root's)
 
 
 def pg_oauth(*args: str) -> subprocess.CompletedProcess[str]:

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -156,7 +157,10 @@ def test_malformed_structure(token: Any, words: str, check: Check) -> None:
         (GOOD_HEADER, b'{"iss": NaN}', "payload is not valid"),
         (GOOD_HEADER, b'{"iss": "a", "iss": "b"}', "duplicate member"),
         (b'{"alg": "RS256", "alg": "none"}', claims(), "duplicate member"),
-        (GOOD_HEADER, b"[" * 5000 + b"]" * 5000, "payload is not valid"),
+        # Python 3.13 and later parse 5000 nested arrays; 3.11 and 3.12 cannot
+        (GOOD_HEADER, b"[" * 5000 + b"]" * 5000,
+         "payload is not valid" if sys.version_info < (3, 13) else
+         "payload is not a JSON object"),
         (GOOD_HEADER, b'{"n": 1' + b"0" * 5000 + b"}", "payload is not valid"),
         (GOOD_HEADER, "a string", "payload is not a JSON object"),
         (GOOD_HEADER, claims(iss=["a"]), "iss claim is not a string"),
