@@ -70,18 +70,29 @@ pg_oauth_register_housekeeper(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* Run one SPI step in its own transaction; errors are logged, not raised. */
+/*
+ * Run one SPI step in its own transaction; errors are logged, not raised.
+ * The same error of the same step, every tick, is logged once.
+ */
 static bool
 housekeeper_transaction(void (*step) (void *), void *arg, const char *what)
 {
+	static char last_error[256] = "";
+	char		error[256];
 	ErrorData  *edata;
 
 	pgstat_report_activity(STATE_RUNNING, what);
 	edata = spi_run_in_transaction(step, arg, tick_context);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (edata == NULL)
+	{
+		last_error[0] = '\0';
 		return true;
-	ereport(LOG, (errmsg("pg_oauth housekeeper: %s failed: %s", what, edata->message)));
+	}
+	snprintf(error, sizeof(error), "%s: %s", what, edata->message);
+	if (strcmp(error, last_error) != 0)
+		ereport(LOG, (errmsg("pg_oauth housekeeper: %s failed: %s", what, edata->message)));
+	strlcpy(last_error, error, sizeof(last_error));
 	insert_plan = NULL;			/* the extension may have been dropped */
 	retention_plan = NULL;
 	return false;
@@ -228,6 +239,7 @@ pg_oauth_housekeeper_main(Datum main_arg)
 	bool		identities_reported = false;
 	TimestampTz last_check = 0;
 	TimestampTz last_retention = 0;
+	bool		was_standby = false;
 	AuditRecord *records;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -291,9 +303,24 @@ pg_oauth_housekeeper_main(Datum main_arg)
 			}
 		}
 
-		/* A standby queues no audit records (audit_log_record checks). */
+		/*
+		 * A standby queues no audit records (audit_log_record checks); it
+		 * follows what replay changes in the configuration instead.
+		 */
 		if (RecoveryInProgress())
+		{
+			bool		follows = false;
+
+			was_standby = true;
+			(void) housekeeper_transaction(standby_follow_step, &follows,
+										   "pg_oauth: following the primary's configuration");
 			continue;
+		}
+		if (was_standby)
+		{
+			was_standby = false;
+			standby_follow_promoted();
+		}
 
 		/*
 		 * Until CREATE EXTENSION there is no table: records wait in the ring

@@ -228,6 +228,9 @@ typedef struct PgOAuthShared
 	pg_atomic_uint64 config_version;
 	/* moved with config_version by changes no trigger may have seen (config_guard.c) */
 	pg_atomic_uint64 config_structure;
+	/* a standby's housekeeper: the replayed version it applied, and when */
+	pg_atomic_uint64 followed_version;
+	pg_atomic_uint64 followed_at;	/* a TimestampTz; 0: not yet */
 	/* configuration version last logged as loaded (worker_log.c), under lock */
 	uint64		config_logged_table;
 	uint64		config_logged_version;
@@ -306,6 +309,12 @@ extern int	session_registry_enter(const TokenDecision *decision, const char *rol
 extern int	session_registry_end_expired(int mode, int grace_s);
 extern void session_registry_leave(void);
 extern void session_registry_end_pending(bool commit);
+extern int	session_registry_end_covered(const char *issuer, const char *subject,
+										 const char *token_id);
+
+/* standby_follow.c */
+extern void standby_follow_step(void *arg);
+extern void standby_follow_promoted(void);
 extern void session_registry_install_hooks(void);
 
 /* sha256.c */

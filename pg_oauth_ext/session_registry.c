@@ -304,6 +304,21 @@ session_registry_end_pending(bool commit)
 	pending_ends = NIL;
 }
 
+/*
+ * End the live sessions a revocation covers, now: for a revocation this
+ * process did not commit (a standby's housekeeper, after replay).
+ */
+int
+session_registry_end_covered(const char *issuer, const char *subject, const char *token_id)
+{
+	IdentityHash revoked;
+
+	if (registry == NULL)
+		return 0;
+	identity_hash(issuer, subject, token_id, &revoked);
+	return sessions_covered(&revoked, true);
+}
+
 Datum
 pg_oauth_fn_sessions(PG_FUNCTION_ARGS)
 {

@@ -62,6 +62,8 @@ token_queue_shmem_startup(void)
 		ConditionVariableInit(&pg_oauth_shared->slot_freed);
 		pg_atomic_init_u64(&pg_oauth_shared->config_version, 1);
 		pg_atomic_init_u64(&pg_oauth_shared->config_structure, 0);
+		pg_atomic_init_u64(&pg_oauth_shared->followed_version, 0);
+		pg_atomic_init_u64(&pg_oauth_shared->followed_at, 0);
 		pg_oauth_shared->next_ticket = 1;
 		pg_oauth_shared->refresher = -1;
 		pg_oauth_shared->nworkers = pg_oauth_workers;

@@ -432,8 +432,11 @@ BEGIN
             'pg_oauth.workers is 0: every token login is refused (validator_unavailable)',
             'Set pg_oauth.workers to 2 or more and restart the server';
     END IF;
+
+    -- a hot standby: does it follow its primary's configuration (90-standby.sql)
+    RETURN QUERY SELECT * FROM oauth._check_standby();
 END
 $$;
 REVOKE ALL ON FUNCTION oauth.check_setup() FROM PUBLIC;
 COMMENT ON FUNCTION oauth.check_setup() IS
-    'Risks in the pg_hba.conf on disk, the settings and the token roles, each with its fix; no row: nothing found. Run it in the database named by pg_oauth.database';
+    'Risks in the pg_hba.conf on disk, the settings and the token roles, each with its fix; no row: nothing found (a standby adds one row saying whether it follows its primary). Run it in the database named by pg_oauth.database';
