@@ -194,8 +194,21 @@ fi
 EOF
 cat > "$root/DEBIAN/prerm" <<EOF
 #!/bin/sh
-# The byte code postinst made is no file of the package: remove it with the package.
 set -e
+# Removal (not an upgrade) refuses while a cluster of PostgreSQL $major still preloads
+# pg_oauth or has token lines: without the library they would admit anyone without a
+# password, or, with the session guard, no one. pg-oauth uninstall takes it out safely;
+# PG_OAUTH_FORCE_REMOVE=1 removes the package anyway.
+if [ "\$1" = remove ] && [ "\${PG_OAUTH_FORCE_REMOVE:-}" != 1 ] && [ -d /etc/postgresql/$major ]; then
+    $bindir/pg-oauth uninstall --pending $major || {
+        rc=\$?
+        [ "\$rc" = 1 ] || echo "$package: not removed: could not check the clusters" \
+            "(pg-oauth uninstall --pending $major: exit \$rc); PG_OAUTH_FORCE_REMOVE=1 in" \
+            "the environment removes it anyway" >&2
+        exit 1
+    }
+fi
+# The byte code postinst made is no file of the package: remove it with the package.
 case "\$1" in
     remove|upgrade|deconfigure)
         find $python_target -name __pycache__ -type d -prune -exec rm -rf {} + ;;
