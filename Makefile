@@ -44,11 +44,14 @@ MODULE_big = pg_oauth
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard pg_oauth_ext/*.c)))
 
 MODULEDIR = extension
-# The install script is assembled from one file per concern in sql/src/
-# (numbered for order); upgrade scripts sit in sql/ as they are.
-DATA = sql/pg_oauth.control $(filter-out sql/pg_oauth--1.0.sql,$(wildcard sql/pg_oauth--*.sql))
-DATA_built = sql/pg_oauth--1.0.sql
-EXTRA_CLEAN = sql/pg_oauth--1.0.sql
+# The install script of default_version is assembled from one file per concern in sql/src/
+# (numbered for order). Released versions are frozen in sql/pg_oauth--X.sql and upgrade
+# scripts written by hand in sql/pg_oauth--X--Y.sql; all of them are installed. A frozen
+# script of default_version must equal the assembly (docs/upgrades.md).
+EXT_VERSION := $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" sql/pg_oauth.control)
+DATA = sql/pg_oauth.control $(filter-out sql/pg_oauth--$(EXT_VERSION).sql,$(wildcard sql/pg_oauth--*.sql))
+DATA_built = build/sql/pg_oauth--$(EXT_VERSION).sql
+EXTRA_CLEAN = build/sql
 
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
@@ -80,8 +83,14 @@ $(shell v="$$($(PG_CONFIG) --version) $$($(PG_CONFIG) --includedir-server)"; \
 $(OBJS): pg_oauth_ext/pg_oauth.h $(PG_STAMP)
 EXTRA_CLEAN += $(PG_STAMP)
 
-sql/pg_oauth--1.0.sql: $(sort $(wildcard sql/src/*.sql))
-	cat $^ > $@
+build/sql/pg_oauth--$(EXT_VERSION).sql: $(sort $(wildcard sql/src/*.sql)) sql/pg_oauth.control
+	mkdir -p build/sql
+	cat $(filter sql/src/%,$^) > $@.tmp
+	@if [ -f sql/pg_oauth--$(EXT_VERSION).sql ] && ! cmp -s $@.tmp sql/pg_oauth--$(EXT_VERSION).sql; then \
+		echo "sql/src/ changed, but $(EXT_VERSION) is released (sql/pg_oauth--$(EXT_VERSION).sql is frozen):" \
+			"move default_version on and write the upgrade script (docs/upgrades.md)" >&2; \
+		rm -f $@.tmp; exit 1; fi
+	mv $@.tmp $@
 
 # pyhook and its dependencies, at the exact versions of constraints.txt, go into a
 # directory of their own, put first on sys.path by the workers (pg_oauth.python_path)

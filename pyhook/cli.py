@@ -64,6 +64,8 @@ OPERATOR_COMMANDS = {
     "check": "one line: would this token log in? (exit 0 yes, 1 no, 2 error)",
     "doctor": "list every risk in the server's setup with its fix "
     "(exit 0 none, 1 risks, 2 error)",
+    "uninstall": "take pg_oauth out of a cluster in a safe order "
+    "(token lines, preloads, extension)",
 }
 DEVELOPMENT_COMMANDS = {
     "dev-issuer": "serve a local OIDC issuer until killed",
@@ -194,6 +196,26 @@ def _parser() -> argparse.ArgumentParser:
         "(default: libpq's defaults); " + DSN_HELP,
     )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+
+    uninstall = commands.add_parser(
+        "uninstall",
+        description=OPERATOR_COMMANDS["uninstall"] + ": every token line of pg_hba.conf "
+        "becomes reject and the server reloads; pg_oauth leaves shared_preload_libraries, "
+        "session_preload_libraries and oauth_validator_libraries and the server restarts; "
+        "DROP EXTENSION pg_oauth in every database. As root, on a Debian cluster "
+        "(pg_lsclusters). Runs again safely: it does what is left.",
+    )
+    target = uninstall.add_mutually_exclusive_group(required=True)
+    target.add_argument("--cluster", metavar="VERSION/NAME",
+                        help="the cluster, as pg_lsclusters names it (15/main)")
+    target.add_argument("--pending", metavar="VERSION",
+                        help="only list the clusters of this major that still use pg_oauth "
+                        "(exit 1 if any): what the package's removal checks")
+    uninstall.add_argument("--dry-run", action="store_true",
+                           help="print the plan, change nothing")
+    uninstall.add_argument("--cascade", action="store_true",
+                           help="DROP EXTENSION ... CASCADE: also what depends on it "
+                           "(RLS policies calling oauth.claim(), ...)")
     return parser
 
 
@@ -324,6 +346,19 @@ def _doctor(args: argparse.Namespace) -> int:
     return exit_status(findings)
 
 
+def _uninstall(args: argparse.Namespace) -> int:
+    from pyhook.uninstall import UninstallError, check_removal, uninstall
+
+    try:
+        if args.pending:
+            return check_removal(args.pending)
+        uninstall(args.cluster, dry_run=args.dry_run, cascade=args.cascade)
+    except UninstallError as exc:
+        print(f"pg-oauth uninstall: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in CLIENT_COMMANDS:
@@ -346,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "doctor":
             return _doctor(args)
+        if args.command == "uninstall":
+            return _uninstall(args)
         return _rotate(args)
     except ConfigFileError as exc:
         print(f"pg-oauth {args.command}: {exc}", file=sys.stderr)

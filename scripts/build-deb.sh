@@ -9,67 +9,86 @@
 # Debian's PostgreSQL (pg_config's pkglibdir /usr/lib/postgresql/<major>/lib): depends on
 # postgresql-<major> and its PL/Python, pg-oauth in /usr/bin. Any other (built from
 # source): depends on nothing of PostgreSQL, pg-oauth in pg_config's bindir.
-# DEB_VERSION overrides the version, DEB_MAINTAINER the maintainer ("Name <email>").
+# DEB_VERSION overrides the version. The maintainer ("Name <email>") is DEB_MAINTAINER,
+# else the git identity (user.name, user.email) where one is set, else DEFAULT_MAINTAINER:
+# a build machine needs no git identity.
 set -eu
+
+DEFAULT_MAINTAINER="pg_oauth developers <root@localhost>"
 
 cd "$(dirname "$0")/.."
 PG_CONFIG=${PG_CONFIG:-pg_config}
 SERVER_PYTHON=${SERVER_PYTHON:-/usr/bin/python3}
 MAKE=${MAKE:-make}
 
-fail() { echo "build-deb: $*" >&2; exit 1; }
+fail() { echo "build-deb: $*" >&2; failed=1; exit 1; }
+# the net under set -e: a command that fails without fail() still says what was going on
+failed=
+step="starting"
+trap 'rc=$?; [ "$rc" = 0 ] || [ -n "$failed" ] || echo "build-deb: failed (exit $rc) while $step" >&2' EXIT
 
-pg_version=$("$PG_CONFIG" --version)
+command -v "$PG_CONFIG" >/dev/null || fail "no pg_config at '$PG_CONFIG' (set PG_CONFIG)"
+pg_version=$("$PG_CONFIG" --version) || fail "$PG_CONFIG --version failed"
 major=$(echo "$pg_version" | sed -n 's/^PostgreSQL \([0-9][0-9]*\).*/\1/p')
 [ -n "$major" ] || fail "no major version in '$pg_version' ($PG_CONFIG --version)"
 package=postgresql-$major-pg-oauth
-pkglibdir=$("$PG_CONFIG" --pkglibdir)
-sharedir=$("$PG_CONFIG" --sharedir)
+pkglibdir=$("$PG_CONFIG" --pkglibdir) || fail "$PG_CONFIG --pkglibdir failed"
+sharedir=$("$PG_CONFIG" --sharedir) || fail "$PG_CONFIG --sharedir failed"
 python_target=$sharedir/pg_oauth/python  # the Makefile's PYTHON_TARGET
 if [ "$pkglibdir" = "/usr/lib/postgresql/$major/lib" ]; then
     bindir=/usr/bin
     mandir=/usr/share/man
     pg_depends="postgresql-$major, postgresql-plpython3-$major, "
 else
-    bindir=$("$PG_CONFIG" --bindir)
-    mandir=$("$PG_CONFIG" --mandir)
+    bindir=$("$PG_CONFIG" --bindir) || fail "$PG_CONFIG --bindir failed"
+    mandir=$("$PG_CONFIG" --mandir) || fail "$PG_CONFIG --mandir failed"
     pg_depends=""
 fi
 
+[ -f LICENSE ] || fail "no LICENSE in the source tree"
 ext_version=$(sed -n "s/^default_version *= *'\(.*\)'/\1/p" sql/pg_oauth.control)
 [ -n "$ext_version" ] || fail "no default_version in sql/pg_oauth.control"
+step="reading the version and the maintainer (git, sql/pg_oauth.control)"
 if git rev-parse --verify -q HEAD >/dev/null 2>&1; then
     # the commit's time (UTC) orders builds of one branch; a tree with changes says so
     SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)
     upstream=$ext_version+git$(TZ=UTC git log -1 --date=format-local:%Y%m%d%H%M --format=%cd)
     upstream=$upstream.$(git rev-parse --short=7 HEAD)
     git diff --quiet HEAD -- || upstream=$upstream.dirty
-    maintainer="$(git config user.name) <$(git config user.email)>"
-    years=$(git log --reverse --format=%cd --date=format:%Y | sed -n '1p;$p' | uniq | paste -sd-)
 else
     SOURCE_DATE_EPOCH=$(date +%s)
     upstream=$ext_version
-    maintainer="pg_oauth <root@localhost>"
-    years=$(date +%Y)
 fi
 export SOURCE_DATE_EPOCH  # dpkg-deb: file times in the package
 version=${DEB_VERSION:-$upstream-1}
-maintainer=${DEB_MAINTAINER:-$maintainer}
-arch=$(dpkg --print-architecture)
+if [ -n "${DEB_MAINTAINER:-}" ]; then
+    maintainer=$DEB_MAINTAINER
+else
+    # `git config` exits 1 for a key that is not set: no identity is no error here
+    git_name=$(git config user.name 2>/dev/null || true)
+    git_email=$(git config user.email 2>/dev/null || true)
+    if [ -n "$git_name" ] && [ -n "$git_email" ]; then
+        maintainer="$git_name <$git_email>"
+    else
+        maintainer=$DEFAULT_MAINTAINER
+    fi
+fi
+arch=$(dpkg --print-architecture) || fail "dpkg --print-architecture failed"
 command -v dpkg-shlibdeps >/dev/null || fail "dpkg-shlibdeps is missing: apt-get install dpkg-dev"
 
+step="making the package's tree"
 # debian/<package> is the package's root, as dpkg-shlibdeps expects it
 work=$PWD/build/deb
 root=$work/debian/$package
 doc=$root/usr/share/doc/$package
-rm -rf "$work"
-mkdir -p "$root/DEBIAN" "$doc"
+rm -rf "$work" || fail "cannot remove $work"
+mkdir -p "$root/DEBIAN" "$doc" || fail "cannot create $root"
 
 # a clean build: objects of another PG_CONFIG must not end up in the package
-"$MAKE" -s clean PG_CONFIG="$PG_CONFIG" >/dev/null
-"$MAKE" -s all PG_CONFIG="$PG_CONFIG" >/dev/null
+"$MAKE" -s clean PG_CONFIG="$PG_CONFIG" >/dev/null || fail "$MAKE clean failed"
+"$MAKE" -s all PG_CONFIG="$PG_CONFIG" >/dev/null || fail "$MAKE all (the build) failed"
 "$MAKE" -s install PG_CONFIG="$PG_CONFIG" SERVER_PYTHON="$SERVER_PYTHON" TOOLS_BINDIR="$bindir" \
-    DESTDIR="$root" >/dev/null
+    DESTDIR="$root" >/dev/null || fail "$MAKE install DESTDIR=$root failed"
 [ -f "$root$pkglibdir/pg_oauth.so" ] && [ -d "$root$python_target/pyhook" ] \
     && [ -x "$root$bindir/pg-oauth" ] || fail "make install DESTDIR=$root left something out"
 
@@ -81,6 +100,7 @@ find "$root" -name '*.so' -exec strip --strip-unneeded --remove-section=.comment
     --remove-section=.note {} + -exec chmod 644 {} +
 chmod -R u=rwX,go=rX "$root"
 
+step="finding the dependencies (python, dpkg-shlibdeps)"
 # the wheels pip chose for the server's Python: a library built for its version (cffi's
 # cpython-311) pins the package to that version; abi3 ones (cryptography) only need it
 pyver=$("$SERVER_PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -95,12 +115,15 @@ printf 'Source: %s\n\nPackage: %s\nArchitecture: any\n' "$package" "$package" > 
 shlibs=$(cd "$work" && find "debian/$package" -name '*.so' -print0 | sort -z \
     | xargs -0 dpkg-shlibdeps -O --warnings=0 | sed -n 's/^shlibs:Depends=//p')
 
+step="writing the package's documents (copyright, changelog, man page)"
 {
     echo "pg_oauth, built into $package by make deb (scripts/build-deb.sh) from $upstream"
     echo "for PostgreSQL $major ($pg_version)."
     echo
-    echo "pg_oauth itself (the library, the SQL files, pyhook, pg-oauth):"
-    echo "Copyright $years the pg_oauth authors; its source tree states no license."
+    echo "pg_oauth itself (the library, the SQL files, pyhook, pg-oauth), under the"
+    echo "PostgreSQL License (the source tree's LICENSE):"
+    echo
+    sed 's/^/  /; s/^  $/  ./' LICENSE
     echo
     echo "The Python packages below were installed into $python_target"
     echo "at build time (requirements.txt at the versions of constraints.txt), each under its"
@@ -160,6 +183,7 @@ EOF
 chmod 644 "$doc/copyright" "$doc/README.md.gz" "$doc/changelog.Debian.gz" "$man/pg-oauth.1.gz" \
     "$overrides/$package"
 
+step="writing the maintainer scripts and control file"
 cat > "$root/DEBIAN/postinst" <<EOF
 #!/bin/sh
 # Byte code for the server's Python: nothing is downloaded, nothing installed by pip.
@@ -170,8 +194,21 @@ fi
 EOF
 cat > "$root/DEBIAN/prerm" <<EOF
 #!/bin/sh
-# The byte code postinst made is no file of the package: remove it with the package.
 set -e
+# Removal (not an upgrade) refuses while a cluster of PostgreSQL $major still preloads
+# pg_oauth or has token lines: without the library they would admit anyone without a
+# password, or, with the session guard, no one. pg-oauth uninstall takes it out safely;
+# PG_OAUTH_FORCE_REMOVE=1 removes the package anyway.
+if [ "\$1" = remove ] && [ "\${PG_OAUTH_FORCE_REMOVE:-}" != 1 ] && [ -d /etc/postgresql/$major ]; then
+    $bindir/pg-oauth uninstall --pending $major || {
+        rc=\$?
+        [ "\$rc" = 1 ] || echo "$package: not removed: could not check the clusters" \
+            "(pg-oauth uninstall --pending $major: exit \$rc); PG_OAUTH_FORCE_REMOVE=1 in" \
+            "the environment removes it anyway" >&2
+        exit 1
+    }
+fi
+# The byte code postinst made is no file of the package: remove it with the package.
 case "\$1" in
     remove|upgrade|deconfigure)
         find $python_target -name __pycache__ -type d -prune -exec rm -rf {} + ;;
@@ -203,6 +240,7 @@ EOF
     | xargs -0 md5sum) > "$root/DEBIAN/md5sums"
 chmod 644 "$root/DEBIAN/control" "$root/DEBIAN/md5sums"
 
+step="building the .deb (dpkg-deb)"
 mkdir -p dist
 rm -f "dist/${package}_"*.deb
 dpkg-deb --build --root-owner-group "$root" dist/ >/dev/null

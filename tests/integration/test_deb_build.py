@@ -1,0 +1,86 @@
+"""`make deb` on a build machine as it comes: no git identity, and failures that say what.
+
+The package of Debian's 15 is installed and run by test_dba_guide.py; here only how it is
+built and what its copyright file says.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from pgcluster import PG_BIN
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_deb(home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """make deb for PG_BIN's server as a user with nothing in HOME and no system git
+    configuration: no git identity anywhere (the checkout has none of its own)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "DEB_"))}
+    clean.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", **env)
+    return subprocess.run(["make", "-s", "deb", f"PG_CONFIG={PG_BIN / 'pg_config'}"],
+                          cwd=ROOT, env=clean, capture_output=True, text=True, timeout=600,
+                          check=False)  # fmt: skip
+
+
+def field(deb: Path, name: str) -> str:
+    return subprocess.run(["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+
+
+def built(out: subprocess.CompletedProcess[str]) -> Path:
+    assert out.returncode == 0, f"make deb:\n{out.stdout}\n{out.stderr}"
+    deb = Path(out.stdout.splitlines()[-1])
+    assert deb.is_file(), out.stdout
+    return deb
+
+
+@pytest.fixture
+def empty_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    identity = subprocess.run(["git", "config", "user.name"], cwd=ROOT, capture_output=True,
+                              env={"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1",
+                                   "PATH": os.environ["PATH"]}, check=False)  # fmt: skip
+    assert identity.returncode == 1, "the checkout itself has a git identity"
+    return home
+
+
+def test_make_deb_needs_no_git_identity(empty_home, tmp_path) -> None:
+    deb = built(make_deb(empty_home))
+    assert field(deb, "Maintainer") == "pg_oauth developers <root@localhost>"
+
+    # the package's copyright file carries the source tree's license, word for word
+    tree = tmp_path / "tree"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+    package = field(deb, "Package")
+    copyright_file = (tree / f"usr/share/doc/{package}/copyright").read_text()
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.startswith("PostgreSQL License\n\nCopyright (c) ")
+    assert ", pg_oauth developers\n" in license_text.splitlines(keepends=True)[2]
+    indented = "\n".join(f"  {line}" if line else "  ." for line in license_text.splitlines())
+    assert indented in copyright_file, copyright_file
+    assert "no license" not in copyright_file
+
+
+def test_deb_maintainer_wins_over_everything(empty_home) -> None:
+    deb = built(make_deb(empty_home, DEB_MAINTAINER="Jane DBA <jane@example.com>"))
+    assert field(deb, "Maintainer") == "Jane DBA <jane@example.com>"
+
+
+def test_a_failure_says_what_failed(empty_home) -> None:
+    out = subprocess.run(["sh", "scripts/build-deb.sh"], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "PG_CONFIG": "/nonexistent/pg_config"},
+                         check=False)  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.strip() == "build-deb: no pg_config at '/nonexistent/pg_config' " \
+                                 "(set PG_CONFIG)", out.stderr
+    # a step that fails with no fail() of its own still names the step
+    out = subprocess.run(["sh", "scripts/build-deb.sh"], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "PG_CONFIG": str(PG_BIN / "pg_config"),
+                                         "SERVER_PYTHON": "/bin/false"}, check=False)  # fmt: skip
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith("build-deb: "), out.stderr
