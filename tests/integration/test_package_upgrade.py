@@ -12,8 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pgcluster import DEBIAN_PG15_BIN, PG_BIN
+from pgcluster import PG_BIN
 from test_dba_guide import (  # noqa: F401 (fixtures)
+    MAJOR,
     PACKAGE,
     PACKAGE_PATH,
     ROOT,
@@ -26,8 +27,8 @@ from test_dba_guide import (  # noqa: F401 (fixtures)
 )
 from test_uninstall import apt, set_up_by_the_guide
 
-pytestmark = pytest.mark.skipif(PG_BIN != DEBIAN_PG15_BIN,
-                                reason="the DBA guide follows Debian's packaged PostgreSQL 15")
+pytestmark = pytest.mark.skipif(PG_BIN != Path(f"/usr/lib/postgresql/{MAJOR}/bin"),
+                                reason="the DBA guide follows Debian's packaged PostgreSQL")
 
 
 def build(version: str, into: Path) -> Path:
@@ -52,7 +53,7 @@ def test_a_newer_package_under_a_running_cluster(tmp_path, request) -> None:
     os.chmod(workdir, 0o755)
     build("1.0-1~older", workdir)  # the guide installs the only .deb in its directory
     newer = build("1.0-2", tmp_path)
-    log = Path(f"/var/log/postgresql/postgresql-15-{cluster_name}.log")
+    log = Path(f"/var/log/postgresql/postgresql-{MAJOR}-{cluster_name}.log")
     guide = Guide(names_for(cluster_name, issuer_url), workdir, log, PACKAGE_PATH)
     subprocess.run(["dpkg", "--purge", PACKAGE], capture_output=True, check=True)
     try:

@@ -3,7 +3,7 @@ still uses it, `pg-oauth uninstall` takes it out in a safe order, and afterwards
 admits a token role without a password while the postgres peer login still works.
 
 On a cluster set up by the README's DBA guide from the package (test_dba_guide.py's
-fixtures and runner), as root on Debian's 15.
+fixtures and runner), as root on Debian's packaged major (15 on Debian 12, 17 on 13, a root's).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pgcluster import DEBIAN_PG15_BIN, PG_BIN
+from pgcluster import PG_BIN
 from test_dba_guide import (  # noqa: F401 (fixtures)
+    MAJOR,
     PACKAGE,
     PACKAGE_PATH,
     ROOT,
@@ -31,8 +32,8 @@ from test_dba_guide import (  # noqa: F401 (fixtures)
     without_network,
 )
 
-pytestmark = pytest.mark.skipif(PG_BIN != DEBIAN_PG15_BIN,
-                                reason="the DBA guide follows Debian's packaged PostgreSQL 15")
+pytestmark = pytest.mark.skipif(PG_BIN != Path(f"/usr/lib/postgresql/{MAJOR}/bin"),
+                                reason="the DBA guide follows Debian's packaged PostgreSQL")
 
 
 def apt(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -80,11 +81,11 @@ def test_uninstall_in_a_safe_order_then_remove(tmp_path, request) -> None:
     workdir = tmp_path / "dba"
     workdir.mkdir()
     os.chmod(workdir, 0o755)
-    log = Path(f"/var/log/postgresql/postgresql-15-{cluster_name}.log")
+    log = Path(f"/var/log/postgresql/postgresql-{MAJOR}-{cluster_name}.log")
     guide = Guide(names_for(cluster_name, issuer_url), workdir, log, PACKAGE_PATH)
-    spec = f"15/{cluster_name}"
-    hba = Path(f"/etc/postgresql/15/{cluster_name}/pg_hba.conf")
-    conf = Path(f"/etc/postgresql/15/{cluster_name}/postgresql.conf")
+    spec = f"{MAJOR}/{cluster_name}"
+    hba = Path(f"/etc/postgresql/{MAJOR}/{cluster_name}/pg_hba.conf")
+    conf = Path(f"/etc/postgresql/{MAJOR}/{cluster_name}/postgresql.conf")
     fqdn = subprocess.run(["hostname", "-f"], capture_output=True, text=True,
                           check=True).stdout.strip()  # fmt: skip
     shutil.copy(deb, workdir)
