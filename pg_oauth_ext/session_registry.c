@@ -174,9 +174,9 @@ session_registry_enter(const TokenDecision *decision, const char *role,
 	e->login_time = GetCurrentTimestamp();
 	e->has_expires_at = decision->has_expires_at;
 	e->expires_at = decision->expires_at;
-	strlcpy(e->role, role, sizeof(e->role));
-	strlcpy(e->database, database, sizeof(e->database));
-	strlcpy(e->client_addr, client_addr ? client_addr : "", sizeof(e->client_addr));
+	pg_oauth_strlcpy_text(e->role, role, sizeof(e->role));
+	pg_oauth_strlcpy_text(e->database, database, sizeof(e->database));
+	pg_oauth_strlcpy_text(e->client_addr, client_addr ? client_addr : "", sizeof(e->client_addr));
 	e->identity = identity;
 	e->identity_text = text;
 	LWLockRelease(registry->lock);
