@@ -542,7 +542,11 @@ pg_oauth_worker_main(Datum main_arg)
 	before_shmem_exit(worker_exit_callback, Int32GetDatum(worker_index));
 	token_queue_set_worker_state(worker_index, WORKER_STARTING, NULL);
 
-	BackgroundWorkerInitializeConnection(pg_oauth_database, NULL, 0);
+	/*
+	 * Regardless of datallowconn: the database's owner (maybe not a
+	 * superuser) must not stop every token login with ALLOW_CONNECTIONS false.
+	 */
+	BackgroundWorkerInitializeConnection(pg_oauth_database, NULL, BGWORKER_BYPASS_ALLOWCONN);
 	/* the housekeeper reports database settings these override */
 	pg_oauth_pin_worker_settings(false);
 	pgstat_report_appname("pg_oauth validator");
