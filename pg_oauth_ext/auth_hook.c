@@ -383,6 +383,16 @@ read_token(LoginAttempt *a, int *len)
 	int64		body;
 	char	   *buf;
 
+#if defined(USE_OPENSSL) && defined(SSL_OP_CLEANSE_PLAINTEXT)
+
+	/*
+	 * OpenSSL keeps the decrypted record in its read buffer until the next
+	 * record overwrites it: for the whole session, when the client sends little.
+	 * Cleanse it once read, from the record with the token on (OpenSSL 3.0+).
+	 */
+	if (port->ssl != NULL)
+		SSL_set_options(port->ssl, SSL_OP_CLEANSE_PLAINTEXT);
+#endif
 	sendAuthRequest(port, AUTH_REQ_PASSWORD, NULL, 0);
 
 	pq_startmsgread();
