@@ -47,7 +47,7 @@ emit_record(bool ok, const char *reason)
 {
 	admission.pending = false;
 	admission.rec.ok = ok;
-	strlcpy(admission.rec.reason, reason, sizeof(admission.rec.reason));
+	pg_oauth_strlcpy_text(admission.rec.reason, reason, sizeof(admission.rec.reason));
 	admission.rec.elapsed_us = (int64) (GetCurrentTimestamp() - admission.rec.at);
 	audit_log_record(&admission.rec);
 	login_stats_record(admission.stats.issuer,
@@ -110,7 +110,7 @@ static void
 admission_emit_log_hook(ErrorData *edata)
 {
 	if (admission.pending && edata->elevel >= FATAL && admission.refusal[0] == '\0')
-		strlcpy(admission.refusal,
+		pg_oauth_strlcpy_text(admission.refusal,
 				edata->sqlerrcode == ERRCODE_UNDEFINED_DATABASE ? "unknown_database" :
 				"server_refused", sizeof(admission.refusal));
 	if (prev_emit_log_hook)

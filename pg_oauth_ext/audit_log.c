@@ -111,6 +111,33 @@ pg_oauth_escape_text(const char *in, char *out, size_t outlen)
 	out[o] = '\0';
 }
 
+/*
+ * strlcpy for text: cut at a character boundary, never inside one, so what a
+ * fixed buffer keeps is still valid in its encoding (a kid of 62 ASCII bytes
+ * and an "\u00e9" must not leave a lone 0xC3 in oauth.audit_log and the log).
+ * Text from the validator is in the configuration database's encoding; in a
+ * backend authenticating there is no database encoding yet (SQL_ASCII), so
+ * UTF-8 is assumed then.  Bytes that are not UTF-8 count as one character
+ * each: the cut can only come earlier, never split a valid sequence.
+ */
+size_t
+pg_oauth_strlcpy_text(char *dst, const char *src, size_t size)
+{
+	int			encoding = GetDatabaseEncoding();
+	size_t		srclen = strlen(src);
+	int			keep;
+
+	if (size == 0)
+		return srclen;
+	if (encoding == PG_SQL_ASCII)
+		encoding = PG_UTF8;
+	keep = srclen < size ? (int) srclen :
+		pg_encoding_mbcliplen(encoding, src, (int) srclen, (int) (size - 1));
+	memcpy(dst, src, keep);
+	dst[keep] = '\0';
+	return srclen;
+}
+
 /* key="value" with anything that could forge log structure replaced */
 static void
 append_quoted(StringInfo buf, const char *key, const char *value)

@@ -125,12 +125,12 @@ describe_attempt(LoginAttempt *a, const char *reason, AuditRecord *rec, LoginSta
 	rec->cached = d ? d->from_cache : false;
 	rec->pid = MyProcPid;
 	rec->queue_us = d ? d->queue_us : -1;
-	strlcpy(rec->reason, reason, sizeof(rec->reason));
+	pg_oauth_strlcpy_text(rec->reason, reason, sizeof(rec->reason));
 	/* names from the startup packet are any bytes: kept as valid UTF-8 */
 	pg_oauth_escape_text(port->user_name ? port->user_name : "", rec->role, sizeof(rec->role));
 	pg_oauth_escape_text(port->database_name ? port->database_name : "", rec->database,
 						 sizeof(rec->database));
-	strlcpy(rec->client_addr, a->client_addr ? a->client_addr : "", sizeof(rec->client_addr));
+	pg_oauth_strlcpy_text(rec->client_addr, a->client_addr ? a->client_addr : "", sizeof(rec->client_addr));
 	stats->key_cache_hit = -1;
 	stats->validation_us = -1;
 	stats->queue_us = -1;
@@ -140,8 +140,8 @@ describe_attempt(LoginAttempt *a, const char *reason, AuditRecord *rec, LoginSta
 		rec->issuer = d->issuer;
 		rec->subject = d->subject;
 		rec->token_id = d->token_id;
-		strlcpy(rec->kid, d->kid, sizeof(rec->kid));
-		strlcpy(rec->alg, d->alg, sizeof(rec->alg));
+		pg_oauth_strlcpy_text(rec->kid, d->kid, sizeof(rec->kid));
+		pg_oauth_strlcpy_text(rec->alg, d->alg, sizeof(rec->alg));
 		stats->issuer = d->issuer;
 		stats->from_cache = d->from_cache;
 		stats->key_cache_hit = d->key_cache_hit;
@@ -383,6 +383,16 @@ read_token(LoginAttempt *a, int *len)
 	int64		body;
 	char	   *buf;
 
+#if defined(USE_OPENSSL) && defined(SSL_OP_CLEANSE_PLAINTEXT)
+
+	/*
+	 * OpenSSL keeps the decrypted record in its read buffer until the next
+	 * record overwrites it: for the whole session, when the client sends little.
+	 * Cleanse it once read, from the record with the token on (OpenSSL 3.0+).
+	 */
+	if (port->ssl != NULL)
+		SSL_set_options(port->ssl, SSL_OP_CLEANSE_PLAINTEXT);
+#endif
 	sendAuthRequest(port, AUTH_REQ_PASSWORD, NULL, 0);
 
 	pq_startmsgread();

@@ -246,7 +246,11 @@ pg_oauth_housekeeper_main(Datum main_arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
-	BackgroundWorkerInitializeConnection(pg_oauth_database, NULL, 0);
+	/*
+	 * Regardless of datallowconn: the database's owner (maybe not a
+	 * superuser) must not stop every token login with ALLOW_CONNECTIONS false.
+	 */
+	BackgroundWorkerInitializeConnection(pg_oauth_database, NULL, BGWORKER_BYPASS_ALLOWCONN);
 	pg_oauth_pin_worker_settings(true);
 	pgstat_report_appname("pg_oauth housekeeper");
 

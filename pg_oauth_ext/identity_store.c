@@ -138,7 +138,7 @@ guarded(void (*step) (void *), void *arg)
 		edata = CopyErrorData();
 		FlushErrorState();
 		SpinLockAcquire(&store->mutex);
-		strlcpy(store->last_error, edata->message, sizeof(store->last_error));
+		pg_oauth_strlcpy_text(store->last_error, edata->message, sizeof(store->last_error));
 		SpinLockRelease(&store->mutex);
 		FreeErrorData(edata);
 		ok = false;
@@ -264,7 +264,7 @@ note_not_kept(const char *why)
 	if (why != NULL)
 	{
 		SpinLockAcquire(&store->mutex);
-		strlcpy(store->last_error, why, sizeof(store->last_error));
+		pg_oauth_strlcpy_text(store->last_error, why, sizeof(store->last_error));
 		SpinLockRelease(&store->mutex);
 	}
 }

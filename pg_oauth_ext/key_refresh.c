@@ -100,7 +100,7 @@ add_request_locked(const char *issuer, TimestampTz now)
 	r->generation = generation;
 	r->requested_at = now;
 	r->all_issuers = (issuer == NULL);
-	strlcpy(r->issuer, issuer ? issuer : "", sizeof(r->issuer));
+	pg_oauth_strlcpy_text(r->issuer, issuer ? issuer : "", sizeof(r->issuer));
 	pg_atomic_write_u64(&key_refresh->generation, generation);
 }
 
@@ -186,7 +186,7 @@ pg_oauth_fn_request_key_refresh(PG_FUNCTION_ARGS)
 	if (npending == KEY_REFRESH_PENDING_MAX)
 		pending_all = true;
 	else
-		strlcpy(pending_issuers[npending++], issuer, KEY_REFRESH_ISSUER_LEN);
+		pg_oauth_strlcpy_text(pending_issuers[npending++], issuer, KEY_REFRESH_ISSUER_LEN);
 	PG_RETURN_VOID();
 }
 

@@ -380,6 +380,7 @@ extern void rate_limit_sleep(int ms);
 /* audit_log.c */
 #define PG_OAUTH_ESCAPED_NAME_LEN	(4 * NAMEDATALEN)
 extern void pg_oauth_escape_text(const char *in, char *out, size_t outlen);
+extern size_t pg_oauth_strlcpy_text(char *dst, const char *src, size_t size);
 
 typedef struct AuditRecord
 {

@@ -128,7 +128,7 @@ lookup(const char *addr, bool create)
 		return NULL;
 	e = free_entry ? free_entry : oldest;
 	memset(e, 0, sizeof(*e));
-	strlcpy(e->addr, addr, sizeof(e->addr));
+	pg_oauth_strlcpy_text(e->addr, addr, sizeof(e->addr));
 	return e;
 }
 
@@ -360,7 +360,7 @@ reset_addresses(Datum network, bool all, bool only_local)
 
 		if (addr[0] != '\0' &&
 			(all || (only_local == (strcmp(addr, LOCAL_KEY) == 0))))
-			strlcpy(keys[nkeys++], addr, sizeof(keys[0]));
+			pg_oauth_strlcpy_text(keys[nkeys++], addr, sizeof(keys[0]));
 	}
 	SpinLockRelease(&table->mutex);
 	if (!all && !only_local)

@@ -199,7 +199,7 @@ role_reachable_privileges(Oid roleid, RolePrivilege *found, int max_found, int *
 			{
 				found[*nfound].bit = bit;
 				found[*nfound].via = current;
-				strlcpy(found[*nfound].via_name,
+				pg_oauth_strlcpy_text(found[*nfound].via_name,
 						NameStr(((Form_pg_authid) GETSTRUCT(tup))->rolname), NAMEDATALEN);
 				(*nfound)++;
 			}

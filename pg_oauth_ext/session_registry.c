@@ -19,6 +19,7 @@
 #include <signal.h>
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -69,8 +70,22 @@ static emit_log_hook_type prev_emit_log_hook = NULL;
 static int	my_entry = -1;
 static bool exit_callback_registered = false;
 
-/* revocations of this transaction, whose sessions end when it commits */
+/*
+ * Revocations of this transaction, whose sessions end when it commits.  Each
+ * remembers the (sub)transaction nesting level that made it: a ROLLBACK TO
+ * SAVEPOINT drops what was revoked after the savepoint.
+ */
+typedef struct PendingEnd
+{
+	IdentityHash revoked;
+	int			nest_level;
+} PendingEnd;
+
 static List *pending_ends = NIL;
+static bool subxact_callback_registered = false;
+
+static void pending_ends_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+										  SubTransactionId parentSubid, void *arg);
 
 Size
 session_registry_shmem_size(void)
@@ -174,9 +189,9 @@ session_registry_enter(const TokenDecision *decision, const char *role,
 	e->login_time = GetCurrentTimestamp();
 	e->has_expires_at = decision->has_expires_at;
 	e->expires_at = decision->expires_at;
-	strlcpy(e->role, role, sizeof(e->role));
-	strlcpy(e->database, database, sizeof(e->database));
-	strlcpy(e->client_addr, client_addr ? client_addr : "", sizeof(e->client_addr));
+	pg_oauth_strlcpy_text(e->role, role, sizeof(e->role));
+	pg_oauth_strlcpy_text(e->database, database, sizeof(e->database));
+	pg_oauth_strlcpy_text(e->client_addr, client_addr ? client_addr : "", sizeof(e->client_addr));
 	e->identity = identity;
 	e->identity_text = text;
 	LWLockRelease(registry->lock);
@@ -269,7 +284,7 @@ pg_oauth_fn_end_sessions(PG_FUNCTION_ARGS)
 	char	   *issuer = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *subject = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	char	   *token_id = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
-	IdentityHash *revoked;
+	PendingEnd *pending;
 	MemoryContext old;
 
 	if (issuer == NULL && subject == NULL && token_id == NULL)
@@ -279,13 +294,55 @@ pg_oauth_fn_end_sessions(PG_FUNCTION_ARGS)
 	if (registry == NULL)
 		PG_RETURN_INT32(0);
 
+	if (!subxact_callback_registered)
+	{
+		RegisterSubXactCallback(pending_ends_subxact_callback, NULL);
+		subxact_callback_registered = true;
+	}
 	old = MemoryContextSwitchTo(TopMemoryContext);
-	revoked = palloc(sizeof(IdentityHash));
-	identity_hash(issuer, subject, token_id, revoked);
-	pending_ends = lappend(pending_ends, revoked);
+	pending = palloc(sizeof(PendingEnd));
+	identity_hash(issuer, subject, token_id, &pending->revoked);
+	pending->nest_level = GetCurrentTransactionNestLevel();
+	pending_ends = lappend(pending_ends, pending);
 	MemoryContextSwitchTo(old);
 	pg_oauth_note_config_change();
-	PG_RETURN_INT32(sessions_covered(revoked, false));
+	PG_RETURN_INT32(sessions_covered(&pending->revoked, false));
+}
+
+/*
+ * A subtransaction's revocations belong to its parent when it commits, and
+ * are forgotten when it aborts: their rows are gone, so are their ends.
+ */
+static void
+pending_ends_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+							  SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, pending_ends)
+		{
+			PendingEnd *p = (PendingEnd *) lfirst(lc);
+
+			if (p->nest_level >= level)
+				p->nest_level = level - 1;
+		}
+	}
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		foreach(lc, pending_ends)
+		{
+			PendingEnd *p = (PendingEnd *) lfirst(lc);
+
+			if (p->nest_level >= level)
+			{
+				pending_ends = foreach_delete_current(pending_ends, lc);
+				pfree(p);
+			}
+		}
+	}
 }
 
 /* At the end of a transaction that revoked: end the sessions (commit) or not. */
@@ -297,7 +354,7 @@ session_registry_end_pending(bool commit)
 	foreach(lc, pending_ends)
 	{
 		if (commit && registry != NULL)
-			(void) sessions_covered((IdentityHash *) lfirst(lc), true);
+			(void) sessions_covered(&((PendingEnd *) lfirst(lc))->revoked, true);
 		pfree(lfirst(lc));
 	}
 	list_free(pending_ends);

@@ -78,8 +78,8 @@ static void
 set_failure(TokenSlot *slot, const char *reason, const char *detail)
 {
 	slot->ok = false;
-	strlcpy(slot->reason, reason, sizeof(slot->reason));
-	strlcpy(slot->detail, detail, sizeof(slot->detail));
+	pg_oauth_strlcpy_text(slot->reason, reason, sizeof(slot->reason));
+	pg_oauth_strlcpy_text(slot->detail, detail, sizeof(slot->detail));
 	slot->off_issuer = slot->off_subject = slot->off_token_id = -1;
 	slot->off_claims = slot->off_roles = -1;
 	slot->n_roles = 0;
@@ -94,8 +94,8 @@ decision_fail(TokenDecision *out, const char *reason, const char *detail)
 {
 	memset(out, 0, sizeof(*out));
 	out->ok = false;
-	strlcpy(out->reason, reason, sizeof(out->reason));
-	strlcpy(out->detail, detail, sizeof(out->detail));
+	pg_oauth_strlcpy_text(out->reason, reason, sizeof(out->reason));
+	pg_oauth_strlcpy_text(out->detail, detail, sizeof(out->detail));
 	out->key_cache_hit = -1;
 	out->max_sessions = -1;
 	out->validation_us = -1;
@@ -216,16 +216,16 @@ copy_decision(TokenSlot *slot, TokenDecision *out)
 
 	memset(out, 0, sizeof(*out));
 	out->ok = slot->ok;
-	strlcpy(out->reason, slot->reason, sizeof(out->reason));
-	strlcpy(out->detail, slot->detail, sizeof(out->detail));
+	pg_oauth_strlcpy_text(out->reason, slot->reason, sizeof(out->reason));
+	pg_oauth_strlcpy_text(out->detail, slot->detail, sizeof(out->detail));
 	out->issuer = slot->off_issuer >= 0 ? pstrdup(slot->data + slot->off_issuer) : NULL;
 	out->subject = slot->off_subject >= 0 ? pstrdup(slot->data + slot->off_subject) : NULL;
 	out->token_id = slot->off_token_id >= 0 ? pstrdup(slot->data + slot->off_token_id) : NULL;
 	out->claims = slot->off_claims >= 0 ? pstrdup(slot->data + slot->off_claims) : NULL;
 	out->has_expires_at = slot->has_expires_at;
 	out->expires_at = slot->expires_at;
-	strlcpy(out->kid, slot->kid, sizeof(out->kid));
-	strlcpy(out->alg, slot->alg, sizeof(out->alg));
+	pg_oauth_strlcpy_text(out->kid, slot->kid, sizeof(out->kid));
+	pg_oauth_strlcpy_text(out->alg, slot->alg, sizeof(out->alg));
 	out->key_cache_hit = slot->key_cache_hit;
 	out->max_sessions = slot->max_sessions;
 	out->validation_us = slot->validation_us;
@@ -297,10 +297,11 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 		count_workers_locked(&ready, &starting, &why);
 		if (ready == 0 && starting == 0)
 		{
-			char		detail[PG_OAUTH_DETAIL_LEN];
+			char	   *detail;
 
-			snprintf(detail, sizeof(detail), "no validator worker is ready%s%s",
-					 why ? ": " : "", why ? why : "");
+			/* palloc under the lock is fine: an error would release it */
+			detail = psprintf("no validator worker is ready%s%s",
+							  why ? ": " : "", why ? why : "");
 			LWLockRelease(pg_oauth_shared->lock);
 			decision_fail(out, "validator_unavailable", detail);
 			pg_oauth_wake_all_workers();	/* let not-ready workers retry */
@@ -316,7 +317,7 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 				slot->ticket = pg_oauth_shared->next_ticket++;
 				slot->backend = MyProc;
 				slot->worker = -1;
-				strlcpy(slot->client_addr, addr, sizeof(slot->client_addr));
+				pg_oauth_strlcpy_text(slot->client_addr, addr, sizeof(slot->client_addr));
 				slot->addr_hash = hash;
 				slot->one_at_a_time = braked;
 				my_slot = i;
@@ -350,8 +351,8 @@ token_queue_validate(const TokenRequest *req, TokenDecision *out)
 	ConditionVariableCancelSleep();
 
 	/* We own the slot: copy the request in without the lock. */
-	strlcpy(slot->role, req->role, sizeof(slot->role));
-	strlcpy(slot->database, req->database, sizeof(slot->database));
+	pg_oauth_strlcpy_text(slot->role, req->role, sizeof(slot->role));
+	pg_oauth_strlcpy_text(slot->database, req->database, sizeof(slot->database));
 	slot->ssl = req->ssl;
 	slot->token_len = req->token_len;
 	memcpy(slot->data, req->token, req->token_len);
@@ -594,7 +595,7 @@ token_queue_set_worker_state(int worker, WorkerState state, const char *error)
 		w->proc = MyProc;
 	}
 	if (error)
-		strlcpy(w->last_error, error, sizeof(w->last_error));
+		pg_oauth_strlcpy_text(w->last_error, error, sizeof(w->last_error));
 	else if (state == WORKER_IDLE)
 		w->last_error[0] = '\0';
 	if (state == WORKER_NOT_READY)
@@ -667,7 +668,7 @@ token_queue_worker_exit(int worker)
 		}
 	}
 	if (w->state == WORKER_STARTING)
-		strlcpy(w->last_error, "a validator worker exited before it was ready (see the server log)",
+		pg_oauth_strlcpy_text(w->last_error, "a validator worker exited before it was ready (see the server log)",
 				sizeof(w->last_error));
 	w->state = WORKER_STOPPED;
 	w->proc = NULL;

@@ -183,11 +183,12 @@ try_become_ready(void)
 
 	if (edata)
 	{
-		snprintf(msg, sizeof(msg), "validator warm-up failed: %s", edata->message);
+		pg_oauth_strlcpy_text(msg, psprintf("validator warm-up failed: %s", edata->message),
+							  sizeof(msg));
 		/* Retried every second: log a failure once, not every time. */
 		if (strcmp(msg, last_logged_error) != 0)
 			ereport(LOG, (errmsg("pg_oauth: %s", msg)));
-		strlcpy(last_logged_error, msg, sizeof(last_logged_error));
+		pg_oauth_strlcpy_text(last_logged_error, msg, sizeof(last_logged_error));
 		waiting_logged = false;
 		token_queue_set_worker_state(worker_index, WORKER_NOT_READY, msg);
 		return false;
@@ -279,9 +280,9 @@ validate_step(void *arg)
 	d = SPI_getbinval(tup, desc, 1, &isnull);
 	slot->ok = !isnull && DatumGetBool(d);
 	s = text_column(tup, desc, 2);
-	strlcpy(slot->reason, s ? s : (slot->ok ? "ok" : "validator_error"), sizeof(slot->reason));
+	pg_oauth_strlcpy_text(slot->reason, s ? s : (slot->ok ? "ok" : "validator_error"), sizeof(slot->reason));
 	s = text_column(tup, desc, 3);
-	strlcpy(slot->detail, s ? s : "", sizeof(slot->detail));
+	pg_oauth_strlcpy_text(slot->detail, s ? s : "", sizeof(slot->detail));
 
 	slot->n_roles = 0;
 	slot->off_roles = -1;
@@ -321,9 +322,9 @@ validate_step(void *arg)
 		fits = put_string(slot, &used, s, &slot->off_claims);
 
 	s = text_column(tup, desc, 10);
-	strlcpy(slot->kid, s ? s : "", sizeof(slot->kid));
+	pg_oauth_strlcpy_text(slot->kid, s ? s : "", sizeof(slot->kid));
 	s = text_column(tup, desc, 11);
-	strlcpy(slot->alg, s ? s : "", sizeof(slot->alg));
+	pg_oauth_strlcpy_text(slot->alg, s ? s : "", sizeof(slot->alg));
 	s = text_column(tup, desc, 12);
 	slot->key_cache_hit = s == NULL ? -1 : (strcmp(s, "hit") == 0 ? 1 : 0);
 	d = SPI_getbinval(tup, desc, 13, &isnull);
@@ -509,7 +510,8 @@ keys_current(void)
 	{
 		char		msg[PG_OAUTH_WORKER_ERROR_LEN];
 
-		snprintf(msg, sizeof(msg), "dropping and refetching keys failed: %s", edata->message);
+		pg_oauth_strlcpy_text(msg, psprintf("dropping and refetching keys failed: %s",
+											edata->message), sizeof(msg));
 		ereport(LOG, (errmsg("pg_oauth: validator %d: %s", worker_index, msg)));
 		token_queue_set_worker_state(worker_index, WORKER_NOT_READY, msg);
 		worker_ready = false;
@@ -540,7 +542,11 @@ pg_oauth_worker_main(Datum main_arg)
 	before_shmem_exit(worker_exit_callback, Int32GetDatum(worker_index));
 	token_queue_set_worker_state(worker_index, WORKER_STARTING, NULL);
 
-	BackgroundWorkerInitializeConnection(pg_oauth_database, NULL, 0);
+	/*
+	 * Regardless of datallowconn: the database's owner (maybe not a
+	 * superuser) must not stop every token login with ALLOW_CONNECTIONS false.
+	 */
+	BackgroundWorkerInitializeConnection(pg_oauth_database, NULL, BGWORKER_BYPASS_ALLOWCONN);
 	/* the housekeeper reports database settings these override */
 	pg_oauth_pin_worker_settings(false);
 	pgstat_report_appname("pg_oauth validator");

@@ -26,7 +26,9 @@ CREATE FUNCTION oauth._end_sessions(issuer text, subject text, token_id text)
 REVOKE ALL ON FUNCTION oauth._end_sessions(text, text, text) FROM PUBLIC;
 
 -- Record a revocation (checked at every login) and end the live sessions it
--- covers at once.  Returns how many sessions were ended.
+-- covers when the transaction commits; a rollback, or a ROLLBACK TO SAVEPOINT
+-- past the call, ends none.  Returns how many live sessions it covers now:
+-- those are ended at commit.
 CREATE FUNCTION oauth.revoke(token_id text DEFAULT NULL, subject text DEFAULT NULL,
                              issuer text DEFAULT NULL, expires_at timestamptz DEFAULT NULL,
                              reason text DEFAULT NULL)
@@ -45,4 +47,4 @@ END
 $$;
 REVOKE ALL ON FUNCTION oauth.revoke(text, text, text, timestamptz, text) FROM PUBLIC;
 COMMENT ON FUNCTION oauth.revoke(text, text, text, timestamptz, text) IS
-    'Revoke by token id, subject and/or issuer (until expires_at, NULL: forever) and end the live sessions it covers';
+    'Revoke by token id, subject and/or issuer (until expires_at, NULL: forever) and end the live sessions it covers when the transaction commits; returns how many it covers now';

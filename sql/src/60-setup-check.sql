@@ -352,9 +352,18 @@ BEGIN
             pg_catalog.format('Run SELECT * FROM oauth.check_setup() (or pg-oauth doctor) in database "%s"', config_db);
     END IF;
 
+    -- the validator workers connect regardless (BGWORKER_BYPASS_ALLOWCONN)
+    RETURN QUERY
+    SELECT 'risk', 'config_database_closed',
+           pg_catalog.format('database "%s" (pg_oauth.database) does not allow connections: token logins still work, but nobody can connect to change the configuration or revoke a token',
+                             d.datname),
+           pg_catalog.format('ALTER DATABASE %I ALLOW_CONNECTIONS true', d.datname)
+      FROM pg_catalog.pg_database AS d
+     WHERE d.datname = config_db AND NOT d.datallowconn;
+
     RETURN QUERY
     SELECT 'risk', 'config_database_owner',
-           pg_catalog.format('database "%s" (pg_oauth.database) is owned by "%s", not a superuser: the owner can change database settings and objects that the superuser-run validator workers use',
+           pg_catalog.format('database "%s" (pg_oauth.database) is owned by "%s", not a superuser: the owner can change database settings and objects that the superuser-run validator workers use, close it to connections, and rename or drop it (then, from the next restart, every token login is refused validator_unavailable)',
                              d.datname, a.rolname),
            pg_catalog.format('ALTER DATABASE %I OWNER TO postgres (or another superuser); grant the former owner what it needs instead',
                              d.datname)

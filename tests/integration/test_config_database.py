@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from conftest import make_cluster, refusal, setup_oauth
+from conftest import make_cluster, refusal, setup_oauth, until
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +127,49 @@ def test_cache_does_not_outlive_the_extension(own, issuer):
     setup_oauth(own, issuer.issuer)
     own.wait_for_workers()
     admitted_twice(own, token)
+
+
+# -- the owner of pg_oauth.database closes it (issue 19, finding 5) -----------------
+
+@pytest.fixture(scope="module")
+def closed(issuer):
+    """A server whose configuration database's non-superuser owner set
+    ALLOW_CONNECTIONS false, restarted since."""
+    c = make_cluster(issuer)
+    c.sql("CREATE ROLE cfg_owner NOLOGIN")
+    c.sql("CREATE DATABASE app")
+    c.sql("CREATE EXTENSION pg_oauth CASCADE", dbname="app")
+    c.sql("ALTER DATABASE postgres OWNER TO cfg_owner")
+    with c.admin("app") as conn:
+        conn.execute("SET ROLE cfg_owner")          # the owner's own right, no superuser
+        conn.execute("ALTER DATABASE postgres ALLOW_CONNECTIONS false")
+    c.restart()
+    yield c
+    c.sql("ALTER DATABASE postgres ALLOW_CONNECTIONS true", dbname="app")
+    c.stop()
+
+
+def test_token_login_works_when_the_owner_closes_the_configuration_database(closed, issuer):
+    """The workers connect regardless of datallowconn (BGWORKER_BYPASS_ALLOWCONN)."""
+    token = issuer.mint(sub="alice")
+
+    def login() -> str:
+        try:
+            with closed.token_connect("alice", token, dbname="app") as conn:
+                return conn.execute("SELECT current_user").fetchone()[0]
+        except psycopg.OperationalError as exc:
+            if "validator_unavailable" in str(exc):   # workers still starting
+                return ""
+            raise
+
+    assert until(login, timeout=30, what="a token login after the restart") == "alice"
+
+
+def test_check_setup_names_a_closed_configuration_database(closed):
+    rows = closed.sql("SELECT severity, check_name, finding FROM oauth.check_setup()",
+                      dbname="app")
+    names = {r[1]: r for r in rows}
+    assert "config_database_closed" in names, rows
+    assert names["config_database_closed"][0] == "risk"
+    owner = names["config_database_owner"][2]
+    assert "rename" in owner and "cfg_owner" in owner, owner

@@ -180,3 +180,80 @@ def test_per_rule_session_limit(cluster, issuer, refused):
         first.close()
     finally:
         cluster.sql("DELETE FROM oauth.role_map WHERE claim = 'team'")
+
+
+def _alive(conn: psycopg.Connection) -> bool:
+    try:
+        conn.execute("SELECT 1").fetchone()
+        return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.mark.parametrize("how", ["rollback_to_savepoint", "rollback"])
+def test_rolled_back_revoke_ends_no_session(cluster, issuer, how):
+    """Issue 19, finding 4: oauth.revoke() in a savepoint that is rolled back (or in a
+    transaction that is) ends nothing: its revocation row is gone, so are its ends."""
+    jti = f"rb-{how}-{time.time_ns()}"
+    sess = cluster.token_connect("alice", issuer.mint(sub="alice", jti=jti))
+    try:
+        with cluster.admin() as admin:
+            admin.execute("BEGIN")
+            if how == "rollback_to_savepoint":
+                admin.execute("SAVEPOINT s")
+                # the return value: the live sessions it covers now, ended at commit
+                assert admin.execute("SELECT oauth.revoke(token_id => %s)",
+                                     (jti,)).fetchone() == (1,)
+                admin.execute("ROLLBACK TO SAVEPOINT s")
+                admin.execute("COMMIT")
+            else:
+                admin.execute("SELECT oauth.revoke(token_id => %s)", (jti,))
+                admin.execute("ROLLBACK")
+        time.sleep(2)
+        assert _alive(sess), "a rolled-back revocation ended the session"
+        assert cluster.sql("SELECT count(*) FROM oauth.revocations WHERE token_id = %s",
+                           (jti,)) == [(0,)]
+    finally:
+        sess.close()
+
+
+def test_revoke_in_a_released_savepoint_ends_the_session_at_commit(cluster, issuer):
+    """A savepoint that is released passes its revocation on to the transaction."""
+    jti = f"rb-release-{time.time_ns()}"
+    sess = cluster.token_connect("alice", issuer.mint(sub="alice", jti=jti))
+    try:
+        with cluster.admin() as admin:
+            admin.execute("BEGIN")
+            admin.execute("SAVEPOINT outer_sp")
+            admin.execute("SAVEPOINT inner_sp")
+            assert admin.execute("SELECT oauth.revoke(token_id => %s)",
+                                 (jti,)).fetchone() == (1,)
+            admin.execute("RELEASE SAVEPOINT inner_sp")
+            admin.execute("RELEASE SAVEPOINT outer_sp")
+            time.sleep(1)
+            assert _alive(sess), "ended before the revocation committed"
+            admin.execute("COMMIT")
+        until(lambda: not _alive(sess), timeout=10, what="the revoked session to end")
+    finally:
+        sess.close()
+
+
+def test_revoke_kept_after_a_later_savepoint_rolls_back(cluster, issuer):
+    """Only what came after the savepoint is undone: an earlier revoke still ends."""
+    kept, undone = f"rb-kept-{time.time_ns()}", f"rb-undone-{time.time_ns()}"
+    s1 = cluster.token_connect("alice", issuer.mint(sub="alice", jti=kept))
+    s2 = cluster.token_connect("alice", issuer.mint(sub="alice", jti=undone))
+    try:
+        with cluster.admin() as admin:
+            admin.execute("BEGIN")
+            admin.execute("SELECT oauth.revoke(token_id => %s)", (kept,))
+            admin.execute("SAVEPOINT s")
+            admin.execute("SELECT oauth.revoke(token_id => %s)", (undone,))
+            admin.execute("ROLLBACK TO SAVEPOINT s")
+            admin.execute("COMMIT")
+        until(lambda: not _alive(s1), timeout=10, what="the revoked session to end")
+        time.sleep(1)
+        assert _alive(s2), "the rolled-back revocation ended its session"
+    finally:
+        s1.close()
+        s2.close()
