@@ -251,6 +251,8 @@ pg_oauth_housekeeper_main(Datum main_arg)
 	 * superuser) must not stop every token login with ALLOW_CONNECTIONS false.
 	 */
 	BackgroundWorkerInitializeConnection(pg_oauth_database, NULL, BGWORKER_BYPASS_ALLOWCONN);
+	/* started during recovery: a promotion later is this process's to announce */
+	was_standby = RecoveryInProgress();
 	pg_oauth_pin_worker_settings(true);
 	pgstat_report_appname("pg_oauth housekeeper");
 

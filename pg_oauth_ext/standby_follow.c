@@ -128,6 +128,9 @@ standby_follow_step(void *arg)
 		 * while a revocation was replayed: every revocation is checked once.
 		 */
 		ended = end_revoked_sessions(-1);
+		/* and workers re-read what may have been replayed since they loaded */
+		pg_atomic_fetch_add_u64(&pg_oauth_shared->config_version, 1);
+		pg_oauth_wake_all_workers();
 		if (ended > 0)
 			ereport(LOG,
 					(errmsg("pg_oauth: standby ended %d token sessions covered by replayed revocations",

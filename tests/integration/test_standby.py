@@ -195,7 +195,8 @@ def test_a_promoted_standby_keeps_what_was_committed_before(own) -> None:
               what="promotion")
         until(lambda: "now a primary" in standby.log_text()[offset:], timeout=30,
               what="the workers say they took over: "
-                   f"{[ln for ln in standby.log_text().splitlines() if 'pg_oauth' in ln][-8:]}")
+                   f"{[ln for ln in standby.log_text().splitlines() if 'pg_oauth:' in ln or 'housekeeper' in ln or 'promot' in ln][-12:]} "
+                   f"{standby.sql('SELECT backend_type, state, query, wait_event FROM pg_stat_activity WHERE backend_type LIKE %s', ('pg_oauth%',))}")
 
         follows(standby, "alice", fresh, "ok")
         assert attempt(standby, "bob", own.mint(sub="bob")) == "revoked"

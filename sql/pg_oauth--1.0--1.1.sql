@@ -1,0 +1,418 @@
+-- pg_oauth 1.0 -> 1.1: ALTER EXTENSION pg_oauth UPDATE (docs/upgrades.md)
+\echo Use "ALTER EXTENSION pg_oauth UPDATE TO '1.1'" to load this file. \quit
+
+-- A hot standby follows its primary (standby_follow.c, 90-standby.sql)
+CREATE FUNCTION oauth._standby_followed(OUT version bigint, OUT looked_at timestamptz)
+    RETURNS record
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_standby_followed';
+REVOKE ALL ON FUNCTION oauth._standby_followed() FROM PUBLIC;
+COMMENT ON FUNCTION oauth._standby_followed() IS
+    'On a standby: the replayed configuration version its housekeeper last applied (workers reloaded, sessions of replayed revocations ended) and when it last looked';
+
+-- check_setup's rows on a standby: nothing on a primary
+CREATE FUNCTION oauth._check_standby()
+    RETURNS TABLE(severity text, check_name text, finding text, fix text)
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    applied bigint;
+    looked timestamptz;
+    replayed bigint;
+BEGIN
+    IF NOT pg_catalog.pg_is_in_recovery() THEN
+        RETURN;
+    END IF;
+    SELECT f.version, f.looked_at INTO applied, looked FROM oauth._standby_followed() AS f;
+    SELECT s.version INTO replayed FROM oauth.config_state AS s;
+    IF looked IS NULL OR looked OPERATOR(pg_catalog.<)
+            (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) interval '5 seconds') THEN
+        RETURN QUERY SELECT 'risk', 'standby_not_following',
+            CASE WHEN looked IS NULL
+                 THEN 'this standby''s housekeeper has not looked at the replayed configuration: revocations, rules, issuers and keys changed on the primary may not apply here'
+                 ELSE pg_catalog.format('this standby''s housekeeper last looked at the replayed configuration at %s: revocations, rules, issuers and keys changed on the primary since may not apply here', looked)
+            END,
+            'Check that pg_oauth is in shared_preload_libraries and that the pg_oauth housekeeper runs (pg_stat_activity, backend_type ''pg_oauth housekeeper''); its errors are in the server log';
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT 'info', 'standby_follows_primary',
+        pg_catalog.format('this standby''s workers follow the primary''s configuration: configuration version %s applied (replayed: %s), looked at %s',
+                          applied, replayed, looked),
+        'Nothing to do: changes committed on the primary apply here within a second of their replay';
+END
+$$;
+REVOKE ALL ON FUNCTION oauth._check_standby() FROM PUBLIC;
+
+-- oauth.revoke ends the sessions it covers only when the (sub)transaction commits
+COMMENT ON FUNCTION oauth.revoke(text, text, text, timestamptz, text) IS
+    'Revoke by token id, subject and/or issuer (until expires_at, NULL: forever) and end the live sessions it covers when the transaction commits; returns how many it covers now';
+
+-- check_setup: a configuration database closed to connections and what its owner can
+-- do (60-setup-check.sql); on a standby, whether it follows its primary (90-standby.sql)
+CREATE OR REPLACE FUNCTION oauth.check_setup()
+    RETURNS TABLE(severity text, check_name text, finding text, fix text)
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    -- the placeholder or default when the library is not loaded
+    config_db text := coalesce(NULLIF(
+                          pg_catalog.current_setting('pg_oauth.database', true), ''),
+                          'postgres');
+    in_config_db boolean := pg_catalog.current_database() = config_db;
+    first_trust integer;
+    setting text;
+    names text[];
+    file record;
+BEGIN
+    SELECT pg_catalog.min(h.line_number) INTO first_trust
+      FROM pg_catalog.pg_hba_file_rules AS h WHERE h.auth_method = 'trust';
+
+    -- pg_hba.conf ---------------------------------------------------------------
+
+    RETURN QUERY
+    SELECT 'risk', 'hba_file_error',
+           pg_catalog.format('pg_hba.conf line %s: %s', h.line_number, h.error),
+           'Fix the line: a reload keeps the previous pg_hba.conf and a restart fails until then'
+      FROM pg_catalog.pg_hba_file_rules AS h
+     WHERE h.error IS NOT NULL
+     ORDER BY h.line_number;
+
+    -- PostgreSQL 18's oauth lines are token lines too (pg_oauth as their validator)
+    IF first_trust IS NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_hba_file_rules AS h WHERE h.auth_method = 'oauth') THEN
+        RETURN QUERY SELECT 'warning', 'no_token_lines',
+            'pg_hba.conf has no trust line: pg_oauth acts only on trust lines, so no token login can succeed',
+            'Add a token line, e.g. hostssl all +oauth_users 0.0.0.0/0 trust, below the break-glass lines';
+    END IF;
+
+    RETURN QUERY
+    SELECT 'risk', 'trust_for_all_users',
+           pg_catalog.format('pg_hba.conf %s: a trust line for all users; if pg_oauth is ever missing from shared_preload_libraries it admits any role, superusers included, with no credential',
+                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
+                                                  h.address, h.netmask, h.auth_method)),
+           'Scope token lines to a group role: replace all by +oauth_users (CREATE ROLE oauth_users NOLOGIN; GRANT oauth_users TO each token role)'
+      FROM pg_catalog.pg_hba_file_rules AS h
+     WHERE h.auth_method = 'trust' AND 'all' = ANY (h.user_name)
+     ORDER BY h.line_number;
+
+    RETURN QUERY
+    SELECT 'risk', 'trust_without_tls',
+           pg_catalog.format('pg_hba.conf %s: a %s trust line matches TCP connections without TLS; pg_oauth refuses token logins there (pg_oauth.require_ssl), but without the library it is plain trust over an unencrypted connection',
+                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
+                                                  h.address, h.netmask, h.auth_method),
+                             h.type),
+           'Use hostssl for token lines'
+      FROM pg_catalog.pg_hba_file_rules AS h
+     WHERE h.auth_method = 'trust' AND h.type IN ('host', 'hostnossl', 'hostnogssenc')
+     ORDER BY h.line_number;
+
+    RETURN QUERY
+    SELECT 'risk', 'oauth_without_tls',
+           pg_catalog.format('pg_hba.conf %s: a %s oauth line matches TCP connections without TLS; the client sends its bearer token before pg_oauth can refuse the connection (pg_oauth.require_ssl), so the token crosses the network in clear',
+                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
+                                                  h.address, h.netmask, h.auth_method),
+                             h.type),
+           'Use hostssl for oauth lines (and sslmode=verify-full on the clients)'
+      FROM pg_catalog.pg_hba_file_rules AS h
+     WHERE h.auth_method = 'oauth' AND h.type IN ('host', 'hostnossl', 'hostnogssenc')
+     ORDER BY h.line_number;
+
+    -- PostgreSQL 18's oauth lines on another validator: PostgreSQL itself refuses
+    -- a line whose validator oauth_validator_libraries does not list, a line
+    -- without validator= when that setting lists several (both hba_file_error),
+    -- and every oauth line while it is empty; a valid line always shows its
+    -- validator in options, given or the one library listed
+    RETURN QUERY
+    SELECT 'risk', 'oauth_line_other_validator',
+           pg_catalog.format('pg_hba.conf %s: the validator of this oauth line is "%s", not pg_oauth: its logins skip pg_oauth''s policy (superusers refused, oauth.role_map, the role policy, revocation, session limits, the audit log)',
+                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
+                                                  h.address, h.netmask, h.auth_method),
+                             v.validator),
+           'Add validator=pg_oauth to the line (pg_oauth in oauth_validator_libraries); keep another validator only on lines it is meant to decide, and keep superusers off them'
+      FROM pg_catalog.pg_hba_file_rules AS h,
+           LATERAL (SELECT pg_catalog.substr(o, 11)
+                      FROM pg_catalog.unnest(h.options) AS o
+                     WHERE pg_catalog.left(o, 10) = 'validator=') AS v(validator)
+     WHERE h.auth_method = 'oauth' AND h.error IS NULL
+       AND v.validator !~ '(^|/)pg_oauth(\.so)?$'
+     ORDER BY h.line_number;
+
+    -- without a map PostgreSQL compares the validator's identity with the role
+    -- name; pg_oauth's is "<issuer> <subject>", which no role is named
+    RETURN QUERY
+    SELECT 'warning', 'oauth_line_without_map',
+           pg_catalog.format('pg_hba.conf %s: an oauth line with neither delegate_ident_mapping=1 nor map=: PostgreSQL admits a login there only when the identity the validator reports equals the role name (pg_oauth reports the token''s issuer, a space and its subject), so its logins fail',
+                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
+                                                  h.address, h.netmask, h.auth_method)),
+           'Add delegate_ident_mapping=1 (oauth.role_map decides the role), or map=<name> with a pg_ident.conf map from "<issuer> <subject>" to roles'
+      FROM pg_catalog.pg_hba_file_rules AS h
+     WHERE h.auth_method = 'oauth' AND h.error IS NULL
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(h.options) AS o
+                        WHERE o = 'delegate_ident_mapping=true'
+                           OR pg_catalog.left(o, 4) = 'map=')
+     ORDER BY h.line_number;
+
+    RETURN QUERY
+    SELECT 'warning', 'trust_local',
+           pg_catalog.format('pg_hba.conf %s: token logins over the Unix socket (no TLS needed there); every local OS user can try them',
+                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
+                                                  h.address, h.netmask, h.auth_method)),
+           'Keep it only if local token logins are intended; otherwise use peer for local lines'
+      FROM pg_catalog.pg_hba_file_rules AS h
+     WHERE h.auth_method = 'trust' AND h.type = 'local'
+     ORDER BY h.line_number;
+
+    -- a superuser line with a real method above the token lines (a superuser
+    -- reaching a token line is refused: nobody could administer the server
+    -- when the validator cannot run)
+    IF first_trust IS NOT NULL AND NOT EXISTS (
+        SELECT 1
+          FROM pg_catalog.pg_hba_file_rules AS h,
+               LATERAL oauth._hba_user_roles(h.user_name) AS r
+          JOIN pg_catalog.pg_authid AS a ON a.oid = r.roleid
+         WHERE h.line_number < first_trust AND h.error IS NULL
+           AND h.auth_method NOT IN ('trust', 'reject')
+           AND a.rolsuper AND a.rolcanlogin)
+    THEN
+        RETURN QUERY SELECT 'risk', 'no_break_glass',
+            pg_catalog.format('no pg_hba.conf line with a real method (peer, scram-sha-256, cert) admits a superuser above the first trust line (line %s): superusers reach the token lines, which refuse them, so nobody can log in to fix the server when the validator cannot run',
+                              first_trust),
+            'Add break-glass lines above the token lines, e.g. local all postgres peer and hostssl all postgres 10.0.0.0/8 scram-sha-256';
+    END IF;
+
+    -- replication: physical through a "replication" line, logical
+    -- (replication=database) through any line matching a database
+    RETURN QUERY
+    SELECT 'risk', 'replication_via_trust',
+           pg_catalog.format('pg_hba.conf %s: physical replication connections can come through a trust line; they never load session libraries, so without pg_oauth preloaded they stream every change with no credential',
+                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
+                                                  h.address, h.netmask, h.auth_method)),
+           'Give replication its own line with a real method (hostssl replication replicator 10.0.0.5/32 scram-sha-256) and remove replication from trust lines'
+      FROM pg_catalog.pg_hba_file_rules AS h
+     WHERE h.auth_method = 'trust' AND 'replication' = ANY (h.database)
+     ORDER BY h.line_number;
+
+    RETURN QUERY
+    SELECT 'risk', 'replication_via_trust',
+           pg_catalog.format('pg_hba.conf %s: roles that may replicate (REPLICATION or superuser) match this trust line: %s; logical replication connections (replication=database) match ordinary database lines',
+                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
+                                                  h.address, h.netmask, h.auth_method),
+                             oauth._name_list(repl.names)),
+           'Scope the line to a group role without replication roles (+oauth_users), and give replication its own line with a real method'
+      FROM pg_catalog.pg_hba_file_rules AS h,
+           LATERAL (SELECT pg_catalog.array_agg(pg_catalog.quote_ident(a.rolname) ORDER BY a.rolname)
+                      FROM oauth._hba_user_roles(h.user_name) AS r
+                      JOIN pg_catalog.pg_authid AS a ON a.oid = r.roleid
+                     WHERE a.rolcanlogin AND (a.rolreplication OR a.rolsuper)) AS repl(names)
+     WHERE h.auth_method = 'trust' AND NOT 'replication' = ANY (h.database)
+       AND repl.names IS NOT NULL
+     ORDER BY h.line_number;
+
+    SELECT pg_catalog.string_agg(pg_catalog.btrim(a), ', ') INTO setting
+      FROM pg_catalog.regexp_split_to_table(pg_catalog.current_setting('listen_addresses'), ',') AS a
+     WHERE pg_catalog.btrim(a) IN ('*', '0.0.0.0', '::');
+    IF setting IS NOT NULL THEN
+        RETURN QUERY
+        SELECT 'warning', 'trust_from_anywhere',
+               pg_catalog.format('pg_hba.conf %s: token logins from any address, and listen_addresses includes %s',
+                                 oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
+                                                      h.address, h.netmask, h.auth_method),
+                                 setting),
+               'Restrict the line to the networks clients come from'
+          FROM pg_catalog.pg_hba_file_rules AS h
+         WHERE h.auth_method = 'trust'
+           AND (h.address = 'all'
+                OR (h.address IN ('0.0.0.0', '::') AND h.netmask IN ('0.0.0.0', '::')))
+         ORDER BY h.line_number;
+    END IF;
+
+    -- the library and the guard --------------------------------------------------
+
+    IF NOT oauth._lists_pg_oauth(pg_catalog.current_setting('shared_preload_libraries')) THEN
+        RETURN QUERY SELECT 'risk', 'library_not_preloaded',
+            'pg_oauth is not in shared_preload_libraries: trust lines are plain trust, no token is asked for',
+            'Set shared_preload_libraries = ''pg_oauth'' and restart the server';
+    END IF;
+
+    -- PostgreSQL 18: the oauth method loads the validator in each backend, too
+    -- late for pg_oauth's shared memory and workers (NULL before 18)
+    IF oauth._lists_pg_oauth(pg_catalog.current_setting('oauth_validator_libraries', true))
+       AND NOT oauth._lists_pg_oauth(pg_catalog.current_setting('shared_preload_libraries')) THEN
+        RETURN QUERY SELECT 'risk', 'validator_not_preloaded',
+            'oauth_validator_libraries names pg_oauth but shared_preload_libraries does not: every OAUTHBEARER login on an oauth line is refused (reason=validator_unavailable)',
+            'Set shared_preload_libraries = ''pg_oauth'' and restart the server';
+    END IF;
+
+    -- the cluster-wide value (postgresql.conf, ALTER SYSTEM), not this session's
+    SELECT f.setting INTO setting
+      FROM pg_catalog.pg_file_settings AS f
+     WHERE f.name = 'session_preload_libraries' AND f.applied
+     ORDER BY f.seqno DESC LIMIT 1;
+    IF NOT oauth._lists_pg_oauth(setting) AND first_trust IS NOT NULL THEN
+        -- roles trust lines admit that have no ALTER ROLE ... SET of their own
+        -- (a group's role settings do not apply to its members)
+        SELECT pg_catalog.array_agg(DISTINCT pg_catalog.quote_ident(r.rolname)) INTO names
+          FROM pg_catalog.pg_hba_file_rules AS h,
+               LATERAL oauth._hba_user_roles(h.user_name) AS r
+          JOIN pg_catalog.pg_authid AS a ON a.oid = r.roleid
+         WHERE h.auth_method = 'trust' AND a.rolcanlogin
+           AND NOT EXISTS (
+               SELECT 1
+                 FROM pg_catalog.pg_db_role_setting AS s,
+                      pg_catalog.unnest(s.setconfig) AS c
+                WHERE s.setrole = a.oid AND s.setdatabase = 0
+                  AND c LIKE 'session\_preload\_libraries=%'
+                  AND oauth._lists_pg_oauth(pg_catalog.substr(c, pg_catalog.strpos(c, '=') + 1)));
+        IF names IS NOT NULL THEN
+            RETURN QUERY SELECT 'risk', 'guard_missing',
+                pg_catalog.format('session_preload_libraries does not include pg_oauth, cluster-wide or for these roles that trust lines admit: %s; if pg_oauth is ever missing from shared_preload_libraries, their trust-line sessions are not ended',
+                                  oauth._name_list(names)),
+                'Set session_preload_libraries = ''pg_oauth'' in postgresql.conf (or ALTER ROLE <role> SET session_preload_libraries = ''pg_oauth'' for each token role: a group''s setting does not apply to its members) and reload';
+        END IF;
+    END IF;
+
+    -- TLS -------------------------------------------------------------------------
+
+    IF pg_catalog.current_setting('ssl') <> 'on' THEN
+        RETURN QUERY SELECT 'risk', 'ssl_off',
+            'ssl is off: token logins over TCP are refused (pg_oauth.require_ssl) or would send the token in clear',
+            'Set ssl = on with ssl_cert_file and ssl_key_file, and reload';
+    ELSE
+        FOR file IN
+            SELECT s.name, s.setting FROM pg_catalog.pg_settings AS s
+             WHERE s.name IN ('ssl_cert_file', 'ssl_key_file') ORDER BY s.name
+        LOOP
+            BEGIN
+                -- opens the file and reads nothing: no key material leaves it
+                IF pg_catalog.pg_read_binary_file(file.setting, 0, 0, true) IS NULL THEN
+                    RETURN QUERY SELECT 'risk', 'ssl_files_missing',
+                        pg_catalog.format('%s "%s" does not exist: the next reload or restart cannot load TLS', file.name, file.setting),
+                        pg_catalog.format('Put the file in place or point %s at it (relative paths are relative to the data directory)', file.name);
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                RETURN QUERY SELECT 'risk', 'ssl_files_missing',
+                    pg_catalog.format('%s "%s" cannot be read: %s', file.name, file.setting, SQLERRM),
+                    pg_catalog.format('Make %s readable by the server''s OS user', file.name);
+            END;
+        END LOOP;
+    END IF;
+
+    setting := pg_catalog.lower(pg_catalog.current_setting('pg_oauth.require_ssl', true));
+    IF setting IN ('off', 'false', 'no', '0') THEN
+        RETURN QUERY SELECT 'risk', 'require_ssl_off',
+            'pg_oauth.require_ssl is off: over TCP without TLS the token is asked for and sent in clear',
+            'ALTER SYSTEM RESET pg_oauth.require_ssl; SELECT pg_reload_conf()';
+    END IF;
+
+    -- the configuration database --------------------------------------------------
+
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_database AS d WHERE d.datname = config_db) THEN
+        RETURN QUERY SELECT 'risk', 'config_database_missing',
+            pg_catalog.format('pg_oauth.database is "%s", which does not exist: every token login is refused', config_db),
+            pg_catalog.format('CREATE DATABASE %I and CREATE EXTENSION pg_oauth CASCADE in it, or point pg_oauth.database at the database that has the configuration (restart)', config_db);
+    ELSIF NOT in_config_db THEN
+        RETURN QUERY SELECT 'risk', 'not_configuration_database',
+            pg_catalog.format('these checks ran in database "%s", but the configuration (oauth.role_map) is read from pg_oauth.database "%s": token roles from the role map were not checked',
+                              pg_catalog.current_database(), config_db),
+            pg_catalog.format('Run SELECT * FROM oauth.check_setup() (or pg-oauth doctor) in database "%s"', config_db);
+    END IF;
+
+    -- the validator workers connect regardless (BGWORKER_BYPASS_ALLOWCONN)
+    RETURN QUERY
+    SELECT 'risk', 'config_database_closed',
+           pg_catalog.format('database "%s" (pg_oauth.database) does not allow connections: token logins still work, but nobody can connect to change the configuration or revoke a token',
+                             d.datname),
+           pg_catalog.format('ALTER DATABASE %I ALLOW_CONNECTIONS true', d.datname)
+      FROM pg_catalog.pg_database AS d
+     WHERE d.datname = config_db AND NOT d.datallowconn;
+
+    RETURN QUERY
+    SELECT 'risk', 'config_database_owner',
+           pg_catalog.format('database "%s" (pg_oauth.database) is owned by "%s", not a superuser: the owner can change database settings and objects that the superuser-run validator workers use, close it to connections, and rename or drop it (then, from the next restart, every token login is refused validator_unavailable)',
+                             d.datname, a.rolname),
+           pg_catalog.format('ALTER DATABASE %I OWNER TO postgres (or another superuser); grant the former owner what it needs instead',
+                             d.datname)
+      FROM pg_catalog.pg_database AS d
+      JOIN pg_catalog.pg_authid AS a ON a.oid = d.datdba
+     WHERE d.datname = config_db AND NOT a.rolsuper;
+
+    RETURN QUERY
+    SELECT 'risk', 'schema_owner',
+           pg_catalog.format('schema oauth in database "%s" is owned by "%s", not a superuser: its owner can drop and replace the extension''s tables and functions',
+                             pg_catalog.current_database(), a.rolname),
+           'ALTER SCHEMA oauth OWNER TO postgres (or another superuser)'
+      FROM pg_catalog.pg_namespace AS n
+      JOIN pg_catalog.pg_authid AS a ON a.oid = n.nspowner
+     WHERE n.nspname = 'oauth' AND NOT a.rolsuper;
+
+    -- token roles -------------------------------------------------------------------
+
+    -- every role a trust line names or admits through +group, and every role
+    -- a role_map rule yields literally (no \1 substitution)
+    RETURN QUERY
+    WITH token_roles(rolname, what, num) AS (
+        SELECT r.rolname::text,
+               CASE WHEN r.via = 'name' THEN 'named' ELSE 'member of ' || r.via END,
+               h.line_number
+          FROM pg_catalog.pg_hba_file_rules AS h,
+               LATERAL oauth._hba_user_roles(h.user_name) AS r
+         WHERE h.auth_method = 'trust' AND r.via <> 'all'
+        UNION ALL
+        SELECT m.role, 'role_map', m.id::integer
+          FROM oauth.role_map AS m
+         WHERE in_config_db AND pg_catalog.strpos(m.role, E'\\') = 0
+    ), per_what AS (
+        -- "member of +oauth_users on pg_hba.conf lines 7, 8"
+        SELECT t.rolname,
+               CASE WHEN t.what = 'role_map' THEN 'oauth.role_map rule'
+                    ELSE t.what || ' on pg_hba.conf line' END
+               || CASE WHEN pg_catalog.count(*) > 1 THEN 's ' ELSE ' ' END
+               || pg_catalog.string_agg(t.num::text, ', ' ORDER BY t.num) AS source
+          FROM token_roles AS t GROUP BY t.rolname, t.what
+    ), per_role AS (
+        SELECT w.rolname, pg_catalog.string_agg(w.source, '; ' ORDER BY w.source) AS sources
+          FROM per_what AS w GROUP BY w.rolname
+    )
+    SELECT 'risk', 'privileged_token_role',
+           pg_catalog.format('token role "%s" (%s) reaches %s%s; pg_oauth refuses its token logins, but a trust line does not when the library is missing',
+                             p.rolname, p.sources, priv.privilege,
+                             CASE WHEN priv.via = p.rolname THEN ''
+                                  ELSE pg_catalog.format(' through "%s"', priv.via) END),
+           CASE WHEN priv.via <> p.rolname
+                THEN pg_catalog.format('REVOKE the membership that leads to %I from %I, or keep %I out of the token roles', priv.via, p.rolname, p.rolname)
+                WHEN priv.privilege IN ('superuser', 'createrole', 'replication', 'bypassrls')
+                THEN pg_catalog.format('ALTER ROLE %I NO%s, or keep it out of the token roles', p.rolname, pg_catalog.upper(priv.privilege))
+                ELSE pg_catalog.format('REVOKE %I FROM %I, or keep it out of the token roles', priv.via, p.rolname) END
+      FROM per_role AS p,
+           LATERAL oauth.role_privileges(p.rolname::name) AS priv
+     WHERE NOT priv.allowed
+     ORDER BY p.rolname, priv.privilege;
+
+    -- settings -----------------------------------------------------------------------
+
+    setting := pg_catalog.concat_ws(', ',
+                   NULLIF(pg_catalog.current_setting('pg_oauth.allow_privileges', true), ''),
+                   CASE WHEN pg_catalog.lower(pg_catalog.current_setting('pg_oauth.allow_superuser', true))
+                             IN ('on', 'true', 'yes', '1')
+                        THEN 'superuser (pg_oauth.allow_superuser)' END);
+    IF setting <> '' THEN
+        RETURN QUERY SELECT 'warning', 'privileges_allowed',
+            pg_catalog.format('token logins may use roles that reach: %s', setting),
+            'Keep only what token logins need: ALTER SYSTEM RESET pg_oauth.allow_privileges (and pg_oauth.allow_superuser); SELECT pg_reload_conf()';
+    END IF;
+
+    IF pg_catalog.current_setting('pg_oauth.workers', true) = '0' THEN
+        RETURN QUERY SELECT 'risk', 'no_workers',
+            'pg_oauth.workers is 0: every token login is refused (validator_unavailable)',
+            'Set pg_oauth.workers to 2 or more and restart the server';
+    END IF;
+
+    -- a hot standby: does it follow its primary's configuration (90-standby.sql)
+    RETURN QUERY SELECT * FROM oauth._check_standby();
+END
+$$;
+REVOKE ALL ON FUNCTION oauth.check_setup() FROM PUBLIC;
+COMMENT ON FUNCTION oauth.check_setup() IS
+    'Risks in the pg_hba.conf on disk, the settings and the token roles, each with its fix; no row: nothing found (a standby adds one row saying whether it follows its primary). Run it in the database named by pg_oauth.database';
