@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import ipaddress
 import json
 import math
@@ -231,6 +232,41 @@ def _split(token: object) -> tuple[str, str, str]:
         f"token has {segments} segment(s); a compact JWS has three base64url "
         "segments separated by dots"
     )
+
+
+# claims that leave Python as identities (issuer, subject and token id columns, the
+# C side's hashes, the revocation lookup, azp against authorized_parties)
+IDENTITY_CLAIMS = ("iss", "sub", "jti", "azp")
+
+
+def _unstorable(value: str) -> bool:
+    """Whether text holds what PostgreSQL text cannot: NUL or a lone surrogate.
+
+    Such a value is stored with U+FFFD in place (sessions, audit, C hashes) but
+    compared raw here, so two forms of one identity would disagree.
+    """
+    if value.isascii():
+        return "\x00" in value
+    return any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in value)
+
+
+def _digest_prefix(value: str) -> str:
+    """Enough of a value's SHA-256 to tell it from another, nothing to read it by.
+
+    Compare: left(encode(sha256(convert_to(issuer, 'UTF8')), 'hex'), 12).
+    """
+    raw = value.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).hexdigest()[:12]
+
+
+def _check_identity_text(payload: dict[str, Any], names: tuple[str, ...]) -> None:
+    for name in names:
+        value = payload.get(name)
+        if isinstance(value, str) and _unstorable(value):
+            raise Malformed(
+                f"{name} claim contains NUL or an unpaired surrogate (\\u0000, "
+                "\\ud800-\\udfff), which PostgreSQL text cannot store"
+            )
 
 
 def _number(payload: dict[str, Any], name: str) -> float | None:
@@ -545,11 +581,16 @@ class _Validation:
             raise MissingClaim("token has no iss claim")
         if not isinstance(iss, str):
             raise Malformed("iss claim is not a string")
+        _check_identity_text(payload, ("iss",))
         self.input = f"iss {show(iss)}"
         issuer = self.config.issuers.get(iss)
         if issuer is None:
+            # the signature is not verified yet: the value is the sender's, and
+            # reaches the server log and audit_log; explain's trail shows it
             raise UntrustedIssuer(
-                f"issuer {show(iss)} is not configured in oauth.issuers"
+                "the token's issuer is not configured in oauth.issuers (unverified "
+                f"iss of {len(iss)} characters, SHA-256 {_digest_prefix(iss)}...; "
+                "oauth.explain with the token shows it)"
             )
         if not issuer.enabled:
             raise UntrustedIssuer(f"issuer {show(iss)} is disabled")
@@ -654,6 +695,7 @@ class _Validation:
             raise MissingClaim("token has no azp claim (authorized_parties is set)")
         if not isinstance(azp, str):
             raise Malformed("azp claim is not a string")
+        _check_identity_text(payload, ("azp",))
         if azp not in parties:
             raise AudienceMismatch(
                 f"authorized party (azp) {show(azp, 100)} not accepted; expected one of "
@@ -673,6 +715,7 @@ class _Validation:
             value = payload.get(name)
             if value is not None and not isinstance(value, str):
                 raise Malformed(f"{name} claim is not a string")
+        _check_identity_text(payload, IDENTITY_CLAIMS)
         sub = payload.get("sub")
         if issuer.require_sub and not sub:
             # RFC 9068 2.2: an access token names its subject
