@@ -135,6 +135,7 @@ class IssuerConfig:
     jwks_cooldown: float = DEFAULT_JWKS_COOLDOWN
     http_timeout: float = DEFAULT_HTTP_TIMEOUT
     allow_insecure_http: bool = False
+    allow_loopback_http: bool = False
     max_sessions_per_subject: int | None = None
     # accepted typ header values, normalized (None: any typ, or none)
     typ: tuple[str, ...] | None = None
@@ -177,6 +178,7 @@ class IssuerConfig:
             http_timeout=seconds("http_timeout", DEFAULT_HTTP_TIMEOUT)
             or DEFAULT_HTTP_TIMEOUT,
             allow_insecure_http=bool(row.get("allow_insecure_http") or False),
+            allow_loopback_http=bool(row.get("allow_loopback_http") or False),
             max_sessions_per_subject=_optional_int(row.get("max_sessions_per_subject")),
             typ=(
                 None

@@ -72,7 +72,8 @@ CREATE TABLE oauth.issuers (
                         CHECK (jwks_cooldown >= '0'::interval),
     http_timeout        interval NOT NULL DEFAULT '5 seconds'
                         CHECK (http_timeout > '0'::interval AND http_timeout <= '30 seconds'::interval),
-    -- plain http:// is refused unless the host is a loopback address or this is set
+    -- plain http:// to any host (a test network); refused unless this is set
+    -- (or, for a loopback host only, allow_loopback_http)
     allow_insecure_http boolean NOT NULL DEFAULT false,
     -- live token sessions one subject may hold at once (NULL: no limit)
     max_sessions_per_subject integer CHECK (max_sessions_per_subject > 0),
