@@ -31,6 +31,7 @@ from pyhook.config import (
     ClaimRules,
     Config,
     IssuerConfig,
+    PatternMatch,
     RequiredClaim,
     RoleRule,
     normalize_typ,
@@ -337,26 +338,47 @@ def _client_ip(client_addr: str | None) -> IPAddress | None:
 
 
 _SINGLE_GROUP = re.compile(r"\\([1-9])")
+# a group reference, or any other escape (kept for Python's template rules)
+_TEMPLATE_ESCAPE = re.compile(r"\\(?:([1-9][0-9]?)|g<([^>]*)>|(.))", re.DOTALL)
 
 
-def _expand(match: re.Match[str], template: str) -> str:
-    # Match.expand parses its template on every call (Python 3.11): the two
-    # shapes nearly every rule has, a literal role and a lone \N, skip that
+def _literal(piece: str) -> str:
+    # Python's own template rules (\n, \\, a bad escape raises) for text without groups
+    return re.sub(r"\A", piece, "", count=1) if "\\" in piece else piece
+
+
+def _expand(match: PatternMatch, template: str) -> str:
+    """The role a template names, as Python's Match.expand would name it: \\1-\\99,
+    \\g<N> and \\g<name> are the pattern's groups (an unmatched one is empty)."""
     if "\\" not in template:
         return template
     single = _SINGLE_GROUP.fullmatch(template)
     if single is not None:
         return match.group(int(single.group(1))) or ""
-    return match.expand(template)
+    parts: list[str] = []
+    literal_start = 0
+    for ref in _TEMPLATE_ESCAPE.finditer(template):
+        if ref.group(3) is not None:
+            continue  # not a group: part of the literal text around it
+        parts.append(_literal(template[literal_start : ref.start()]))
+        name = ref.group(1) or ref.group(2)
+        parts.append(match.group(int(name) if name.isdigit() else name) or "")
+        literal_start = ref.end()
+    parts.append(_literal(template[literal_start:]))
+    return "".join(parts)
 
 
 def _value_role(rule: RoleRule, value: str) -> str | None:
+    # RE2 sees UTF-8: a value with a lone surrogate has none, and neither it nor
+    # one with NUL could become a role name PostgreSQL stores; it matches nothing
+    if _unstorable(value):
+        return None
     match = rule.regex.fullmatch(value)
     if match is None:
         return None
     try:
         return _expand(match, rule.role) or None
-    except (re.error, IndexError):
+    except (re.error, IndexError, KeyError):
         return None
 
 
