@@ -6,7 +6,7 @@ setup(
     description="Validation of OAuth/OIDC JWT logins for the pg_oauth PostgreSQL extension",
     packages=["pyhook"],
     python_requires=">=3.9",
-    install_requires=["PyJWT>=2.8,<3", "cryptography>=41"],
+    install_requires=["PyJWT>=2.8,<3", "cryptography>=41", "google-re2>=1.1"],
     # pg-oauth explain/check/doctor --dsn
     extras_require={"dsn": ["psycopg>=3.1"]},
     entry_points={"console_scripts": ["pg-oauth = pyhook.cli:main"]},

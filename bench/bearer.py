@@ -119,7 +119,8 @@ class Bench:
         self.cluster.sql("CREATE DATABASE pwdb")
         self.cluster.sql("CREATE EXTENSION pg_oauth CASCADE", dbname="pwdb")
         self.cluster.sql(
-            "INSERT INTO oauth.issuers (issuer, audiences) VALUES (%s, %s)",
+            "INSERT INTO oauth.issuers (issuer, audiences, allow_loopback_http) "
+            "VALUES (%s, %s, true)",
             (self.tb.issuer.issuer, [AUDIENCE]))
         self.cluster.sql(
             "INSERT INTO oauth.role_map (issuer, claim, pattern, role) "

@@ -50,8 +50,8 @@ def _large_cluster(tb: Testbed) -> Cluster:
     cluster.sql(f"CREATE ROLE {TOKEN_USER} LOGIN; CREATE EXTENSION pg_oauth CASCADE;")
     with cluster.admin() as conn, conn.transaction():
         conn.execute(
-            "INSERT INTO oauth.issuers (issuer, audiences, jwks_cooldown) "
-            "VALUES (%s, %s, '30 seconds')", (tb.issuer.issuer, [AUDIENCE]))
+            "INSERT INTO oauth.issuers (issuer, audiences, jwks_cooldown, allow_loopback_http) "
+            "VALUES (%s, %s, '30 seconds', true)", (tb.issuer.issuer, [AUDIENCE]))
         conn.execute(
             "INSERT INTO oauth.issuers (issuer, audiences, jwks) "
             "SELECT 'https://issuer-' || g || '.example.com', %s, %s::jsonb "

@@ -188,8 +188,8 @@ class Testbed:
         if not (stored[SCRAM_USER].startswith("SCRAM") and stored[MD5_USER].startswith("md5")):
             raise RuntimeError(f"password hashes are not as intended: {stored}")
         self.main.sql(
-            "INSERT INTO oauth.issuers (issuer, audiences, jwks_cooldown) "
-            "VALUES (%s, %s, '30 seconds')",
+            "INSERT INTO oauth.issuers (issuer, audiences, jwks_cooldown, allow_loopback_http) "
+            "VALUES (%s, %s, '30 seconds', true)",
             (self.issuer.issuer, [AUDIENCE]))
         self.main.sql(
             "INSERT INTO oauth.role_map (issuer, claim, pattern, role) "

@@ -16,7 +16,9 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import re2
 
 if TYPE_CHECKING:  # a runtime X | Y alias would need Python 3.10
     IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -135,6 +137,7 @@ class IssuerConfig:
     jwks_cooldown: float = DEFAULT_JWKS_COOLDOWN
     http_timeout: float = DEFAULT_HTTP_TIMEOUT
     allow_insecure_http: bool = False
+    allow_loopback_http: bool = False
     max_sessions_per_subject: int | None = None
     # accepted typ header values, normalized (None: any typ, or none)
     typ: tuple[str, ...] | None = None
@@ -177,6 +180,7 @@ class IssuerConfig:
             http_timeout=seconds("http_timeout", DEFAULT_HTTP_TIMEOUT)
             or DEFAULT_HTTP_TIMEOUT,
             allow_insecure_http=bool(row.get("allow_insecure_http") or False),
+            allow_loopback_http=bool(row.get("allow_loopback_http") or False),
             max_sessions_per_subject=_optional_int(row.get("max_sessions_per_subject")),
             typ=(
                 None
@@ -204,6 +208,64 @@ class IssuerConfig:
         if max_age is None:
             return self.jwks_refresh
         return min(max(max_age, self.jwks_refresh_min), self.jwks_refresh_max)
+
+
+class PatternMatch(Protocol):
+    def group(self, index: int | str) -> str | None: ...
+
+
+class RolePattern(Protocol):
+    """A compiled role_map pattern (RE2's, through google-re2)."""
+
+    @property
+    def groups(self) -> int: ...
+
+    def fullmatch(self, text: str) -> PatternMatch | None: ...
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print every refused pattern to stderr
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+
+def compile_role_pattern(pattern: str) -> RolePattern:
+    """A role_map pattern compiled by RE2, whose matching time is linear in the value.
+
+    Python's backtracking engine takes exponential time on patterns such as
+    ``([a-z]+)*@corp\\.com`` against values a user controls (email, name, groups),
+    holding a validator worker. RE2 has no backreferences, lookaround or possessive
+    quantifiers: such a pattern raises ValueError (the rule is refused when written,
+    skipped with a warning when loaded).
+    """
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        why = exc.args[0] if exc.args else ""
+        if isinstance(why, bytes):
+            why = why.decode("utf-8", "replace")
+        raise ValueError(
+            f"pattern is not supported by RE2 ({why}): role_map patterns run in "
+            "linear time, without backreferences, lookaround or possessive quantifiers"
+        ) from None
+
+
+def role_rule_problem(pattern: str, role: str) -> str | None:
+    """Why a role_map row could not be used (None: it can); for the SQL trigger."""
+    try:
+        regex = compile_role_pattern(pattern)
+    except ValueError as exc:
+        return str(exc)
+    groups = [int(a or b) for a, b in _GROUP_REFERENCE.findall(role)]
+    if groups and max(groups) > regex.groups:
+        return (
+            f"role template uses group \\{max(groups)} but the pattern has "
+            f"{regex.groups} group(s)"
+        )
+    return None
 
 
 # Outside a character class these make a pattern more than literal text.
@@ -259,12 +321,12 @@ def literal_values(pattern: str) -> frozenset[str] | None:
 class CompiledPattern:
     """A role_map pattern compiled once, and the values it matches when it is literal."""
 
-    regex: re.Pattern[str]
+    regex: RolePattern
     literals: frozenset[str] | None
 
     @classmethod
     def compile(cls, pattern: str) -> CompiledPattern:
-        regex = re.compile(pattern)
+        regex = compile_role_pattern(pattern)
         literals = literal_values(pattern)
         # belt and braces: every value read off the pattern must really match it
         if literals is not None and not all(regex.fullmatch(v) for v in literals):
@@ -283,7 +345,7 @@ class RoleRule:
     claim: str
     pattern: str
     role: str  # literal role name or a template with \1 references
-    regex: re.Pattern[str]
+    regex: RolePattern
     databases: frozenset[str] | None = None
     client_cidrs: tuple[IPNetwork, ...] | None = None
     max_sessions: int | None = None

@@ -164,8 +164,16 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
-def check_url(url: str, allow_insecure_http: bool) -> None:
-    """Refuse URLs the key store must not fetch (raises FetchError)."""
+def check_url(
+    url: str, allow_insecure_http: bool, allow_loopback_http: bool = False
+) -> None:
+    """Refuse URLs the key store must not fetch (raises FetchError).
+
+    Plain http needs the issuer's say-so: ``allow_insecure_http`` for any host,
+    ``allow_loopback_http`` for a loopback one only. Loopback is no exception by
+    itself: any local OS user can bind a free port there (or [::1] when the IdP
+    listens on IPv4 only) and serve keys.
+    """
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname
@@ -177,11 +185,17 @@ def check_url(url: str, allow_insecure_http: bool) -> None:
     if parts.scheme == "https":
         return
     if parts.scheme == "http":
-        if allow_insecure_http or is_loopback_host(host):
+        loopback = is_loopback_host(host)
+        if allow_insecure_http or (allow_loopback_http and loopback):
             return
         raise FetchError(
             f"plain http is refused for {safe_url(url)}: use https, or set "
-            "allow_insecure_http for this issuer"
+            + (
+                "allow_loopback_http (a development issuer on this machine)"
+                if loopback
+                else "allow_insecure_http"
+            )
+            + " for this issuer"
         )
     raise FetchError(f"URL scheme {show(parts.scheme)} is not supported")
 
@@ -429,7 +443,12 @@ def _skipped(entry: _Entry | None, limit: int = 5) -> str:
 
 
 def _source(issuer: IssuerConfig) -> tuple[object, ...]:
-    return (issuer.jwks, issuer.jwks_uri, issuer.allow_insecure_http)
+    return (
+        issuer.jwks,
+        issuer.jwks_uri,
+        issuer.allow_insecure_http,
+        issuer.allow_loopback_http,
+    )
 
 
 @dataclass(frozen=True)
@@ -783,7 +802,9 @@ class KeyStore:
         elif not cached.discovered:
             return False
         try:
-            check_url(cached.jwks_uri, issuer.allow_insecure_http)
+            check_url(
+                cached.jwks_uri, issuer.allow_insecure_http, issuer.allow_loopback_http
+            )
         except FetchError:
             return False
         entry = self._entry(issuer)
@@ -985,7 +1006,7 @@ class KeyStore:
         """One HTTP request; a failed one is recorded here, a successful one by the
         caller once it knows whether the document was any good."""
         try:
-            check_url(url, issuer.allow_insecure_http)
+            check_url(url, issuer.allow_insecure_http, issuer.allow_loopback_http)
         except FetchError as exc:
             raise JwksUnavailable(str(exc)) from None
         self.fetch_count += 1

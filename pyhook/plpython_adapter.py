@@ -41,7 +41,7 @@ ISSUERS_QUERY = (
     "extract(epoch FROM jwks_refresh)::pg_catalog.float8 AS jwks_refresh, "
     "extract(epoch FROM jwks_cooldown)::pg_catalog.float8 AS jwks_cooldown, "
     "extract(epoch FROM http_timeout)::pg_catalog.float8 AS http_timeout, "
-    "allow_insecure_http, typ, required_claims, authorized_parties, require_sub, "
+    "allow_insecure_http, allow_loopback_http, typ, required_claims, authorized_parties, require_sub, "
     "extract(epoch FROM jwks_max_stale)::pg_catalog.float8 AS jwks_max_stale, "
     "extract(epoch FROM jwks_refresh_min)::pg_catalog.float8 AS jwks_refresh_min, "
     "extract(epoch FROM jwks_refresh_max)::pg_catalog.float8 AS jwks_refresh_max, "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import ipaddress
 import json
 import math
@@ -30,6 +31,7 @@ from pyhook.config import (
     ClaimRules,
     Config,
     IssuerConfig,
+    PatternMatch,
     RequiredClaim,
     RoleRule,
     normalize_typ,
@@ -233,6 +235,41 @@ def _split(token: object) -> tuple[str, str, str]:
     )
 
 
+# claims that leave Python as identities (issuer, subject and token id columns, the
+# C side's hashes, the revocation lookup, azp against authorized_parties)
+IDENTITY_CLAIMS = ("iss", "sub", "jti", "azp")
+
+
+def _unstorable(value: str) -> bool:
+    """Whether text holds what PostgreSQL text cannot: NUL or a lone surrogate.
+
+    Such a value is stored with U+FFFD in place (sessions, audit, C hashes) but
+    compared raw here, so two forms of one identity would disagree.
+    """
+    if value.isascii():
+        return "\x00" in value
+    return any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in value)
+
+
+def _digest_prefix(value: str) -> str:
+    """Enough of a value's SHA-256 to tell it from another, nothing to read it by.
+
+    Compare: left(encode(sha256(convert_to(issuer, 'UTF8')), 'hex'), 12).
+    """
+    raw = value.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).hexdigest()[:12]
+
+
+def _check_identity_text(payload: dict[str, Any], names: tuple[str, ...]) -> None:
+    for name in names:
+        value = payload.get(name)
+        if isinstance(value, str) and _unstorable(value):
+            raise Malformed(
+                f"{name} claim contains NUL or an unpaired surrogate (\\u0000, "
+                "\\ud800-\\udfff), which PostgreSQL text cannot store"
+            )
+
+
 def _number(payload: dict[str, Any], name: str) -> float | None:
     value = payload.get(name)
     if value is None:
@@ -301,26 +338,47 @@ def _client_ip(client_addr: str | None) -> IPAddress | None:
 
 
 _SINGLE_GROUP = re.compile(r"\\([1-9])")
+# a group reference, or any other escape (kept for Python's template rules)
+_TEMPLATE_ESCAPE = re.compile(r"\\(?:([1-9][0-9]?)|g<([^>]*)>|(.))", re.DOTALL)
 
 
-def _expand(match: re.Match[str], template: str) -> str:
-    # Match.expand parses its template on every call (Python 3.11): the two
-    # shapes nearly every rule has, a literal role and a lone \N, skip that
+def _literal(piece: str) -> str:
+    # Python's own template rules (\n, \\, a bad escape raises) for text without groups
+    return re.sub(r"\A", piece, "", count=1) if "\\" in piece else piece
+
+
+def _expand(match: PatternMatch, template: str) -> str:
+    """The role a template names, as Python's Match.expand would name it: \\1-\\99,
+    \\g<N> and \\g<name> are the pattern's groups (an unmatched one is empty)."""
     if "\\" not in template:
         return template
     single = _SINGLE_GROUP.fullmatch(template)
     if single is not None:
         return match.group(int(single.group(1))) or ""
-    return match.expand(template)
+    parts: list[str] = []
+    literal_start = 0
+    for ref in _TEMPLATE_ESCAPE.finditer(template):
+        if ref.group(3) is not None:
+            continue  # not a group: part of the literal text around it
+        parts.append(_literal(template[literal_start : ref.start()]))
+        name = ref.group(1) or ref.group(2)
+        parts.append(match.group(int(name) if name.isdigit() else name) or "")
+        literal_start = ref.end()
+    parts.append(_literal(template[literal_start:]))
+    return "".join(parts)
 
 
 def _value_role(rule: RoleRule, value: str) -> str | None:
+    # RE2 sees UTF-8: a value with a lone surrogate has none, and neither it nor
+    # one with NUL could become a role name PostgreSQL stores; it matches nothing
+    if _unstorable(value):
+        return None
     match = rule.regex.fullmatch(value)
     if match is None:
         return None
     try:
         return _expand(match, rule.role) or None
-    except (re.error, IndexError):
+    except (re.error, IndexError, KeyError):
         return None
 
 
@@ -545,11 +603,16 @@ class _Validation:
             raise MissingClaim("token has no iss claim")
         if not isinstance(iss, str):
             raise Malformed("iss claim is not a string")
+        _check_identity_text(payload, ("iss",))
         self.input = f"iss {show(iss)}"
         issuer = self.config.issuers.get(iss)
         if issuer is None:
+            # the signature is not verified yet: the value is the sender's, and
+            # reaches the server log and audit_log; explain's trail shows it
             raise UntrustedIssuer(
-                f"issuer {show(iss)} is not configured in oauth.issuers"
+                "the token's issuer is not configured in oauth.issuers (unverified "
+                f"iss of {len(iss)} characters, SHA-256 {_digest_prefix(iss)}...; "
+                "oauth.explain with the token shows it)"
             )
         if not issuer.enabled:
             raise UntrustedIssuer(f"issuer {show(iss)} is disabled")
@@ -654,6 +717,7 @@ class _Validation:
             raise MissingClaim("token has no azp claim (authorized_parties is set)")
         if not isinstance(azp, str):
             raise Malformed("azp claim is not a string")
+        _check_identity_text(payload, ("azp",))
         if azp not in parties:
             raise AudienceMismatch(
                 f"authorized party (azp) {show(azp, 100)} not accepted; expected one of "
@@ -673,6 +737,7 @@ class _Validation:
             value = payload.get(name)
             if value is not None and not isinstance(value, str):
                 raise Malformed(f"{name} claim is not a string")
+        _check_identity_text(payload, IDENTITY_CLAIMS)
         sub = payload.get("sub")
         if issuer.require_sub and not sub:
             # RFC 9068 2.2: an access token names its subject

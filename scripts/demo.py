@@ -71,7 +71,8 @@ def main() -> int:
         setup = f"""
             CREATE ROLE alice LOGIN;
             CREATE EXTENSION pg_oauth CASCADE;
-            INSERT INTO oauth.issuers (issuer, audiences) VALUES ('{issuer_url}', '{{demo-db}}');
+            INSERT INTO oauth.issuers (issuer, audiences, allow_loopback_http)
+                 VALUES ('{issuer_url}', '{{demo-db}}', true);  -- http on 127.0.0.1
             INSERT INTO oauth.role_map (issuer, claim, pattern, role)
                  VALUES ('{issuer_url}', 'email', '([a-z]+)@example\\.com', '\\1');
         """

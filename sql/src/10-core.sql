@@ -72,7 +72,8 @@ CREATE TABLE oauth.issuers (
                         CHECK (jwks_cooldown >= '0'::interval),
     http_timeout        interval NOT NULL DEFAULT '5 seconds'
                         CHECK (http_timeout > '0'::interval AND http_timeout <= '30 seconds'::interval),
-    -- plain http:// is refused unless the host is a loopback address or this is set
+    -- plain http:// to any host (a test network); refused unless this is set
+    -- (or, for a loopback host only, allow_loopback_http)
     allow_insecure_http boolean NOT NULL DEFAULT false,
     -- live token sessions one subject may hold at once (NULL: no limit)
     max_sessions_per_subject integer CHECK (max_sessions_per_subject > 0),
@@ -244,23 +245,21 @@ CREATE TRIGGER role_map_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.role_map
     FOR EACH STATEMENT EXECUTE FUNCTION oauth._config_trigger();
 
--- Reject a rule the validator could not use, at the time it is written.
+-- Reject a rule the validator could not use, at the time it is written: the
+-- validator's own check (pyhook, RE2 syntax: matching time linear in the value).
 CREATE FUNCTION oauth._role_map_check() RETURNS trigger
     LANGUAGE plpython3u
     SET search_path = pg_catalog, pg_temp
     AS $$
-import re
 new = TD['new']
-try:
-    compiled = re.compile(new['pattern'])
-except re.error as e:
-    plpy.error('invalid pattern in oauth.role_map: %s' % e,
-               hint='Patterns use Python regular expression syntax and must match the whole claim value.')
-# groups referenced by the role template must exist in the pattern
-groups = [int(g) for g in re.findall(r'\\(\d+)', new['role'])]
-if groups and max(groups) > compiled.groups:
-    plpy.error('role template %r uses group \\%d but the pattern has %d group(s)'
-               % (new['role'], max(groups), compiled.groups))
+if 'pg_oauth_adapter' not in GD:
+    plpy.execute("SELECT oauth._adapter_load()")
+from pyhook.config import role_rule_problem
+problem = role_rule_problem(new['pattern'], new['role'])
+if problem is not None:
+    plpy.error('invalid rule in oauth.role_map: %s' % problem,
+               hint='Patterns use RE2 syntax (Python\'s, without backreferences, lookaround '
+                    'or possessive quantifiers) and must match the whole claim value.')
 if not new['claim'] or new['claim'].strip() != new['claim']:
     plpy.error('claim path must be a non-empty claim name or dotted path without surrounding spaces')
 return None

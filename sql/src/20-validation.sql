@@ -43,6 +43,12 @@ ALTER TABLE oauth.issuers
     ADD COLUMN jwks_refresh_max interval NOT NULL DEFAULT '1 hour',
     ADD CONSTRAINT issuers_jwks_refresh_bounds CHECK (jwks_refresh_max >= jwks_refresh_min);
 
+-- plain http:// to a loopback address (a development issuer on this machine) is an
+-- explicit choice: any local OS user can bind a free loopback port (or [::1] when
+-- the IdP listens on IPv4 only) and serve keys
+ALTER TABLE oauth.issuers
+    ADD COLUMN allow_loopback_http boolean NOT NULL DEFAULT false;
+
 ------------------------------------------------------------------------------
 -- Revocations: part of the configuration (cached per version, no query per login)
 ------------------------------------------------------------------------------

@@ -180,9 +180,10 @@ def _setup_database(cluster: Cluster, issuer: str) -> None:
         CREATE EXTENSION pg_oauth CASCADE;
     """)
     # oidc-provider's access tokens (RFC 9068): typ at+jwt, aud = the resource
-    # indicator, sub = the user (device flow) or the client (client credentials)
-    cluster.sql("INSERT INTO oauth.issuers (issuer, audiences, typ) VALUES (%s, %s, %s)",
-                (issuer, [RESOURCE], ["at+jwt"]))
+    # indicator, sub = the user (device flow) or the client (client credentials);
+    # it serves plain http on 127.0.0.1
+    cluster.sql("INSERT INTO oauth.issuers (issuer, audiences, typ, allow_loopback_http) "
+                "VALUES (%s, %s, %s, true)", (issuer, [RESOURCE], ["at+jwt"]))
     rules = [
         ("client_id", r"svc-(basic|post|jwt)", "svc"),     # services: the client
         ("email", r"([a-z]+)@example\.com", r"\1"),          # people: only user tokens have it

@@ -71,7 +71,8 @@ def setup_oauth(cluster: Cluster, issuer_url: str, **issuer_cols: str) -> None:
         CREATE ROLE su LOGIN SUPERUSER;
         CREATE EXTENSION pg_oauth CASCADE;
     """)
-    cols = {"jwks_cooldown": "1 second", **issuer_cols}
+    # the dev issuer serves plain http on 127.0.0.1: an explicit choice per issuer
+    cols = {"jwks_cooldown": "1 second", "allow_loopback_http": "true", **issuer_cols}
     names = ", ".join(cols)
     values = ", ".join(f"'{v}'" for v in cols.values())
     cluster.sql(

@@ -78,6 +78,10 @@ def names_for(cluster: str, issuer: str) -> str:
     assert n == 1, names
     names, n = re.subn(r"^ISSUER=\S+", f"ISSUER={issuer}", names, flags=re.MULTILINE)
     assert n == 1, names
+    # the development issuer serves plain http on 127.0.0.1: the guide says to say so
+    names, n = re.subn(r"^LOOPBACK_HTTP=false", "LOOPBACK_HTTP=true", names,
+                       flags=re.MULTILINE)
+    assert n == 1, names
     return names
 
 

@@ -76,8 +76,8 @@ def owned_cluster(issuer: RecordingIssuer, cfgdb: str, before_extension: str | N
         c.sql("CREATE EXTENSION pg_oauth CASCADE", dbname=cfgdb)
     except psycopg.Error as exc:
         return c, str(exc)
-    c.sql("INSERT INTO oauth.issuers (issuer, audiences, jwks_cooldown) "
-          "VALUES (%s, %s, '1 second')", (issuer.issuer, [AUDIENCE]), dbname=cfgdb)
+    c.sql("INSERT INTO oauth.issuers (issuer, audiences, jwks_cooldown, allow_loopback_http) "
+          "VALUES (%s, %s, '1 second', true)", (issuer.issuer, [AUDIENCE]), dbname=cfgdb)
     c.sql("INSERT INTO oauth.role_map (issuer, claim, pattern, role) "
           "VALUES (%s, 'sub', '(alice|bob)', '\\1')", (issuer.issuer,), dbname=cfgdb)
     assert until(lambda: attempt(c, "alice", issuer.mint(sub="alice")) == "ok", 30)

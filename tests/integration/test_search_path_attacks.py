@@ -268,8 +268,8 @@ def owned(issuer: RecordingIssuer) -> Iterator[Cluster]:
           "CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; CREATE ROLE carol LOGIN")
     c.sql(f"CREATE DATABASE {CFGDB} OWNER evil_owner")
     c.sql("CREATE EXTENSION pg_oauth CASCADE", dbname=CFGDB)
-    c.sql("INSERT INTO oauth.issuers (issuer, audiences, jwks_cooldown) "
-          "VALUES (%s, %s, '1 second')", (issuer.issuer, [AUDIENCE]), dbname=CFGDB)
+    c.sql("INSERT INTO oauth.issuers (issuer, audiences, jwks_cooldown, allow_loopback_http) "
+          "VALUES (%s, %s, '1 second', true)", (issuer.issuer, [AUDIENCE]), dbname=CFGDB)
     c.sql("INSERT INTO oauth.role_map (issuer, claim, pattern, role) "
           "VALUES (%s, 'sub', '(alice|bob)', '\\1')", (issuer.issuer,), dbname=CFGDB)
     wait_ready(c)

@@ -195,8 +195,8 @@ def solo(issuer, second) -> Iterator[Cluster]:
     cluster = make_cluster(issuer, **{"pg_oauth.workers": 1})
     cluster.sql(
         "INSERT INTO oauth.issuers (issuer, audiences, algorithms, jwks_cooldown, "
-        "jwks_refresh_min, jwks_max_stale) VALUES (%s, %s, '{ES256,EdDSA}', "
-        "'1 second', '1 second', '1 day')", (second.issuer, [AUDIENCE]))  # fmt: skip
+        "jwks_refresh_min, jwks_max_stale, allow_loopback_http) VALUES (%s, %s, "
+        "'{ES256,EdDSA}', '1 second', '1 second', '1 day', true)", (second.issuer, [AUDIENCE]))  # fmt: skip
     cluster.sql("INSERT INTO oauth.role_map (issuer, claim, pattern, role) "
                 "VALUES (%s, 'email', 'carol@example\\.com', 'carol')",
                 (second.issuer,))  # fmt: skip

@@ -479,18 +479,27 @@ def test_discovered_jwks_uri_must_pass_the_url_policy(dev: DevIssuer) -> None:
 # -- URL policy ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "https://idp.example.com/keys",
-        "http://127.0.0.1:8080/keys",
-        "http://127.9.9.9/keys",
-        "http://localhost/keys",
-        "http://[::1]:9000/keys",
-    ],
-)
-def test_allowed_urls(url: str) -> None:
-    check_url(url, allow_insecure_http=False)
+LOOPBACK_URLS = [
+    "http://127.0.0.1:8080/keys",
+    "http://127.9.9.9/keys",
+    "http://localhost/keys",
+    "http://[::1]:9000/keys",
+]
+
+
+def test_allowed_urls() -> None:
+    check_url("https://idp.example.com/keys", allow_insecure_http=False)
+    for url in LOOPBACK_URLS:
+        check_url(url, allow_insecure_http=False, allow_loopback_http=True)
+        check_url(url, allow_insecure_http=True)
+
+
+@pytest.mark.parametrize("url", LOOPBACK_URLS)
+def test_loopback_http_needs_the_issuers_say_so(url: str) -> None:
+    # any local OS user can bind a free loopback port and serve keys there
+    with pytest.raises(FetchError) as info:
+        check_url(url, allow_insecure_http=False)
+    assert "allow_loopback_http" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -508,6 +517,9 @@ def test_allowed_urls(url: str) -> None:
 def test_refused_urls(url: str) -> None:
     with pytest.raises(FetchError):
         check_url(url, allow_insecure_http=False)
+    # allow_loopback_http opens loopback hosts only
+    with pytest.raises(FetchError):
+        check_url(url, allow_insecure_http=False, allow_loopback_http=True)
 
 
 def test_non_loopback_http_is_refused_without_any_request() -> None:
@@ -522,6 +534,20 @@ def test_non_loopback_http_is_refused_without_any_request() -> None:
             remote(jwks_uri="http://idp.example.com/keys", allow_insecure_http=True)
         )
     assert docs.requests == ["http://idp.example.com/keys"]
+
+
+def test_loopback_http_is_refused_without_any_request_unless_allowed() -> None:
+    url = "http://127.0.0.1:8080/keys"
+    docs = Documents()
+    store = KeyStore(fetch=docs, now=Clock())
+    with pytest.raises(JwksUnavailable) as info:
+        store.refresh(remote(jwks_uri=url))
+    assert "plain http is refused" in info.value.detail
+    assert "allow_loopback_http" in info.value.detail
+    assert docs.requests == [] and store.fetch_count == 0
+    with pytest.raises(JwksUnavailable):  # now allowed, but there is nothing there
+        store.refresh(remote(jwks_uri=url, allow_loopback_http=True))
+    assert docs.requests == [url]
 
 
 def test_oversize_document_from_an_injected_fetch_is_refused(dev: DevIssuer) -> None:
@@ -613,7 +639,8 @@ def test_key_store_over_real_http_with_the_dev_issuer(dev: DevIssuer) -> None:
         # a generous timeout: the first answer loads every private key (slow RSA
         # checks), which on a loaded machine can take a while
         issuer = IssuerConfig.from_row(
-            issuer_row(issuer=server.issuer, http_timeout=10.0, jwks_cooldown=0.0)
+            issuer_row(issuer=server.issuer, http_timeout=10.0, jwks_cooldown=0.0,
+                       allow_loopback_http=True)
         )
         assert store.get_key(issuer, "ES256", "es256-1").crv == "P-256"
         assert (server.discovery_requests, server.jwks_requests, store.fetch_count) == (
@@ -633,7 +660,8 @@ def test_key_store_over_real_http_with_the_dev_issuer(dev: DevIssuer) -> None:
         with pytest.raises(JwksUnavailable, match="timed out"):
             KeyStore().refresh(
                 IssuerConfig.from_row(
-                    issuer_row(issuer=server.issuer, http_timeout=0.5)
+                    issuer_row(issuer=server.issuer, http_timeout=0.5,
+                               allow_loopback_http=True)
                 )
             )
         assert time.monotonic() - started < 1.9

@@ -369,7 +369,8 @@ def test_key_store_refreshes_conditionally_over_http(dev: DevIssuer) -> None:
         clock = Clock()
         store = KeyStore(now=clock)
         issuer = IssuerConfig.from_row(
-            issuer_row(issuer=server.issuer, jwks_refresh_min=1.0, http_timeout=10.0)
+            issuer_row(issuer=server.issuer, jwks_refresh_min=1.0, http_timeout=10.0,
+                       allow_loopback_http=True)
         )
         server.set_cache_control("max-age=10")
         store.refresh(issuer)

@@ -577,7 +577,8 @@ def test_warmup_fetches_remote_keys_and_logs_failures(
     server = DevIssuer(dev.key_dir).start()
     try:
         plpy.issuers = [
-            issuer_row(issuer=server.issuer, jwks=None, jwks_cooldown=0.0),
+            issuer_row(issuer=server.issuer, jwks=None, jwks_cooldown=0.0,
+                       allow_loopback_http=True),
             issuer_row(
                 issuer="https://unreachable.invalid", jwks_uri="http://10.0.0.1/k"
             ),

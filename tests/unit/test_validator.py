@@ -198,6 +198,45 @@ def test_malformed_claims_after_signature(
     assert words in decision.detail
 
 
+@pytest.mark.parametrize("name", ["sub", "jti", "azp"])
+@pytest.mark.parametrize("bad", ["\x00", "\ud800", chr(0xDFFF)])
+def test_identity_claims_postgresql_cannot_store_are_malformed(
+    name: str, bad: str, mint: Mint, check: Check, config: Any
+) -> None:
+    # stored with U+FFFD in their place but compared raw, "bob\0" would escape a
+    # revocation of itself and share limits with "bob\ufffd"
+    value = f"bob{bad}x"
+    token = mint({name: value})
+    cfg = config(authorized_parties=[value]) if name == "azp" else None
+    decision = check(token, cfg=cfg)
+    assert_refused(decision, "malformed", token)
+    assert f"{name} claim contains NUL or an unpaired surrogate" in decision.detail
+    assert "bob" not in decision.detail
+    # refused whether or not this issuer checks azp
+    if name == "azp":
+        assert check(token).reason == "malformed"
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\ud800"])
+def test_issuer_postgresql_cannot_store_is_malformed(
+    bad: str, mint: Mint, check: Check, config: Any
+) -> None:
+    iss = f"{ISS}{bad}"
+    token = mint({"iss": iss})
+    cfg = Config.from_rows([issuer_row(issuer=iss, jwks=None)], [], 1)
+    for decision in (check(token), check(token, cfg=cfg)):
+        assert_refused(decision, "malformed", token)
+        assert "iss claim contains NUL" in decision.detail
+        assert "issuer.example" not in decision.detail
+
+
+def test_identity_claims_may_hold_any_other_unicode(mint: Mint, check: Check) -> None:
+    other = "b\u00f6b \U0001f600 \ufffd \u2028"
+    assert check(mint({"jti": other, "azp": other})).ok
+    # past the identity checks: only the role mapping refuses this subject
+    assert check(mint({"sub": other})).reason == "role_not_allowed"
+
+
 def test_too_large(check: Check) -> None:
     token = "a" * (MAX_TOKEN_BYTES + 1)
     assert_refused(check(token), "too_large", token)
@@ -261,8 +300,14 @@ def test_untrusted_issuer(mint: Mint, check: Check) -> None:
     token = mint({"iss": "https://evil.example.com"})
     decision = check(token)
     assert_refused(decision, "untrusted_issuer", token)
-    assert "https://evil.example.com" in decision.detail
+    # unverified: the detail (server log, audit_log) describes the value, never shows it
+    assert "evil" not in decision.detail
+    digest = hashlib.sha256(b"https://evil.example.com").hexdigest()[:12]
+    assert f"iss of 24 characters, SHA-256 {digest}" in decision.detail
     assert decision.issuer is None and decision.claims is None
+    # oauth.explain, run by the DBA with the token in hand, shows the value
+    issuer_step = next(c for c in decision.trail if c.name == "issuer")
+    assert "https://evil.example.com" in issuer_step.input
 
 
 def test_issuer_match_is_exact(mint: Mint, check: Check) -> None:
@@ -931,8 +976,66 @@ def test_numbers_beyond_float_range_are_malformed(dev: DevIssuer, check: Check) 
 )
 def test_role_template_expansion_matches_re(pattern: str, template: str, value: str) -> None:
     """The fast paths for literal and lone-\\N templates give what Match.expand gives."""
+    from pyhook.config import compile_role_pattern
     from pyhook.validator import _expand
 
     match = re.fullmatch(pattern, value)
     assert match is not None
     assert _expand(match, template) == match.expand(template)
+    # and the same with RE2's match, which the validator uses
+    re2_match = compile_role_pattern(pattern).fullmatch(value)
+    assert re2_match is not None
+    assert _expand(re2_match, template) == match.expand(template)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value"),
+    [
+        (r"([a-z]+)*@corp\.com", "a" * 5000 + "!"),
+        (r"(a|aa)+$", "a" * 5000 + "b"),
+        (r"(\w+\s?)*x", "word " * 2000),
+    ],
+)
+def test_pathological_patterns_match_in_linear_time(
+    pattern: str, value: str, mint: Mint, check: Check, config: Any
+) -> None:
+    # Python's backtracking engine takes 0.5 s on 24 characters of the first and
+    # doubles with each one more; RE2 takes microseconds. The subprocess bounds the
+    # damage should this ever regress (no wall-clock assertion beyond that)
+    import subprocess
+
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from pyhook.config import compile_role_pattern as c; "
+        "assert c(sys.argv[2]).fullmatch(sys.argv[3]) is None"
+    )
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
+    subprocess.run([sys.executable, "-c", code, root, pattern, value], check=True, timeout=60)
+    # and through the validator: the rule simply does not match
+    cfg = config(rules=[rule_row(1, pattern, "alice", claim="email")])
+    decision = check(mint({"email": value}), cfg=cfg)
+    assert decision.reason == "role_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"(a)\1", r"(?=admin)\w+", r"(?<!x)y", r"a++", r"(?P=name)"],
+)
+def test_patterns_re2_cannot_run_are_skipped_with_a_reason(pattern: str) -> None:
+    from pyhook.config import role_rule_problem
+
+    cfg = Config.from_rows([issuer_row()], [rule_row(7, pattern, "alice")], 1)
+    assert cfg.rules_for(ISS) == []
+    assert len(cfg.skipped_rules) == 1
+    assert "rule id 7 skipped: pattern is not supported by RE2" in cfg.skipped_rules[0]
+    problem = role_rule_problem(pattern, "alice")
+    assert problem is not None and "linear time" in problem
+
+
+def test_values_postgresql_cannot_store_match_no_rule(
+    mint: Mint, check: Check, config: Any
+) -> None:
+    cfg = config(rules=[rule_row(1, r"(.*)@corp", r"\1", claim="email")])
+    assert check(mint({"email": "alice@corp"}), cfg=cfg).ok
+    for bad in ("alice\x00@corp", "alice\ud800@corp"):
+        assert check(mint({"email": bad}), "alice", cfg=cfg).reason == "role_not_allowed"

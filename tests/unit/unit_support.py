@@ -79,6 +79,7 @@ def issuer_row(**overrides: Any) -> dict[str, Any]:
         "jwks_cooldown": 30.0,
         "http_timeout": 5.0,
         "allow_insecure_http": False,
+        "allow_loopback_http": False,
     }
     row.update(overrides)
     return row
