@@ -54,7 +54,7 @@ audit_log_shmem_startup(void)
 	if (!found)
 	{
 		memset(ring, 0, sizeof(AuditRing));
-		ring->lock = &(GetNamedLWLockTranche("pg_oauth"))[2].lock;
+		ring->lock = pg_oauth_lock(PG_OAUTH_LOCK_AUDIT);
 	}
 }
 

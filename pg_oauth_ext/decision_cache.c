@@ -76,7 +76,7 @@ decision_cache_shmem_startup(void)
 	if (!found)
 	{
 		memset(cache, 0, sizeof(DecisionCache));
-		cache->lock = &(GetNamedLWLockTranche("pg_oauth"))[4].lock;
+		cache->lock = pg_oauth_lock(PG_OAUTH_LOCK_DECISIONS);
 		pg_atomic_init_u64(&cache->key_epoch, 1);
 	}
 }

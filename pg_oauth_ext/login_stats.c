@@ -94,7 +94,7 @@ login_stats_shmem_startup(void)
 	if (!found)
 	{
 		memset(stats, 0, sizeof(LoginStats));
-		stats->lock = &(GetNamedLWLockTranche("pg_oauth"))[3].lock;
+		stats->lock = pg_oauth_lock(PG_OAUTH_LOCK_STATS);
 		stats->since = GetCurrentTimestamp();
 	}
 }

@@ -250,8 +250,19 @@ extern bool pg_oauth_loaded_at_startup;
 
 /* token_queue.c */
 extern Size token_queue_shmem_size(void);
-/* locks of the "pg_oauth" tranche: queue, sessions, audit ring, stats, decision cache */
-#define PG_OAUTH_NUM_LOCKS			5
+/* The locks of the "pg_oauth" tranche, one per shared structure. */
+typedef enum PgOAuthLock
+{
+	PG_OAUTH_LOCK_QUEUE = 0,	/* token_queue.c: slots and worker states */
+	PG_OAUTH_LOCK_SESSIONS,		/* session_registry.c */
+	PG_OAUTH_LOCK_AUDIT,		/* audit_log.c: the audit ring */
+	PG_OAUTH_LOCK_STATS,		/* login_stats.c */
+	PG_OAUTH_LOCK_DECISIONS,	/* decision_cache.c */
+	PG_OAUTH_NUM_LOCKS
+} PgOAuthLock;
+
+/* the lock of one shared structure (after shmem startup) */
+#define pg_oauth_lock(which) (&(GetNamedLWLockTranche("pg_oauth"))[(which)].lock)
 extern void token_queue_shmem_startup(void);
 extern int	token_queue_nslots(void);
 

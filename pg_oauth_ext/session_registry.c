@@ -103,7 +103,7 @@ session_registry_shmem_startup(void)
 	if (!found)
 	{
 		memset(registry, 0, session_registry_shmem_size());
-		registry->lock = &(GetNamedLWLockTranche("pg_oauth"))[1].lock;
+		registry->lock = pg_oauth_lock(PG_OAUTH_LOCK_SESSIONS);
 		registry->nentries = MaxBackends;
 	}
 }

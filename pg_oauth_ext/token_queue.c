@@ -58,7 +58,7 @@ token_queue_shmem_startup(void)
 	if (!found)
 	{
 		memset(pg_oauth_shared, 0, token_queue_shmem_size());
-		pg_oauth_shared->lock = &(GetNamedLWLockTranche("pg_oauth"))->lock;
+		pg_oauth_shared->lock = pg_oauth_lock(PG_OAUTH_LOCK_QUEUE);
 		ConditionVariableInit(&pg_oauth_shared->slot_freed);
 		pg_atomic_init_u64(&pg_oauth_shared->config_version, 1);
 		pg_atomic_init_u64(&pg_oauth_shared->config_structure, 0);
