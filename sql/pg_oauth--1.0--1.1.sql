@@ -447,3 +447,13 @@ if not new['claim'] or new['claim'].strip() != new['claim']:
 return None
 $$;
 REVOKE ALL ON FUNCTION oauth._role_map_check() FROM PUBLIC;
+
+-- Comments on functions 1.0 shipped without
+COMMENT ON FUNCTION oauth._in_config_database() IS
+    'Whether this is the database named by pg_oauth.database (the write guard asks it for every writer; executable by PUBLIC on purpose)';
+COMMENT ON FUNCTION oauth.config_version() IS
+    'The shared-memory configuration version: moved by every committed change of issuers, role_map or revocations; cached decisions and the workers'' loaded configuration are checked against it';
+COMMENT ON FUNCTION oauth.warmup() IS
+    'What a validator worker runs before its first login and when idle: load configuration changes, adopt newer persisted keys, fetch keys that are due; a one-line summary';
+COMMENT ON FUNCTION oauth.stats_reset() IS
+    'Reset the counters of oauth.stats (every issuer) to zero';

@@ -152,6 +152,8 @@ CREATE FUNCTION oauth.config_version() RETURNS bigint
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_config_version';
 REVOKE ALL ON FUNCTION oauth.config_version() FROM PUBLIC;
+COMMENT ON FUNCTION oauth.config_version() IS
+    'The shared-memory configuration version: moved by every committed change of issuers, role_map or revocations; cached decisions and the workers'' loaded configuration are checked against it';
 
 ------------------------------------------------------------------------------
 -- Claim access for SQL and RLS policies
@@ -221,6 +223,8 @@ if adapter is None:
 return adapter.warmup()
 $$;
 REVOKE ALL ON FUNCTION oauth.warmup() FROM PUBLIC;
+COMMENT ON FUNCTION oauth.warmup() IS
+    'What a validator worker runs before its first login and when idle: load configuration changes, adopt newer persisted keys, fetch keys that are due; a one-line summary';
 
 ------------------------------------------------------------------------------
 -- Configuration change tracking and checks

@@ -52,6 +52,8 @@ CREATE FUNCTION oauth.stats_reset() RETURNS void
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_stats_reset';
 REVOKE ALL ON FUNCTION oauth.stats_reset() FROM PUBLIC;
+COMMENT ON FUNCTION oauth.stats_reset() IS
+    'Reset the counters of oauth.stats (every issuer) to zero';
 
 -- pyhook reports every discovery/JWKS fetch here.
 CREATE FUNCTION oauth._record_jwks_fetch(issuer text, ok boolean) RETURNS void

@@ -14,6 +14,11 @@ CREATE FUNCTION oauth._in_config_database() RETURNS boolean
 SELECT pg_catalog.current_database()::text OPERATOR(pg_catalog.=)
        COALESCE(pg_catalog.current_setting('pg_oauth.database', true), 'postgres')
 $$;
+-- Executable by PUBLIC on purpose: the write guard below runs as whoever writes,
+-- and must reach its refusal for any role; it tells nothing pg_oauth.database,
+-- a setting anyone can read, does not.
+COMMENT ON FUNCTION oauth._in_config_database() IS
+    'Whether this is the database named by pg_oauth.database (the write guard asks it for every writer; executable by PUBLIC on purpose)';
 
 -- Every write to pg_oauth's tables passes one guard.  Configuration tables
 -- (argument 'configuration') are written only in pg_oauth.database.  And only
