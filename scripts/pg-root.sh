@@ -143,6 +143,7 @@ deb $uri $extra_suite main"
     rm -rf "$root"
     mv "$work/root" "$root"
     rm -rf "$work"
+    touch "$roots/.pg$major.checked"
     echo "pg-root: PostgreSQL $major $version in $root"
 }
 
@@ -176,11 +177,17 @@ run_inside() {
 mkdir -p "$roots"
 case "$action" in
     ensure)
-        if [ -f "$root$marker" ] && [ "$(sed -n 's/^recipe=//p' "$root$marker")" = "$recipe" ]; then
+        checked=$roots/.pg$major.checked
+        if [ -f "$root$marker" ] && [ "$(sed -n 's/^recipe=//p' "$root$marker")" = "$recipe" ] &&
+            [ -n "$(find "$checked" -mmin -60 2>/dev/null)" ]; then
+            # the archive was asked within the hour
+            echo "pg-root: PostgreSQL $major $(installed_version) in $root"
+        elif [ -f "$root$marker" ] && [ "$(sed -n 's/^recipe=//p' "$root$marker")" = "$recipe" ]; then
             PG_BIN=/usr/lib/postgresql/$major/bin
             export PG_BIN
             want=$(candidate_version)
             have=$(installed_version)
+            touch "$checked"
             if [ -n "$want" ] && [ "$want" != "$have" ]; then
                 echo "pg-root: postgresql-$major $have -> $want: the root is made again"
                 make_root
