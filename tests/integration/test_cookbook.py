@@ -166,8 +166,9 @@ def run_recipe(cluster, issuer, name: str, case: Recipe) -> None:
                          (case.issuer,))  # fmt: skip
     assert static, f"recipe {name} did not create issuer {case.issuer}"
     if not static[0][0]:
-        cluster.sql("UPDATE oauth.issuers SET jwks_uri = %s WHERE issuer = %s",
-                    (issuer.issuer + "/jwks.json", case.issuer))  # fmt: skip
+        # the dev issuer serves its keys over http on 127.0.0.1: a per-issuer choice
+        cluster.sql("UPDATE oauth.issuers SET jwks_uri = %s, allow_loopback_http = true "
+                    "WHERE issuer = %s", (issuer.issuer + "/jwks.json", case.issuer))  # fmt: skip
 
 
 def mint(issuer, case: Recipe, changes: dict[str, Any] | None = None) -> str:
