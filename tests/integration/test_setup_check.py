@@ -354,7 +354,7 @@ def empty_jwks_server() -> Iterator[str]:
     import threading
 
     class Empty(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             body = b'{"keys": []}'
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -362,7 +362,7 @@ def empty_jwks_server() -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Empty)
