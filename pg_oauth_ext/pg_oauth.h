@@ -321,7 +321,8 @@ extern int	session_registry_end_expired(int mode, int grace_s);
 extern void session_registry_leave(void);
 extern void session_registry_end_pending(bool commit);
 extern int	session_registry_end_covered(const char *issuer, const char *subject,
-										 const char *token_id);
+										 const char *token_id, bool has_issued_before,
+										 TimestampTz issued_before);
 
 /* standby_follow.c */
 extern void standby_follow_step(void *arg);

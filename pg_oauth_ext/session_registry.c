@@ -28,6 +28,7 @@
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/elog.h"
+#include "utils/jsonb.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 #include "utils/wait_event.h"
@@ -55,6 +56,8 @@ typedef struct SessionEntry
 	char		database[NAMEDATALEN];
 	char		client_addr[64];
 	IdentityHash identity;		/* what limits and revocations compare */
+	bool		has_issued_at;	/* the token had an iat */
+	TimestampTz issued_at;		/* what an issued_before revocation compares */
 	dsa_pointer identity_text;	/* freed by the entry's backend; invalid: not kept */
 } SessionEntry;
 
@@ -78,6 +81,8 @@ static bool exit_callback_registered = false;
 typedef struct PendingEnd
 {
 	IdentityHash revoked;
+	bool		has_issued_before;
+	TimestampTz issued_before;
 	int			nest_level;
 } PendingEnd;
 
@@ -106,6 +111,33 @@ session_registry_shmem_startup(void)
 		registry->lock = pg_oauth_lock(PG_OAUTH_LOCK_SESSIONS);
 		registry->nentries = MaxBackends;
 	}
+}
+
+/*
+ * The token's iat from the decision's claims (pyhook has checked it is a
+ * number within years 1-9999), false when it has none.
+ */
+static bool
+decision_issued_at(const TokenDecision *decision, TimestampTz *issued_at)
+{
+	Jsonb	   *claims;
+	JsonbValue	v;
+	float8		seconds;
+
+	if (decision->claims == NULL)
+		return false;
+	claims = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(decision->claims)));
+	if (!JB_ROOT_IS_OBJECT(claims) ||
+		getKeyJsonValueFromContainer(&claims->root, "iat", 3, &v) == NULL ||
+		v.type != jbvNumeric)
+		return false;
+	seconds = DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(v.val.numeric)));
+	/* outside what a timestamptz holds: no moment to compare (pyhook refuses it anyway) */
+	if (!(seconds > -210866803200.0 && seconds < 253402300800.0))
+		return false;
+	*issued_at = (TimestampTz) ((seconds - ((POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY))
+								* USECS_PER_SEC);
+	return true;
 }
 
 /* Take this backend's entry out of the registry (it is not a session, or no more). */
@@ -149,6 +181,8 @@ session_registry_enter(const TokenDecision *decision, const char *role,
 	IdentityHash identity;
 	IdentityHash subject;
 	dsa_pointer text;
+	bool		has_issued_at;
+	TimestampTz issued_at = 0;
 	int			live = 0;
 	int			i;
 
@@ -159,6 +193,7 @@ session_registry_enter(const TokenDecision *decision, const char *role,
 	/* the limit counts sessions of this issuer and subject, whatever their token */
 	subject = identity;
 	subject.present &= ~IDENTITY_TOKEN_ID;
+	has_issued_at = decision_issued_at(decision, &issued_at);
 	/* stored before the lock is taken: it may have to map shared memory */
 	text = identity_text_store(decision->issuer, decision->subject, decision->token_id);
 
@@ -193,6 +228,8 @@ session_registry_enter(const TokenDecision *decision, const char *role,
 	pg_oauth_strlcpy_text(e->database, database, sizeof(e->database));
 	pg_oauth_strlcpy_text(e->client_addr, client_addr ? client_addr : "", sizeof(e->client_addr));
 	e->identity = identity;
+	e->has_issued_at = has_issued_at;
+	e->issued_at = issued_at;
 	e->identity_text = text;
 	LWLockRelease(registry->lock);
 
@@ -248,9 +285,14 @@ session_registry_end_expired(int mode, int grace_s)
 	return ended;
 }
 
-/* How many live sessions a revocation covers; end them too when "end". */
+/*
+ * How many live sessions a revocation covers; end them too when "end".  With
+ * issued_before, a session whose token was issued at or after it is not
+ * covered; one whose token had no iat is (fail closed, as at login).
+ */
 static int
-sessions_covered(const IdentityHash *revoked, bool end)
+sessions_covered(const IdentityHash *revoked, bool has_issued_before,
+				 TimestampTz issued_before, bool end)
 {
 	int			count = 0;
 	int			i;
@@ -262,6 +304,8 @@ sessions_covered(const IdentityHash *revoked, bool end)
 
 		if (e->pid == 0 || e->end != SESSION_LIVE || !identity_matches(&e->identity, revoked))
 			continue;
+		if (has_issued_before && e->has_issued_at && e->issued_at >= issued_before)
+			continue;
 		if (end)
 			end_session_locked(e, SESSION_END_REVOKED);
 		count++;
@@ -272,7 +316,9 @@ sessions_covered(const IdentityHash *revoked, bool end)
 
 /*
  * The live sessions a revocation covers (NULL arguments match anything, but
- * at least one must be given): counted now, ended when the transaction
+ * one of issuer, subject and token id must be given; issued_before, the
+ * fourth argument that 1.0's SQL does not pass, limits it to tokens issued
+ * before that moment): counted now, ended when the transaction
  * commits, after the configuration version has moved (session_state.c).  A
  * login checked before the revocation was visible either is in the registry
  * by then, or sees the new version after entering it and is checked again
@@ -284,6 +330,7 @@ pg_oauth_fn_end_sessions(PG_FUNCTION_ARGS)
 	char	   *issuer = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *subject = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	char	   *token_id = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	bool		has_issued_before = PG_NARGS() > 3 && !PG_ARGISNULL(3);
 	PendingEnd *pending;
 	MemoryContext old;
 
@@ -302,11 +349,14 @@ pg_oauth_fn_end_sessions(PG_FUNCTION_ARGS)
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	pending = palloc(sizeof(PendingEnd));
 	identity_hash(issuer, subject, token_id, &pending->revoked);
+	pending->has_issued_before = has_issued_before;
+	pending->issued_before = has_issued_before ? PG_GETARG_TIMESTAMPTZ(3) : 0;
 	pending->nest_level = GetCurrentTransactionNestLevel();
 	pending_ends = lappend(pending_ends, pending);
 	MemoryContextSwitchTo(old);
 	pg_oauth_note_config_change();
-	PG_RETURN_INT32(sessions_covered(&pending->revoked, false));
+	PG_RETURN_INT32(sessions_covered(&pending->revoked, pending->has_issued_before,
+									 pending->issued_before, false));
 }
 
 /*
@@ -353,8 +403,10 @@ session_registry_end_pending(bool commit)
 
 	foreach(lc, pending_ends)
 	{
+		PendingEnd *p = (PendingEnd *) lfirst(lc);
+
 		if (commit && registry != NULL)
-			(void) sessions_covered(&((PendingEnd *) lfirst(lc))->revoked, true);
+			(void) sessions_covered(&p->revoked, p->has_issued_before, p->issued_before, true);
 		pfree(lfirst(lc));
 	}
 	list_free(pending_ends);
@@ -366,14 +418,15 @@ session_registry_end_pending(bool commit)
  * process did not commit (a standby's housekeeper, after replay).
  */
 int
-session_registry_end_covered(const char *issuer, const char *subject, const char *token_id)
+session_registry_end_covered(const char *issuer, const char *subject, const char *token_id,
+							 bool has_issued_before, TimestampTz issued_before)
 {
 	IdentityHash revoked;
 
 	if (registry == NULL)
 		return 0;
 	identity_hash(issuer, subject, token_id, &revoked);
-	return sessions_covered(&revoked, true);
+	return sessions_covered(&revoked, has_issued_before, issued_before, true);
 }
 
 Datum

@@ -47,9 +47,14 @@ static Followed followed = {false};
 	"pg_catalog.date_part('epoch', c.fetched_at)), 0)::pg_catalog.float8 " \
 	"FROM oauth.jwks_cache c) FROM oauth.config_state s"
 
-/* the revocations to act on: those added since (id above $1), or all ($1 NULL) */
+/*
+ * the revocations to act on: those added since (id above $1), or all ($1 NULL).
+ * issued_before through to_jsonb: a 1.0 schema (library updated, extension
+ * not yet) has no such column, and NULL there means every token, as in 1.0.
+ */
 #define REVOCATIONS_QUERY \
-	"SELECT issuer, subject, token_id FROM oauth.revocations " \
+	"SELECT issuer, subject, token_id, (pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.->>) " \
+	"'issued_before')::pg_catalog.timestamptz FROM oauth.revocations r " \
 	"WHERE ($1 IS NULL OR id OPERATOR(pg_catalog.>) $1) " \
 	"AND (expires_at IS NULL OR expires_at OPERATOR(pg_catalog.>) pg_catalog.now())"
 
@@ -88,9 +93,14 @@ end_revoked_sessions(int64 since)
 		char	   *issuer = text_column(tuple, 1);
 		char	   *subject = text_column(tuple, 2);
 		char	   *token_id = text_column(tuple, 3);
+		bool		no_issued_before;
+		Datum		issued_before = SPI_getbinval(tuple, SPI_tuptable->tupdesc, 4,
+												  &no_issued_before);
 
 		if (issuer || subject || token_id)
-			ended += session_registry_end_covered(issuer, subject, token_id);
+			ended += session_registry_end_covered(issuer, subject, token_id, !no_issued_before,
+												  no_issued_before ? 0 :
+												  DatumGetTimestampTz(issued_before));
 	}
 	return ended;
 }

@@ -14,6 +14,7 @@ import gc
 import ipaddress
 import json
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -425,6 +426,10 @@ class ClaimRules:
 class Revocation(NamedTuple):
     """One row of oauth.revocations: every non-NULL column must match the token.
 
+    With issued_before, only tokens issued (iat) before that moment are covered, so
+    that tokens issued since still log in; a token without iat is covered (fail
+    closed: nothing says it was issued after the incident).
+
     A tuple, not a dataclass: a configuration may hold hundreds of thousands.
     """
 
@@ -434,15 +439,17 @@ class Revocation(NamedTuple):
     token_id: str | None = None
     reason: str | None = None
     expires_at: float | None = None  # epoch seconds; None: forever
+    issued_before: float | None = None  # epoch seconds; None: whenever issued
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Revocation:
-        issuer, subject, token_id, reason, expires = (
+        issuer, subject, token_id, reason, expires, before = (
             row.get("issuer"),
             row.get("subject"),
             row.get("token_id"),
             row.get("reason"),
             row.get("expires_at"),
+            row.get("issued_before"),
         )
         return cls(
             int(row["id"]),
@@ -451,15 +458,28 @@ class Revocation(NamedTuple):
             None if token_id is None else str(token_id),
             None if reason is None else str(reason),
             None if expires is None else float(expires),
+            None if before is None else float(before),
         )
 
     def matches(
-        self, issuer: str | None, subject: str | None, token_id: str | None, now: float
+        self,
+        issuer: str | None,
+        subject: str | None,
+        token_id: str | None,
+        now: float,
+        issued_at: float | None = None,
     ) -> bool:
         if self.expires_at is not None and now >= self.expires_at:
             return False
         if self.issuer is None and self.subject is None and self.token_id is None:
             return False  # the table's CHECK forbids it; never revoke everything
+        # no iat: covered (fail closed), like a revocation without issued_before
+        if (
+            self.issued_before is not None
+            and issued_at is not None
+            and issued_at >= self.issued_before
+        ):
+            return False
         return (
             (self.issuer is None or self.issuer == issuer)
             and (self.subject is None or self.subject == subject)
@@ -476,7 +496,13 @@ class Revocation(NamedTuple):
             )
             if value is not None
         ]
-        return f"revocation {self.id} (by {', '.join(parts)})"
+        before = (
+            ""
+            if self.issued_before is None
+            else ", of tokens issued before "
+            + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.issued_before))
+        )
+        return f"revocation {self.id} (by {', '.join(parts)}{before})"
 
 
 class Revocations:
@@ -527,9 +553,15 @@ class Revocations:
         return self._count
 
     def covering(
-        self, issuer: str | None, subject: str | None, token_id: str | None, now: float
+        self,
+        issuer: str | None,
+        subject: str | None,
+        token_id: str | None,
+        now: float,
+        issued_at: float | None = None,
     ) -> Revocation | None:
-        """The first active revocation (by id) that covers this token, if any."""
+        """The first active revocation (by id) that covers this token (issued at
+        issued_at, its iat; None: it has none), if any."""
         if not self._count:
             return None
         candidates: list[Revocation] = []
@@ -541,7 +573,7 @@ class Revocations:
             if value is not None:
                 candidates.extend(index.get(value, ()))
         for rev in sorted(candidates):
-            if rev.matches(issuer, subject, token_id, now):
+            if rev.matches(issuer, subject, token_id, now, issued_at):
                 return rev
         return None
 
@@ -623,10 +655,15 @@ class Config:
         return self._claim_rules.get(issuer, ())
 
     def revocation_for(
-        self, issuer: str | None, subject: str | None, token_id: str | None, now: float
+        self,
+        issuer: str | None,
+        subject: str | None,
+        token_id: str | None,
+        now: float,
+        issued_at: float | None = None,
     ) -> Revocation | None:
         """The first active revocation that covers this token, if any."""
-        return self.revocations.covering(issuer, subject, token_id, now)
+        return self.revocations.covering(issuer, subject, token_id, now, issued_at)
 
     @staticmethod
     def issuers_from_rows(issuer_rows: Iterable[Mapping[str, Any]]) -> dict[str, IssuerConfig]:

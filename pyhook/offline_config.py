@@ -150,6 +150,9 @@ def config_from_document(
         row["expires_at"] = _timestamp(
             row.get("expires_at"), f"revocations[{position}].expires_at"
         )
+        row["issued_before"] = _timestamp(
+            row.get("issued_before"), f"revocations[{position}].issued_before"
+        )
     cached: list[CachedJwks] = []
     for position, row in enumerate(_rows(document, "jwks_cache")):
         try:

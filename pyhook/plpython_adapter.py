@@ -82,7 +82,8 @@ STATE_QUERY = (
 )
 _REVOCATION_COLUMNS = (
     "SELECT id, issuer, subject, token_id, reason, "
-    "extract(epoch FROM expires_at)::pg_catalog.float8 AS expires_at FROM oauth.revocations "
+    "extract(epoch FROM expires_at)::pg_catalog.float8 AS expires_at, "
+    "extract(epoch FROM issued_before)::pg_catalog.float8 AS issued_before FROM oauth.revocations "
 )
 # expired rows are left out here; the validator also compares expires_at with now
 REVOCATIONS_QUERY = (

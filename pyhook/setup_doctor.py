@@ -2,8 +2,9 @@
 
 It connects with psycopg, makes sure the extension is installed in that database
 (otherwise the one finding says where ``CREATE EXTENSION`` belongs), and returns
-every finding of ``oauth.check_setup()``. It takes no token and prints none; the
-connection string is never printed either.
+every finding of ``oauth.check_setup()``, and an enabled issuer for which the server
+holds no usable keys (its JWKS unreachable, or empty): every token of it is refused.
+It takes no token and prints none; the connection string is never printed either.
 """
 
 from __future__ import annotations
@@ -23,6 +24,18 @@ SELECT pg_catalog.current_database(),
        EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_oauth')
 """
 _CHECK_QUERY = "SELECT severity, check_name, finding, fix FROM oauth.check_setup()"
+# What the server holds for each enabled issuer: pinned keys (oauth.issuers.jwks), or
+# the last good document its workers fetched (oauth.jwks_cache, replicated to standbys).
+_KEYS_QUERY = """
+SELECT i.issuer, i.jwks IS NOT NULL, c.issuer IS NOT NULL, c.fetched_at::pg_catalog.text,
+       CASE WHEN pg_catalog.jsonb_typeof(COALESCE(i.jwks, c.jwks) OPERATOR(pg_catalog.->) 'keys')
+                 OPERATOR(pg_catalog.=) 'array'
+            THEN pg_catalog.jsonb_array_length(COALESCE(i.jwks, c.jwks) OPERATOR(pg_catalog.->) 'keys')
+            ELSE 0 END,
+       COALESCE(i.jwks_uri, i.issuer OPERATOR(pg_catalog.||) '/.well-known/openid-configuration')
+  FROM oauth.issuers i LEFT JOIN oauth.jwks_cache c ON c.issuer OPERATOR(pg_catalog.=) i.issuer
+ WHERE i.enabled ORDER BY i.issuer
+"""
 
 
 class DoctorError(Exception):
@@ -57,6 +70,47 @@ def _missing_extension(database: str, config_database: str | None) -> Finding:
     )
 
 
+def _issuer_without_keys(
+    issuer: str, pinned: bool, fetched: bool, fetched_at: str | None, keys: int, url: str
+) -> Finding | None:
+    """A finding when the server holds no key for an enabled issuer."""
+    if keys > 0:
+        return None
+    name = repr(issuer)
+    if pinned:
+        return Finding(
+            "risk",
+            "issuer_without_keys",
+            f"issuer {name} has pinned keys (oauth.issuers.jwks) with no key in them: "
+            "every token of it is refused (unknown_key)",
+            "put the issuer's public keys in oauth.issuers.jwks, or set it to NULL to "
+            "fetch them",
+        )
+    if fetched:
+        return Finding(
+            "risk",
+            "issuer_without_keys",
+            f"the JWKS of issuer {name} fetched at {fetched_at} has no key: every token "
+            "of it is refused (unknown_key)",
+            "make the identity provider publish its signing keys, then run "
+            f"SELECT oauth.refresh_keys({_literal(issuer)})",
+        )
+    return Finding(
+        "risk",
+        "issuer_without_keys",
+        f"the server holds no keys of issuer {name}: its JWKS ({url}) could not be "
+        "fetched, or had no key; every token of it is refused (jwks_unavailable)",
+        f"check from the database host that {url} answers with the issuer's keys "
+        "(a firewall, a proxy, TLS, the URL in oauth.issuers), then run "
+        f"SELECT oauth.refresh_keys({_literal(issuer)}); the workers' log says why the "
+        "fetch failed",
+    )
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def run_checks(dsn: str) -> tuple[str, list[Finding]]:
     """The database checked and its findings; DoctorError when they cannot run.
 
@@ -83,11 +137,14 @@ def run_checks(dsn: str) -> tuple[str, list[Finding]]:
             if not installed:
                 return database, [_missing_extension(database, config_database)]
             rows = conn.execute(_CHECK_QUERY).fetchall()
+            key_rows = conn.execute(_KEYS_QUERY).fetchall()
         except psycopg.Error as exc:
             raise DoctorError(
                 f"oauth.check_setup() failed (it needs a superuser): {exc}"
             ) from None
-    return database, [Finding(*r) for r in rows]
+    found = [Finding(*r) for r in rows]
+    found += [f for r in key_rows if (f := _issuer_without_keys(*r)) is not None]
+    return database, found
 
 
 def summary(database: str, findings: list[Finding]) -> str:

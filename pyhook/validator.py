@@ -433,6 +433,7 @@ class _Validation:
         # set only once the signature verified: unverified data is never echoed
         self.claims: dict[str, Any] | None = None
         self.expires_at: datetime | None = None
+        self.issued_at: float | None = None  # iat, once the times were checked
         self.allowed_roles: list[str] = []
         self.kid: str | None = None
         self.alg: str | None = None
@@ -637,7 +638,7 @@ class _Validation:
             lambda ahead: f"token not valid for another {ahead:.0f} s (leeway {leeway:g} s)",
             lambda ago: f"valid from {ago:.0f} s ago",
         )
-        iat = self._not_after_now(
+        iat = self.issued_at = self._not_after_now(
             payload, "iat", leeway,
             lambda ahead: (
                 f"token issued in the future ({ahead:.0f} s ahead, leeway {leeway:g} s)"
@@ -775,7 +776,7 @@ class _Validation:
             "revocation",
             f"issuer {show(iss)}, subject {show(sub, 100)}, token id {show(jti, 100)}",
         )
-        rev = self.config.revocation_for(iss, sub, jti, self.now)
+        rev = self.config.revocation_for(iss, sub, jti, self.now, self.issued_at)
         if rev is not None:
             until = (
                 ""

@@ -457,3 +457,50 @@ COMMENT ON FUNCTION oauth.warmup() IS
     'What a validator worker runs before its first login and when idle: load configuration changes, adopt newer persisted keys, fetch keys that are due; a one-line summary';
 COMMENT ON FUNCTION oauth.stats_reset() IS
     'Reset the counters of oauth.stats (every issuer) to zero';
+
+-- Revocation for incidents: issued_before revokes only the tokens issued (iat)
+-- before a moment (and those without iat), so fresh tokens still log in.  The
+-- column comes last, as in a fresh install; oauth.revoke and oauth._end_sessions
+-- get a last parameter with a default, so 1.0's calls still work.  DROP and
+-- CREATE: privileges a DBA granted on oauth.revoke must be granted again
+-- (docs/upgrades.md).
+ALTER TABLE oauth.revocations ADD COLUMN issued_before timestamptz;
+COMMENT ON COLUMN oauth.revocations.issued_before IS
+    'Only tokens issued (iat) before this moment are revoked, and tokens without iat; NULL: every token';
+
+DROP FUNCTION oauth.revoke(text, text, text, timestamptz, text);
+DROP FUNCTION oauth._end_sessions(text, text, text);
+
+CREATE FUNCTION oauth._end_sessions(issuer text, subject text, token_id text,
+                                    issued_before timestamptz DEFAULT NULL)
+    RETURNS integer
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_end_sessions';
+REVOKE ALL ON FUNCTION oauth._end_sessions(text, text, text, timestamptz) FROM PUBLIC;
+
+-- Record a revocation (checked at every login) and end the live sessions it
+-- covers when the transaction commits; a rollback, or a ROLLBACK TO SAVEPOINT
+-- past the call, ends none.  Returns how many live sessions it covers now:
+-- those are ended at commit.  issued_before (last, so that 1.0's positional
+-- calls still work): only tokens issued before it, or without iat.
+CREATE FUNCTION oauth.revoke(token_id text DEFAULT NULL, subject text DEFAULT NULL,
+                             issuer text DEFAULT NULL, expires_at timestamptz DEFAULT NULL,
+                             reason text DEFAULT NULL, issued_before timestamptz DEFAULT NULL)
+    RETURNS integer
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF token_id IS NULL AND subject IS NULL AND issuer IS NULL THEN
+        RAISE EXCEPTION 'oauth.revoke needs a token_id, a subject or an issuer';
+    END IF;
+    INSERT INTO oauth.revocations (issuer, subject, token_id, reason, expires_at, issued_before)
+         VALUES (revoke.issuer, revoke.subject, revoke.token_id, revoke.reason, revoke.expires_at,
+                 revoke.issued_before);
+    RETURN oauth._end_sessions(revoke.issuer, revoke.subject, revoke.token_id, revoke.issued_before);
+END
+$$;
+REVOKE ALL ON FUNCTION oauth.revoke(text, text, text, timestamptz, text, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION oauth.revoke(text, text, text, timestamptz, text, timestamptz) IS
+    'Revoke by token id, subject and/or issuer (until expires_at, NULL: forever; with issued_before, only tokens issued before it or without iat) and end the live sessions it covers when the transaction commits; returns how many it covers now';
+

@@ -54,7 +54,8 @@ ALTER TABLE oauth.issuers
 ------------------------------------------------------------------------------
 
 -- A row revokes every token whose iss/sub/jti equal all of its non-NULL columns,
--- until expires_at (NULL: forever).
+-- until expires_at (NULL: forever); with issued_before, only the tokens issued
+-- (iat) before that moment, and those without iat (fail closed).
 CREATE TABLE oauth.revocations (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     issuer      text,
@@ -68,6 +69,11 @@ CREATE TABLE oauth.revocations (
 
 COMMENT ON TABLE oauth.revocations IS
     'Revoked tokens: by token id (jti), subject, issuer, or a combination; refused with reason revoked until expires_at';
+
+-- 1.1: last, as ALTER TABLE adds it to a 1.0 table
+ALTER TABLE oauth.revocations ADD COLUMN issued_before timestamptz;
+COMMENT ON COLUMN oauth.revocations.issued_before IS
+    'Only tokens issued (iat) before this moment are revoked, and tokens without iat; NULL: every token';
 
 CREATE TRIGGER revocations_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.revocations

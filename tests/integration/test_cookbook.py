@@ -20,6 +20,21 @@ COOKBOOK = Path(__file__).resolve().parents[2] / "docs" / "cookbook.md"
 RECIPE = re.compile(r"<!-- recipe: (\S+) -->\s*```sql\n(.*?)```", re.DOTALL)
 
 
+def token_group() -> str:
+    """The group role the README's pg_hba template names on its token lines."""
+    readme = (COOKBOOK.parents[1] / "README.md").read_text(encoding="utf-8")
+    groups = set(re.findall(r"^hostssl\s+all\s+\+(\w+)\s", readme, re.MULTILINE))
+    assert len(groups) == 1, groups
+    return groups.pop()
+
+
+def create_role_statement() -> str:
+    """The cookbook's CREATE ROLE statement for a token role (role dana)."""
+    found = re.findall(r"`(CREATE ROLE dana [^`]*);`", COOKBOOK.read_text(encoding="utf-8"))
+    assert len(found) == 1, found
+    return found[0] + " "
+
+
 def recipes() -> dict[str, str]:
     return dict(RECIPE.findall(COOKBOOK.read_text(encoding="utf-8")))
 
@@ -157,18 +172,24 @@ def run_recipe(cluster, issuer, name: str, case: Recipe) -> None:
     sql = sql.replace(":'jwks'", f"'{jwks}'")
     sql = "\n".join(line for line in sql.splitlines() if not line.startswith("\\"))
     roles = {role for role, _ in case.logins} | {r[1] for r in case.refusals}
+    group = token_group()
+    if not cluster.sql("SELECT 1 FROM pg_roles WHERE rolname = %s", (group,)):
+        cluster.sql(f"CREATE ROLE {group} NOLOGIN")
     for role in sorted(roles):
         if not cluster.sql("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)):
-            cluster.sql(f'CREATE ROLE "{role}" LOGIN')
+            # the cookbook's own statement, for this role
+            cluster.sql(create_role_statement().replace(" dana ", f' "{role}" '))
+        assert cluster.sql("SELECT pg_has_role(%s, %s, 'MEMBER')", (role, group)) == [(True,)]
     cluster.sql(sql)
     # the provider's keys are not reachable from here: use the dev issuer's
     static = cluster.sql("SELECT jwks IS NOT NULL FROM oauth.issuers WHERE issuer = %s",
                          (case.issuer,))  # fmt: skip
     assert static, f"recipe {name} did not create issuer {case.issuer}"
     if not static[0][0]:
-        # the dev issuer serves its keys over http on 127.0.0.1: a per-issuer choice
+        # the dev issuer serves plain http on loopback: a per-issuer choice (issue 19)
         cluster.sql("UPDATE oauth.issuers SET jwks_uri = %s, allow_loopback_http = true "
-                    "WHERE issuer = %s", (issuer.issuer + "/jwks.json", case.issuer))  # fmt: skip
+                    "WHERE issuer = %s",
+                    (issuer.issuer + "/jwks.json", case.issuer))  # fmt: skip
 
 
 def mint(issuer, case: Recipe, changes: dict[str, Any] | None = None) -> str:

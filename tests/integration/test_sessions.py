@@ -257,3 +257,62 @@ def test_revoke_kept_after_a_later_savepoint_rolls_back(cluster, issuer):
     finally:
         s1.close()
         s2.close()
+
+
+def test_revoke_issued_before_spares_fresh_tokens(cluster, issuer, refused):
+    """Issue 19, incidents: oauth.revoke(..., issued_before => t) refuses tokens issued
+    before t and ends their sessions; a token issued at or after t still logs in and
+    its session lives on.  A token without iat counts as issued before (fail closed)."""
+    cutoff = int(time.time()) - 30
+    old = issuer.mint(sub="bob", now=cutoff - 60)
+    no_iat = issuer.mint(sub="bob", remove=("iat",))
+    fresh = issuer.mint(sub="bob", now=cutoff)  # iat exactly at the cutoff: not before
+    s_old = cluster.token_connect("bob", old)
+    s_no_iat = cluster.token_connect("bob", no_iat)
+    s_fresh = cluster.token_connect("bob", fresh)
+    try:
+        assert cluster.sql("SELECT oauth.revoke(subject => 'bob', issued_before => "
+                           "to_timestamp(%s), reason => 'key leaked')", (cutoff,)) == [(2,)]
+        until(lambda: not _alive(s_old) and not _alive(s_no_iat), timeout=10,
+              what="the sessions of tokens issued before the cutoff to end")
+        assert _alive(s_fresh), "a token issued at the cutoff lost its session"
+        assert refused("bob", old) == "revoked"
+        assert refused("bob", no_iat) == "revoked"
+        cluster.token_connect("bob", fresh).close()
+        cluster.token_connect("bob", issuer.mint(sub="bob")).close()
+        assert cluster.sql("SELECT issued_before = to_timestamp(%s) FROM oauth.revocations "
+                           "WHERE subject = 'bob'", (cutoff,)) == [(True,)]
+    finally:
+        for conn in (s_old, s_no_iat, s_fresh):
+            conn.close()
+        cluster.sql("DELETE FROM oauth.revocations WHERE subject = 'bob'")
+
+
+def test_revoke_issuer_issued_before_now_then_fresh_token_logs_in(cluster, issuer, refused):
+    """The runbook's incident step: everything of the issuer issued before now() is
+    refused, a token minted afterwards (iat has whole seconds: the next second) is not."""
+    before = issuer.mint(sub="alice")
+    session = cluster.token_connect("alice", before)
+    try:
+        assert cluster.sql("SELECT oauth.revoke(issuer => %s, issued_before => now(), "
+                           "reason => 'signing key leaked')", (issuer.issuer,)) == [(1,)]
+        until(lambda: not _alive(session), timeout=10, what="the old session to end")
+        assert refused("alice", before) == "revoked"
+        time.sleep(1.1)
+        cluster.token_connect("alice", issuer.mint(sub="alice")).close()
+    finally:
+        session.close()
+        cluster.sql("DELETE FROM oauth.revocations WHERE issuer = %s", (issuer.issuer,))
+
+
+def test_revoke_keeps_its_1_0_calls(cluster, issuer, refused):
+    """oauth.revoke got a last parameter: positional calls written for 1.0 still work."""
+    token = issuer.mint(sub="alice", jti="positional-1")
+    try:
+        assert cluster.sql("SELECT oauth.revoke('positional-1', NULL, NULL, NULL, 'why')") \
+            == [(0,)]
+        assert refused("alice", token) == "revoked"
+        assert cluster.sql("SELECT reason, issued_before FROM oauth.revocations "
+                           "WHERE token_id = 'positional-1'") == [("why", None)]
+    finally:
+        cluster.sql("DELETE FROM oauth.revocations WHERE token_id = 'positional-1'")

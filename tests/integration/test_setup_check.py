@@ -345,3 +345,65 @@ def test_doctor_exits_2_when_it_cannot_check(tidy, issuer):
     out = doctor(tidy.token_dsn("alice"), env={"PGPASSWORD": token})
     assert out.returncode == 2 and "permission denied for function check_setup" in out.stderr
     assert token not in out.stdout + out.stderr
+
+
+@contextlib.contextmanager
+def empty_jwks_server() -> Iterator[str]:
+    """An HTTP server on loopback whose JWKS has no key; its jwks_uri."""
+    import http.server
+    import threading
+
+    class Empty(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"keys": []}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Empty)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/jwks"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_doctor_reports_an_issuer_without_usable_keys(tidy, issuer, tmp_path):
+    """Issue 19: an issuer whose JWKS is unreachable or empty refuses every token of it;
+    pg-oauth doctor names it with the fix, and not an issuer whose keys the server holds."""
+    from pyhook.dev_issuer import DevIssuer
+
+    down = DevIssuer(str(tmp_path)).start()
+    down.set_broken()
+    pinned = "https://pinned.example.com"
+    try:
+        with empty_jwks_server() as empty_uri:
+            empty = "https://empty.example.com"
+            tidy.sql("INSERT INTO oauth.issuers (issuer, audiences, allow_loopback_http) "
+                     "VALUES (%s, '{db}', true)", (down.issuer,))
+            tidy.sql("INSERT INTO oauth.issuers (issuer, audiences, jwks_uri, "
+                     "allow_loopback_http) VALUES (%s, '{db}', %s, true)", (empty, empty_uri))
+            tidy.sql("INSERT INTO oauth.issuers (issuer, audiences, jwks) "
+                     "VALUES (%s, '{db}', '{\"keys\": []}')", (pinned,))
+            tidy.sql("SELECT oauth.refresh_keys()")
+            tidy.token_connect("alice", issuer.mint(sub="alice")).close()
+            out = doctor(tidy.admin_dsn())
+        assert out.returncode == 1, out.stdout + out.stderr
+        lines = [ln for ln in out.stdout.splitlines()
+                 if ln.startswith("risk: issuer_without_keys: ")]
+        for name in (down.issuer, empty, pinned):
+            assert any(repr(name) in ln and ". Fix: " in ln for ln in lines), (name, lines)
+        assert not any(repr(issuer.issuer) in ln for ln in lines), lines
+        assert any(f"SELECT oauth.refresh_keys('{down.issuer}')" in ln for ln in lines)
+    finally:
+        tidy.sql("DELETE FROM oauth.issuers WHERE issuer IN (%s, %s, %s)",
+                 (down.issuer, "https://empty.example.com", pinned))
+        down.stop()
+    assert doctor(tidy.admin_dsn()).returncode == 0

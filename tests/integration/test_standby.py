@@ -107,6 +107,35 @@ def test_a_replayed_revocation_ends_live_sessions_on_the_standby(pair, own) -> N
         conn.close()
 
 
+def test_a_replayed_issued_before_revocation_spares_fresh_sessions(pair, own) -> None:
+    """The standby's housekeeper ends only the sessions of tokens issued before the
+    replayed revocation's issued_before; a fresh token's session and logins go on."""
+    primary, standby = pair
+    cutoff = int(time.time()) - 30
+    old = standby.token_connect("alice", own.mint(sub="alice", now=cutoff - 60))
+    fresh_token = own.mint(sub="alice", now=cutoff)
+    fresh = standby.token_connect("alice", fresh_token)
+    try:
+        primary.sql("SELECT oauth.revoke(subject => 'alice', issued_before => to_timestamp(%s), "
+                    "reason => 'test')", (cutoff,))
+        replayed(primary, standby)
+
+        def ended() -> bool:
+            try:
+                old.execute("SELECT 1")
+            except psycopg.Error:
+                return True
+            return False
+
+        until(ended, timeout=FOLLOW, what="the standby's session of an older token ends")
+        assert fresh.execute("SELECT current_user").fetchone() == ("alice",)
+        assert attempt(standby, "alice", fresh_token) == "ok"
+    finally:
+        old.close()
+        fresh.close()
+        primary.sql("DELETE FROM oauth.revocations WHERE subject = 'alice'")
+
+
 def test_replayed_rules_and_issuers_apply_on_the_standby(pair, own) -> None:
     primary, standby = pair
     dave = own.mint(sub="dave")

@@ -339,6 +339,25 @@ def test_revocation_matching(
         assert step(decision, "revocation").outcome == PASS
 
 
+@pytest.mark.parametrize(
+    ("iat", "revoked"),
+    [(NOW - 60, True), (NOW - 0.5, True), (NOW, False), (NOW + 1, False), (None, True)],
+)
+def test_revocation_issued_before_covers_tokens_issued_earlier_or_without_iat(
+    iat: float | None, revoked: bool, mint: Mint, check: Check, static_jwks: str
+) -> None:
+    """issued_before: tokens with iat before it are revoked, fresh ones are not; a token
+    without iat is revoked (fail closed: nothing shows it was issued afterwards)."""
+    token = mint({"iat": iat}) if iat is not None else mint(remove=("iat",))
+    cfg = revoked_config(static_jwks, {"subject": "alice", "issued_before": NOW})
+    decision = check(token, cfg=cfg)
+    if revoked:
+        assert_refused(decision, "revoked", token)
+        assert "of tokens issued before" in decision.detail
+    else:
+        assert decision.ok, decision.detail
+
+
 def test_revocation_detail_names_the_row_and_reason(
     mint: Mint, check: Check, static_jwks: str
 ) -> None:
