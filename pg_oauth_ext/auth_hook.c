@@ -886,7 +886,7 @@ pg_oauth_client_auth(Port *port, int status)
 	if (status == STATUS_ERROR &&
 		(port->hba->auth_method == uaSCRAM || port->hba->auth_method == uaMD5 ||
 		 port->hba->auth_method == uaPassword))
-		hba_fallthrough_log(port);
+		hba_fallthrough_explain(port);
 
 #if PG_VERSION_NUM >= 180000
 	/* pg_oauth as the validator of an "oauth" line: see oauth_validator.c */

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * hba_fallthrough.c
- *	  Say in the server log when a token login landed on a password line.
+ *	  Say when a token login landed on a password line: in the server log,
+ *	  and to the client as far as pg_oauth.client_detail allows.
  *
  * pg_oauth sees a token only through a trust line.  A token login without
  * TLS (the token lines are hostssl), or one that a broader password line
@@ -11,6 +12,18 @@
  * the role has no password, or a trust line admits it by name or group, one
  * LOG line names the line it matched, the trust line it missed, and what to
  * do.  The password is never looked at, only whether the role has one.
+ *
+ * The client is told only about a role that a trust line names, by itself
+ * or by a +group: a login over TLS to that line would tell it the role is a
+ * token role anyway.  PostgreSQL's own FATAL stays as it is (message,
+ * SQLSTATE 28P01, its server-side detail naming the matched line and the
+ * method's own words): the hook only notes what to add, and our
+ * emit_log_hook adds a DETAIL (which reaches only the client, as
+ * PostgreSQL's detail for the log is errdetail_log) and a HINT.  With
+ * client_detail = none nothing is added: the client reads exactly what any
+ * failed password login reads.  Never whether the role has a password.
+ * (PostgreSQL calls emit_log_hook only for messages that reach the server
+ * log: with log_min_messages = panic the client reads no advice.)
  *
  * PostgreSQL keeps its parsed pg_hba.conf to itself (hba.c), so the file is
  * read again here with PostgreSQL's own tokenizer and parser; only failed
@@ -26,8 +39,18 @@
 #include "libpq/hba.h"
 #include "storage/fd.h"
 #include "utils/acl.h"
+#include "utils/errcodes.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
+
+/*
+ * What the client's "password authentication failed" gets added, set by the
+ * ClientAuthentication hook just before PostgreSQL reports the failure.
+ */
+static char *client_detail = NULL;
+static char *client_hint = NULL;
+static emit_log_hook_type prev_emit_log_hook = NULL;
+static bool emit_hook_installed = false;
 
 /* The first trust line whose user column admits the role. */
 typedef struct TrustLine
@@ -175,8 +198,51 @@ find_trust_line(const char *user, Oid roleid, bool named_only, TrustLine *found)
 #endif
 }
 
+/*
+ * PostgreSQL's own report of the failed password login (auth.c, auth_failed):
+ * add what the hook noted.  Its errdetail_log keeps the server log's DETAIL.
+ */
+static void
+hba_fallthrough_emit_log_hook(ErrorData *edata)
+{
+	if (client_hint != NULL && edata->elevel == FATAL &&
+		edata->sqlerrcode == ERRCODE_INVALID_PASSWORD)
+	{
+		if (edata->detail == NULL && client_detail != NULL)
+			edata->detail = pstrdup(client_detail);
+		if (edata->hint == NULL)
+			edata->hint = pstrdup(client_hint);
+		client_detail = NULL;
+		client_hint = NULL;
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+/*
+ * Note what the client reads with PostgreSQL's FATAL: reason (the code and
+ * a hint without pg_hba.conf line numbers) or full (the sentence too).
+ */
+static void
+tell_client(const char *reason, const char *sentence, const char *hint)
+{
+	if (pg_oauth_client_detail == CLIENT_DETAIL_NONE)
+		return;
+	client_detail = MemoryContextStrdup(TopMemoryContext,
+										pg_oauth_client_detail == CLIENT_DETAIL_FULL ?
+										psprintf("reason=%s: %s", reason, sentence) :
+										psprintf("reason=%s", reason));
+	client_hint = MemoryContextStrdup(TopMemoryContext, hint);
+	if (!emit_hook_installed)
+	{
+		prev_emit_log_hook = emit_log_hook;
+		emit_log_hook = hba_fallthrough_emit_log_hook;
+		emit_hook_installed = true;
+	}
+}
+
 void
-hba_fallthrough_log(Port *port)
+hba_fallthrough_explain(Port *port)
 {
 	const char *user = port->user_name;
 	HbaLine    *matched = port->hba;
@@ -186,7 +252,10 @@ hba_fallthrough_log(Port *port)
 	TrustLine	trust;
 	MemoryContext cxt;
 	MemoryContext old;
-	StringInfoData why;
+	char	   *named;
+	char	   *action;
+	const char *reason;
+	const char *hint;
 	bool		needs_tls;
 	bool		below;
 
@@ -203,44 +272,74 @@ hba_fallthrough_log(Port *port)
 
 	/* a role with a password may just have typed it wrong: only if a trust line names it */
 	find_trust_line(user, roleid, !no_password, &trust);
-	if (no_password || trust.linenumber > 0)
+	if (!no_password && trust.linenumber == 0)
 	{
-		initStringInfo(&why);
-		if (no_password)
-			appendStringInfo(&why, "\"%s\" has no password", user);
-		else if (trust.group)
-			appendStringInfo(&why, "\"%s\" is a member of \"%s\", which trust line %d names",
-							 user, trust.group, trust.linenumber);
-		else
-			appendStringInfo(&why, "trust line %d names \"%s\"", trust.linenumber, user);
-
-		needs_tls = trust.linenumber > 0 && trust.conntype == ctHostSSL && !port->ssl_in_use;
-		below = trust.linenumber > matched->linenumber;
-		if (trust.linenumber == 0)
-			appendStringInfo(&why, ": if this was a token login, no trust line admits \"%s\" "
-							 "(add it to the group the token lines name)", user);
-		else if (needs_tls && below)
-			appendStringInfo(&why, ": if this was a token login, connect with TLS "
-							 "(sslmode=verify-full) and move trust line %d above line %d",
-							 trust.linenumber, matched->linenumber);
-		else if (needs_tls)
-			appendStringInfo(&why, ": if this was a token login, connect with TLS "
-							 "(sslmode=verify-full): trust line %d is hostssl",
-							 trust.linenumber);
-		else if (below)
-			appendStringInfo(&why, ": if this was a token login, move trust line %d above line %d",
-							 trust.linenumber, matched->linenumber);
-		else
-			appendStringInfo(&why, ": if this was a token login, trust line %d does not match "
-							 "this connection (its type, database or address)",
-							 trust.linenumber);
-
-		ereport(LOG,
-				(errmsg("pg_oauth: login of \"%s\" matched pg_hba.conf line %d (%s, %s), "
-						"not a pg_oauth trust line; %s",
-						user, matched->linenumber, conntype_name(matched->conntype),
-						hba_authname(matched->auth_method), why.data)));
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(cxt);
+		return;
 	}
+
+	if (trust.group)
+		named = psprintf("\"%s\" is a member of \"%s\", which trust line %d names",
+						 user, trust.group, trust.linenumber);
+	else
+		named = psprintf("trust line %d names \"%s\"", trust.linenumber, user);
+
+	needs_tls = trust.linenumber > 0 && trust.conntype == ctHostSSL && !port->ssl_in_use;
+	below = trust.linenumber > matched->linenumber;
+	reason = "hba_password_line";
+	if (trust.linenumber == 0)
+	{
+		action = psprintf("no trust line admits \"%s\" (add it to the group the token lines name)",
+						  user);
+		hint = NULL;			/* no trust line names it: not known as a token role */
+	}
+	else if (needs_tls && below)
+	{
+		action = psprintf("connect with TLS (sslmode=verify-full) and move trust line %d above line %d",
+						  trust.linenumber, matched->linenumber);
+		hint = "For a token login, connect with TLS (sslmode=verify-full), and the DBA moves "
+			"pg_oauth's trust line above the pg_hba.conf line this login matched "
+			"(the server log names both).";
+	}
+	else if (needs_tls)
+	{
+		action = psprintf("connect with TLS (sslmode=verify-full): trust line %d is hostssl",
+						  trust.linenumber);
+		reason = "ssl_required";
+		hint = "For a token login, connect with TLS (sslmode=verify-full).";
+	}
+	else if (below)
+	{
+		action = psprintf("move trust line %d above line %d", trust.linenumber, matched->linenumber);
+		hint = "For a token login, the DBA moves pg_oauth's trust line above the pg_hba.conf "
+			"line this login matched (the server log names both).";
+	}
+	else
+	{
+		action = psprintf("trust line %d does not match this connection (its type, database or address)",
+						  trust.linenumber);
+		hint = "For a token login, no pg_oauth trust line of pg_hba.conf matches this "
+			"connection (its type, database or address): the server log names the line "
+			"it matched.";
+	}
+
+	ereport(LOG,
+			(errmsg("pg_oauth: login of \"%s\" matched pg_hba.conf line %d (%s, %s), "
+					"not a pg_oauth trust line; %s: if this was a token login, %s",
+					user, matched->linenumber, conntype_name(matched->conntype),
+					hba_authname(matched->auth_method),
+					no_password ? psprintf("\"%s\" has no password", user) : named,
+					action)));
+
+	/* whether the role has a password is never the client's business */
+	if (trust.by_name)
+		tell_client(reason,
+					psprintf("the login matched pg_hba.conf line %d (%s, %s), not a pg_oauth "
+							 "trust line; %s: %s",
+							 matched->linenumber, conntype_name(matched->conntype),
+							 hba_authname(matched->auth_method), named, action),
+					hint);
 
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);

@@ -504,7 +504,7 @@ extern char *bearer_missing_scopes(const char *claims_json, const char *line_sco
 #endif
 
 /* hba_fallthrough.c */
-extern void hba_fallthrough_log(Port *port);
+extern void hba_fallthrough_explain(Port *port);
 
 /* session_state.c */
 typedef struct OAuthSession

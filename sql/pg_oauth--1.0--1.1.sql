@@ -48,6 +48,22 @@ REVOKE ALL ON FUNCTION oauth._check_standby() FROM PUBLIC;
 COMMENT ON FUNCTION oauth.revoke(text, text, text, timestamptz, text) IS
     'Revoke by token id, subject and/or issuer (until expires_at, NULL: forever) and end the live sessions it covers when the transaction commits; returns how many it covers now';
 
+-- check_setup: role_map rules the validator skips (role_map_rule_skipped), by
+-- the same pyhook check as the role_map trigger.
+-- Why the validator cannot use a role_map rule (NULL: it can): pyhook's own
+-- check, the one the role_map trigger runs when a rule is written.  Rules
+-- stored before 1.1 (or with the trigger disabled) may still fail it.
+CREATE FUNCTION oauth._role_rule_problem(pattern text, role text) RETURNS text
+    LANGUAGE plpython3u
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+if 'pg_oauth_adapter' not in GD:
+    plpy.execute("SELECT oauth._adapter_load()")
+from pyhook.config import role_rule_problem
+return role_rule_problem(pattern, role)
+$$;
+REVOKE ALL ON FUNCTION oauth._role_rule_problem(text, text) FROM PUBLIC;
+
 -- check_setup: a configuration database closed to connections and what its owner can
 -- do (60-setup-check.sql); on a standby, whether it follows its primary (90-standby.sql)
 CREATE OR REPLACE FUNCTION oauth.check_setup()
@@ -389,6 +405,27 @@ BEGIN
            LATERAL oauth.role_privileges(p.rolname::name) AS priv
      WHERE NOT priv.allowed
      ORDER BY p.rolname, priv.privilege;
+
+    -- role_map rules the workers skip (a warning: their logins fail closed,
+    -- refused role_not_allowed); pyhook not importable is a finding, not an error
+    IF in_config_db THEN
+        BEGIN
+            RETURN QUERY
+            SELECT 'warning', 'role_map_rule_skipped',
+                   pg_catalog.format('oauth.role_map rule %s (issuer "%s", claim "%s", pattern "%s", role "%s") cannot be used by the validator and is skipped: %s; the logins it should admit are refused role_not_allowed',
+                                     m.id, m.issuer, m.claim, m.pattern, m.role, p.problem),
+                   pg_catalog.format('Rewrite it in RE2 syntax (no backreferences, lookaround or possessive quantifiers: spell the alternatives out): UPDATE oauth.role_map SET pattern = ''...'' WHERE id = %s; or DELETE FROM oauth.role_map WHERE id = %s',
+                                     m.id, m.id)
+              FROM oauth.role_map AS m,
+                   LATERAL oauth._role_rule_problem(m.pattern, m.role) AS p(problem)
+             WHERE p.problem IS NOT NULL
+             ORDER BY m.id;
+        EXCEPTION WHEN OTHERS THEN
+            RETURN QUERY SELECT 'warning', 'role_map_unchecked',
+                pg_catalog.format('the oauth.role_map rules could not be checked: the validator''s Python package did not load (%s)', SQLERRM),
+                'Install pyhook where pg_oauth.python_path points (make install, or the package) for the server''s Python, and restart';
+        END;
+    END IF;
 
     -- settings -----------------------------------------------------------------------
 

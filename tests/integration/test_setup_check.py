@@ -253,6 +253,57 @@ def test_privileged_token_roles_are_reported_until_fixed(tidy):
     assert findings(tidy) == []
 
 
+def test_role_map_rules_the_validator_cannot_run_are_named(tidy):
+    """Rules stored before 1.1 (or with the trigger off) may hold what RE2 refuses: the
+    workers skip them with a warning, and check_setup names each one with its fix."""
+    bad = {"(alice)\\1?": "backreferences", "(?=alice)alice": "lookaround",
+           "alic[a-z]++": "a possessive quantifier"}
+    with tidy.admin() as conn, conn.transaction():
+        # without the check, as before 1.1 (the trigger is ENABLE ALWAYS: replica mode
+        # does not skip it)
+        conn.execute("ALTER TABLE oauth.role_map DISABLE TRIGGER role_map_check")
+        ids = {pattern: conn.execute(
+            "INSERT INTO oauth.role_map (issuer, claim, pattern, role) "
+            "SELECT issuer, 'sub', %s, 'alice' FROM oauth.issuers RETURNING id",
+            (pattern,)).fetchone()[0] for pattern in bad}
+        conn.execute("ALTER TABLE oauth.role_map ENABLE ALWAYS TRIGGER role_map_check")
+    (issuer,) = tidy.sql("SELECT issuer FROM oauth.issuers")[0]
+    try:
+        rows = [r for r in findings(tidy) if r[1] == "role_map_rule_skipped"]
+        assert len(rows) == len(bad), rows
+        for (severity, _, finding, fix), pattern in zip(rows, bad, strict=True):
+            assert severity == "warning"
+            assert finding.startswith(
+                f'oauth.role_map rule {ids[pattern]} (issuer "{issuer}", claim "sub", '
+                f'pattern "{pattern}", role "alice") cannot be used by the validator and is '
+                "skipped: pattern is not supported by RE2 ("), finding
+            assert finding.endswith("the logins it should admit are refused role_not_allowed")
+            assert f"WHERE id = {ids[pattern]}" in fix and "RE2 syntax" in fix, fix
+        # what the trigger says of the same rule when it is written
+        with pytest.raises(psycopg.Error, match="not supported by RE2"):
+            tidy.sql("UPDATE oauth.role_map SET role = role WHERE id = %s",
+                     (ids["(?=alice)alice"],))
+    finally:
+        tidy.sql("DELETE FROM oauth.role_map WHERE id = ANY(%s)", (list(ids.values()),))
+    assert findings(tidy) == []
+
+
+def test_role_map_unchecked_when_the_validator_does_not_load(tidy):
+    """pyhook missing: check_setup still gives its other findings, and says so."""
+    saved = dict(tidy.settings)
+    tidy.restart({"pg_oauth.python_path": "'/nonexistent'"})
+    try:
+        rows = findings(tidy)
+        assert [(r[0], r[1]) for r in rows] == [("warning", "role_map_unchecked")], rows
+        assert "could not be checked: the validator's Python package did not load (" in rows[0][2]
+        assert "pg_oauth.python_path" in rows[0][3]
+    finally:
+        tidy.settings = saved
+        tidy.restart()
+        tidy.wait_for_workers()
+    assert findings(tidy) == []
+
+
 def test_guard_is_per_login_role_not_per_group(tidy):
     tidy.sql("ALTER SYSTEM RESET session_preload_libraries")
     tidy.reload()
