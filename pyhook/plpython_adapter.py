@@ -97,6 +97,37 @@ REVOCATIONS_SINCE_QUERY = (
     + "WHERE id OPERATOR(pg_catalog.>) $1 "
     "AND coalesce(expires_at OPERATOR(pg_catalog.>) pg_catalog.now(), true) ORDER BY id"
 )
+# Columns added after 1.0. Between the restart that loads a newer library and the
+# ALTER EXTENSION pg_oauth UPDATE that adds them, the tables are 1.0's: the queries
+# then read each missing one as its default (allow_loopback_http false, issued_before
+# NULL: every token), so logins go on. Checked at every full read (the update is DDL,
+# which makes the workers read everything again).
+LATER_COLUMNS = {
+    "allow_loopback_http": ("issuers", "allow_loopback_http, ", "false AS allow_loopback_http, "),
+    "issued_before": (
+        "revocations",
+        "extract(epoch FROM issued_before)::pg_catalog.float8 AS issued_before ",
+        "NULL::pg_catalog.float8 AS issued_before ",
+    ),
+}
+MISSING_COLUMNS_QUERY = (
+    "SELECT c.name FROM (VALUES ('issuers', 'allow_loopback_http'), "
+    "('revocations', 'issued_before')) AS c(tab, name) "
+    "WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a "
+    "WHERE a.attrelid OPERATOR(pg_catalog.=) "
+    "pg_catalog.to_regclass('oauth.' OPERATOR(pg_catalog.||) c.tab)::pg_catalog.oid "
+    "AND a.attname OPERATOR(pg_catalog.=) c.name AND NOT a.attisdropped)"
+)
+
+
+def query_for(query: str, missing: frozenset[str]) -> str:
+    """query with the columns of ``missing`` read as their defaults."""
+    for name in missing:
+        _table, column, default = LATER_COLUMNS[name]
+        query = query.replace(column, default)
+    return query
+
+
 # worker_log.c: without the PL/Python CONTEXT lines; one LOG line per change
 LOG_QUERY = "SELECT oauth._log($1, $2)"
 LOG_CONFIG_QUERY = "SELECT oauth._log_config_applied($1, $2, $3) AS first"
@@ -375,6 +406,8 @@ class Adapter:
         self._counter: int | None = None  # the change counter self.config was checked at
         self._patterns: PatternCache = {}  # compiled role_map patterns, across loads
         self._plans: dict[str, Any] = {}
+        # columns added after 1.0 that the installed schema lacks (LATER_COLUMNS)
+        self._missing: frozenset[str] = frozenset()
         self._reported_key_changes = 0
         # while oauth.explain() runs: what would have been logged (None: log it)
         self._notes: list[str] | None = None
@@ -569,18 +602,35 @@ class Adapter:
 
     def _load(self, state: ConfigState) -> Config:
         """Everything, from scratch (a worker's first load, a re-created extension)."""
+        self._missing = frozenset(
+            str(row["name"]) for row in self._execute("missing_columns", MISSING_COLUMNS_QUERY)
+        )
         rules, skipped = Config.rules_from_rows(
             self._execute("rules", RULES_QUERY), self._fresh_patterns()
         )
         return Config(
-            issuers=Config.issuers_from_rows(self._execute("issuers", ISSUERS_QUERY)),
+            issuers=Config.issuers_from_rows(self._table_query("issuers", ISSUERS_QUERY)),
             rules=rules,
             version=state.version,
             skipped_rules=skipped,
             revocations=Revocations.from_rows(
-                self._execute("revocations", REVOCATIONS_QUERY)
+                self._table_query("revocations", REVOCATIONS_QUERY)
             ),
         )
+
+    def _table_query(
+        self,
+        name: str,
+        query: str,
+        args: list[Any] | None = None,
+        types: list[str] | None = None,
+    ) -> Any:
+        """_execute of a query over a table that gained columns after 1.0, as the
+        installed schema has it (LATER_COLUMNS; a plan of its own per variant)."""
+        missing = self._missing
+        if missing:
+            name = name + "/without:" + ",".join(sorted(missing))
+        return self._execute(name, query_for(query, missing), args, types)
 
     def _catch_up(
         self, config: Config, old: ConfigState, state: ConfigState
@@ -591,7 +641,7 @@ class Adapter:
         notes: list[str] = []
         issuers = rules = revocations = None
         if state.issuers_changes != old.issuers_changes:
-            issuers = Config.issuers_from_rows(self._execute("issuers", ISSUERS_QUERY))
+            issuers = Config.issuers_from_rows(self._table_query("issuers", ISSUERS_QUERY))
             notes.append("issuers")
         if state.role_map_changes != old.role_map_changes:
             rules = Config.rules_from_rows(
@@ -600,12 +650,12 @@ class Adapter:
             notes.append("role_map")
         if state.revocations_rewrites != old.revocations_rewrites:
             revocations = Revocations.from_rows(
-                self._execute("revocations", REVOCATIONS_QUERY)
+                self._table_query("revocations", REVOCATIONS_QUERY)
             )
             notes.append("revocations")
         else:
             added = config.revocations.add_rows(
-                self._execute(
+                self._table_query(
                     "revocations_since",
                     REVOCATIONS_SINCE_QUERY,
                     [config.revocations.highest_id],

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLUSTERS
+from conftest import AUDIENCE, CLUSTERS, attempt, until
 from pgcluster import PG_BIN, Cluster, pg_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,3 +159,34 @@ def test_the_comparison_sees_an_upgrade_script_that_misses_something(
     bad = installed_by(plain_cluster, "probe_bad", "pg_oauth_probe", "1.0", update=True)
     missing = [line for line in differences(fresh, bad) if line.startswith("-")]
     assert any("probe_note" in line for line in missing), missing
+
+
+@pytest.mark.parametrize("version", [v for v in frozen_versions() if v != default_version()])
+def test_logins_go_on_from_restart_to_update(issuer, version) -> None:
+    """A newer library is loaded at the restart; ALTER EXTENSION pg_oauth UPDATE comes
+    after. In between, the configuration database still has the older tables (columns
+    added since are missing): token logins work all along, and after the update too."""
+    cluster = Cluster(settings={"pg_oauth.rate_limit_failures": 0}).init().start()
+    CLUSTERS.append(cluster)
+    try:
+        cluster.sql("CREATE ROLE alice LOGIN")
+        cluster.sql(f"CREATE EXTENSION pg_oauth VERSION '{version}' CASCADE")
+        cluster.sql("INSERT INTO oauth.issuers (issuer, audiences) VALUES (%s, %s)",
+                    (issuer.issuer, [AUDIENCE]))  # fmt: skip
+        # the dev issuer is plain http on loopback: 1.0 has no allow_loopback_http yet
+        cluster.sql("UPDATE oauth.issuers SET allow_insecure_http = true")
+        cluster.sql("INSERT INTO oauth.role_map (issuer, claim, pattern, role) "
+                    "VALUES (%s, 'sub', 'alice', 'alice')", (issuer.issuer,))  # fmt: skip
+        cluster.wait_for_workers()
+        assert attempt(cluster, "alice", issuer.mint(sub="alice")) == "ok"
+        cluster.sql("SELECT oauth.revoke(subject => 'alice', issuer => %s)", (issuer.issuer,))
+        assert attempt(cluster, "alice", issuer.mint(sub="alice")) == "revoked"
+        cluster.sql("DELETE FROM oauth.revocations")
+
+        cluster.sql("ALTER EXTENSION pg_oauth UPDATE")
+        assert cluster.sql("SELECT extversion FROM pg_extension WHERE extname = 'pg_oauth'") \
+            == [(default_version(),)]
+        assert until(lambda: attempt(cluster, "alice", issuer.mint(sub="alice")) == "ok",
+                     timeout=15, what="a login after the update")
+    finally:
+        cluster.stop()

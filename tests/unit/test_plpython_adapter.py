@@ -41,6 +41,8 @@ from pyhook.plpython_adapter import (
     STATE_QUERY,
     TRACKING_TRIGGERS,
     Adapter,
+    MISSING_COLUMNS_QUERY,
+    query_for,
 )
 
 # what loading the whole configuration reads
@@ -86,6 +88,7 @@ class FakePlpy:
             "bob": {"rolcanlogin": True, "refused": [], "refused_via": []},
         }
         self.standby = False
+        self.missing_columns: list[str] = []  # columns the installed schema lacks
         self.config_database = True
         self.record_fetch_exists = True
         self.recorded: list[tuple[str, bool]] = []
@@ -142,13 +145,16 @@ class FakePlpy:
         if self.fail_with is not None:
             raise self.fail_with
         self.executed.append(plan.query)
-        if plan.query == ISSUERS_QUERY:
+        missing = frozenset(self.missing_columns)
+        if plan.query == MISSING_COLUMNS_QUERY:
+            return [{"name": name} for name in sorted(missing)]
+        if plan.query == query_for(ISSUERS_QUERY, missing):
             return [dict(r) for r in self.issuers]
         if plan.query == RULES_QUERY:
             return [dict(r) for r in self.rules]
-        if plan.query == REVOCATIONS_QUERY:
+        if plan.query == query_for(REVOCATIONS_QUERY, missing):
             return [dict(r) for r in self.revocations]
-        if plan.query == REVOCATIONS_SINCE_QUERY:
+        if plan.query == query_for(REVOCATIONS_SINCE_QUERY, missing):
             return [dict(r) for r in self.revocations if r["id"] > args[0]]
         if plan.query == JWKS_CACHE_QUERY:
             return [dict(r) for r in self.jwks_cache]
@@ -289,6 +295,20 @@ def test_accepted_row(plpy: FakePlpy, token: str) -> None:
     assert '"note":"zürich"' in row["claims"]  # compact, not ASCII-escaped
     assert json.loads(row["claims"])["sub"] == "alice"
     assert (row["alg"], row["key_cache"], row["max_sessions"]) == ("RS256", "hit", None)
+
+
+def test_a_1_0_schema_under_a_newer_library_still_logs_in(plpy: FakePlpy, token: str) -> None:
+    """Between the restart that loads a newer library and ALTER EXTENSION pg_oauth
+    UPDATE, the tables lack the columns added after 1.0: the workers read them as their
+    defaults instead of failing every login."""
+    plpy.missing_columns = ["allow_loopback_http", "issued_before"]
+    row = Adapter(plpy).validate(token, "alice", "app", "127.0.0.1", True, 1)
+    assert row["ok"] is True, row
+    assert ISSUERS_QUERY not in plpy.prepared and REVOCATIONS_QUERY not in plpy.prepared
+    read = query_for(ISSUERS_QUERY, frozenset(plpy.missing_columns))
+    assert read in plpy.prepared and "false AS allow_loopback_http" in read
+    assert "NULL::pg_catalog.float8 AS issued_before" in query_for(
+        REVOCATIONS_QUERY, frozenset(plpy.missing_columns))
 
 
 def test_refused_row_before_the_signature_has_no_claims(
