@@ -45,8 +45,9 @@ from pyhook.plpython_adapter import (
     query_for,
 )
 
-# what loading the whole configuration reads
-CONFIG_QUERIES = [STATE_QUERY, ISSUERS_QUERY, RULES_QUERY, REVOCATIONS_QUERY, JWKS_CACHE_QUERY]
+# what loading the whole configuration reads (the schema's later columns first)
+CONFIG_QUERIES = [STATE_QUERY, MISSING_COLUMNS_QUERY, ISSUERS_QUERY, RULES_QUERY, REVOCATIONS_QUERY,
+                  JWKS_CACHE_QUERY]
 # the tables' queries: what a configuration change may read again
 TABLE_QUERIES = {ISSUERS_QUERY, RULES_QUERY, REVOCATIONS_QUERY, REVOCATIONS_SINCE_QUERY}
 
@@ -261,7 +262,7 @@ def test_queries_are_the_documented_ones() -> None:
 
 # grammar, not functions looked up by name
 _GRAMMAR = {"extract", "coalesce", "exists", "in", "values", "operator", "conflict", "array",
-            "any"}
+            "any", "from"}  # FROM (subquery)
 
 
 @pytest.mark.parametrize(
