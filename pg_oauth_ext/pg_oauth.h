@@ -23,6 +23,7 @@
 #include "storage/proc.h"
 #include "utils/dsa.h"
 #include "utils/guc.h"
+#include "utils/jsonb.h"
 
 #if PG_VERSION_NUM < 150000
 #error "pg_oauth needs PostgreSQL 15 or later (shmem_request_hook)"
@@ -553,6 +554,10 @@ typedef struct OAuthSession
 
 extern OAuthSession pg_oauth_session;
 extern void session_state_remember(const TokenDecision *decision, const char *role);
+extern Jsonb *session_state_claims(void);
+extern uint64 session_state_claims_generation(void);
+
+/* config_signal.c: the configuration version moves when a change commits */
 extern void pg_oauth_note_config_change(void);
 extern void pg_oauth_note_config_structure_change(void);
 
