@@ -13,6 +13,12 @@
  * oauth_validator.c hands it to token_login_bearer(), which runs the same
  * checks and the same decision (decide_token) as a password login.
  *
+ * This file keeps the hook and the decision; the parts of a login that
+ * stand on their own live beside it: startup_options.c (the startup options
+ * a token login refuses), password_packet.c (reading the token as a
+ * PasswordMessage), bearer_identity.c (the identity and the issuer of an
+ * OAUTHBEARER login) and trace.c (make TRACE=1's phase timings).
+ *
  *-------------------------------------------------------------------------
  */
 #include "pg_oauth.h"
@@ -25,12 +31,8 @@
 #include "common/ip.h"
 #include "libpq/auth.h"
 #include "libpq/hba.h"
-#include "libpq/libpq.h"
-#include "libpq/pqformat.h"
 #include "miscadmin.h"
-#include "postmaster/postmaster.h"
 #include "replication/walsender.h"
-#include "storage/ipc.h"
 #include "utils/builtins.h"
 #include "utils/syscache.h"
 
@@ -38,67 +40,12 @@
 #include "libpq/be-gssapi-common.h"
 #endif
 
-/* A client sending more than this is cut off without reading the rest. */
-#define OVERSIZE_DRAIN_LIMIT	(1024 * 1024)
-
 static ClientAuthentication_hook_type prev_client_auth_hook = NULL;
 
-#ifdef PG_OAUTH_TRACE
-TimestampTz pg_oauth_trace_backend[8];
-TimestampTz pg_oauth_trace_worker[6];
-
-/* One line of microseconds per phase of this (successful) login. */
-static void
-log_trace(bool from_cache)
-{
-	TimestampTz *b = pg_oauth_trace_backend;
-	TimestampTz *w = pg_oauth_trace_worker;
-
-	if (from_cache)
-		elog(LOG, "pg_oauth trace: path=cache read=%ld hash=%ld checks=%ld audit=%ld stats=%ld",
-			 (long) (b[TRACE_B_TOKEN] - b[TRACE_B_START]),
-			 (long) (b[TRACE_B_HASHED] - b[TRACE_B_TOKEN]),
-			 (long) (b[TRACE_B_CHECKED] - b[TRACE_B_HASHED]),
-			 (long) (b[TRACE_B_AUDITED] - b[TRACE_B_CHECKED]),
-			 (long) (b[TRACE_B_DONE] - b[TRACE_B_AUDITED]));
-	else
-		elog(LOG, "pg_oauth trace: path=worker read=%ld hash=%ld submit=%ld "
-			 "worker_wakeup=%ld worker_prepare=%ld txn_start=%ld call=%ld commit=%ld "
-			 "hand_back=%ld backend_wakeup=%ld checks=%ld audit=%ld stats=%ld",
-			 (long) (b[TRACE_B_TOKEN] - b[TRACE_B_START]),
-			 (long) (b[TRACE_B_HASHED] - b[TRACE_B_TOKEN]),
-			 (long) (b[TRACE_B_SUBMITTED] - b[TRACE_B_HASHED]),
-			 (long) (w[TRACE_W_CLAIMED] - b[TRACE_B_SUBMITTED]),
-			 (long) (w[TRACE_W_TXN] - w[TRACE_W_CLAIMED]),
-			 (long) (w[TRACE_W_CALL] - w[TRACE_W_TXN]),
-			 (long) (w[TRACE_W_RESULT] - w[TRACE_W_CALL]),
-			 (long) (w[TRACE_W_COMMITTED] - w[TRACE_W_RESULT]),
-			 (long) (w[TRACE_W_HANDED] - w[TRACE_W_COMMITTED]),
-			 (long) (b[TRACE_B_ANSWERED] - w[TRACE_W_HANDED]),
-			 (long) (b[TRACE_B_CHECKED] - b[TRACE_B_ANSWERED]),
-			 (long) (b[TRACE_B_AUDITED] - b[TRACE_B_CHECKED]),
-			 (long) (b[TRACE_B_DONE] - b[TRACE_B_AUDITED]));
-}
-#endif
-
-/* One login attempt, from the hook's start to its decision. */
-typedef struct LoginAttempt
-{
-	Port	   *port;
-	TimestampTz started;
-	const char *client_addr;	/* NULL: Unix socket */
-	bool		token_seen;		/* a token was presented: counts for rate limits */
-	Oid			roleid;			/* the role, once looked up */
-	char	   *token;			/* wiped by refuse() when set */
-	int			token_len;
-	TokenDecision *decision;	/* NULL until a worker answered */
-	bool		bearer;			/* OAUTHBEARER: a refusal returns to the validator */
-	char	   *expected_issuer;	/* OAUTHBEARER: the oauth line's issuer identifier */
-} LoginAttempt;
-
 /*
- * Set by refuse() on an OAUTHBEARER attempt just before it raises the ERROR
- * that token_login_bearer() catches; with the sentence the client may read.
+ * Set by login_refuse() on an OAUTHBEARER attempt just before it raises the
+ * ERROR that token_login_bearer() catches; with the sentence the client may
+ * read.
  */
 static bool bearer_refused = false;
 static char *bearer_client_detail = NULL;
@@ -170,12 +117,8 @@ finish_refused_attempt(LoginAttempt *a, const char *reason)
  * sentence; pg_oauth.client_detail decides what the client reads.  A client
  * address that keeps presenting bad tokens waits a little longer each time.
  */
-PGO_NORETURN_PRE static void
-refuse(LoginAttempt *a, const char *reason, const char *detail, const char *hint)
-PGO_NORETURN_POST;
-
-static void
-refuse(LoginAttempt *a, const char *reason, const char *detail, const char *hint)
+void
+login_refuse(LoginAttempt *a, const char *reason, const char *detail, const char *hint)
 {
 	StringInfoData logdetail;
 	TokenDecision *decision = a->decision;
@@ -248,201 +191,6 @@ connection_encrypted(Port *port)
 		return true;
 #endif
 	return false;
-}
-
-/* "role", "Session-Authorization", ... as GUC name lookup would see them. */
-static bool
-is_forbidden_setting(const char *name, size_t len)
-{
-	char		norm[NAMEDATALEN];
-	size_t		i;
-
-	if (len >= sizeof(norm))
-		return false;
-	for (i = 0; i < len; i++)
-		norm[i] = (name[i] == '-') ? '_' : pg_tolower((unsigned char) name[i]);
-	norm[len] = '\0';
-	return strcmp(norm, "role") == 0 || strcmp(norm, "session_authorization") == 0;
-}
-
-static bool
-option_sets_forbidden(const char *opt)
-{
-	const char *eq = strchr(opt, '=');
-
-	return is_forbidden_setting(opt, eq ? (size_t) (eq - opt) : strlen(opt));
-}
-
-/*
- * The switches of process_postgres_switches() that take an argument: its
- * getopt string is "B:bc:C:D:d:EeFf:h:ijk:lN:nOPp:r:S:sTt:v:W:-:".
- */
-#define SWITCHES_WITH_ARGUMENT	"BcCDdfhkNprStvW-"
-
-/*
- * The "options" startup parameter, split as PostgreSQL splits it and read
- * the way getopt reads it: flags may be grouped ("-Ecrole=x"), an argument
- * may be glued or the next word ("-c role=x"), "--name=value" is "-c", and
- * glibc's getopt skips over non-options to later ones.  Every word is
- * scanned, so this can only find more than PostgreSQL would apply, never
- * less.
- */
-static bool
-forbidden_in_switches(const char *cmdline_options)
-{
-	int			maxac = 2 + (strlen(cmdline_options) + 1) / 2;
-	char	  **av = palloc(maxac * sizeof(char *));
-	int			ac = 0;
-	int			i;
-
-	av[ac++] = "postgres";
-	pg_split_opts(av, &ac, cmdline_options);
-	for (i = 1; i < ac; i++)
-	{
-		const char *arg = av[i];
-		const char *p;
-
-		if (arg[0] != '-' || strcmp(arg, "-") == 0 || strcmp(arg, "--") == 0)
-			continue;
-		for (p = arg + 1; *p != '\0'; p++)
-		{
-			const char *optarg;
-
-			if (strchr(SWITCHES_WITH_ARGUMENT, *p) == NULL)
-				continue;		/* a flag without argument: the group goes on */
-			optarg = (p[1] != '\0') ? p + 1 : (i + 1 < ac ? av[++i] : NULL);
-			if ((*p == 'c' || *p == '-') && optarg != NULL && option_sets_forbidden(optarg))
-				return true;
-			break;				/* the argument ends the group */
-		}
-	}
-	return false;
-}
-
-/*
- * Startup options "role" and "session_authorization" are applied after
- * authentication with only a membership check: a token for alice must not
- * become a session acting as another role.  Refused here, before the token
- * is asked for; admission.c checks the effect once every option and
- * setting is applied.
- */
-static void
-check_startup_options(LoginAttempt *a)
-{
-	Port	   *port = a->port;
-	ListCell   *lc;
-
-	/* name/value pairs sent as startup packet parameters */
-	for (lc = list_head(port->guc_options); lc != NULL; lc = lnext(port->guc_options, lc))
-	{
-		const char *name = lfirst(lc);
-
-		lc = lnext(port->guc_options, lc);
-		if (is_forbidden_setting(name, strlen(name)))
-			refuse(a, "startup_option_forbidden",
-				   psprintf("startup parameter \"%s\" is not allowed on token logins", name),
-				   "Connect as the role you need; SET ROLE after login is subject to normal privileges.");
-		if (lc == NULL)
-			break;
-	}
-
-	/* switches inside the "options" parameter */
-	if (port->cmdline_options != NULL && forbidden_in_switches(port->cmdline_options))
-		refuse(a, "startup_option_forbidden",
-			   "startup options may not set role or session_authorization on token logins",
-			   "Connect as the role you need; SET ROLE after login is subject to normal privileges.");
-}
-
-/* Read and throw away n bytes of the current message. */
-static void
-discard_bytes(size_t n)
-{
-	char		buf[8192];
-
-	while (n > 0)
-	{
-		size_t		chunk = Min(n, sizeof(buf));
-
-		if (pq_getbytes(buf, chunk) == EOF)
-			return;
-		n -= chunk;
-	}
-}
-
-/*
- * Ask for the password and read the PasswordMessage with our own limit
- * (recv_password_packet is static and has a fixed one).  Returns a palloc'd
- * NUL-terminated string; *len excludes the terminator.
- */
-static char *
-read_token(LoginAttempt *a, int *len)
-{
-	Port	   *port = a->port;
-	int			mtype;
-	uint32		netlen;
-	int64		body;
-	char	   *buf;
-
-#if defined(USE_OPENSSL) && defined(SSL_OP_CLEANSE_PLAINTEXT)
-
-	/*
-	 * OpenSSL keeps the decrypted record in its read buffer until the next
-	 * record overwrites it: for the whole session, when the client sends little.
-	 * Cleanse it once read, from the record with the token on (OpenSSL 3.0+).
-	 */
-	if (port->ssl != NULL)
-		SSL_set_options(port->ssl, SSL_OP_CLEANSE_PLAINTEXT);
-#endif
-	sendAuthRequest(port, AUTH_REQ_PASSWORD, NULL, 0);
-
-	pq_startmsgread();
-	mtype = pq_getbyte();
-	if (mtype == EOF)
-	{
-		/* psql hangs up here to prompt for a password: not worth a log line. */
-		proc_exit(0);
-	}
-	if (mtype != 'p')
-		ereport(FATAL,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("expected password response, got message type %d", mtype)));
-
-	if (pq_getbytes((char *) &netlen, 4) == EOF)
-		proc_exit(0);
-	body = (int64) pg_ntoh32(netlen) - 4;
-	if (body < 0)
-		ereport(FATAL,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("invalid password packet length")));
-
-	a->token_seen = true;
-	/* body includes the terminating NUL */
-	if (body > (int64) pg_oauth_max_token_bytes + 1)
-	{
-		/* Read it all when cheap, so the client gets our error, not a reset. */
-		if (body <= OVERSIZE_DRAIN_LIMIT)
-			discard_bytes((size_t) body);
-		pq_endmsgread();
-		refuse(a, "too_large",
-			   psprintf("the token is %lld bytes; pg_oauth.max_token_bytes is %d",
-						(long long) (body - 1), pg_oauth_max_token_bytes),
-			   NULL);
-	}
-
-	buf = palloc(body + 1);
-	if (body > 0 && pq_getbytes(buf, body) == EOF)
-		proc_exit(0);
-	pq_endmsgread();
-	buf[body] = '\0';
-
-	if (body < 2 || buf[body - 1] != '\0' || strlen(buf) != (size_t) (body - 1))
-	{
-		explicit_bzero(buf, body);
-		refuse(a, "malformed", "the password is empty or not a single string",
-			   "Send the JWT as the password.");
-	}
-	*len = (int) (body - 1);
-	return buf;
 }
 
 /*
@@ -559,12 +307,12 @@ check_role(LoginAttempt *a)
 
 	roletup = SearchSysCache1(AUTHNAME, CStringGetDatum(user));
 	if (!HeapTupleIsValid(roletup))
-		refuse(a, "unknown_role", psprintf("role \"%s\" does not exist", user), NULL);
+		login_refuse(a, "unknown_role", psprintf("role \"%s\" does not exist", user), NULL);
 	a->roleid = ((Form_pg_authid) GETSTRUCT(roletup))->oid;
 	canlogin = ((Form_pg_authid) GETSTRUCT(roletup))->rolcanlogin;
 	ReleaseSysCache(roletup);
 	if (!canlogin)
-		refuse(a, "role_cannot_login",
+		login_refuse(a, "role_cannot_login",
 			   psprintf("role \"%s\" is not permitted to log in (NOLOGIN)", user), NULL);
 
 	(void) role_reachable_privileges(a->roleid, found, ROLE_PRIV_COUNT, &nfound);
@@ -580,10 +328,10 @@ check_role(LoginAttempt *a)
 			psprintf("role \"%s\" is a member of \"%s\", which has %s",
 					 user, found[i].via_name, priv);
 		if (found[i].bit == ROLE_PRIV_SUPERUSER)
-			refuse(a, "superuser_forbidden",
+			login_refuse(a, "superuser_forbidden",
 				   psprintf("%s: privilege superuser is not allowed on token logins", how),
 				   "Log in with a role that is not a superuser, or set pg_oauth.allow_privileges.");
-		refuse(a, "privilege_forbidden",
+		login_refuse(a, "privilege_forbidden",
 			   psprintf("%s: privilege %s is not allowed on token logins", how, priv),
 			   "Log in with a less privileged role, or name the privilege in pg_oauth.allow_privileges.");
 	}
@@ -611,7 +359,7 @@ check_connection(LoginAttempt *a)
 	/* A token must never cross the network in clear. */
 	if (pg_oauth_require_ssl && !connection_encrypted(port) &&
 		port->raddr.addr.ss_family != AF_UNIX)
-		refuse(a, "ssl_required",
+		login_refuse(a, "ssl_required",
 			   a->bearer ?
 			   "token logins need an encrypted connection; the token was not checked" :
 			   "token logins need an encrypted connection; the token was not requested",
@@ -619,13 +367,13 @@ check_connection(LoginAttempt *a)
 
 	/* A walsender (replication=true|database) streams every change: DBA's choice. */
 	if (am_walsender && !role_privilege_allowed(ROLE_PRIV_REPLICATION))
-		refuse(a, "replication_forbidden",
+		login_refuse(a, "replication_forbidden",
 			   a->bearer ?
 			   "replication connections are not allowed on token logins; the token was not checked" :
 			   "replication connections are not allowed on token logins; the token was not requested",
 			   "Use a pg_hba line with another method for replication, or add replication to pg_oauth.allow_privileges.");
 
-	check_startup_options(a);
+	startup_options_check(a);
 }
 
 /*
@@ -633,7 +381,7 @@ check_connection(LoginAttempt *a)
  * worker validates it, the requested role must be one it allows and pass
  * role_policy.c, the session is registered (limits, expiry, revocation) and
  * remembered (oauth.claims()), and admission.c audits it once PostgreSQL
- * admits the session.  Any refusal goes through refuse().  The token is
+ * admits the session.  Any refusal goes through login_refuse().  The token is
  * wiped before this returns.
  */
 static void
@@ -652,7 +400,7 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 	a->token = token;
 	a->token_len = token_len;
 	if (!looks_like_jws(token, token_len))
-		refuse(a, "malformed",
+		login_refuse(a, "malformed",
 			   a->bearer ? "the bearer token is not a compact JWS (three base64url parts)" :
 			   "the password is not a compact JWS (three base64url parts)",
 			   a->bearer ? NULL : "Send the JWT as the password.");
@@ -675,7 +423,7 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 		a->decision = &decision;
 
 		if (!decision.ok)
-			refuse(a, decision.reason, decision.detail,
+			login_refuse(a, decision.reason, decision.detail,
 				   hint_for(decision.reason, decision.detail));
 
 		/*
@@ -685,7 +433,7 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 		 */
 		if (a->expected_issuer != NULL &&
 			(decision.issuer == NULL || strcmp(decision.issuer, a->expected_issuer) != 0))
-			refuse(a, "untrusted_issuer",
+			login_refuse(a, "untrusted_issuer",
 				   psprintf("the token's issuer is not \"%s\", the issuer of the pg_hba.conf oauth line",
 							a->expected_issuer),
 				   "Get a token from the issuer the oauth line names, or add an oauth line for this issuer.");
@@ -697,7 +445,7 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 			char	   *missing = bearer_missing_scopes(decision.claims, port->hba->oauth_scope);
 
 			if (missing != NULL)
-				refuse(a, "scope_missing",
+				login_refuse(a, "scope_missing",
 					   psprintf("the token does not grant scope \"%s\" of the pg_hba.conf oauth line (claims scope and scp)",
 								missing),
 					   "Ask the identity provider for a token with the scopes the oauth line names.");
@@ -705,7 +453,7 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 #endif
 
 		if (!role_in_list(port->user_name, decision.allowed_roles))
-			refuse(a, "role_not_allowed",
+			login_refuse(a, "role_not_allowed",
 				   psprintf("the token allows roles: %s", roles_as_text(decision.allowed_roles)),
 				   NULL);
 
@@ -714,7 +462,7 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 		/* oauth.sessions, and the subject's session limit, counted atomically */
 		live = session_registry_enter(&decision, port->user_name, req.database, a->client_addr);
 		if (live >= 0)
-			refuse(a, "too_many_connections",
+			login_refuse(a, "too_many_connections",
 				   psprintf("subject already has %d live token sessions (limit %d)",
 							live, decision.max_sessions),
 				   "Close another session of this identity first.");
@@ -729,7 +477,7 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 			break;
 		session_registry_leave();
 		if (checks >= 3)
-			refuse(a, "validator_unavailable",
+			login_refuse(a, "validator_unavailable",
 				   "the configuration changed while this token was being checked, three times in a row",
 				   "Log in again.");
 	}
@@ -751,7 +499,7 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 	TRACE_BACKEND(TRACE_B_AUDITED);
 #ifdef PG_OAUTH_TRACE
 	TRACE_BACKEND(TRACE_B_DONE);
-	log_trace(decision.from_cache);
+	trace_log_login(decision.from_cache);
 #endif
 	a->decision = NULL;			/* it lives in this frame */
 }
@@ -767,61 +515,17 @@ authenticate_with_token(Port *port)
 
 	begin_attempt(&attempt, port, addrbuf, sizeof(addrbuf));
 	check_connection(&attempt);
-	token = read_token(&attempt, &token_len);
+	token = password_packet_read(&attempt, &token_len);
 	TRACE_BACKEND(TRACE_B_TOKEN);
 	decide_token(&attempt, token, token_len);
 }
-
-/*
- * The identity an OAUTHBEARER login reports to PostgreSQL (its authn_id,
- * SYSTEM_USER "oauth:<authn_id>", what a pg_ident.conf map matches): the
- * token's issuer, one space, its subject.  An issuer is a URL and has no
- * space, so the first space splits the two.  NULL without a subject.
- */
-static char *
-bearer_identity(void)
-{
-	if (!pg_oauth_session.active || pg_oauth_session.issuer == NULL ||
-		pg_oauth_session.subject == NULL)
-		return NULL;
-	return psprintf("%s %s", pg_oauth_session.issuer, pg_oauth_session.subject);
-}
-
-#if PG_VERSION_NUM >= 180000
-/*
- * The issuer identifier of an oauth line: its issuer option, or, when that
- * is a .well-known URI of the discovery document (OIDC style
- * "<issuer>/.well-known/openid-configuration", RFC 8414 style
- * "<authority>/.well-known/oauth-authorization-server<path>"), the
- * identifier it stands for, as libpq derives it.
- */
-static char *
-line_issuer(Port *port)
-{
-	const char *uri = port->hba ? port->hba->oauth_issuer : NULL;
-	const char *wk;
-	const char *rest;
-
-	if (uri == NULL || uri[0] == '\0')
-		return NULL;
-	wk = strstr(uri, "/.well-known/");
-	if (wk == NULL)
-		return pstrdup(uri);
-	rest = wk + strlen("/.well-known/");
-	if (strncmp(rest, "openid-configuration", strlen("openid-configuration")) == 0)
-		rest += strlen("openid-configuration");
-	else if (strncmp(rest, "oauth-authorization-server", strlen("oauth-authorization-server")) == 0)
-		rest += strlen("oauth-authorization-server");
-	return psprintf("%.*s%s", (int) (wk - uri), uri, rest);
-}
-#endif
 
 /*
  * OAUTHBEARER (oauth_validator.c): the token PostgreSQL's "oauth" method
  * received goes through the same checks and decide_token() as a password
  * login.  Returns whether it is accepted; *authn_id gets the identity, and
  * *client_detail what pg_oauth.client_detail lets a refused client read.
- * A refusal is logged, audited and counted by refuse(), whose ERROR is
+ * A refusal is logged, audited and counted by login_refuse(), whose ERROR is
  * caught here: PostgreSQL then refuses the exchange itself.
  */
 bool
@@ -844,13 +548,13 @@ token_login_bearer(Port *port, const char *token, char **authn_id, char **client
 		begin_attempt(&attempt, port, addrbuf, sizeof(addrbuf));
 		attempt.bearer = true;
 #if PG_VERSION_NUM >= 180000
-		attempt.expected_issuer = line_issuer(port);
+		attempt.expected_issuer = bearer_line_issuer(port);
 #endif
 		check_connection(&attempt);
 		attempt.token_seen = true;
 		TRACE_BACKEND(TRACE_B_TOKEN);
 		if (len > (size_t) pg_oauth_max_token_bytes)
-			refuse(&attempt, "too_large",
+			login_refuse(&attempt, "too_large",
 				   psprintf("the token is %zu bytes; pg_oauth.max_token_bytes is %d",
 							len, pg_oauth_max_token_bytes),
 				   NULL);

@@ -19,6 +19,9 @@
  * anyone adopt it again.  Shared memory only: a restart forgets the times,
  * and the rows refresh_keys deleted stay deleted.
  *
+ * Also the cooldown of the refetch a worker makes for an unknown kid
+ * (oauth._kid_refetch_allowed), shared by all workers.
+ *
  *-------------------------------------------------------------------------
  */
 #include "pg_oauth.h"
@@ -33,6 +36,7 @@
 
 PG_FUNCTION_INFO_V1(pg_oauth_fn_request_key_refresh);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_keys_dropped_at);
+PG_FUNCTION_INFO_V1(pg_oauth_fn_kid_refetch_allowed);
 
 /* requests remembered; a worker that falls further behind refreshes every issuer */
 #define KEY_REFRESH_RING		32
@@ -266,4 +270,57 @@ key_refresh_issuers(uint64 seen, uint64 *upto, bool *all)
 		issuers = NIL;
 	}
 	return issuers;
+}
+
+/*
+ * May a worker refetch this issuer's keys for an unknown kid now?  At most
+ * once per cooldown per issuer across all workers: each worker has its own
+ * key cache, and a storm of random kids must not multiply fetches by the
+ * number of workers.  Claims the slot when it answers true.
+ */
+Datum
+pg_oauth_fn_kid_refetch_allowed(PG_FUNCTION_ARGS)
+{
+	text	   *issuer = PG_GETARG_TEXT_PP(0);
+	double		cooldown_s = PG_GETARG_FLOAT8(1);
+	TimestampTz now = GetCurrentTimestamp();
+	uint8		hash[PG_OAUTH_TOKEN_HASH_LEN];
+	KidRefetch *slot = NULL;
+	KidRefetch *oldest = NULL;
+	bool		allowed = true;
+	int			i;
+
+	if (pg_oauth_shared == NULL)
+		PG_RETURN_BOOL(true);
+	/* issuers are told apart whole, whatever their length */
+	pg_oauth_sha256(VARDATA_ANY(issuer), VARSIZE_ANY_EXHDR(issuer), hash);
+
+	LWLockAcquire(pg_oauth_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < PG_OAUTH_REFETCH_ISSUERS; i++)
+	{
+		KidRefetch *r = &pg_oauth_shared->kid_refetch[i];
+
+		if (r->used && memcmp(r->issuer_hash, hash, PG_OAUTH_TOKEN_HASH_LEN) == 0)
+		{
+			slot = r;
+			break;
+		}
+		if (oldest == NULL || r->at < oldest->at)
+			oldest = r;
+	}
+	if (slot != NULL &&
+		now < TimestampTzPlusMilliseconds(slot->at, (int64) (cooldown_s * 1000.0)))
+		allowed = false;
+	else
+	{
+		if (slot == NULL)
+		{
+			slot = oldest;
+			slot->used = true;
+			memcpy(slot->issuer_hash, hash, PG_OAUTH_TOKEN_HASH_LEN);
+		}
+		slot->at = now;
+	}
+	LWLockRelease(pg_oauth_shared->lock);
+	PG_RETURN_BOOL(allowed);
 }

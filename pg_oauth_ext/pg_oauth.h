@@ -23,6 +23,7 @@
 #include "storage/proc.h"
 #include "utils/dsa.h"
 #include "utils/guc.h"
+#include "utils/jsonb.h"
 
 #if PG_VERSION_NUM < 150000
 #error "pg_oauth needs PostgreSQL 15 or later (shmem_request_hook)"
@@ -183,8 +184,10 @@ typedef struct TokenSlot
 #define TRACE_W_COMMITTED	4	/* transaction committed */
 #define TRACE_W_HANDED		5	/* slot marked done, backend about to be woken */
 #ifdef PG_OAUTH_TRACE
+/* trace.c */
 extern TimestampTz pg_oauth_trace_backend[8];
 extern TimestampTz pg_oauth_trace_worker[6];
+extern void trace_log_login(bool from_cache);
 #define TRACE_SLOT(s, i) ((s)->trace[i] = GetCurrentTimestamp())
 #define TRACE_BACKEND(i) (pg_oauth_trace_backend[i] = GetCurrentTimestamp())
 #else
@@ -493,14 +496,44 @@ PGDLLEXPORT void pg_oauth_worker_main(Datum main_arg);
 #define PG_OAUTH_EXTENSION_MISSING	"extension pg_oauth is not installed in database"
 
 /* auth_hook.c */
+/* One login attempt, from the hook's start to its decision. */
+typedef struct LoginAttempt
+{
+	Port	   *port;
+	TimestampTz started;
+	const char *client_addr;	/* NULL: Unix socket */
+	bool		token_seen;		/* a token was presented: counts for rate limits */
+	Oid			roleid;			/* the role, once looked up */
+	char	   *token;			/* wiped by login_refuse() when set */
+	int			token_len;
+	TokenDecision *decision;	/* NULL until a worker answered */
+	bool		bearer;			/* OAUTHBEARER: a refusal returns to the validator */
+	char	   *expected_issuer;	/* OAUTHBEARER: the oauth line's issuer identifier */
+} LoginAttempt;
+
 extern void pg_oauth_install_auth_hook(void);
 extern bool token_login_bearer(Port *port, const char *token, char **authn_id,
 							   char **client_detail);
+PGO_NORETURN_PRE extern void login_refuse(LoginAttempt *a, const char *reason,
+										  const char *detail, const char *hint)
+			PGO_NORETURN_POST;
+
+/* startup_options.c: refuses "role" and "session_authorization" */
+extern void startup_options_check(LoginAttempt *a);
+
+/* password_packet.c: the token of a "trust" line, read as a PasswordMessage */
+extern char *password_packet_read(LoginAttempt *a, int *len);
 
 /* oauth_validator.c: pg_oauth as PostgreSQL 18's OAuth validator module */
 #if PG_VERSION_NUM >= 180000
 extern void oauth_validator_after_method(Port *port, int status);
 extern char *bearer_missing_scopes(const char *claims_json, const char *line_scope);
+#endif
+
+/* bearer_identity.c: who an OAUTHBEARER login is */
+extern char *bearer_identity(void);
+#if PG_VERSION_NUM >= 180000
+extern char *bearer_line_issuer(Port *port);
 #endif
 
 /* hba_fallthrough.c */
@@ -521,6 +554,10 @@ typedef struct OAuthSession
 
 extern OAuthSession pg_oauth_session;
 extern void session_state_remember(const TokenDecision *decision, const char *role);
+extern Jsonb *session_state_claims(void);
+extern uint64 session_state_claims_generation(void);
+
+/* config_signal.c: the configuration version moves when a change commits */
 extern void pg_oauth_note_config_change(void);
 extern void pg_oauth_note_config_structure_change(void);
 

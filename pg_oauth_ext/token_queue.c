@@ -13,18 +13,26 @@
  * brute-force brake is holding (rate_limit.c) has at most one request in the
  * queue at a time and goes after everyone else.
  *
+ * The queue also keeps each worker's state under its lock; oauth.workers()
+ * reports it.
+ *
  *-------------------------------------------------------------------------
  */
 #include "pg_oauth.h"
 
 #include "common/hashfn.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/shmem.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(pg_oauth_fn_workers);
 
 PgOAuthShared *pg_oauth_shared = NULL;
 
@@ -682,4 +690,57 @@ token_queue_worker_exit(int worker)
 	for (i = 0; i < nwake; i++)
 		SetLatch(&wake[i]->procLatch);
 	ConditionVariableBroadcast(&pg_oauth_shared->slot_freed);
+}
+
+static const char *
+worker_state_name(WorkerState state)
+{
+	switch (state)
+	{
+		case WORKER_STOPPED:
+			return "stopped";
+		case WORKER_STARTING:
+			return "starting";
+		case WORKER_NOT_READY:
+			return "not ready";
+		case WORKER_IDLE:
+			return "idle";
+		case WORKER_BUSY:
+			return "busy";
+	}
+	return "unknown";
+}
+
+Datum
+pg_oauth_fn_workers(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	if (pg_oauth_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_oauth is not loaded through shared_preload_libraries")));
+
+	InitMaterializedSRF(fcinfo, 0);
+	for (i = 0; i < pg_oauth_shared->nworkers; i++)
+	{
+		WorkerInfo	w;
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, false};
+
+		LWLockAcquire(pg_oauth_shared->lock, LW_SHARED);
+		w = pg_oauth_shared->workers[i];
+		LWLockRelease(pg_oauth_shared->lock);
+
+		values[0] = Int32GetDatum(i);
+		values[1] = Int32GetDatum(w.pid);
+		nulls[1] = (w.pid == 0);
+		values[2] = CStringGetTextDatum(worker_state_name(w.state));
+		values[3] = Int64GetDatum((int64) w.requests);
+		values[4] = CStringGetTextDatum(w.last_error);
+		nulls[4] = (w.last_error[0] == '\0');
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }
