@@ -44,7 +44,7 @@
 static ClientAuthentication_hook_type prev_client_auth_hook = NULL;
 
 #ifdef PG_OAUTH_TRACE
-TimestampTz pg_oauth_trace_backend[8];
+TimestampTz pg_oauth_trace_backend[7];
 TimestampTz pg_oauth_trace_worker[6];
 
 /* One line of microseconds per phase of this (successful) login. */
@@ -55,16 +55,15 @@ log_trace(bool from_cache)
 	TimestampTz *w = pg_oauth_trace_worker;
 
 	if (from_cache)
-		elog(LOG, "pg_oauth trace: path=cache read=%ld hash=%ld checks=%ld audit=%ld stats=%ld",
+		elog(LOG, "pg_oauth trace: path=cache read=%ld hash=%ld checks=%ld admission=%ld",
 			 (long) (b[TRACE_B_TOKEN] - b[TRACE_B_START]),
 			 (long) (b[TRACE_B_HASHED] - b[TRACE_B_TOKEN]),
 			 (long) (b[TRACE_B_CHECKED] - b[TRACE_B_HASHED]),
-			 (long) (b[TRACE_B_AUDITED] - b[TRACE_B_CHECKED]),
-			 (long) (b[TRACE_B_DONE] - b[TRACE_B_AUDITED]));
+			 (long) (b[TRACE_B_ADMISSION] - b[TRACE_B_CHECKED]));
 	else
 		elog(LOG, "pg_oauth trace: path=worker read=%ld hash=%ld submit=%ld "
 			 "worker_wakeup=%ld worker_prepare=%ld txn_start=%ld call=%ld commit=%ld "
-			 "hand_back=%ld backend_wakeup=%ld checks=%ld audit=%ld stats=%ld",
+			 "hand_back=%ld backend_wakeup=%ld checks=%ld admission=%ld",
 			 (long) (b[TRACE_B_TOKEN] - b[TRACE_B_START]),
 			 (long) (b[TRACE_B_HASHED] - b[TRACE_B_TOKEN]),
 			 (long) (b[TRACE_B_SUBMITTED] - b[TRACE_B_HASHED]),
@@ -76,8 +75,7 @@ log_trace(bool from_cache)
 			 (long) (w[TRACE_W_HANDED] - w[TRACE_W_COMMITTED]),
 			 (long) (b[TRACE_B_ANSWERED] - w[TRACE_W_HANDED]),
 			 (long) (b[TRACE_B_CHECKED] - b[TRACE_B_ANSWERED]),
-			 (long) (b[TRACE_B_AUDITED] - b[TRACE_B_CHECKED]),
-			 (long) (b[TRACE_B_DONE] - b[TRACE_B_AUDITED]));
+			 (long) (b[TRACE_B_ADMISSION] - b[TRACE_B_CHECKED]));
 }
 #endif
 
@@ -748,9 +746,8 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 		describe_attempt(a, "ok", &rec, &stats);
 		admission_expect(a->roleid, &rec, &stats);
 	}
-	TRACE_BACKEND(TRACE_B_AUDITED);
+	TRACE_BACKEND(TRACE_B_ADMISSION);
 #ifdef PG_OAUTH_TRACE
-	TRACE_BACKEND(TRACE_B_DONE);
 	log_trace(decision.from_cache);
 #endif
 	a->decision = NULL;			/* it lives in this frame */
@@ -827,7 +824,7 @@ line_issuer(Port *port)
 bool
 token_login_bearer(Port *port, const char *token, char **authn_id, char **client_detail)
 {
-	static LoginAttempt attempt;	/* static: read after a longjmp */
+	LoginAttempt attempt;		/* PG_CATCH below does not read it */
 	char		addrbuf[NI_MAXHOST];
 	MemoryContext oldcxt = CurrentMemoryContext;
 	volatile bool accepted = false;
