@@ -188,6 +188,15 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here starts PostgreSQL servers: `-m "not server"` leaves them out."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in item.path.resolve().parents:
+            item.add_marker(pytest.mark.server)
+            item.add_marker(pytest.mark.slow)
+
+
 def token_leaks(tokens: list[str], logs: dict[str, str]) -> list[str]:
     """'<log>: <first characters>...' for every token, or its payload or signature
     segment (headers repeat, and are not secret), found in one of the logs."""
