@@ -9,6 +9,7 @@
 #   make test-deps       what tests, demo and benchmarks need on top: pgbouncer, python3-venv,
 #                        the unprivileged pgoauth OS user that runs their servers, the venv
 #   make test            everything the test suite needs (as root on Debian 12), then the suite
+#   make unit-test       the tests that need no server; as any user (tests/README.md)
 #   make demo            a throwaway cluster, a dev issuer, one login that works and one refused
 #   make bench           login benchmarks (bench/)
 #   make run CMD='...'   CMD as root where the server of PG runs, PG_BIN naming its programs
@@ -55,7 +56,7 @@ EXTRA_CLEAN = build/sql
 
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
-.PHONY: install-python install-tools uninstall-python deb deps test-deps node-deps venv test unit-test demo bench lint run root
+.PHONY: install-python install-tools uninstall-python deb deps test-deps node-deps venv test unit-test unit-venv demo bench lint run root
 
 # PGXS is only there once postgresql-server-dev-15 is installed; `make test` and
 # `make demo` install it first and then call make again.
@@ -143,9 +144,18 @@ node-deps: $(NODE_DEPS)
 $(NODE_DEPS): tests/client/node/package-lock.json tests/client/node/package.json
 	npm ci --prefix tests/client/node --no-audit --no-fund --loglevel=error
 
+# Unit tests need neither PostgreSQL nor root: as root the test venv of PG (test-deps),
+# otherwise this machine's own venv, made without apt (python3-venv must be there).
+IS_ROOT := $(filter 0,$(shell id -u))
+ifeq ($(and $(IN_ROOT),$(IS_ROOT)),)
+unit-test: $(if $(IS_ROOT),test-deps,unit-venv)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit
+endif
+
+unit-venv:
+	sh scripts/make-venv.sh $(VENV)
+
 ifndef IN_ROOT
-unit-test: test-deps
-	$(VENV)/bin/python -m pytest -q tests/unit
 
 # the whole suite against PG; the servers the tests start are that major's (PG_BIN)
 test: test-deps node-deps
@@ -172,7 +182,7 @@ run:
 else
 # PG is not this machine's own major: the same target inside its root (the checkout and
 # /tmp at the same paths), after the npm packages are fetched here
-test demo bench install deb deps test-deps venv unit-test lint all clean uninstall: root
+test demo bench install deb deps test-deps venv $(if $(IS_ROOT),unit-test) lint all clean uninstall: root
 	sh scripts/pg-root.sh $(PG) run $(MAKE) --no-print-directory PG=$(PG) $@
 
 test demo bench: node-deps

@@ -42,8 +42,9 @@ PHASES = {
     "hand_back": "worker: mark the slot done",
     "backend_wakeup": "until the backend runs again and sees the answer",
     "checks": "backend: role checks, session registry, decision cache",
-    "audit": "audit line (the backend's first log line) and audit ring record",
-    "stats": "oauth.stats counters",
+    "admission": "backend: audit record and counters' arguments kept for admission.c "
+                 "(the audit line, ring record and oauth.stats counters are written "
+                 "after PostgreSQL admits the session, outside these phases)",
 }
 
 

@@ -496,9 +496,8 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 		describe_attempt(a, "ok", &rec, &stats);
 		admission_expect(a->roleid, &rec, &stats);
 	}
-	TRACE_BACKEND(TRACE_B_AUDITED);
+	TRACE_BACKEND(TRACE_B_ADMISSION);
 #ifdef PG_OAUTH_TRACE
-	TRACE_BACKEND(TRACE_B_DONE);
 	trace_log_login(decision.from_cache);
 #endif
 	a->decision = NULL;			/* it lives in this frame */
@@ -531,7 +530,7 @@ authenticate_with_token(Port *port)
 bool
 token_login_bearer(Port *port, const char *token, char **authn_id, char **client_detail)
 {
-	static LoginAttempt attempt;	/* static: read after a longjmp */
+	LoginAttempt attempt;		/* PG_CATCH below does not read it */
 	char		addrbuf[NI_MAXHOST];
 	MemoryContext oldcxt = CurrentMemoryContext;
 	volatile bool accepted = false;

@@ -175,8 +175,10 @@ typedef struct TokenSlot
 #define TRACE_B_SUBMITTED	3	/* slot pending, worker woken */
 #define TRACE_B_ANSWERED	4	/* backend saw the worker's answer */
 #define TRACE_B_CHECKED		5	/* role checks, registry, cache store done */
-#define TRACE_B_AUDITED		6	/* audit line and ring record written */
-#define TRACE_B_DONE		7	/* counters updated */
+#define TRACE_B_ADMISSION	6	/* audit record and counters' arguments handed
+								 * to admission.c, which writes them once
+								 * PostgreSQL admits the session: after the
+								 * trace line, so outside it */
 #define TRACE_W_CLAIMED		0	/* worker took the request */
 #define TRACE_W_TXN			1	/* worker starts its transaction */
 #define TRACE_W_CALL		2	/* SPI connected, snapshot taken: the call */
@@ -185,7 +187,7 @@ typedef struct TokenSlot
 #define TRACE_W_HANDED		5	/* slot marked done, backend about to be woken */
 #ifdef PG_OAUTH_TRACE
 /* trace.c */
-extern TimestampTz pg_oauth_trace_backend[8];
+extern TimestampTz pg_oauth_trace_backend[7];
 extern TimestampTz pg_oauth_trace_worker[6];
 extern void trace_log_login(bool from_cache);
 #define TRACE_SLOT(s, i) ((s)->trace[i] = GetCurrentTimestamp())

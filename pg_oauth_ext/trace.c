@@ -15,10 +15,14 @@
 #include "pg_oauth.h"
 
 #ifdef PG_OAUTH_TRACE
-TimestampTz pg_oauth_trace_backend[8];
+TimestampTz pg_oauth_trace_backend[7];
 TimestampTz pg_oauth_trace_worker[6];
 
-/* One line of microseconds per phase of this (successful) login. */
+/*
+ * One line of microseconds per phase of this (successful) login.  The audit
+ * record and the counters are written later, by admission.c: "admission" is
+ * only the hand-over of their arguments.
+ */
 void
 trace_log_login(bool from_cache)
 {
@@ -26,16 +30,15 @@ trace_log_login(bool from_cache)
 	TimestampTz *w = pg_oauth_trace_worker;
 
 	if (from_cache)
-		elog(LOG, "pg_oauth trace: path=cache read=%ld hash=%ld checks=%ld audit=%ld stats=%ld",
+		elog(LOG, "pg_oauth trace: path=cache read=%ld hash=%ld checks=%ld admission=%ld",
 			 (long) (b[TRACE_B_TOKEN] - b[TRACE_B_START]),
 			 (long) (b[TRACE_B_HASHED] - b[TRACE_B_TOKEN]),
 			 (long) (b[TRACE_B_CHECKED] - b[TRACE_B_HASHED]),
-			 (long) (b[TRACE_B_AUDITED] - b[TRACE_B_CHECKED]),
-			 (long) (b[TRACE_B_DONE] - b[TRACE_B_AUDITED]));
+			 (long) (b[TRACE_B_ADMISSION] - b[TRACE_B_CHECKED]));
 	else
 		elog(LOG, "pg_oauth trace: path=worker read=%ld hash=%ld submit=%ld "
 			 "worker_wakeup=%ld worker_prepare=%ld txn_start=%ld call=%ld commit=%ld "
-			 "hand_back=%ld backend_wakeup=%ld checks=%ld audit=%ld stats=%ld",
+			 "hand_back=%ld backend_wakeup=%ld checks=%ld admission=%ld",
 			 (long) (b[TRACE_B_TOKEN] - b[TRACE_B_START]),
 			 (long) (b[TRACE_B_HASHED] - b[TRACE_B_TOKEN]),
 			 (long) (b[TRACE_B_SUBMITTED] - b[TRACE_B_HASHED]),
@@ -47,7 +50,6 @@ trace_log_login(bool from_cache)
 			 (long) (w[TRACE_W_HANDED] - w[TRACE_W_COMMITTED]),
 			 (long) (b[TRACE_B_ANSWERED] - w[TRACE_W_HANDED]),
 			 (long) (b[TRACE_B_CHECKED] - b[TRACE_B_ANSWERED]),
-			 (long) (b[TRACE_B_AUDITED] - b[TRACE_B_CHECKED]),
-			 (long) (b[TRACE_B_DONE] - b[TRACE_B_AUDITED]));
+			 (long) (b[TRACE_B_ADMISSION] - b[TRACE_B_CHECKED]));
 }
 #endif

@@ -58,6 +58,8 @@ from pyhook.errors import (
 )
 from pyhook.jwks_cache import KeyStore, show
 
+# PG_OAUTH_TOKEN_CEILING in pg_oauth_ext/pg_oauth.h, the highest pg_oauth.max_token_bytes
+# the C side accepts: the two must agree (tests/unit/test_validator.py compares them)
 MAX_TOKEN_BYTES = 65530
 # header and payload must be there; an empty signature is left for the
 # algorithm and signature checks to refuse with a precise reason
@@ -92,7 +94,8 @@ def validate(
 ) -> Decision:
     """Decide whether ``token`` may log in as ``requested_role``; never raises.
 
-    ``ssl`` is accepted for the contract's sake; the C side enforces SSL.
+    ``ssl`` is unused and kept: it is an argument of oauth.validate, the contract with
+    the C side (DESIGN.md), which enforces pg_oauth.require_ssl before asking for a token.
     ``explain`` adds detail a DBA wants and a login does not need: one trail
     entry per role_map rule, and where the keys came from.
     """

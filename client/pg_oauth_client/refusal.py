@@ -84,6 +84,10 @@ def advice(refusal: Refusal, token: str, profile_name: str) -> list[str]:
         "missing_claim":
             "the token lacks a claim the server requires (sub or required_claims): request "
             "the scope that adds it, or ask the DBA which claim",
+        "scope_missing":
+            "the server's oauth line names scopes this token does not grant (in scope or "
+            f"scp): add them to scope in profile {p!r}, then pg-oauth login --profile "
+            f"{p}; the line's scope= option lists them",
         "unsupported_alg": "the token's signing algorithm is not in the issuer's allowlist",
         "unknown_key":
             "the server does not know the token's signing key (yet): try again in a minute",

@@ -228,6 +228,15 @@ def test_refusal_found_in_psql_output() -> None:
     assert find_refusal("psql: error: could not connect") is None
 
 
+def test_scope_missing_advice_names_the_profile_scopes_and_login() -> None:
+    r = find_refusal('FATAL:  JWT authentication failed for user "alice"\n'
+                     "DETAIL:  reason=scope_missing\n")
+    assert r is not None and r.reason == "scope_missing"
+    what = advice(r, fake_jwt({"iss": "https://i", "sub": "s"}), "prod")[2]
+    assert "scope in profile 'prod'" in what and "pg-oauth login --profile prod" in what
+    assert "README" not in what  # the specific advice, not the fallback
+
+
 def test_pyhook_pg_oauth_dispatches_client_commands(tmp_path: Path) -> None:
     import subprocess
 

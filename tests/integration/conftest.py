@@ -149,12 +149,12 @@ def until(check: Callable[[], object], timeout: float = 30.0, what: str = "",
 def refused(cluster: Cluster) -> Callable[..., str]:
     """refused(user, token, **conn) -> reason code; fails if the login succeeds."""
 
-    def attempt(user: str, token: str, target: Cluster | None = None, **kw) -> str:
+    def refused_reason(user: str, token: str, target: Cluster | None = None, **kw) -> str:
         with pytest.raises(psycopg.OperationalError) as excinfo:
             (target or cluster).token_connect(user, token, **kw).close()
         return refusal(excinfo)
 
-    return attempt
+    return refused_reason
 
 
 # -- a minimal raw protocol client, for what libpq hides ------------------------
@@ -188,12 +188,47 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here starts PostgreSQL servers: `-m "not server"` leaves them out."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in item.path.resolve().parents:
+            item.add_marker(pytest.mark.server)
+            item.add_marker(pytest.mark.slow)
+
+
+def token_leaks(tokens: list[str], logs: dict[str, str]) -> list[str]:
+    """'<log>: <first characters>...' for every token, or its payload or signature
+    segment (headers repeat, and are not secret), found in one of the logs."""
+    fragments = set()
+    for token in tokens:
+        fragments.add(token)
+        fragments.update(p for p in token.split(".")[1:] if len(p) >= 16)
+    return [f"{name}: {f[:12]}..." for name, log in logs.items() for f in fragments
+            if f in log]
+
+
+def _server_logs() -> dict[str, str]:
+    logs = {}
+    for c in CLUSTERS:
+        log = c.log_text()
+        assert log, f"empty log for {c.base}: the token check would see nothing"
+        logs[str(c.logfile)] = log
+    return logs
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _remove_clusters_at_end() -> Iterator[None]:
-    """Remove the throwaway clusters (keep them with PG_OAUTH_KEEP_CLUSTERS=1)."""
+    """At the end of the session: no token minted during it appears in any server's
+    log (fails the run if one does), then the throwaway clusters are removed (kept with
+    PG_OAUTH_KEEP_CLUSTERS=1)."""
     yield
+    leaks = token_leaks(MINTED, _server_logs()) if MINTED else []
     for c in CLUSTERS:
         if os.environ.get("PG_OAUTH_KEEP_CLUSTERS"):
             print(f"kept cluster: {c.base} (log: {c.logfile})")
         else:
             c.destroy()
+    if leaks:
+        pytest.fail(f"token text in server logs ({len(leaks)}; rerun with "
+                    f"PG_OAUTH_KEEP_CLUSTERS=1 to keep the logs): {leaks[:5]}", pytrace=False)

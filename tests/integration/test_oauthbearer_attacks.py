@@ -90,7 +90,7 @@ def ci(
     )
 
 
-def attempt(binary, conninfo: str, token: str, sql: str = "SELECT current_user"):
+def bearer_query(binary, conninfo: str, token: str, sql: str = "SELECT current_user"):
     """The query's rows, or the ConnectionError of a refused login."""
     try:
         session = BearerSession(binary, conninfo, token)
@@ -131,7 +131,7 @@ def test_token_of_another_issuer_is_refused_on_an_oauth_line(
     in there."""
     offset = len(acluster.log_text())
     token = issuer.mint(sub="alice")
-    got = attempt(
+    got = bearer_query(
         bearer_client_bin,
         ci(acluster, "alice", "tenantdb", issuer.issuer + "/tenant2"),
         token,
@@ -147,7 +147,7 @@ def test_well_known_issuer_line_still_admits_its_issuer(
 ):
     """The issuer option may be the discovery document's .well-known URI."""
     token = issuer.mint(sub="alice")
-    got = attempt(
+    got = bearer_query(
         bearer_client_bin, ci(acluster, "alice", "wkdb", issuer.issuer), token
     )
     assert got == ["alice"], got
@@ -164,7 +164,7 @@ def test_token_without_the_lines_scope_is_refused(acluster, issuer, bearer_clien
     for claims in ({"scope": "email"}, {"scope": "openid profile"}, {"scp": ["email"]},
                    {"scope": "pgx"}, {"scope": ""}):  # fmt: skip
         token = issuer.mint(claims, sub="alice")
-        got = attempt(bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer), token)
+        got = bearer_query(bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer), token)
         assert isinstance(got, ConnectionError), f"{claims}: logged in without scope pg: {got}"
     assert reason_logged(acluster, offset, "alice") == "scope_missing"
     reasons = re.findall(r"DETAIL:  reason=(\w+)", acluster.log_text()[offset:])
@@ -173,7 +173,7 @@ def test_token_without_the_lines_scope_is_refused(acluster, issuer, bearer_clien
     for claims in ({"scope": "openid pg"}, {"scope": "pg"}, {"scp": ["x", "pg"]},
                    {"scp": "email pg"}):  # fmt: skip
         token = issuer.mint(claims, sub="alice")
-        got = attempt(bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer), token)
+        got = bearer_query(bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer), token)
         assert got == ["alice"], f"{claims}: {got}"
 
 
@@ -189,10 +189,10 @@ def test_permissive_ident_map_cannot_widen_role_map(
     since = now(acluster)
     offset = len(acluster.log_text())
     token = issuer.mint(sub="alice")
-    got = attempt(bearer_client_bin, ci(acluster, "bob", "mapdb", issuer.issuer), token)
+    got = bearer_query(bearer_client_bin, ci(acluster, "bob", "mapdb", issuer.issuer), token)
     assert isinstance(got, ConnectionError), got
     assert reason_logged(acluster, offset, "bob") == "role_not_allowed"
-    got = attempt(
+    got = bearer_query(
         bearer_client_bin, ci(acluster, "alice", "mapdb", issuer.issuer), token
     )
     assert isinstance(got, ConnectionError), got
@@ -217,7 +217,7 @@ def test_connection_checks_apply_to_bearer_logins(
 ):
     offset = len(acluster.log_text())
     token = issuer.mint(sub="alice")
-    got = attempt(
+    got = bearer_query(
         bearer_client_bin,
         ci(acluster, "alice", "postgres", issuer.issuer, extra),
         token,
@@ -240,7 +240,7 @@ def test_odd_bearer_tokens_are_refused_and_audited(
 ):
     since = now(acluster)
     offset = len(acluster.log_text())
-    got = attempt(
+    got = bearer_query(
         bearer_client_bin, ci(acluster, "carol", "postgres", issuer.issuer), token
     )
     assert isinstance(got, ConnectionError), got
@@ -253,11 +253,11 @@ def test_no_bearer_token_reaches_the_loud_log(acluster, issuer, bearer_client_bi
     neither an accepted nor a refused bearer token shows in the server log."""
     good = issuer.mint(sub="alice")
     bad = issuer.mint(sub="alice", aud="someone-else")
-    assert attempt(
+    assert bearer_query(
         bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer), good
     ) == ["alice"]
     assert isinstance(
-        attempt(
+        bearer_query(
             bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer), bad
         ),
         ConnectionError,
@@ -384,7 +384,7 @@ def test_check_setup_warns_of_an_oauth_line_without_map_or_delegation(
     acluster.reload()
     try:
         offset = len(acluster.log_text())
-        got = attempt(bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer),
+        got = bearer_query(bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer),
                       issuer.mint(sub="alice"))
         assert isinstance(got, ConnectionError), got
         assert ('provided user name (alice) and authenticated user name '
@@ -405,7 +405,7 @@ def test_check_setup_names_a_validator_that_is_not_preloaded(acluster, issuer, b
         assert [r[:2] for r in rows if r[1] == "validator_not_preloaded"] == [
             ("risk", "validator_not_preloaded")], rows
         offset = len(acluster.log_text())
-        got = attempt(bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer),
+        got = bearer_query(bearer_client_bin, ci(acluster, "alice", "postgres", issuer.issuer),
                       issuer.mint(sub="alice"))
         assert isinstance(got, ConnectionError), got
         assert reason_logged(acluster, offset, "alice") == "validator_unavailable"

@@ -47,8 +47,8 @@ def unbraked(rcluster):
     rcluster.sql("SELECT oauth.rate_limit_reset()")
 
 
-def attempt(cluster, user: str, token: str,
-            via: str = "127.0.0.1") -> psycopg.OperationalError | None:
+def login_error(cluster, user: str, token: str,
+                via: str = "127.0.0.1") -> psycopg.OperationalError | None:
     """None when the login worked (as `user`), else the refusal. via: an address or
     "local" (the Unix socket)."""
     host = str(cluster.sockdir) if via == "local" else via
@@ -132,22 +132,22 @@ def test_retrying_an_expired_token_does_not_lock_out_a_valid_one(rcluster, issue
         pytest.skip("no IPv6 loopback on this machine")
     expired = expired_token(issuer)
     for _ in range(22):
-        assert reason(attempt(rcluster, "alice", expired, via)) == "expired"
+        assert reason(login_error(rcluster, "alice", expired, via)) == "expired"
     assert rate_limits(rcluster)[via][:2] == (22, MAX_DELAY_MS)
-    assert attempt(rcluster, "bob", issuer.mint(sub="bob"), via) is None
-    assert attempt(rcluster, "alice", issuer.mint(sub="alice"), via) is None
+    assert login_error(rcluster, "bob", issuer.mint(sub="bob"), via) is None
+    assert login_error(rcluster, "alice", issuer.mint(sub="alice"), via) is None
     # admitted logins neither count nor let the address go
     assert rate_limits(rcluster)[via][0] == 22
 
 
 def test_refusals_are_held_back_and_the_hint_says_how_long(rcluster, issuer):
     expired = expired_token(issuer)
-    first = attempt(rcluster, "alice", expired)
+    first = login_error(rcluster, "alice", expired)
     assert reason(first) == "expired"
     assert hint(first) == "Get a fresh token from your identity provider."  # not held back
     for n, delay_ms in ((2, 25), (3, 50)):
         start = time.monotonic()
-        refused = attempt(rcluster, "alice", expired)
+        refused = login_error(rcluster, "alice", expired)
         elapsed = time.monotonic() - start
         assert reason(refused) == "expired"
         text = hint(refused)
@@ -157,7 +157,7 @@ def test_refusals_are_held_back_and_the_hint_says_how_long(rcluster, issuer):
         seconds = int(text.split("starts over in ", 1)[1].split(" s", 1)[0])
         assert 0 < seconds <= 60
         assert elapsed >= delay_ms / 1000  # a lower bound: it was held back that long
-    refused = attempt(rcluster, "alice", expired)  # the 4th: one at a time from now on
+    refused = login_error(rcluster, "alice", expired)  # the 4th: one at a time from now on
     assert "(this one by 100 ms), and its tokens are checked one at a time," in hint(refused)
 
 
@@ -165,9 +165,9 @@ def test_view_shows_braked_addresses_and_reset_lets_them_go(rcluster, issuer):
     bad = bad_signature_token(issuer)
     before = datetime.datetime.now(datetime.UTC)
     for _ in range(5):
-        assert reason(attempt(rcluster, "alice", bad)) == "bad_signature"
+        assert reason(login_error(rcluster, "alice", bad)) == "bad_signature"
     for _ in range(2):
-        assert reason(attempt(rcluster, "alice", bad, "local")) == "bad_signature"
+        assert reason(login_error(rcluster, "alice", bad, "local")) == "bad_signature"
     view = rate_limits(rcluster)
     assert set(view) == {"127.0.0.1", "local"}
     failures, delay_ms, one_at_a_time, window, last_failure = view["127.0.0.1"]
@@ -179,20 +179,20 @@ def test_view_shows_braked_addresses_and_reset_lets_them_go(rcluster, issuer):
     assert rcluster.sql("SELECT oauth.rate_limit_reset('127.0.0.1')") == [(1,)]
     assert set(rate_limits(rcluster)) == {"local"}
     # let go: its next refusal is the first again, not held back
-    assert hint(attempt(rcluster, "alice", bad)) == ""
+    assert hint(login_error(rcluster, "alice", bad)) == ""
     assert rcluster.sql("SELECT oauth.rate_limit_reset('127.0.0.0/8'::inet)") == [(1,)]
     assert rcluster.sql("SELECT oauth.rate_limit_reset('local')") == [(1,)]
     assert rate_limits(rcluster) == {}
 
     for via in ("127.0.0.1", "local"):
-        assert reason(attempt(rcluster, "alice", bad, via)) == "bad_signature"
+        assert reason(login_error(rcluster, "alice", bad, via)) == "bad_signature"
     assert rcluster.sql("SELECT oauth.rate_limit_reset('10.0.0.1')") == [(0,)]
     assert rcluster.sql("SELECT oauth.rate_limit_reset()") == [(2,)]
     assert rate_limits(rcluster) == {}
 
 
 def test_only_superusers_reset_and_stats_readers_see(rcluster, issuer):
-    assert reason(attempt(rcluster, "alice", bad_signature_token(issuer))) == "bad_signature"
+    assert reason(login_error(rcluster, "alice", bad_signature_token(issuer))) == "bad_signature"
     with psycopg.connect(host=str(rcluster.sockdir), port=rcluster.port, dbname="postgres",
                          user="alice", password=issuer.mint(sub="alice"),
                          autocommit=True) as conn:
@@ -222,7 +222,7 @@ def test_flood_from_one_address_does_not_fail_valid_logins_from_another(rcluster
 
     def flooder() -> None:
         for _ in range(6):
-            r = reason(attempt(rcluster, "alice", bad, "local"))
+            r = reason(login_error(rcluster, "alice", bad, "local"))
             with lock:
                 flood[r] += 1
 
@@ -231,7 +231,7 @@ def test_flood_from_one_address_does_not_fail_valid_logins_from_another(rcluster
         t.start()
     valid: list[str | None] = []
     while any(t.is_alive() for t in threads) or len(valid) < 5:
-        valid.append(reason(attempt(rcluster, "bob", issuer.mint(sub="bob"))))
+        valid.append(reason(login_error(rcluster, "bob", issuer.mint(sub="bob"))))
     for t in threads:
         t.join()
 
@@ -251,12 +251,12 @@ def test_a_braked_address_gets_one_worker_and_waits_its_turn(rcluster, issuer):
     rcluster.reload()
     bad = bad_signature_token(issuer)
     for _ in range(FAILURES):
-        assert reason(attempt(rcluster, "alice", bad, "local")) == "bad_signature"
+        assert reason(login_error(rcluster, "alice", bad, "local")) == "bad_signature"
     issuer.set_delay(4)
     try:
         stuck: list[str | None] = []
         # an unknown kid sends a worker to the (slow) issuer for the keys
-        t = threading.Thread(target=lambda: stuck.append(reason(attempt(
+        t = threading.Thread(target=lambda: stuck.append(reason(login_error(
             rcluster, "alice", issuer.mint(sub="alice", kid="stuck-kid"), "local"))))
         t.start()
         deadline = time.time() + 10
@@ -266,8 +266,8 @@ def test_a_braked_address_gets_one_worker_and_waits_its_turn(rcluster, issuer):
         limited_before = rate_limited_refusals(rcluster)
         # a client that hangs up while waiting for the turn leaves no backend waiting
         send_token(rcluster, "bob", issuer.mint(sub="bob")).close()
-        assert attempt(rcluster, "bob", issuer.mint(sub="bob")) is None
-        waited = attempt(rcluster, "bob", issuer.mint(sub="bob"), "local")
+        assert login_error(rcluster, "bob", issuer.mint(sub="bob")) is None
+        waited = login_error(rcluster, "bob", issuer.mint(sub="bob"), "local")
         limited = rate_limited_refusals(rcluster) - limited_before
         t.join()
     finally:
@@ -288,7 +288,7 @@ def test_a_client_that_hangs_up_is_not_held_back(rcluster, issuer):
     """The delay holds a refused backend only while its client waits for the answer."""
     bad = bad_signature_token(issuer)
     for _ in range(10):
-        assert reason(attempt(rcluster, "alice", bad, "local")) == "bad_signature"
+        assert reason(login_error(rcluster, "alice", bad, "local")) == "bad_signature"
     rcluster.sql("ALTER SYSTEM SET pg_oauth.rate_limit_max_delay = '10s'")
     rcluster.reload()
     try:
@@ -316,11 +316,11 @@ def test_the_count_starts_over_after_the_window(rcluster, issuer):
     try:
         bad = bad_signature_token(issuer)
         for _ in range(FAILURES):
-            assert reason(attempt(rcluster, "alice", bad)) == "bad_signature"
+            assert reason(login_error(rcluster, "alice", bad)) == "bad_signature"
         assert rate_limits(rcluster)["127.0.0.1"][3] == datetime.timedelta(seconds=2)
         time.sleep(2.2)
         assert rate_limits(rcluster) == {}
-        assert hint(attempt(rcluster, "alice", bad)) == ""  # the first of a new window
+        assert hint(login_error(rcluster, "alice", bad)) == ""  # the first of a new window
     finally:
         rcluster.sql("ALTER SYSTEM RESET pg_oauth.rate_limit_window")
         rcluster.reload()

@@ -488,10 +488,13 @@ LOOPBACK_URLS = [
 
 
 def test_allowed_urls() -> None:
-    check_url("https://idp.example.com/keys", allow_insecure_http=False)
+    assert check_url("https://idp.example.com/keys", allow_insecure_http=False) is None
     for url in LOOPBACK_URLS:
-        check_url(url, allow_insecure_http=False, allow_loopback_http=True)
-        check_url(url, allow_insecure_http=True)
+        # refused without a flag: each flag is what lets the URL through
+        with pytest.raises(FetchError):
+            check_url(url, allow_insecure_http=False)
+        assert check_url(url, allow_insecure_http=False, allow_loopback_http=True) is None
+        assert check_url(url, allow_insecure_http=True) is None
 
 
 @pytest.mark.parametrize("url", LOOPBACK_URLS)

@@ -28,6 +28,7 @@ from pyhook.plpython_adapter import (
     LOCK_TIMEOUT_QUERY,
     LOG_CONFIG_QUERY,
     LOG_QUERY,
+    MISSING_COLUMNS_QUERY,
     PERSIST_QUERY,
     PERSIST_TYPES,
     RECORD_FETCH_QUERY,
@@ -41,7 +42,6 @@ from pyhook.plpython_adapter import (
     STATE_QUERY,
     TRACKING_TRIGGERS,
     Adapter,
-    MISSING_COLUMNS_QUERY,
     query_for,
 )
 
