@@ -58,7 +58,7 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers 
 
 .PHONY: install-python install-tools uninstall-python deb deps test-deps node-deps venv test unit-test unit-venv demo bench lint run root
 
-# PGXS is only there once postgresql-server-dev-15 is installed; `make test` and
+# PGXS is only there once postgresql-server-dev-$(PG) is installed; `make test` and
 # `make demo` install it first and then call make again.
 ifneq ($(shell command -v $(PG_CONFIG) 2>/dev/null),)
 PYTHON_TARGET := $(shell $(PG_CONFIG) --sharedir)/pg_oauth/python
