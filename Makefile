@@ -59,8 +59,10 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers 
 .PHONY: install-python install-tools uninstall-python deb deps test-deps node-deps venv test unit-test unit-venv demo bench lint run root
 
 # PGXS is only there once postgresql-server-dev-$(PG) is installed; `make test` and
-# `make demo` install it first and then call make again.
-ifneq ($(shell command -v $(PG_CONFIG) 2>/dev/null),)
+# `make demo` install it first and then call make again. A pg_config alone (Debian's
+# /usr/bin/pg_config comes with the client packages) is not enough: pgxs.mk must exist.
+PGXS_MK := $(if $(shell command -v $(PG_CONFIG) 2>/dev/null),$(shell $(PG_CONFIG) --pgxs 2>/dev/null))
+ifneq ($(wildcard $(PGXS_MK)),)
 PYTHON_TARGET := $(shell $(PG_CONFIG) --sharedir)/pg_oauth/python
 PG_CPPFLAGS = -DPG_OAUTH_DEFAULT_PYTHON_PATH='"$(PYTHON_TARGET)"'
 # `make clean install TRACE=1`: every token login logs the time of each of its
@@ -70,7 +72,7 @@ PG_CPPFLAGS += -DPG_OAUTH_TRACE
 endif
 # No JIT bitcode: it needs clang, and the hot path is not SQL.
 override with_llvm = no
-PGXS := $(shell $(PG_CONFIG) --pgxs)
+PGXS := $(PGXS_MK)
 include $(PGXS)
 
 install: install-python install-tools

@@ -241,6 +241,68 @@ tell_client(const char *reason, const char *sentence, const char *hint)
 	}
 }
 
+/* What the trust line says of this role, and what to do about this login. */
+typedef struct Advice
+{
+	char	   *named;			/* how the trust line names the role */
+	char	   *action;
+	const char *reason;
+	const char *hint;			/* NULL: none for the client */
+} Advice;
+
+static Advice
+advise(Port *port, const char *user, const TrustLine *trust, const HbaLine *matched)
+{
+	Advice		a;
+	bool		needs_tls = trust->linenumber > 0 && trust->conntype == ctHostSSL &&
+		!port->ssl_in_use;
+	bool		below = trust->linenumber > matched->linenumber;
+
+	if (trust->group)
+		a.named = psprintf("\"%s\" is a member of \"%s\", which trust line %d names",
+						   user, trust->group, trust->linenumber);
+	else
+		a.named = psprintf("trust line %d names \"%s\"", trust->linenumber, user);
+	a.reason = "hba_password_line";
+	if (trust->linenumber == 0)
+	{
+		a.action = psprintf("no trust line admits \"%s\" (add it to the group the token lines name)",
+							user);
+		a.hint = NULL;			/* no trust line names it: not known as a token role */
+	}
+	else if (needs_tls && below)
+	{
+		a.action = psprintf("connect with TLS (sslmode=verify-full) and move trust line %d above line %d",
+							trust->linenumber, matched->linenumber);
+		a.hint = "For a token login, connect with TLS (sslmode=verify-full), and the DBA moves "
+			"pg_oauth's trust line above the pg_hba.conf line this login matched "
+			"(the server log names both).";
+	}
+	else if (needs_tls)
+	{
+		a.action = psprintf("connect with TLS (sslmode=verify-full): trust line %d is hostssl",
+							trust->linenumber);
+		a.reason = "ssl_required";
+		a.hint = "For a token login, connect with TLS (sslmode=verify-full).";
+	}
+	else if (below)
+	{
+		a.action = psprintf("move trust line %d above line %d", trust->linenumber,
+							matched->linenumber);
+		a.hint = "For a token login, the DBA moves pg_oauth's trust line above the pg_hba.conf "
+			"line this login matched (the server log names both).";
+	}
+	else
+	{
+		a.action = psprintf("trust line %d does not match this connection (its type, database or address)",
+							trust->linenumber);
+		a.hint = "For a token login, no pg_oauth trust line of pg_hba.conf matches this "
+			"connection (its type, database or address): the server log names the line "
+			"it matched.";
+	}
+	return a;
+}
+
 void
 hba_fallthrough_explain(Port *port)
 {
@@ -250,14 +312,10 @@ hba_fallthrough_explain(Port *port)
 	Oid			roleid;
 	bool		no_password;
 	TrustLine	trust;
+	TrustLine	named_trust;
 	MemoryContext cxt;
 	MemoryContext old;
-	char	   *named;
-	char	   *action;
-	const char *reason;
-	const char *hint;
-	bool		needs_tls;
-	bool		below;
+	Advice		advice;
 
 	roletup = SearchSysCache1(AUTHNAME, CStringGetDatum(user));
 	if (!HeapTupleIsValid(roletup))
@@ -279,67 +337,35 @@ hba_fallthrough_explain(Port *port)
 		return;
 	}
 
-	if (trust.group)
-		named = psprintf("\"%s\" is a member of \"%s\", which trust line %d names",
-						 user, trust.group, trust.linenumber);
-	else
-		named = psprintf("trust line %d names \"%s\"", trust.linenumber, user);
-
-	needs_tls = trust.linenumber > 0 && trust.conntype == ctHostSSL && !port->ssl_in_use;
-	below = trust.linenumber > matched->linenumber;
-	reason = "hba_password_line";
-	if (trust.linenumber == 0)
-	{
-		action = psprintf("no trust line admits \"%s\" (add it to the group the token lines name)",
-						  user);
-		hint = NULL;			/* no trust line names it: not known as a token role */
-	}
-	else if (needs_tls && below)
-	{
-		action = psprintf("connect with TLS (sslmode=verify-full) and move trust line %d above line %d",
-						  trust.linenumber, matched->linenumber);
-		hint = "For a token login, connect with TLS (sslmode=verify-full), and the DBA moves "
-			"pg_oauth's trust line above the pg_hba.conf line this login matched "
-			"(the server log names both).";
-	}
-	else if (needs_tls)
-	{
-		action = psprintf("connect with TLS (sslmode=verify-full): trust line %d is hostssl",
-						  trust.linenumber);
-		reason = "ssl_required";
-		hint = "For a token login, connect with TLS (sslmode=verify-full).";
-	}
-	else if (below)
-	{
-		action = psprintf("move trust line %d above line %d", trust.linenumber, matched->linenumber);
-		hint = "For a token login, the DBA moves pg_oauth's trust line above the pg_hba.conf "
-			"line this login matched (the server log names both).";
-	}
-	else
-	{
-		action = psprintf("trust line %d does not match this connection (its type, database or address)",
-						  trust.linenumber);
-		hint = "For a token login, no pg_oauth trust line of pg_hba.conf matches this "
-			"connection (its type, database or address): the server log names the line "
-			"it matched.";
-	}
-
+	advice = advise(port, user, &trust, matched);
 	ereport(LOG,
 			(errmsg("pg_oauth: login of \"%s\" matched pg_hba.conf line %d (%s, %s), "
 					"not a pg_oauth trust line; %s: if this was a token login, %s",
 					user, matched->linenumber, conntype_name(matched->conntype),
 					hba_authname(matched->auth_method),
-					no_password ? psprintf("\"%s\" has no password", user) : named,
-					action)));
+					no_password ? psprintf("\"%s\" has no password", user) : advice.named,
+					advice.action)));
 
-	/* whether the role has a password is never the client's business */
-	if (trust.by_name)
-		tell_client(reason,
+	/*
+	 * The client is told only of lines that name the role (by name or a
+	 * +group), found the same way whatever its password: the search above
+	 * differs by it, and whether the role has one is never the client's
+	 * business.
+	 */
+	if (no_password)
+		find_trust_line(user, roleid, true, &named_trust);
+	else
+		named_trust = trust;
+	if (named_trust.linenumber > 0 && named_trust.by_name)
+	{
+		advice = advise(port, user, &named_trust, matched);
+		tell_client(advice.reason,
 					psprintf("the login matched pg_hba.conf line %d (%s, %s), not a pg_oauth "
 							 "trust line; %s: %s",
 							 matched->linenumber, conntype_name(matched->conntype),
-							 hba_authname(matched->auth_method), named, action),
-					hint);
+							 hba_authname(matched->auth_method), advice.named, advice.action),
+					advice.hint);
+	}
 
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);

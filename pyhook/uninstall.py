@@ -25,8 +25,10 @@ import glob
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +120,7 @@ def token_lines(text: str, oauth_validators: list[str]) -> list[HbaLine]:
         where = _method_index(words)
         if where is None or where >= len(words):
             continue
-        method = words[where]
+        method = words[where].strip('"')  # PostgreSQL reads "trust" as trust
         if method == "trust" or (
             method == "oauth"
             and LIBRARY in _validators(words[where + 1 :], oauth_validators)
@@ -128,9 +130,12 @@ def token_lines(text: str, oauth_validators: list[str]) -> list[HbaLine]:
 
 
 def includes(text: str) -> list[str]:
+    """Lines this tool cannot follow: include directives, and lines continued on the next
+    (a backslash at the end, PostgreSQL 16+), whose method may sit on another line."""
     return [line for line in text.splitlines()
-            if line.split()[:1] and line.split()[0] in ("include", "include_if_exists",
-                                                          "include_dir")]  # fmt: skip
+            if (line.split()[:1] and line.split()[0] in ("include", "include_if_exists",
+                                                           "include_dir"))
+            or (not line.lstrip().startswith("#") and line.rstrip().endswith("\\"))]  # fmt: skip
 
 
 def reject_token_lines(text: str, lines: list[HbaLine]) -> str:
@@ -243,27 +248,55 @@ def drop_library_lines(path: Path, settings: list[ConfSetting]) -> None:
     _write_like(path, "\n".join(lines) + "\n")
 
 
+def _write_beside(path: Path, data: bytes, like: os.stat_result, prefix: str) -> Path:
+    """A new file in path's directory holding data, owned and moded like ``like``.
+
+    The directories these files sit in belong to the cluster's OS user (postgres), who
+    must not be able to make root write through a symlink: the name is random, the file
+    is created exclusively and never followed, and ownership is set on the descriptor.
+    """
+    fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchown(fd, like.st_uid, like.st_gid)
+        os.fchmod(fd, like.st_mode & 0o7777)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(name)
+        raise
+    os.close(fd)
+    return Path(name)
+
+
+def _regular(path: Path) -> os.stat_result:
+    """path's status; a symlink or anything but a regular file is refused."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise UninstallError(f"{path} is not a regular file (a symlink?): change it by hand")
+    return st
+
+
 def _write_like(path: Path, text: str) -> None:
     """Replace path's contents, keeping its owner and mode, atomically."""
-    st = path.stat()
-    tmp = path.with_name(f".{path.name}.pg-oauth-uninstall")
-    tmp.write_text(text)
-    os.chown(tmp, st.st_uid, st.st_gid)
-    os.chmod(tmp, st.st_mode & 0o7777)
+    st = _regular(path)
+    tmp = _write_beside(path, text.encode(), st, f".{path.name}.pg-oauth-uninstall.")
     os.replace(tmp, path)
 
 
 def backup(path: Path, stamp: str) -> Path:
-    copy = path.with_name(f"{path.name}.pg-oauth-uninstall-{stamp}")
-    _write_like_copy(path, copy)
-    return copy
+    """A copy of path beside it, named after the run (its name printed, never guessed)."""
+    st = _regular(path)
+    return _write_beside(path, path.read_bytes(), st, f"{path.name}.pg-oauth-uninstall-{stamp}.")
 
 
-def _write_like_copy(src: Path, dst: Path) -> None:
-    st = src.stat()
-    dst.write_bytes(src.read_bytes())
-    os.chown(dst, st.st_uid, st.st_gid)
-    os.chmod(dst, st.st_mode & 0o7777)
+def dbname_conninfo(database: str) -> str:
+    """psql's -d for a database name: a conninfo that names it, so that a name such as
+    'host=/tmp/x dbname=y' (any role with CREATEDB can make one) is never read as a
+    connection string of its own."""
+    return "dbname='" + database.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 # --- a Debian cluster --------------------------------------------------------------------
@@ -314,10 +347,12 @@ class DebianCluster:
                     last["hba_file"] = _value(m.group(2))
         return Path(last.get("hba_file") or self.conf_dir / "pg_hba.conf")
 
-    def psql(self, database: str, sql: str) -> subprocess.CompletedProcess[str]:
+    def psql(self, database: str, sql: str, *,
+             separator_zero: bool = False) -> subprocess.CompletedProcess[str]:  # fmt: skip
         return _run(["runuser", "-u", self.owner, "--", "psql", "--cluster",
                      f"{self.version}/{self.name}", "-X", "-At", "-v", "ON_ERROR_STOP=1",
-                     "-d", database, "-c", sql], cwd="/")  # fmt: skip
+                     *(["-0"] if separator_zero else []),
+                     "-d", dbname_conninfo(database), "-c", sql], cwd="/")  # fmt: skip
 
     def query(self, database: str, sql: str) -> list[str]:
         out = self.psql(database, sql)
@@ -385,6 +420,14 @@ def step_hba(cluster: DebianCluster, stamp: str, dry_run: bool) -> None:
             raise UninstallError(f"{hba} does not parse after the change "
                                  f"({check.stdout.strip()}); the server keeps the lines "
                                  f"it had. The file as it was: {copy}")  # fmt: skip
+        # what the server itself now reads: no line left that admits without a password
+        left = cluster.query("postgres", "SELECT line_number FROM pg_catalog.pg_hba_file_rules "
+                                         "WHERE auth_method = 'trust' ORDER BY 1")  # fmt: skip
+        if left:
+            raise UninstallError(f"{hba}: the server still reads trust on line(s) "
+                                 f"{', '.join(left)}; make them reject by hand, reload, "
+                                 "and run pg-oauth uninstall again (nothing else was "
+                                 f"changed). The file as it was: {copy}")  # fmt: skip
         _say("   reloaded")
     else:
         _say("   the cluster is down: the file applies when it starts")
@@ -433,8 +476,15 @@ def step_drop(cluster: DebianCluster, cascade: bool, dry_run: bool) -> None:
                  "down now: it is started after step 2)")  # fmt: skip
             return
         raise UninstallError(f"cluster {cluster.version}/{cluster.name} is down")
-    databases = cluster.query("postgres", "SELECT datname FROM pg_catalog.pg_database "
-                                          "WHERE datallowconn ORDER BY datname")  # fmt: skip
+    listed = cluster.psql("postgres", "SELECT datname FROM pg_catalog.pg_database "
+                                      "WHERE datallowconn ORDER BY datname",
+                          separator_zero=True)  # fmt: skip
+    if listed.returncode != 0:
+        raise UninstallError(f"cluster {cluster.version}/{cluster.name}: "
+                             f"{listed.stderr.strip()}")  # fmt: skip
+    # NUL-separated: a database name may hold a newline
+    out = listed.stdout.removesuffix("\n")
+    databases = [db for db in out.split("\0") if db]
     having = [db for db in databases if cluster.query(
         db, "SELECT count(*) FROM pg_catalog.pg_extension WHERE extname = 'pg_oauth'") == ["1"]]
     if not having:
@@ -501,8 +551,11 @@ def pending_clusters(version: str) -> list[tuple[str, list[str]]]:
         hba = cluster.hba_file()
         if hba.is_file():
             validators = libraries(last.get("oauth_validator_libraries", ""))
-            lines = token_lines(hba.read_text(errors="replace"), validators)
+            text = hba.read_text(errors="replace")
+            lines = token_lines(text, validators)
             why += [f"{hba}:{line.number}: {line.method} line" for line in lines]
+            # what this check cannot follow may hide a trust line
+            why += [f"{hba}: {line.strip()} (check it by hand)" for line in includes(text)]
         if why:
             pending.append((cluster.name, why))
     return pending

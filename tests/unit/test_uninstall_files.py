@@ -3,11 +3,18 @@ command runs on a real cluster in tests/integration/test_uninstall.py)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
+
 from pyhook.uninstall import (
+    UninstallError,
+    backup,
     conf_files,
+    dbname_conninfo,
     drop_library_lines,
+    includes,
     preload_settings,
     reject_token_lines,
     token_lines,
@@ -67,3 +74,45 @@ def test_pg_oauth_leaves_every_preload_setting(tmp_path: Path) -> None:
     assert naming == []
     assert last == {"shared_preload_libraries": "pg_stat_statements",
                     "session_preload_libraries": "", "oauth_validator_libraries": ""}
+
+
+def test_a_quoted_trust_method_is_a_token_line() -> None:
+    """PostgreSQL reads a quoted "trust" as trust: such a line must not outlive pg_oauth."""
+    lines = token_lines('host all all 0.0.0.0/0 "trust"\n', [])
+    assert [line.method for line in lines] == ["trust"]
+    assert reject_token_lines('host all all 0.0.0.0/0 "trust"\n', lines).splitlines()[-1] \
+        .split()[-1] == "reject"
+
+
+def test_continued_lines_are_left_to_the_dba() -> None:
+    """A line continued with a backslash (16+) may carry its method on the next line:
+    the command stops instead of missing a trust line there."""
+    text = "host all all 0.0.0.0/0 \\\n    trust\n# a comment \\\n"
+    assert includes(text) == ["host all all 0.0.0.0/0 \\"]
+
+
+def test_backups_and_rewrites_never_write_through_a_planted_symlink(tmp_path: Path) -> None:
+    """The cluster's directory belongs to its OS user: a symlink it plants where the
+    command writes must not make root overwrite another file."""
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    hba = tmp_path / "pg_hba.conf"
+    hba.write_text("host all all 0.0.0.0/0 trust\n")
+    stamp = "20261206-000000"
+    for name in (f".{hba.name}.pg-oauth-uninstall", f"{hba.name}.pg-oauth-uninstall-{stamp}"):
+        (tmp_path / name).symlink_to(victim)
+    copy = backup(hba, stamp)
+    assert not copy.is_symlink() and copy.read_text() == hba.read_text()
+    drop_library_lines(hba, [])  # rewrites the file through a temporary one
+    assert victim.read_text() == "root's file\n"
+    link = tmp_path / "linked.conf"
+    link.symlink_to(hba)
+    with pytest.raises(UninstallError, match="not a regular file"):
+        backup(link, stamp)
+    assert os.path.islink(link)
+
+
+def test_database_names_are_never_connection_strings() -> None:
+    assert dbname_conninfo("app") == "dbname='app'"
+    assert dbname_conninfo("host=/tmp/evil dbname=x") == "dbname='host=/tmp/evil dbname=x'"
+    assert dbname_conninfo("it's\\") == "dbname='it\\'s\\\\'"
