@@ -38,6 +38,18 @@ static bool config_change_pending = false;
 static bool config_structure_pending = false;
 static bool xact_callback_registered = false;
 
+/*
+ * The configuration moved: cached decisions and the workers' loaded
+ * configuration are stale.  A commit here calls it; so does a standby's
+ * housekeeper for what replay changed (standby_follow.c).
+ */
+void
+pg_oauth_config_moved(void)
+{
+	pg_atomic_fetch_add_u64(&pg_oauth_shared->config_version, 1);
+	pg_oauth_wake_all_workers();
+}
+
 static void
 config_xact_callback(XactEvent event, void *arg)
 {
@@ -62,8 +74,7 @@ config_xact_callback(XactEvent event, void *arg)
 			/* first: a worker that sees the new version sees this too */
 			if (structure)
 				pg_atomic_fetch_add_u64(&pg_oauth_shared->config_structure, 1);
-			pg_atomic_fetch_add_u64(&pg_oauth_shared->config_version, 1);
-			pg_oauth_wake_all_workers();
+			pg_oauth_config_moved();
 		}
 		/* after the version moved: see pg_oauth_fn_end_sessions */
 		session_registry_end_pending(true);

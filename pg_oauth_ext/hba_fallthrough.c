@@ -353,12 +353,15 @@ hba_fallthrough_explain(Port *port)
 	 * business.
 	 */
 	if (no_password)
+	{
 		find_trust_line(user, roleid, true, &named_trust);
+		if (named_trust.linenumber > 0)
+			advice = advise(port, user, &named_trust, matched);
+	}
 	else
-		named_trust = trust;
+		named_trust = trust;	/* already searched by name; advice is its own */
 	if (named_trust.linenumber > 0 && named_trust.by_name)
 	{
-		advice = advise(port, user, &named_trust, matched);
 		tell_client(advice.reason,
 					psprintf("the login matched pg_hba.conf line %d (%s, %s), not a pg_oauth "
 							 "trust line; %s: %s",

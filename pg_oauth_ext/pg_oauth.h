@@ -562,6 +562,7 @@ extern uint64 session_state_claims_generation(void);
 /* config_signal.c: the configuration version moves when a change commits */
 extern void pg_oauth_note_config_change(void);
 extern void pg_oauth_note_config_structure_change(void);
+extern void pg_oauth_config_moved(void);
 
 /* config_guard.c */
 extern void config_guard_install_hooks(void);

@@ -47,6 +47,8 @@ static Followed followed = {false};
 	"pg_catalog.date_part('epoch', c.fetched_at)), 0)::pg_catalog.float8 " \
 	"FROM oauth.jwks_cache c) FROM oauth.config_state s"
 
+#define NO_REVOCATIONS	(-2)	/* standby_follow_step: none to act on */
+
 /*
  * the revocations to act on: those added since (id above $1), or all ($1 NULL).
  * issued_before through to_jsonb: a 1.0 schema (library updated, extension
@@ -111,8 +113,10 @@ standby_follow_step(void *arg)
 	bool	   *installed = (bool *) arg;
 	Followed	now;
 	bool		isnull;
+	bool		first;
 	bool		config_moved;
 	bool		keys_moved;
+	int64		since;			/* revocations above this id to act on; -1: all */
 	int			ended = 0;
 
 	*installed = pg_oauth_extension_present();
@@ -130,39 +134,39 @@ standby_follow_step(void *arg)
 	now.rewrites = int8_column(4, &isnull);
 	now.keys_at = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
 
-	if (!followed.seen)
+	first = !followed.seen;
+	if (first)
 	{
 		/*
-		 * A new housekeeper (or extension): workers load what is there now by
-		 * themselves, but sessions may have logged in before this first look
-		 * while a revocation was replayed: every revocation is checked once.
+		 * A new housekeeper (or extension): workers re-read what may have been
+		 * replayed since they loaded, and sessions may have logged in before
+		 * this first look while a revocation was replayed: every revocation is
+		 * checked once.
 		 */
-		ended = end_revoked_sessions(-1);
-		/* and workers re-read what may have been replayed since they loaded */
-		pg_atomic_fetch_add_u64(&pg_oauth_shared->config_version, 1);
-		pg_oauth_wake_all_workers();
-		if (ended > 0)
-			ereport(LOG,
-					(errmsg("pg_oauth: standby ended %d token sessions covered by replayed revocations",
-							ended)));
-		followed = now;
-		pg_atomic_write_u64(&pg_oauth_shared->followed_version, (uint64) now.version);
-		pg_atomic_write_u64(&pg_oauth_shared->followed_at, (uint64) GetCurrentTimestamp());
-		return;
+		config_moved = keys_moved = true;
+		since = -1;
 	}
-	config_moved = now.table_id != followed.table_id || now.version != followed.version;
-	keys_moved = now.keys_at != followed.keys_at;
-	if (config_moved || keys_moved)
+	else
 	{
-		/* first, as a commit on the primary: what workers read next is this */
-		pg_atomic_fetch_add_u64(&pg_oauth_shared->config_version, 1);
-		pg_oauth_wake_all_workers();
+		config_moved = now.table_id != followed.table_id || now.version != followed.version;
+		keys_moved = now.keys_at != followed.keys_at;
+		if (now.table_id != followed.table_id || now.rewrites != followed.rewrites)
+			since = -1;
+		else if (now.highest_id > followed.highest_id)
+			since = followed.highest_id;
+		else
+			since = NO_REVOCATIONS;
 	}
-	if (now.table_id != followed.table_id || now.rewrites != followed.rewrites)
-		ended = end_revoked_sessions(-1);
-	else if (now.highest_id > followed.highest_id)
-		ended = end_revoked_sessions(followed.highest_id);
-	if (config_moved)
+	/* first, as a commit on the primary: what workers read next is this */
+	if (config_moved || keys_moved)
+		pg_oauth_config_moved();
+	if (since != NO_REVOCATIONS)
+		ended = end_revoked_sessions(since);
+	if (first && ended > 0)
+		ereport(LOG,
+				(errmsg("pg_oauth: standby ended %d token sessions covered by replayed revocations",
+						ended)));
+	else if (!first && config_moved)
 		ereport(LOG,
 				(errmsg("pg_oauth: standby follows the primary's configuration version %lld",
 						(long long) now.version),
@@ -181,8 +185,7 @@ standby_follow_promoted(void)
 {
 	if (pg_oauth_shared == NULL)
 		return;
-	pg_atomic_fetch_add_u64(&pg_oauth_shared->config_version, 1);
-	pg_oauth_wake_all_workers();
+	pg_oauth_config_moved();
 	followed.seen = false;
 	ereport(LOG,
 			(errmsg("pg_oauth: this server is now a primary: its validator workers take over with the replicated configuration and keys (version %llu)",
