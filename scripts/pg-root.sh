@@ -178,11 +178,12 @@ mkdir -p "$roots"
 case "$action" in
     ensure)
         checked=$roots/.pg$major.checked
-        if [ -f "$root$marker" ] && [ "$(sed -n 's/^recipe=//p' "$root$marker")" = "$recipe" ] &&
-            [ -n "$(find "$checked" -mmin -60 2>/dev/null)" ]; then
+        current=false
+        [ "$(sed -n 's/^recipe=//p' "$root$marker" 2>/dev/null)" = "$recipe" ] && current=true
+        if $current && [ -n "$(find "$checked" -mmin -60 2>/dev/null)" ]; then
             # the archive was asked within the hour
             echo "pg-root: PostgreSQL $major $(installed_version) in $root"
-        elif [ -f "$root$marker" ] && [ "$(sed -n 's/^recipe=//p' "$root$marker")" = "$recipe" ]; then
+        elif $current; then
             PG_BIN=/usr/lib/postgresql/$major/bin
             export PG_BIN
             want=$(candidate_version)
