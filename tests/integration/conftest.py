@@ -3,6 +3,7 @@ a real OIDC dev issuer serving discovery and JWKS on 127.0.0.1, real clients."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -54,14 +55,23 @@ class RecordingIssuer:
         return token
 
 
+@contextlib.contextmanager
+def issuer_of_its_own(name: str) -> Iterator[RecordingIssuer]:
+    """A dev issuer on 127.0.0.1 with keys of its own (in a temporary directory): for
+    a test that withdraws keys or takes its issuer down without touching the others."""
+    keydir = tempfile.mkdtemp(prefix=f"pg_oauth-issuer-{name}-")
+    dev = DevIssuer(keydir).start()
+    try:
+        yield RecordingIssuer(dev)
+    finally:
+        dev.stop()
+        shutil.rmtree(keydir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def issuer() -> Iterator[RecordingIssuer]:
-    keydir = tempfile.mkdtemp(prefix="pg_oauth-issuer-")
-    dev = DevIssuer(keydir)
-    dev.start()
-    yield RecordingIssuer(dev)
-    dev.stop()
-    shutil.rmtree(keydir, ignore_errors=True)
+    with issuer_of_its_own("session") as shared:
+        yield shared
 
 
 def setup_oauth(cluster: Cluster, issuer_url: str, **issuer_cols: str) -> None:

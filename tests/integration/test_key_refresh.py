@@ -4,16 +4,19 @@ the workers hold."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import CLUSTERS, RecordingIssuer, attempt, make_cluster, until
+from conftest import (
+    CLUSTERS,
+    RecordingIssuer,
+    attempt,
+    issuer_of_its_own,
+    make_cluster,
+    until,
+)
 from pgcluster import Cluster
-
-from pyhook.dev_issuer import DevIssuer
 
 
 def explain(cluster: Cluster, token: str, role: str = "alice") -> list[tuple]:
@@ -31,11 +34,8 @@ def verdict(cluster: Cluster, token: str, role: str = "alice") -> str:
 @pytest.fixture(scope="module")
 def own() -> Iterator[RecordingIssuer]:
     """An issuer of this module's own: its keys are withdrawn here."""
-    keydir = tempfile.mkdtemp(prefix="pg_oauth-issuer-refresh-")
-    dev = DevIssuer(keydir).start()
-    yield RecordingIssuer(dev)
-    dev.stop()
-    shutil.rmtree(keydir, ignore_errors=True)
+    with issuer_of_its_own("refresh") as issuer:
+        yield issuer
 
 
 @pytest.fixture(scope="module")

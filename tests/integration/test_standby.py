@@ -9,17 +9,20 @@ replayed revocation covers.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import CLUSTERS, RecordingIssuer, attempt, make_cluster, until
+from conftest import (
+    CLUSTERS,
+    RecordingIssuer,
+    attempt,
+    issuer_of_its_own,
+    make_cluster,
+    until,
+)
 from pgcluster import Cluster
-
-from pyhook.dev_issuer import DevIssuer
 
 # what "within a few seconds of replay" means here
 FOLLOW = 8.0
@@ -28,11 +31,8 @@ FOLLOW = 8.0
 @pytest.fixture(scope="module")
 def own() -> Iterator[RecordingIssuer]:
     """An issuer of this module's own: its keys are withdrawn and it goes down here."""
-    keydir = tempfile.mkdtemp(prefix="pg_oauth-issuer-standby-")
-    dev = DevIssuer(keydir).start()
-    yield RecordingIssuer(dev)
-    dev.stop()
-    shutil.rmtree(keydir, ignore_errors=True)
+    with issuer_of_its_own("standby") as issuer:
+        yield issuer
 
 
 @pytest.fixture(scope="module")
