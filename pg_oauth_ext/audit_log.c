@@ -174,6 +174,8 @@ audit_log_record(const AuditRecord *rec)
 
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "outcome=%s reason=%s", rec->ok ? "ok" : "refused", rec->reason);
+	if (rec->per_transaction)
+		appendStringInfoString(&buf, " kind=transaction");
 	append_quoted(&buf, "role", rec->role);
 	append_quoted(&buf, "database", rec->database);
 	appendStringInfo(&buf, " client=%s ssl=%s",

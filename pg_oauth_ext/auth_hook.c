@@ -73,8 +73,9 @@ describe_attempt(LoginAttempt *a, const char *reason, AuditRecord *rec, LoginSta
 	rec->pid = MyProcPid;
 	rec->queue_us = d ? d->queue_us : -1;
 	pg_oauth_strlcpy_text(rec->reason, reason, sizeof(rec->reason));
+	rec->per_transaction = a->transaction;
 	/* names from the startup packet are any bytes: kept as valid UTF-8 */
-	pg_oauth_escape_text(port->user_name ? port->user_name : "", rec->role, sizeof(rec->role));
+	pg_oauth_escape_text(a->role ? a->role : "", rec->role, sizeof(rec->role));
 	pg_oauth_escape_text(port->database_name ? port->database_name : "", rec->database,
 						 sizeof(rec->database));
 	pg_oauth_strlcpy_text(rec->client_addr, a->client_addr ? a->client_addr : "", sizeof(rec->client_addr));
@@ -145,6 +146,24 @@ login_refuse(LoginAttempt *a, const char *reason, const char *detail, const char
 						 decision->issuer,
 						 decision->subject ? decision->subject : "",
 						 decision->token_id ? decision->token_id : "");
+
+	if (a->transaction)
+	{
+		/*
+		 * oauth.authenticate(): the transaction fails, the session (a pooler's
+		 * connection) lives on.  errdetail_log keeps the whole story out of
+		 * the client's reach as for a login.
+		 */
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("JWT authentication failed for role \"%s\"", a->role),
+				 pg_oauth_client_detail == CLIENT_DETAIL_FULL ?
+				 errdetail("reason=%s: %s", reason, detail) :
+				 pg_oauth_client_detail == CLIENT_DETAIL_REASON ?
+				 errdetail("reason=%s", reason) : 0,
+				 errdetail_log("%s", logdetail.data),
+				 hint ? errhint("%s", hint) : 0));
+	}
 
 	if (a->bearer)
 	{
@@ -298,7 +317,7 @@ hint_for(const char *reason, const char *detail)
 static void
 check_role(LoginAttempt *a)
 {
-	const char *user = a->port->user_name;
+	const char *user = a->role;
 	HeapTuple	roletup;
 	bool		canlogin;
 	RolePrivilege found[ROLE_PRIV_COUNT];
@@ -342,6 +361,7 @@ begin_attempt(LoginAttempt *a, Port *port, char *addrbuf, size_t addrlen)
 {
 	memset(a, 0, sizeof(*a));
 	a->port = port;
+	a->role = port->user_name;
 	a->started = GetCurrentTimestamp();
 	TRACE_BACKEND(TRACE_B_START);
 	a->client_addr = client_address(port, addrbuf, addrlen);
@@ -377,19 +397,18 @@ check_connection(LoginAttempt *a)
 }
 
 /*
- * Token in, decision out, for both kinds of client: the decision cache or a
- * worker validates it, the requested role must be one it allows and pass
- * role_policy.c, the session is registered (limits, expiry, revocation) and
- * remembered (oauth.claims()), and admission.c audits it once PostgreSQL
- * admits the session.  Any refusal goes through login_refuse().  The token is
- * wiped before this returns.
+ * Token in, decision out, for every kind of caller: the decision cache or a
+ * worker validates it, and the role asked for must be one it allows and pass
+ * role_policy.c.  A login is also registered (limits, expiry, revocation)
+ * inside the same check of the configuration version; oauth.authenticate()
+ * holds no session.  Any refusal goes through login_refuse().  The token is
+ * wiped before this returns; *decision lives in the caller's memory.
  */
 static void
-decide_token(LoginAttempt *a, char *token, int token_len)
+decide_token(LoginAttempt *a, char *token, int token_len, TokenDecision *decision)
 {
 	Port	   *port = a->port;
 	TokenRequest req;
-	TokenDecision decision;
 	int			live;
 	int			checks;
 	uint8		token_hash[PG_OAUTH_TOKEN_HASH_LEN];
@@ -402,12 +421,13 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 	if (!looks_like_jws(token, token_len))
 		login_refuse(a, "malformed",
 			   a->bearer ? "the bearer token is not a compact JWS (three base64url parts)" :
+			   a->transaction ? "the token is not a compact JWS (three base64url parts)" :
 			   "the password is not a compact JWS (three base64url parts)",
-			   a->bearer ? NULL : "Send the JWT as the password.");
+			   a->bearer || a->transaction ? NULL : "Send the JWT as the password.");
 
 	req.token = token;
 	req.token_len = token_len;
-	req.role = port->user_name;
+	req.role = a->role;
 	req.database = port->database_name ? port->database_name : "";
 	req.client_addr = a->client_addr;
 	req.ssl = port->ssl_in_use;
@@ -418,13 +438,13 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 	for (checks = 1;; checks++)
 	{
 		decision_cache_versions(&config_version, &key_epoch);
-		if (!hashed || !decision_cache_lookup(&req, token_hash, &decision))
-			token_queue_validate(&req, &decision);
-		a->decision = &decision;
+		if (!hashed || !decision_cache_lookup(&req, token_hash, decision))
+			token_queue_validate(&req, decision);
+		a->decision = decision;
 
-		if (!decision.ok)
-			login_refuse(a, decision.reason, decision.detail,
-				   hint_for(decision.reason, decision.detail));
+		if (!decision->ok)
+			login_refuse(a, decision->reason, decision->detail,
+				   hint_for(decision->reason, decision->detail));
 
 		/*
 		 * An oauth line names one issuer: the one libpq's flow asks for a
@@ -432,7 +452,7 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 		 * A token of another issuer of oauth.issuers is not for this line.
 		 */
 		if (a->expected_issuer != NULL &&
-			(decision.issuer == NULL || strcmp(decision.issuer, a->expected_issuer) != 0))
+			(decision->issuer == NULL || strcmp(decision->issuer, a->expected_issuer) != 0))
 			login_refuse(a, "untrusted_issuer",
 				   psprintf("the token's issuer is not \"%s\", the issuer of the pg_hba.conf oauth line",
 							a->expected_issuer),
@@ -442,7 +462,7 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 		/* ... and the scopes libpq's flow asked the user to grant */
 		if (a->bearer)
 		{
-			char	   *missing = bearer_missing_scopes(decision.claims, port->hba->oauth_scope);
+			char	   *missing = bearer_missing_scopes(decision->claims, port->hba->oauth_scope);
 
 			if (missing != NULL)
 				login_refuse(a, "scope_missing",
@@ -452,20 +472,33 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 		}
 #endif
 
-		if (!role_in_list(port->user_name, decision.allowed_roles))
+		/* oauth.authenticate(token) without a role: the one role the token allows */
+		if (a->role[0] == '\0')
+		{
+			if (list_length(decision->allowed_roles) != 1)
+				login_refuse(a, "role_not_allowed",
+					   psprintf("no role was named and the token allows roles: %s",
+								roles_as_text(decision->allowed_roles)),
+					   "Name the role: oauth.authenticate(token, role).");
+			a->role = pstrdup(linitial(decision->allowed_roles));
+		}
+		else if (!role_in_list(a->role, decision->allowed_roles))
 			login_refuse(a, "role_not_allowed",
-				   psprintf("the token allows roles: %s", roles_as_text(decision.allowed_roles)),
+				   psprintf("the token allows roles: %s", roles_as_text(decision->allowed_roles)),
 				   NULL);
 
 		check_role(a);
 
 		/* oauth.sessions, and the subject's session limit, counted atomically */
-		live = session_registry_enter(&decision, port->user_name, req.database, a->client_addr);
-		if (live >= 0)
-			login_refuse(a, "too_many_connections",
-				   psprintf("subject already has %d live token sessions (limit %d)",
-							live, decision.max_sessions),
-				   "Close another session of this identity first.");
+		if (!a->transaction)
+		{
+			live = session_registry_enter(decision, a->role, req.database, a->client_addr);
+			if (live >= 0)
+				login_refuse(a, "too_many_connections",
+					   psprintf("subject already has %d live token sessions (limit %d)",
+								live, decision->max_sessions),
+					   "Close another session of this identity first.");
+		}
 
 		/*
 		 * A revocation that committed while this token was checked ends the
@@ -475,7 +508,8 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 		 */
 		if (pg_atomic_read_u64(&pg_oauth_shared->config_version) == config_version)
 			break;
-		session_registry_leave();
+		if (!a->transaction)
+			session_registry_leave();
 		if (checks >= 3)
 			login_refuse(a, "validator_unavailable",
 				   "the configuration changed while this token was being checked, three times in a row",
@@ -484,23 +518,78 @@ decide_token(LoginAttempt *a, char *token, int token_len)
 	explicit_bzero(token, token_len);
 	a->token = NULL;
 
-	if (hashed && !decision.from_cache)
-		decision_cache_store(&req, token_hash, &decision, config_version, key_epoch);
-	session_state_remember(&decision, port->user_name);
-	TRACE_BACKEND(TRACE_B_CHECKED);
-	{
-		AuditRecord rec;
-		LoginStatsArgs stats;
+	if (hashed && !decision->from_cache)
+		decision_cache_store(&req, token_hash, decision, config_version, key_epoch);
+}
 
-		/* audited "ok" only once PostgreSQL admits the session (admission.c) */
-		describe_attempt(a, "ok", &rec, &stats);
-		admission_expect(a->roleid, &rec, &stats);
-	}
+/* A login's decision: remembered for oauth.claims(), audited once admitted. */
+static void
+admit_login(LoginAttempt *a, TokenDecision *decision)
+{
+	AuditRecord rec;
+	LoginStatsArgs stats;
+
+	session_state_remember(decision, a->role);
+	TRACE_BACKEND(TRACE_B_CHECKED);
+	/* audited "ok" only once PostgreSQL admits the session (admission.c) */
+	describe_attempt(a, "ok", &rec, &stats);
+	admission_expect(a->roleid, &rec, &stats);
 	TRACE_BACKEND(TRACE_B_ADMISSION);
 #ifdef PG_OAUTH_TRACE
-	trace_log_login(decision.from_cache);
+	trace_log_login(decision->from_cache);
 #endif
-	a->decision = NULL;			/* it lives in this frame */
+	a->decision = NULL;			/* it lives in the caller's frame */
+}
+
+/*
+ * oauth.authenticate() (transaction_identity.c): the same checks and the same
+ * decision as a login, for role (NULL or "": the one role the token allows),
+ * over the session's own connection.  presented: the token's length as
+ * sent (token holds at most the ceiling); in_statement: it was written into
+ * the statement text.  A refusal is an ERROR, audited and braked like a
+ * refused login.  On success *decision holds the identity,
+ * *roleid the role, and the attempt is audited and counted at once with its
+ * own kind ("transaction").  The token is wiped.
+ */
+void
+token_transaction_decide(const char *role, char *token, int token_len, size_t presented,
+						 bool in_statement, TokenDecision *decision, Oid *roleid,
+						 const char **granted)
+{
+	LoginAttempt attempt;
+	char		addrbuf[NI_MAXHOST];
+	AuditRecord rec;
+	LoginStatsArgs stats;
+
+	begin_attempt(&attempt, MyProcPort, addrbuf, sizeof(addrbuf));
+	attempt.transaction = true;
+	attempt.role = role ? role : "";
+	attempt.token_seen = true;
+	attempt.token = token;
+	attempt.token_len = token_len;
+	if (pg_oauth_require_ssl && !connection_encrypted(MyProcPort) &&
+		MyProcPort->raddr.addr.ss_family != AF_UNIX)
+		login_refuse(&attempt, "ssl_required",
+			   "the session's connection is not encrypted: the token crossed the network in clear and was not checked",
+			   "Connect the pooler to PostgreSQL over a Unix socket or with sslmode=require, and treat this token as exposed.");
+	if (presented > (size_t) pg_oauth_max_token_bytes)
+		login_refuse(&attempt, "too_large",
+			   psprintf("the token is %zu bytes; pg_oauth.max_token_bytes is %d",
+						presented, pg_oauth_max_token_bytes),
+			   NULL);
+	if (in_statement)
+		login_refuse(&attempt, "token_in_statement",
+			   "the token is written into the statement text, which statement logging, pg_stat_activity and error reports show; it was not checked",
+			   "Pass the token as a bind parameter: SELECT oauth.authenticate($1). Treat this token as exposed.");
+	decide_token(&attempt, token, token_len, decision);
+	describe_attempt(&attempt, "ok", &rec, &stats);
+	rec.ok = true;
+	rec.elapsed_us = (int64) (GetCurrentTimestamp() - attempt.started);
+	audit_log_record(&rec);
+	login_stats_record(stats.issuer, "ok", true, stats.from_cache, stats.key_cache_hit,
+					   stats.validation_us, stats.queue_us);
+	*roleid = attempt.roleid;
+	*granted = attempt.role;
 }
 
 /* A trust line: ask for the token as the password, then decide. */
@@ -508,6 +597,7 @@ static void
 authenticate_with_token(Port *port)
 {
 	LoginAttempt attempt;
+	TokenDecision decision;
 	char		addrbuf[NI_MAXHOST];
 	char	   *token;
 	int			token_len = 0;
@@ -516,7 +606,8 @@ authenticate_with_token(Port *port)
 	check_connection(&attempt);
 	token = password_packet_read(&attempt, &token_len);
 	TRACE_BACKEND(TRACE_B_TOKEN);
-	decide_token(&attempt, token, token_len);
+	decide_token(&attempt, token, token_len, &decision);
+	admit_login(&attempt, &decision);
 }
 
 /*
@@ -531,6 +622,7 @@ bool
 token_login_bearer(Port *port, const char *token, char **authn_id, char **client_detail)
 {
 	LoginAttempt attempt;		/* PG_CATCH below does not read it */
+	TokenDecision decision;
 	char		addrbuf[NI_MAXHOST];
 	MemoryContext oldcxt = CurrentMemoryContext;
 	volatile bool accepted = false;
@@ -558,7 +650,8 @@ token_login_bearer(Port *port, const char *token, char **authn_id, char **client
 							len, pg_oauth_max_token_bytes),
 				   NULL);
 		copy = pnstrdup(token, len);
-		decide_token(&attempt, copy, (int) len);
+		decide_token(&attempt, copy, (int) len, &decision);
+		admit_login(&attempt, &decision);
 		*authn_id = bearer_identity();
 		accepted = true;
 	}

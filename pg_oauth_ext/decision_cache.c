@@ -35,7 +35,8 @@ typedef struct CacheEntry
 {
 	bool		used;
 	uint8		token_hash[PG_OAUTH_TOKEN_HASH_LEN];
-	char		role[NAMEDATALEN];
+	char		role[NAMEDATALEN];	/* as asked; "" for oauth.authenticate(token) */
+	char		granted[NAMEDATALEN];	/* the role the decision admits */
 	char		database[NAMEDATALEN];
 	char		client_addr[64];
 	bool		ssl;
@@ -189,7 +190,7 @@ decision_cache_lookup(const TokenRequest *req, const uint8 *hash, TokenDecision 
 		out->claims = next_string(&p);
 		out->has_expires_at = true;
 		out->expires_at = e->expires_at;
-		out->allowed_roles = list_make1(pstrdup(e->role));
+		out->allowed_roles = list_make1(pstrdup(e->granted));
 		pg_oauth_strlcpy_text(out->kid, e->kid, sizeof(out->kid));
 		pg_oauth_strlcpy_text(out->alg, e->alg, sizeof(out->alg));
 		out->key_cache_hit = 1;
@@ -222,6 +223,9 @@ decision_cache_store(const TokenRequest *req, const uint8 *hash,
 	if (!cache_usable() || !d->ok || !d->has_expires_at || d->issuer == NULL ||
 		d->claims == NULL)
 		return;
+	/* a request without a role is admitted as the token's one role */
+	if (req->role[0] == '\0' && list_length(d->allowed_roles) != 1)
+		return;
 	size = strlen(d->issuer) + 1 + strlen(d->claims) + 1 +
 		(d->subject ? strlen(d->subject) + 1 : 0) +
 		(d->token_id ? strlen(d->token_id) + 1 : 0);
@@ -246,6 +250,9 @@ decision_cache_store(const TokenRequest *req, const uint8 *hash,
 	slot->used = true;
 	memcpy(slot->token_hash, hash, PG_OAUTH_TOKEN_HASH_LEN);
 	pg_oauth_strlcpy_text(slot->role, req->role, sizeof(slot->role));
+	pg_oauth_strlcpy_text(slot->granted,
+						  req->role[0] != '\0' ? req->role : (const char *) linitial(d->allowed_roles),
+						  sizeof(slot->granted));
 	pg_oauth_strlcpy_text(slot->database, req->database, sizeof(slot->database));
 	pg_oauth_strlcpy_text(slot->client_addr, req->client_addr ? req->client_addr : "", sizeof(slot->client_addr));
 	slot->ssl = req->ssl;

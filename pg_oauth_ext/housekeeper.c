@@ -11,6 +11,7 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/namespace.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -21,6 +22,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/inet.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -39,6 +41,7 @@
 #define RETENTION_PAUSE_MS		20
 
 static SPIPlanPtr insert_plan = NULL;
+static bool insert_plan_has_kind = false;	/* oauth.audit_log has "kind" (1.1) */
 static SPIPlanPtr retention_plan = NULL;
 static MemoryContext tick_context = NULL;
 
@@ -127,15 +130,35 @@ audit_insert_step(void *arg)
 	AuditBatch *batch = (AuditBatch *) arg;
 	int			i;
 
+	/*
+	 * 1.1 added the column "kind"; a server restarted with this library runs
+	 * the 1.0 tables until ALTER EXTENSION pg_oauth UPDATE: write what fits.
+	 */
+	{
+		Oid			nsp = get_namespace_oid("oauth", true);
+		Oid			rel = OidIsValid(nsp) ? get_relname_relid("audit_log", nsp) : InvalidOid;
+		bool		has_kind = OidIsValid(rel) && get_attnum(rel, "kind") != InvalidAttrNumber;
+
+		if (insert_plan != NULL && has_kind != insert_plan_has_kind)
+		{
+			SPI_freeplan(insert_plan);
+			insert_plan = NULL;
+		}
+		insert_plan_has_kind = has_kind;
+	}
 	if (insert_plan == NULL)
 	{
-		Oid			types[14] = {TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-			TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INETOID, BOOLOID, FLOAT8OID, FLOAT8OID};
-		SPIPlanPtr	plan = SPI_prepare(
+		Oid			types[15] = {TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+			TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INETOID, BOOLOID, FLOAT8OID, FLOAT8OID,
+		TEXTOID};
+		SPIPlanPtr	plan = SPI_prepare(insert_plan_has_kind ?
+									   "INSERT INTO oauth.audit_log (at, outcome, reason, issuer, subject, token_id, "
+									   "kid, alg, role, database, client_addr, ssl, elapsed_ms, queue_ms, kind) "
+									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)" :
 									   "INSERT INTO oauth.audit_log (at, outcome, reason, issuer, subject, token_id, "
 									   "kid, alg, role, database, client_addr, ssl, elapsed_ms, queue_ms) "
 									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-									   14, types);
+									   insert_plan_has_kind ? 15 : 14, types);
 
 		if (plan == NULL || SPI_keepplan(plan) != 0)
 			elog(ERROR, "could not prepare the audit insert: %s",
@@ -146,8 +169,8 @@ audit_insert_step(void *arg)
 	for (i = 0; i < batch->n; i++)
 	{
 		AuditRecord *r = &batch->records[i];
-		Datum		v[14];
-		char		n[14];
+		Datum		v[15];
+		char		n[15];
 
 		memset(n, ' ', sizeof(n));
 		v[0] = TimestampTzGetDatum(r->at);
@@ -176,6 +199,7 @@ audit_insert_step(void *arg)
 			v[13] = (Datum) 0;
 			n[13] = 'n';
 		}
+		v[14] = CStringGetTextDatum(r->per_transaction ? "transaction" : "login");
 		if (SPI_execute_plan(insert_plan, v, n, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "audit insert failed");
 	}

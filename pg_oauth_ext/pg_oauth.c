@@ -248,6 +248,14 @@ define_settings(void)
 							PGC_POSTMASTER, GUC_UNIT_KB,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("pg_oauth.gateway",
+							 "This session is a connection pooler's: its transactions run only as the role of a token given to oauth.authenticate().",
+							 "Set by a superuser for the pooler's role (ALTER ROLE ... SET pg_oauth.gateway = on); once a session is a gateway it stays one.",
+							 &pg_oauth_gateway,
+							 false,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("pg_oauth");
 }
 
@@ -294,6 +302,7 @@ _PG_init(void)
 	pg_oauth_install_auth_hook();
 	session_registry_install_hooks();
 	config_guard_install_hooks();
+	gateway_install_hooks();
 	pg_oauth_register_workers();
 	pg_oauth_register_housekeeper();
 }

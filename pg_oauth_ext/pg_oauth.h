@@ -405,6 +405,7 @@ typedef struct AuditRecord
 	bool		ok;
 	bool		ssl;
 	bool		cached;			/* admitted by the decision cache */
+	bool		per_transaction;	/* oauth.authenticate(), not a login */
 	int			pid;
 	int64		elapsed_us;
 	int64		queue_us;
@@ -509,13 +510,20 @@ typedef struct LoginAttempt
 	char	   *token;			/* wiped by login_refuse() when set */
 	int			token_len;
 	TokenDecision *decision;	/* NULL until a worker answered */
+	const char *role;			/* the role asked for: the startup packet's, or
+								 * oauth.authenticate()'s ("": the token's one role) */
 	bool		bearer;			/* OAUTHBEARER: a refusal returns to the validator */
+	bool		transaction;	/* oauth.authenticate(): a refusal is an ERROR */
 	char	   *expected_issuer;	/* OAUTHBEARER: the oauth line's issuer identifier */
 } LoginAttempt;
 
 extern void pg_oauth_install_auth_hook(void);
 extern bool token_login_bearer(Port *port, const char *token, char **authn_id,
 							   char **client_detail);
+extern void token_transaction_decide(const char *role, char *token, int token_len,
+									 size_t presented, bool in_statement,
+									 TokenDecision *decision, Oid *roleid,
+									 const char **granted);
 PGO_NORETURN_PRE extern void login_refuse(LoginAttempt *a, const char *reason,
 										  const char *detail, const char *hint)
 			PGO_NORETURN_POST;
@@ -556,6 +564,8 @@ typedef struct OAuthSession
 
 extern OAuthSession pg_oauth_session;
 extern void session_state_remember(const TokenDecision *decision, const char *role);
+extern void session_state_enter_transaction(const TokenDecision *decision, const char *role);
+extern void session_state_leave_transaction(void);
 extern Jsonb *session_state_claims(void);
 extern uint64 session_state_claims_generation(void);
 
@@ -566,5 +576,15 @@ extern void pg_oauth_config_moved(void);
 
 /* config_guard.c */
 extern void config_guard_install_hooks(void);
+
+/* gateway.c: what a gateway session (pg_oauth.gateway) may run, and when */
+extern bool pg_oauth_gateway;
+extern void gateway_install_hooks(void);
+extern bool gateway_session(void);
+
+/* transaction_identity.c: oauth.authenticate(), one token per transaction */
+extern bool transaction_identity_active(void);
+extern bool transaction_identity_calling(void);
+extern bool transaction_identity_function(Oid funcid);
 
 #endif							/* PG_OAUTH_EXT_H */

@@ -58,6 +58,61 @@ session_state_remember(const TokenDecision *decision, const char *role)
 	claims_generation++;
 }
 
+/*
+ * oauth.authenticate() (transaction_identity.c): for the rest of the
+ * transaction the claim functions answer for that token.  What the session's
+ * own login left (a gateway normally has none) is set aside and comes back
+ * when the transaction ends.
+ */
+static OAuthSession login_session;
+static Jsonb *login_claims_jsonb = NULL;
+static bool in_transaction_identity = false;
+
+void
+session_state_enter_transaction(const TokenDecision *decision, const char *role)
+{
+	Assert(!in_transaction_identity);
+	login_session = pg_oauth_session;
+	login_claims_jsonb = session_claims_jsonb;
+	session_claims_jsonb = NULL;
+	in_transaction_identity = true;
+	pg_oauth_session.issuer = top_strdup(decision->issuer);
+	pg_oauth_session.subject = top_strdup(decision->subject);
+	pg_oauth_session.token_id = top_strdup(decision->token_id);
+	pg_oauth_session.claims = top_strdup(decision->claims);
+	pg_oauth_session.role = top_strdup(role);
+	pg_oauth_session.has_expires_at = decision->has_expires_at;
+	pg_oauth_session.expires_at = decision->expires_at;
+	pg_oauth_session.active = true;
+	claims_generation++;
+}
+
+static void
+free_if(void *p)
+{
+	if (p != NULL)
+		pfree(p);
+}
+
+/* The transaction ended (COMMIT, ROLLBACK, or a failure): its identity goes. */
+void
+session_state_leave_transaction(void)
+{
+	if (!in_transaction_identity)
+		return;
+	free_if(pg_oauth_session.issuer);
+	free_if(pg_oauth_session.subject);
+	free_if(pg_oauth_session.token_id);
+	free_if(pg_oauth_session.claims);
+	free_if(pg_oauth_session.role);
+	free_if(session_claims_jsonb);
+	pg_oauth_session = login_session;
+	session_claims_jsonb = login_claims_jsonb;
+	login_claims_jsonb = NULL;
+	in_transaction_identity = false;
+	claims_generation++;
+}
+
 /* Moves whenever the claims are set: what was read from them before is stale. */
 uint64
 session_state_claims_generation(void)

@@ -855,6 +855,15 @@ class _Validation:
                 f"role {role} allowed; token allows {show(self.allowed_roles, 200)}"
             )
             return
+        if requested_role == "" and len(self.allowed_roles) == 1:
+            # oauth.authenticate(token) names no role: the token's only one
+            self._pass(f"no role named; the token allows {show(self.allowed_roles, 200)}")
+            return
+        if requested_role == "" and self.allowed_roles:
+            raise RoleNotAllowed(
+                f"no role was named and the token allows {show(self.allowed_roles, 200)}: "
+                "name one"
+            )
         if requested_role in excluded_by_database:
             raise DatabaseNotAllowed(
                 f"role {role} is not allowed for this token in database "

@@ -541,3 +541,16 @@ REVOKE ALL ON FUNCTION oauth.revoke(text, text, text, timestamptz, text, timesta
 COMMENT ON FUNCTION oauth.revoke(text, text, text, timestamptz, text, timestamptz) IS
     'Revoke by token id, subject and/or issuer (until expires_at, NULL: forever; with issued_before, only tokens issued before it or without iat) and end the live sessions it covers when the transaction commits; returns how many it covers now';
 
+
+-- Behind a connection pooler: one token per transaction (35-transactions.sql)
+CREATE FUNCTION oauth.authenticate(token text, role text DEFAULT NULL) RETURNS name
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_authenticate';
+COMMENT ON FUNCTION oauth.authenticate(text, text) IS
+    'In a gateway session (pg_oauth.gateway): check the token like a login and run the rest of the transaction as the role it admits (NULL: the one role the token allows), with its claims; COMMIT or ROLLBACK ends both. Pass the token as a bind parameter.';
+
+-- oauth.authenticate() calls are audited with a kind of their own
+ALTER TABLE oauth.audit_log
+    ADD COLUMN kind text NOT NULL DEFAULT 'login' CHECK (kind IN ('login', 'transaction'));
+COMMENT ON TABLE oauth.audit_log IS
+    'Token login attempts and oauth.authenticate() calls (kind), never the token; kept for pg_oauth.audit_retention';

@@ -20,7 +20,9 @@ CREATE TABLE oauth.audit_log (
     client_addr inet,
     ssl         boolean,
     elapsed_ms  float8,
-    queue_ms    float8
+    queue_ms    float8,
+    -- a login, or oauth.authenticate() in a pooled transaction (1.1)
+    kind        text NOT NULL DEFAULT 'login' CHECK (kind IN ('login', 'transaction'))
 );
 CREATE INDEX audit_log_at_idx ON oauth.audit_log (at);
 CREATE INDEX audit_log_subject_idx ON oauth.audit_log (issuer, subject);
@@ -28,7 +30,7 @@ REVOKE ALL ON oauth.audit_log FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('oauth.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('oauth.audit_log_id_seq', '');
 COMMENT ON TABLE oauth.audit_log IS
-    'Token login attempts (never the token), kept for pg_oauth.audit_retention';
+    'Token login attempts and oauth.authenticate() calls (kind), never the token; kept for pg_oauth.audit_retention';
 
 CREATE FUNCTION oauth._stats(
         OUT issuer text, OUT attempts bigint, OUT successes bigint, OUT refusals jsonb,
