@@ -21,8 +21,9 @@ CREATE TABLE oauth.audit_log (
     ssl         boolean,
     elapsed_ms  float8,
     queue_ms    float8,
-    -- a login, or oauth.authenticate() in a pooled transaction (1.1)
-    kind        text NOT NULL DEFAULT 'login' CHECK (kind IN ('login', 'transaction'))
+    -- a login, or oauth.authenticate() in a pooled transaction; NULL: a row
+    -- written before 1.1 (a login)
+    kind        text DEFAULT 'login' CHECK (kind IN ('login', 'transaction'))
 );
 CREATE INDEX audit_log_at_idx ON oauth.audit_log (at);
 CREATE INDEX audit_log_subject_idx ON oauth.audit_log (issuer, subject);

@@ -385,3 +385,24 @@ def test_a_gateway_needs_no_membership_and_its_password_alone_gives_nothing(gw_c
                           "SELECT oauth.claim('sub')"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
+
+
+def test_check_setup_names_a_gateway_that_has_rights_of_its_own(gw_cluster):
+    def findings() -> set[str]:
+        return {row[0] for row in gw_cluster.sql(
+            "SELECT check_name FROM oauth.check_setup() WHERE check_name LIKE 'gateway%'")}
+
+    assert findings() == set()
+    gw_cluster.sql("GRANT tenant TO gateway; GRANT SELECT ON gateway_only TO gateway; "
+                   "ALTER ROLE gateway CREATEROLE")
+    try:
+        assert findings() == {"gateway_is_member", "gateway_has_rights", "gateway_privileged"}
+    finally:
+        gw_cluster.sql("REVOKE tenant FROM gateway; REVOKE SELECT ON gateway_only FROM gateway; "
+                       "ALTER ROLE gateway NOCREATEROLE")
+    gw_cluster.sql("CREATE DATABASE everyone_gated")
+    gw_cluster.sql("ALTER DATABASE everyone_gated SET pg_oauth.gateway = on")
+    try:
+        assert findings() == {"gateway_database_wide"}
+    finally:
+        gw_cluster.sql("DROP DATABASE everyone_gated")
