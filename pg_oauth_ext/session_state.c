@@ -2,8 +2,8 @@
  *
  * session_state.c
  *	  What a token login leaves behind in its backend (claims, issuer,
- *	  subject, expiry), and oauth.claims() and oauth.session(), which read it
- *	  whole.
+ *	  subject, expiry), or oauth.authenticate() for one transaction, and
+ *	  oauth.claims() and oauth.session(), which read it whole.
  *
  * The hook runs inside the startup transaction, so what the session keeps is
  * copied out of its memory here.  oauth.claim() and its kin, which read one
@@ -121,8 +121,9 @@ session_state_claims_generation(void)
 }
 
 /*
- * The claims as jsonb, parsed on first use and kept for the session (they
- * never change after login): RLS policies call claim() once per row.
+ * The claims as jsonb, parsed on first use and kept until they change (a
+ * login's never do; oauth.authenticate()'s end with the transaction): RLS
+ * policies call claim() once per row.
  */
 Jsonb *
 session_state_claims(void)

@@ -546,6 +546,27 @@ def test_role_not_allowed_without_any_role(mint: Mint, check: Check) -> None:
     assert decision.allowed_roles == []
 
 
+def test_no_role_named_means_the_tokens_only_role(mint: Mint, check: Check) -> None:
+    # oauth.authenticate(token) without a role asks with ""
+    decision = check(mint(sub="alice"), "")
+    assert decision.ok and decision.allowed_roles == ["alice"]
+
+
+def test_no_role_named_is_refused_when_the_token_allows_several(
+    mint: Mint, check: Check, config: Any
+) -> None:
+    cfg = config(rules=[rule_row(1, "(alice)", r"\1"), rule_row(2, "alice", "bob")])
+    token = mint(sub="alice")
+    decision = check(token, "", cfg=cfg)
+    assert_refused(decision, "role_not_allowed", token)
+    assert "name one" in decision.detail
+
+
+def test_no_role_named_is_refused_when_the_token_allows_none(mint: Mint, check: Check) -> None:
+    token = mint(sub="mallory")
+    assert_refused(check(token, ""), "role_not_allowed", token)
+
+
 def test_union_of_rules_and_substitution(mint: Mint, check: Check, config: Any) -> None:
     rules = [
         rule_row(1, "(alice|bob)", r"\1"),
