@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from pyhook.dev_issuer import ISSUER_FILE, SIGNING_ALGORITHMS, DevIssuer
-from pyhook.jwks_cache import FetchError, KeyStore
+from pyhook.jwks_cache import KeyStore
+from pyhook.jwks_fetch import FetchError
 from pyhook.offline_config import (
     ConfigFileError,
     config_from_database,
