@@ -35,7 +35,6 @@ from pyhook.offline_config import (
     config_from_database,
     config_from_file,
 )
-from pyhook.plpython_adapter import explain_rows
 from pyhook.server_explain import explain_on_server
 from pyhook.setup_doctor import (
     EXIT_CANNOT_CHECK,
@@ -44,6 +43,7 @@ from pyhook.setup_doctor import (
     run_checks,
     summary,
 )
+from pyhook.sql_rows import explain_rows
 from pyhook.validator import validate
 
 # exit codes of explain/check
