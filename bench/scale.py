@@ -105,7 +105,8 @@ path = plpy.execute("SELECT pg_catalog.current_setting('pg_oauth.python_path', t
 if path and path not in sys.path:
     sys.path.insert(0, path)
 from pyhook.config import Config, Revocations
-from pyhook.plpython_adapter import ISSUERS_QUERY, RULES_QUERY, REVOCATIONS_QUERY, Adapter
+from pyhook.plpython_adapter import Adapter
+from pyhook.sql_queries import ISSUERS_QUERY, RULES_QUERY, REVOCATIONS_QUERY
 out = []
 def timed(part, load, count):
     started = time.perf_counter()

@@ -41,7 +41,7 @@ def main() -> None:
 
     from pyhook.config import Config
     from pyhook.jwks_cache import KeyStore
-    from pyhook.plpython_adapter import decision_row
+    from pyhook.sql_rows import decision_row
     from pyhook.validator import validate
 
     issuer, loops = request["issuer"], int(request["loops"])

@@ -28,13 +28,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from pyhook.dev_issuer import ISSUER_FILE, SIGNING_ALGORITHMS, DevIssuer
-from pyhook.jwks_cache import FetchError, KeyStore
+from pyhook.jwks_cache import KeyStore
+from pyhook.jwks_fetch import FetchError
 from pyhook.offline_config import (
     ConfigFileError,
     config_from_database,
     config_from_file,
 )
-from pyhook.plpython_adapter import explain_rows
 from pyhook.server_explain import explain_on_server
 from pyhook.setup_doctor import (
     EXIT_CANNOT_CHECK,
@@ -43,6 +43,7 @@ from pyhook.setup_doctor import (
     run_checks,
     summary,
 )
+from pyhook.sql_rows import explain_rows
 from pyhook.validator import validate
 
 # exit codes of explain/check

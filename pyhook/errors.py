@@ -1,12 +1,19 @@
 """One exception per refusal reason.
 
 ``reason`` is the stable code returned to PostgreSQL; ``detail`` is a short sentence
-for the DBA that never contains the token, its signature or key material.
+for the DBA that never contains the token, its signature or key material;
+``show`` writes a value taken from a token or a document into one.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+
+def show(value: object, limit: int = 80) -> str:
+    """A value for a detail sentence: ASCII-escaped, quoted, truncated."""
+    text = ascii(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ValidationError(Exception):

@@ -1,6 +1,7 @@
-"""Signing keys per issuer: static JWKS, a jwks_uri, or OIDC discovery.
+"""The key store: signing keys per issuer, from a static JWKS, a jwks_uri, or OIDC discovery.
 
-Keys are parsed once into cryptography public-key objects. Fetched keys are kept
+It decides when to fetch and what it holds; ``jwks_fetch`` gets the documents and
+``jwk_set`` turns them into keys, parsed once. Fetched keys are kept
 with the time of the last successful fetch and count as fresh for the document's
 Cache-Control max-age (held within the issuer's ``jwks_refresh_min`` and
 ``jwks_refresh_max``; ``jwks_refresh`` when it sent none); a refresh sends the
@@ -17,421 +18,34 @@ Only public key members ever leave the store.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
-
-from pyhook.config import SUPPORTED_ALGORITHMS, Config, IssuerConfig
-from pyhook.edwards_points import eddsa_key_problem
+from pyhook.config import Config, IssuerConfig
 from pyhook.errors import JwksUnavailable, KeyNotFound, UnknownKey
+from pyhook.jwk_set import JsonWebKey, parse_jwks, select_key, skip_note_prefix
+from pyhook.jwks_fetch import (
+    MAX_DOCUMENT_BYTES,
+    Fetch,
+    FetchError,
+    FetchResult,
+    check_url,
+    checked_result,
+    discovered_jwks_uri,
+    discovery_url,
+    safe_url,
+    urllib_fetch,
+)
 
-MAX_DOCUMENT_BYTES = 1 << 20
-MAX_KEYS = 100  # keys parsed per JWKS document; more is abuse, not rotation
 MAX_PENDING_NOTES = 200  # skipped-key notes waiting for drain_notes()
-MIN_RSA_BITS = 2048
 # warmup refreshes keys once they are this fraction of jwks_refresh old, so that the
 # login path (which refreshes at 100 %) normally finds fresh keys
 REFRESH_AHEAD = 0.8
-DISCOVERY_PATH = "/.well-known/openid-configuration"
 
 Clock = Callable[[], float]
-
-# alg -> (kty, curves the key may have; None: any)
-_KEY_TYPE_FOR_ALG: dict[str, tuple[str, frozenset[str] | None]] = {
-    "RS256": ("RSA", None),
-    "RS384": ("RSA", None),
-    "RS512": ("RSA", None),
-    "PS256": ("RSA", None),
-    "PS384": ("RSA", None),
-    "PS512": ("RSA", None),
-    "ES256": ("EC", frozenset({"P-256"})),
-    "ES384": ("EC", frozenset({"P-384"})),
-    "ES512": ("EC", frozenset({"P-521"})),
-    "EdDSA": ("OKP", frozenset({"Ed25519", "Ed448"})),
-}
-
-
-# JWS signatures of EC keys are r||s, each padded to the curve's size (RFC 7518
-# 3.4); EdDSA signatures are R||S (RFC 8032)
-_SIGNATURE_SIZES: dict[str, int] = {
-    "P-256": 64,
-    "P-384": 96,
-    "P-521": 132,
-    "Ed25519": 64,
-    "Ed448": 114,
-}
-
-
-class FetchError(Exception):
-    """A document could not be fetched; the message is safe to show to a DBA."""
-
-
-@dataclass(frozen=True)
-class FetchResult:
-    """A fetched document with what its response said about caching.
-
-    ``not_modified``: the server answered 304 to ``If-None-Match`` (``body`` empty).
-    """
-
-    body: bytes
-    max_age: float | None = None
-    etag: str | None = None
-    not_modified: bool = False
-
-
-# fetch(url, timeout, max_bytes, etag) -> the document; raises FetchError. A plain
-# bytes result means "no caching headers".
-Fetch = Callable[[str, float, int, "str | None"], "bytes | FetchResult"]
-
-# members that make up a public JWK; nothing else is kept or persisted
-_PUBLIC_MEMBERS: dict[str, tuple[str, ...]] = {
-    "RSA": ("n", "e"),
-    "EC": ("crv", "x", "y"),
-    "OKP": ("crv", "x"),
-}
-
-
-@dataclass(frozen=True)
-class JsonWebKey:
-    """One public verification key; ``key`` is a cryptography public-key object."""
-
-    kid: str | None
-    kty: str
-    crv: str | None
-    alg: str | None
-    key: Any = field(repr=False)
-    bits: int | None = None
-    # the public members as a JWK (kty, kid, alg, n/e or crv/x/y): for oauth.jwks_cache
-    public: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    def fits(self, alg: str) -> bool:
-        """Whether this key may verify a token signed with ``alg``."""
-        wanted = _KEY_TYPE_FOR_ALG.get(alg)
-        if wanted is None or self.kty != wanted[0]:
-            return False
-        if wanted[1] is not None and self.crv not in wanted[1]:
-            return False
-        return self.alg is None or self.alg == alg
-
-    def signature_size(self) -> int:
-        """The length every signature by this key has, in bytes."""
-        if self.kty == "RSA":
-            return ((self.bits or 0) + 7) // 8  # k, the modulus length (RFC 8017)
-        return _SIGNATURE_SIZES[str(self.crv)]
-
-    def describe(self) -> str:
-        """A label without key material, e.g. ``RSA 2048-bit`` or ``EC P-256``."""
-        kind = f"RSA {self.bits}-bit" if self.kty == "RSA" else f"{self.kty} {self.crv}"
-        return kind if self.alg is None else f"{kind} for {self.alg}"
-
-
-def show(value: object, limit: int = 80) -> str:
-    """A value for a detail sentence: ASCII-escaped, quoted, truncated."""
-    text = ascii(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def safe_url(url: str) -> str:
-    """A URL without user info, query or fragment, for messages."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port else ""
-        return show(f"{parts.scheme}://{host}{port}{parts.path}", 200)
-    except ValueError:
-        return "an invalid URL"
-
-
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_url(
-    url: str, allow_insecure_http: bool, allow_loopback_http: bool = False
-) -> None:
-    """Refuse URLs the key store must not fetch (raises FetchError).
-
-    Plain http needs the issuer's say-so: ``allow_insecure_http`` for any host,
-    ``allow_loopback_http`` for a loopback one only. Loopback is no exception by
-    itself: any local OS user can bind a free port there (or [::1] when the IdP
-    listens on IPv4 only) and serve keys.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname
-        _ = parts.port  # raises ValueError on a bad port
-    except ValueError:
-        raise FetchError("invalid URL") from None
-    if not host:
-        raise FetchError(f"URL {safe_url(url)} has no host")
-    if parts.scheme == "https":
-        return
-    if parts.scheme == "http":
-        loopback = is_loopback_host(host)
-        if allow_insecure_http or (allow_loopback_http and loopback):
-            return
-        raise FetchError(
-            f"plain http is refused for {safe_url(url)}: use https, or set "
-            + (
-                "allow_loopback_http (a development issuer on this machine)"
-                if loopback
-                else "allow_insecure_http"
-            )
-            + " for this issuer"
-        )
-    raise FetchError(f"URL scheme {show(parts.scheme)} is not supported")
-
-
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    # Returning None makes urllib raise HTTPError for every 3xx: a key URL that
-    # redirects is a misconfiguration or an attack, never followed.
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        return None
-
-
-def cache_max_age(cache_control: str | None, age: str | None = None) -> float | None:
-    """Seconds a response may be cached per Cache-Control (minus Age); None: not said.
-
-    ``no-cache``/``no-store`` count as 0 (the issuer's floor then applies).
-    """
-    if not cache_control:
-        return None
-    max_age: float | None = None
-    for directive in cache_control.split(","):
-        name, _, value = directive.strip().partition("=")
-        name = name.strip().lower()
-        if name in ("no-cache", "no-store"):
-            return 0.0
-        if name == "max-age":
-            value = value.strip().strip('"')
-            if value.isdigit() and len(value) <= 12:
-                max_age = float(value)
-    if max_age is not None and age is not None and age.strip().isdigit():
-        max_age = max(0.0, max_age - float(age.strip()[:12]))
-    return max_age
-
-
-def urllib_fetch(
-    url: str, timeout: float, max_bytes: int, etag: str | None = None
-) -> FetchResult:
-    """GET ``url``: no redirects, no proxies, ``timeout`` seconds in all, at most ``max_bytes``.
-
-    With ``etag`` the request is conditional (If-None-Match); a 304 answer is a
-    result with ``not_modified`` set.
-    """
-    deadline = time.monotonic() + timeout
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), _RefuseRedirects()
-    )
-    headers = {"Accept": "application/json", "User-Agent": "pg_oauth"}
-    if etag is not None:
-        headers["If-None-Match"] = etag
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            if response.status != 200:
-                raise FetchError(f"HTTP status {response.status}")
-            length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > max_bytes:
-                raise FetchError(f"document larger than {max_bytes} bytes")
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise FetchError(f"timed out after {timeout:g} s")
-                chunk = response.read(min(65536, max_bytes + 1 - size))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > max_bytes:
-                    raise FetchError(f"document larger than {max_bytes} bytes")
-            return FetchResult(
-                b"".join(chunks),
-                max_age=cache_max_age(
-                    response.headers.get("Cache-Control"), response.headers.get("Age")
-                ),
-                etag=_etag(response.headers.get("ETag")),
-            )
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        if exc.code == 304 and etag is not None:
-            return FetchResult(
-                b"",
-                max_age=cache_max_age(
-                    exc.headers.get("Cache-Control"), exc.headers.get("Age")
-                ),
-                etag=_etag(exc.headers.get("ETag")),
-                not_modified=True,
-            )
-        if 300 <= exc.code < 400:
-            raise FetchError(
-                f"HTTP status {exc.code}: redirects are not followed"
-            ) from None
-        raise FetchError(f"HTTP status {exc.code}") from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
-            raise FetchError(f"timed out after {timeout:g} s") from None
-        reason = (
-            exc.reason if isinstance(exc.reason, str) else type(exc.reason).__name__
-        )
-        if isinstance(exc.reason, OSError) and exc.reason.strerror:
-            reason = exc.reason.strerror
-        raise FetchError(f"connection failed: {reason}") from None
-    except TimeoutError:
-        raise FetchError(f"timed out after {timeout:g} s") from None
-    except OSError as exc:
-        raise FetchError(
-            f"connection failed: {exc.strerror or type(exc).__name__}"
-        ) from None
-    except ValueError as exc:  # http.client: bad status line, bad chunk, ...
-        raise FetchError(f"bad HTTP response ({type(exc).__name__})") from None
-
-
-def _etag(value: str | None) -> str | None:
-    # an opaque validator echoed back as it came; anything odd is not worth keeping
-    if value is None or len(value) > 200 or not value.isascii():
-        return None
-    value = value.strip()
-    return value or None
-
-
-class _SkipKey(Exception):
-    pass
-
-
-def parse_jwk(obj: Any) -> JsonWebKey:
-    """One JWK (a dict) as a JsonWebKey; raises _SkipKey with a safe reason."""
-    if not isinstance(obj, dict):
-        raise _SkipKey("not a JSON object")
-    kid = obj.get("kid")
-    if kid is not None and not isinstance(kid, str):
-        raise _SkipKey("kid is not a string")
-    # present means present: "use": null is no more a signing key than "enc" is
-    if "use" in obj and obj["use"] != "sig":
-        raise _SkipKey(f"use is {show(obj['use'])}, not 'sig'")
-    if "key_ops" in obj:
-        ops = obj["key_ops"]
-        if not isinstance(ops, list) or not all(isinstance(op, str) for op in ops):
-            raise _SkipKey("key_ops is not a list of strings")
-        if "verify" not in ops:
-            raise _SkipKey(f"key_ops {show(ops[:10], 100)} does not include 'verify'")
-    alg = obj.get("alg")
-    if alg is not None and alg not in SUPPORTED_ALGORITHMS:
-        raise _SkipKey(f"alg {show(alg)} is not supported")
-    kty = obj.get("kty")
-    crv = obj.get("crv")
-    bits: int | None = None
-    try:
-        # only the public members are passed on: a JWKS leaking private parts must
-        # not turn into private-key objects here
-        if kty == "RSA":
-            key = RSAAlgorithm.from_jwk({"kty": "RSA", "n": obj["n"], "e": obj["e"]})
-            bits = key.key_size
-            crv = None
-        elif kty == "EC" and crv in ("P-256", "P-384", "P-521"):
-            key = ECAlgorithm.from_jwk(
-                {"kty": "EC", "crv": crv, "x": obj["x"], "y": obj["y"]}
-            )
-        elif kty == "OKP" and crv in ("Ed25519", "Ed448"):
-            key = OKPAlgorithm.from_jwk({"kty": "OKP", "crv": crv, "x": obj["x"]})
-        elif kty in ("EC", "OKP"):
-            raise _SkipKey(f"curve {show(crv)} is not supported")
-        else:
-            raise _SkipKey(f"key type {show(kty)} is not supported")
-    except _SkipKey:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any bad member skips only this key
-        raise _SkipKey(f"invalid key parameters ({type(exc).__name__})") from None
-    if bits is not None and bits < MIN_RSA_BITS:
-        raise _SkipKey(f"RSA key of {bits} bits is too short")
-    if kty == "OKP":
-        # what OpenSSL holds, however x was spelled
-        problem = eddsa_key_problem(
-            str(crv), key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-        )
-        if problem is not None:
-            raise _SkipKey(problem)
-    public: dict[str, Any] = {"kty": kty}
-    public.update({name: obj[name] for name in _PUBLIC_MEMBERS[str(kty)]})
-    for name in ("kid", "alg", "use"):
-        if obj.get(name) is not None:
-            public[name] = obj[name]
-    return JsonWebKey(
-        kid=kid, kty=str(kty), crv=crv, alg=alg, key=key, bits=bits, public=public
-    )
-
-
-def parse_jwks(document: bytes | str) -> tuple[list[JsonWebKey], list[str]]:
-    """The usable keys of a JWKS document and one note per skipped key."""
-    try:
-        data = json.loads(document)
-    except (ValueError, RecursionError):
-        raise JwksUnavailable("JWKS document is not valid JSON") from None
-    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
-        raise JwksUnavailable("JWKS document has no 'keys' array")
-    keys: list[JsonWebKey] = []
-    notes: list[str] = []
-    for position, obj in enumerate(data["keys"][:MAX_KEYS]):
-        try:
-            keys.append(parse_jwk(obj))
-        except _SkipKey as exc:
-            kid = obj.get("kid") if isinstance(obj, dict) else None
-            prefix = (
-                _skip_prefix(kid) if isinstance(kid, str) else f"key #{position} skipped: "
-            )
-            notes.append(f"{prefix}{exc}")
-    if len(data["keys"]) > MAX_KEYS:
-        notes.append(f"only the first {MAX_KEYS} keys were read")
-    return keys, notes
-
-
-def _skip_prefix(kid: str) -> str:
-    return f"key kid {show(kid, 60)} skipped: "
-
-
-def select_key(keys: list[JsonWebKey], alg: str, kid: str | None) -> JsonWebKey:
-    """The key for a token; KeyNotFound when a refetch might help, UnknownKey otherwise."""
-    if kid is not None:
-        same_kid = [k for k in keys if k.kid == kid]
-        if not same_kid:
-            raise KeyNotFound(f"no key with kid {show(kid, 60)}")
-        for key in same_kid:
-            if key.fits(alg):
-                return key
-        raise UnknownKey(
-            f"key {show(kid, 60)} is {same_kid[0].describe()} and cannot verify {alg}"
-        )
-    # without a kid the choice of key would be a guess: only a single-key JWKS allows it
-    if len(keys) > 1:
-        raise UnknownKey(
-            f"token has no kid and the JWKS has {len(keys)} keys; a kid is required"
-        )
-    if keys and keys[0].fits(alg):
-        return keys[0]
-    if keys:
-        raise KeyNotFound(
-            f"token has no kid and the only key ({keys[0].describe()}) cannot verify {alg}"
-        )
-    raise KeyNotFound(f"token has no kid and no key fits {alg}")
 
 
 def _skipped(entry: _Entry | None, limit: int = 5) -> str:
@@ -567,7 +181,7 @@ class KeyStore:
         entry = self._entries.get(issuer)
         if entry is None or kid is None:
             return None
-        prefix = _skip_prefix(kid)
+        prefix = skip_note_prefix(kid)
         return next((note for note in entry.notes if note.startswith(prefix)), None)
 
     def _get_key(self, issuer: IssuerConfig, alg: str, kid: str | None) -> JsonWebKey:
@@ -965,38 +579,14 @@ class KeyStore:
             raise
 
     def _discover(self, issuer: IssuerConfig) -> str:
-        url = issuer.issuer.rstrip("/") + DISCOVERY_PATH
+        url = discovery_url(issuer.issuer)
         result = self._get(url, issuer, None)
         try:
-            jwks_uri = self._discovered_jwks_uri(url, result.body, issuer)
+            jwks_uri = discovered_jwks_uri(url, result.body, issuer.issuer)
         except JwksUnavailable:
             self._record(issuer, False)
             raise
         self._record(issuer, True)
-        return jwks_uri
-
-    @staticmethod
-    def _discovered_jwks_uri(url: str, body: bytes, issuer: IssuerConfig) -> str:
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError):
-            raise JwksUnavailable(
-                f"discovery document at {safe_url(url)} is not valid JSON"
-            ) from None
-        if not isinstance(document, dict):
-            raise JwksUnavailable(
-                f"discovery document at {safe_url(url)} is not a JSON object"
-            )
-        if document.get("issuer") != issuer.issuer:
-            raise JwksUnavailable(
-                f"discovery document at {safe_url(url)} names issuer "
-                f"{show(document.get('issuer'))}, not {show(issuer.issuer)}"
-            )
-        jwks_uri = document.get("jwks_uri")
-        if not isinstance(jwks_uri, str) or not jwks_uri:
-            raise JwksUnavailable(
-                f"discovery document at {safe_url(url)} has no jwks_uri"
-            )
         return jwks_uri
 
     def _record(self, issuer: IssuerConfig, ok: bool) -> None:
@@ -1012,12 +602,7 @@ class KeyStore:
         self.fetch_count += 1
         try:
             raw = self._fetch(url, issuer.http_timeout, self.max_bytes, etag)
-            result = raw if isinstance(raw, FetchResult) else FetchResult(bytes(raw))
-            if result.not_modified and etag is None:
-                raise FetchError("HTTP status 304 to an unconditional request")
-            if len(result.body) > self.max_bytes:
-                raise FetchError(f"document larger than {self.max_bytes} bytes")
-            return result
+            return checked_result(raw, etag, self.max_bytes)
         except FetchError as exc:
             self._record(issuer, False)
             raise JwksUnavailable(f"fetching {safe_url(url)} failed: {exc}") from None

@@ -26,13 +26,13 @@ from typing import Any
 from pyhook.config import Config
 from pyhook.jwks_cache import CachedJwks
 from pyhook.local_connection import connection_params
-from pyhook.plpython_adapter import (
+from pyhook.sql_queries import (
     ISSUERS_QUERY,
     JWKS_CACHE_QUERY,
     REVOCATIONS_QUERY,
     RULES_QUERY,
-    cached_jwks,
 )
+from pyhook.sql_rows import cached_jwks
 
 _INTERVAL_COLUMNS = (
     "leeway",

@@ -3,7 +3,8 @@
 ``plpy`` is the module PL/Python hands to functions; nothing here imports from
 PostgreSQL. One Adapter lives per process (in PL/Python's GD) and keeps the
 prepared plans, the configuration (per version, revocations included) and the
-key store. In steady state a login runs no query at all.
+key store. In steady state a login runs no query at all. The statements it runs
+are in ``sql_queries``, the rows it reads and returns in ``sql_rows``.
 
 After a call that fetched keys, the adapter reports each HTTP request to the C
 statistics (oauth._record_jwks_fetch) and, on a primary, stores the last good
@@ -20,339 +21,50 @@ document the workers stored, as a login would.
 from __future__ import annotations
 
 import contextlib
-import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from pyhook.config import Config, IssuerConfig, PatternCache, Revocations
 from pyhook.decision import FAIL, PASS, Check, Decision
 from pyhook.errors import ValidatorError
 from pyhook.jwks_cache import CachedJwks, KeyStore
+from pyhook.sql_queries import (
+    CONFIG_DATABASE_QUERY,
+    COUNTER_QUERY,
+    CURRENT_QUERY_QUERY,
+    INT8,
+    ISSUERS_QUERY,
+    JWKS_CACHE_QUERY,
+    KEYS_CHANGED_QUERY,
+    KID_REFETCH_QUERY,
+    KID_REFETCH_TYPES,
+    LOCK_TIMEOUT_QUERY,
+    LOG_CONFIG_QUERY,
+    LOG_QUERY,
+    MISSING_COLUMNS_QUERY,
+    PERSIST_QUERY,
+    PERSIST_TYPES,
+    RECORD_FETCH_QUERY,
+    RECORD_FETCH_TYPES,
+    RECOVERY_QUERY,
+    RESTORE_LOCK_TIMEOUT_QUERY,
+    REVOCATIONS_QUERY,
+    REVOCATIONS_SINCE_QUERY,
+    ROLE_QUERY,
+    RULES_QUERY,
+    STATE_QUERY,
+    TEXT,
+    query_for,
+)
+from pyhook.sql_rows import (
+    ConfigState,
+    cached_jwks,
+    decision_row,
+    error_row,
+    explain_rows,
+    statement_refusal_rows,
+)
 from pyhook.validator import validate
-
-# Every built-in is qualified (the functions that run these also pin their
-# search_path, and so do the workers): a superuser runs them, in a database
-# whose owner may not be one.
-ISSUERS_QUERY = (
-    "SELECT issuer, audiences, jwks_uri, jwks::pg_catalog.text AS jwks, algorithms, "
-    "extract(epoch FROM leeway)::pg_catalog.float8 AS leeway, "
-    "extract(epoch FROM max_token_lifetime)::pg_catalog.float8 AS max_token_lifetime, "
-    "enabled, "
-    "extract(epoch FROM jwks_refresh)::pg_catalog.float8 AS jwks_refresh, "
-    "extract(epoch FROM jwks_cooldown)::pg_catalog.float8 AS jwks_cooldown, "
-    "extract(epoch FROM http_timeout)::pg_catalog.float8 AS http_timeout, "
-    "allow_insecure_http, allow_loopback_http, typ, required_claims, authorized_parties, require_sub, "
-    "extract(epoch FROM jwks_max_stale)::pg_catalog.float8 AS jwks_max_stale, "
-    "extract(epoch FROM jwks_refresh_min)::pg_catalog.float8 AS jwks_refresh_min, "
-    "extract(epoch FROM jwks_refresh_max)::pg_catalog.float8 AS jwks_refresh_max, "
-    "max_sessions_per_subject FROM oauth.issuers"
-)
-RULES_QUERY = (
-    "SELECT id, issuer, claim, pattern, role, databases, "
-    "client_cidrs::pg_catalog.text[] AS client_cidrs, "
-    "max_sessions FROM oauth.role_map ORDER BY id"
-)
-# The shared-memory change counter (moved by every committed configuration
-# change, read by the worker before each request); NULL on a standby, where
-# replayed changes do not move it.
-COUNTER_QUERY = (
-    "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL "
-    "ELSE oauth.config_version() END AS counter"
-)
-# The table's version and what changed where (80-scale.sql); the table's oid
-# tells a re-created extension from the one loaded. Whether to trust those
-# counters: the structure counter (changes config_guard.c saw a statement make
-# that the triggers may not have) and how many of the triggers keeping them fire.
-TRACKING_TRIGGERS = (
-    "issuers_changed", "role_map_changed", "revocations_changed", "issuers_counted",
-    "role_map_counted", "revocations_counted", "revocations_inserted",
-)
-STATE_QUERY = (
-    "SELECT s.tableoid::pg_catalog.int8 AS table_id, s.version, s.changes_counted, "
-    "s.issuers_changes, s.role_map_changes, s.revocations_rewrites, "
-    "oauth._config_structure_version() AS structure, "
-    "(SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t "
-    "WHERE t.tgrelid OPERATOR(pg_catalog.=) ANY (ARRAY["
-    "'oauth.issuers'::pg_catalog.regclass::pg_catalog.oid, "
-    "'oauth.role_map'::pg_catalog.regclass::pg_catalog.oid, "
-    "'oauth.revocations'::pg_catalog.regclass::pg_catalog.oid]) "
-    "AND t.tgname OPERATOR(pg_catalog.=) ANY ('{" + ",".join(TRACKING_TRIGGERS) + "}'::"
-    "pg_catalog.name[]) AND t.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::"
-    "pg_catalog.\"char\"[])) AS tracking FROM oauth.config_state s"
-)
-_REVOCATION_COLUMNS = (
-    "SELECT id, issuer, subject, token_id, reason, "
-    "extract(epoch FROM expires_at)::pg_catalog.float8 AS expires_at, "
-    "extract(epoch FROM issued_before)::pg_catalog.float8 AS issued_before FROM oauth.revocations "
-)
-# expired rows are left out here; the validator also compares expires_at with now
-REVOCATIONS_QUERY = (
-    _REVOCATION_COLUMNS
-    + "WHERE expires_at IS NULL OR expires_at OPERATOR(pg_catalog.>) pg_catalog.now() "
-    "ORDER BY id"
-)
-# the rows added since a worker last read the table (by the primary key)
-REVOCATIONS_SINCE_QUERY = (
-    _REVOCATION_COLUMNS
-    + "WHERE id OPERATOR(pg_catalog.>) $1 "
-    "AND coalesce(expires_at OPERATOR(pg_catalog.>) pg_catalog.now(), true) ORDER BY id"
-)
-# Columns added after 1.0. Between the restart that loads a newer library and the
-# ALTER EXTENSION pg_oauth UPDATE that adds them, the tables are 1.0's: the queries
-# then read each missing one as its default (allow_loopback_http false, issued_before
-# NULL: every token), so logins go on. Checked at every full read (the update is DDL,
-# which makes the workers read everything again).
-LATER_COLUMNS = {
-    "allow_loopback_http": ("issuers", "allow_loopback_http, ", "false AS allow_loopback_http, "),
-    "issued_before": (
-        "revocations",
-        "extract(epoch FROM issued_before)::pg_catalog.float8 AS issued_before ",
-        "NULL::pg_catalog.float8 AS issued_before ",
-    ),
-}
-MISSING_COLUMNS_QUERY = (
-    "SELECT c.name FROM (VALUES ('issuers', 'allow_loopback_http'), "
-    "('revocations', 'issued_before')) AS c(tab, name) "
-    "WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a "
-    "WHERE a.attrelid OPERATOR(pg_catalog.=) "
-    "pg_catalog.to_regclass('oauth.' OPERATOR(pg_catalog.||) c.tab)::pg_catalog.oid "
-    "AND a.attname OPERATOR(pg_catalog.=) c.name AND NOT a.attisdropped)"
-)
-
-
-def query_for(query: str, missing: frozenset[str]) -> str:
-    """query with the columns of ``missing`` read as their defaults."""
-    for name in missing:
-        _table, column, default = LATER_COLUMNS[name]
-        query = query.replace(column, default)
-    return query
-
-
-# worker_log.c: without the PL/Python CONTEXT lines; one LOG line per change
-LOG_QUERY = "SELECT oauth._log($1, $2)"
-LOG_CONFIG_QUERY = "SELECT oauth._log_config_applied($1, $2, $3) AS first"
-# documents fetched before a committed oauth.refresh_keys() are never adopted again
-JWKS_CACHE_QUERY = (
-    "SELECT issuer, jwks_uri, discovered, jwks::pg_catalog.text AS jwks, etag, "
-    "extract(epoch FROM max_age)::pg_catalog.float8 AS max_age, "
-    "extract(epoch FROM fetched_at)::pg_catalog.float8 AS fetched_at FROM oauth.jwks_cache "
-    "WHERE fetched_at OPERATOR(pg_catalog.>) oauth._keys_dropped_at(issuer)"
-)
-RECOVERY_QUERY = "SELECT pg_catalog.pg_is_in_recovery() AS standby"
-# the statement as the client sent it: does it hold the token as a literal?
-CURRENT_QUERY_QUERY = "SELECT pg_catalog.current_query() AS query"
-CONFIG_DATABASE_QUERY = (
-    "SELECT oauth._in_config_database() AS here, "
-    "pg_catalog.current_setting('pg_oauth.database', true) AS config_database"
-)
-# Writers skip a row another process is writing (advisory lock, never waited
-# for), never replace a newer document, and give up on any other lock quickly.
-LOCK_TIMEOUT_QUERY = (
-    "SELECT pg_catalog.current_setting('lock_timeout') AS previous, "
-    "pg_catalog.set_config('lock_timeout', '100ms', true) AS now"
-)
-RESTORE_LOCK_TIMEOUT_QUERY = "SELECT pg_catalog.set_config('lock_timeout', $1, true)"
-PERSIST_QUERY = (
-    "INSERT INTO oauth.jwks_cache AS c "
-    "(issuer, jwks_uri, discovered, jwks, etag, max_age, fetched_at) "
-    "SELECT $1, $2, $3, $4::pg_catalog.jsonb, $5, pg_catalog.make_interval(secs => $6), "
-    "pg_catalog.to_timestamp($7) "
-    "WHERE pg_catalog.pg_try_advisory_xact_lock(1868658036, pg_catalog.hashtext($1)) "
-    "AND EXISTS (SELECT 1 FROM oauth.issuers i WHERE i.issuer OPERATOR(pg_catalog.=) $1) "
-    "ON CONFLICT (issuer) DO UPDATE SET jwks_uri = EXCLUDED.jwks_uri, "
-    "discovered = EXCLUDED.discovered, jwks = EXCLUDED.jwks, etag = EXCLUDED.etag, "
-    "max_age = EXCLUDED.max_age, fetched_at = EXCLUDED.fetched_at "
-    "WHERE c.fetched_at OPERATOR(pg_catalog.<) EXCLUDED.fetched_at"
-)
-TEXT, BOOL, FLOAT8, INT8 = (
-    "pg_catalog.text", "pg_catalog.bool", "pg_catalog.float8", "pg_catalog.int8"
-)
-PERSIST_TYPES = [TEXT, TEXT, BOOL, TEXT, TEXT, FLOAT8, FLOAT8]
-RECORD_FETCH_QUERY = "SELECT oauth._record_jwks_fetch($1::pg_catalog.text, $2::pg_catalog.bool)"
-RECORD_FETCH_TYPES = [TEXT, BOOL]
-KEYS_CHANGED_QUERY = "SELECT oauth._keys_changed()"
-KID_REFETCH_QUERY = (
-    "SELECT oauth._kid_refetch_allowed($1::pg_catalog.text, $2::pg_catalog.float8) AS allowed"
-)
-KID_REFETCH_TYPES = [TEXT, FLOAT8]
-# The role checks the backend makes after the validator (auth_hook.c): exists,
-# may log in, reaches no privilege pg_oauth.allow_privileges does not name.
-ROLE_QUERY = (
-    "SELECT r.rolcanlogin, "
-    "ARRAY(SELECT p.privilege FROM oauth.role_privileges(r.rolname) "
-    "WITH ORDINALITY AS p(privilege, via, allowed, n) WHERE NOT p.allowed ORDER BY p.n) "
-    "AS refused, "
-    "ARRAY(SELECT p.via FROM oauth.role_privileges(r.rolname) "
-    "WITH ORDINALITY AS p(privilege, via, allowed, n) WHERE NOT p.allowed ORDER BY p.n) "
-    "AS refused_via "
-    "FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $1"
-)
-
-
-@dataclass(frozen=True)
-class ConfigState:
-    """The row of oauth.config_state: the version and what changed in each table."""
-
-    table_id: int  # the table's oid: a re-created extension starts over
-    version: int
-    changes_counted: int = 0  # moves with version while the counting triggers run
-    issuers_changes: int = 0
-    role_map_changes: int = 0
-    revocations_rewrites: int = 0  # updates, deletes, and ids inserted out of order
-    structure: int | None = None  # oauth._config_structure_version(); None: unknown
-    tracking: int = len(TRACKING_TRIGGERS)  # of those triggers, how many fire
-
-    def counted_since(self, old: ConfigState) -> bool:
-        """Whether the counters explain every change since ``old``: the same table,
-        no statement the triggers may have missed, every trigger firing, and each
-        statement that moved the version also moved the counters."""
-        return (
-            self.table_id == old.table_id
-            and self.structure == old.structure
-            and self.tracking == old.tracking == len(TRACKING_TRIGGERS)
-            and self.version - old.version == self.changes_counted - old.changes_counted
-        )
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> ConfigState:
-        return cls(
-            table_id=int(row["table_id"]),
-            version=int(row["version"]),
-            changes_counted=int(row["changes_counted"]),
-            issuers_changes=int(row["issuers_changes"]),
-            role_map_changes=int(row["role_map_changes"]),
-            revocations_rewrites=int(row["revocations_rewrites"]),
-            structure=None if row["structure"] is None else int(row["structure"]),
-            tracking=int(row["tracking"]),
-        )
-
-
-def _pg_text(value: str) -> str:
-    # text cannot hold NUL, and PL/Python cannot encode lone surrogates (which JSON
-    # \ud800 escapes produce): both would make the whole call fail
-    if value.isascii() and "\x00" not in value:
-        return value
-    return "".join(
-        "\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in value
-    )
-
-
-def _pg_json(value: Any) -> Any:
-    """A copy of a JSON value whose strings jsonb accepts (no NUL, no lone surrogates)."""
-    if isinstance(value, str):
-        return _pg_text(value)
-    if isinstance(value, dict):
-        return {_pg_text(k): _pg_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_pg_json(v) for v in value]
-    return value
-
-
-def _optional_text(value: str | None) -> str | None:
-    return None if value is None else _pg_text(value)
-
-
-def decision_row(decision: Decision) -> dict[str, Any]:
-    """A Decision as one row of oauth.validate()'s result table."""
-    return {
-        "ok": decision.ok,
-        "reason": decision.reason,
-        "detail": _pg_text(decision.detail),
-        "allowed_roles": [_pg_text(r) for r in decision.allowed_roles],
-        "issuer": _optional_text(decision.issuer),
-        "subject": _optional_text(decision.subject),
-        "token_id": _optional_text(decision.token_id),
-        "expires_at": decision.expires_at.isoformat() if decision.expires_at else None,
-        "kid": _optional_text(decision.kid),
-        "alg": _optional_text(decision.alg),
-        "key_cache": decision.key_cache,
-        "max_sessions": decision.max_sessions,
-        "claims": None if decision.claims is None else claims_json(decision.claims),
-    }
-
-
-def claims_json(claims: dict[str, Any]) -> str:
-    """Claims as compact JSON text that jsonb accepts."""
-    text = json.dumps(claims, ensure_ascii=False, separators=(",", ":"))
-    try:
-        text.encode("utf-8")
-        clean = "\\u0000" not in text
-    except UnicodeEncodeError:
-        clean = False
-    if clean:
-        return text
-    return json.dumps(_pg_json(claims), ensure_ascii=False, separators=(",", ":"))
-
-
-def _error_row(exc: BaseException) -> dict[str, Any]:
-    return {
-        "ok": False,
-        "reason": ValidatorError.reason,
-        "detail": type(exc).__name__,
-        "allowed_roles": [],
-        "issuer": None,
-        "subject": None,
-        "token_id": None,
-        "expires_at": None,
-        "kid": None,
-        "alg": None,
-        "key_cache": None,
-        "max_sessions": None,
-        "claims": None,
-    }
-
-
-def cached_jwks(row: dict[str, Any]) -> CachedJwks:
-    """One oauth.jwks_cache row (as JWKS_CACHE_QUERY returns it)."""
-    return CachedJwks(
-        issuer=str(row["issuer"]),
-        jwks_uri=str(row["jwks_uri"]),
-        discovered=bool(row["discovered"]),
-        jwks=str(row["jwks"]),
-        etag=row.get("etag"),
-        max_age=None if row.get("max_age") is None else float(row["max_age"]),
-        fetched_at=float(row["fetched_at"]),
-    )
-
-
-def explain_rows(
-    decision: Decision, notes: list[str] | None = None
-) -> list[dict[str, Any]]:
-    """The trail of a decision as rows of oauth.explain(), then one ``note`` row per
-    message the validator would have logged, ending with the verdict."""
-    rows = [
-        {
-            "step": number,
-            "name": check.name,
-            "outcome": check.outcome,
-            "input": _pg_text(check.input),
-            "detail": _pg_text(check.info),
-        }
-        for number, check in enumerate(decision.trail, start=1)
-    ]
-    rows.extend(
-        {
-            "step": len(rows) + number,
-            "name": "note",
-            "outcome": "info",
-            "input": "",
-            "detail": _pg_text(note),
-        }
-        for number, note in enumerate(notes or [], start=1)
-    )
-    rows.append(
-        {
-            "step": len(rows) + 1,
-            "name": "decision",
-            "outcome": "pass" if decision.ok else "fail",
-            "input": _pg_text(
-                f"allowed roles: {', '.join(decision.allowed_roles) or 'none'}"
-            ),
-            "detail": _pg_text(f"{decision.reason}: {decision.detail}"),
-        }
-    )
-    return rows
-
 
 # the payload or the signature, as long as the log-hygiene test looks for
 _SECRET_SEGMENT_CHARS = 16
@@ -367,33 +79,6 @@ def written_into(token: str | bytes, statement: str | None) -> bool:
         len(part) >= _SECRET_SEGMENT_CHARS and part in statement
         for part in text.split(".")[1:3]
     )
-
-
-def statement_refusal_rows() -> list[dict[str, Any]]:
-    """oauth.explain()'s answer to a token written into the statement text."""
-    detail = (
-        "token_in_statement: the token is part of the statement text, which "
-        "log_statement, log_min_duration_statement, log_min_error_statement, "
-        "auto_explain and pgaudit can write to the server log; pass it as a bind "
-        "parameter ($1) with statement logging off for the transaction, or use "
-        "pg-oauth explain --dsn"
-    )
-    return [
-        {
-            "step": 1,
-            "name": "statement",
-            "outcome": "fail",
-            "input": "the token's payload or signature is in the statement text",
-            "detail": "not checked",
-        },
-        {
-            "step": 2,
-            "name": "decision",
-            "outcome": "fail",
-            "input": "allowed roles: none",
-            "detail": detail,
-        },
-    ]
 
 
 class Adapter:
@@ -430,7 +115,7 @@ class Adapter:
             return decision_row(decision)
         except Exception as exc:  # noqa: BLE001 - fail closed, never raise into the worker
             self._warn(f"pg_oauth: validator error: {type(exc).__name__}")
-            return _error_row(exc)
+            return error_row(exc)
         finally:
             self._after_fetches()
 

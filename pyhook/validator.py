@@ -55,8 +55,9 @@ from pyhook.errors import (
     UntrustedIssuer,
     ValidationError,
     ValidatorError,
+    show,
 )
-from pyhook.jwks_cache import KeyStore, show
+from pyhook.jwks_cache import KeyStore
 
 # PG_OAUTH_TOKEN_CEILING in pg_oauth_ext/pg_oauth.h, the highest pg_oauth.max_token_bytes
 # the C side accepts: the two must agree (tests/unit/test_validator.py compares them)

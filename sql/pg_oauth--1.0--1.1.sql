@@ -486,6 +486,56 @@ return None
 $$;
 REVOKE ALL ON FUNCTION oauth._role_map_check() FROM PUBLIC;
 
+-- The PL/Python functions that call the adapter load it with the same two lines
+-- as the role_map check (the set-up itself stays in oauth._adapter_load()).
+-- CREATE OR REPLACE keeps their privileges and comments.
+CREATE OR REPLACE FUNCTION oauth.validate(
+        token text, requested_role text, database text, client_addr inet,
+        ssl boolean, config_version bigint)
+    RETURNS TABLE(ok boolean, reason text, detail text, allowed_roles text[],
+                  issuer text, subject text, token_id text,
+                  expires_at timestamptz, claims jsonb,
+                  kid text, alg text, key_cache text, max_sessions integer)
+    LANGUAGE plpython3u VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+if 'pg_oauth_adapter' not in GD:
+    plpy.execute("SELECT oauth._adapter_load()")
+return [GD['pg_oauth_adapter'].validate(
+    token, requested_role, database, client_addr, ssl, config_version)]
+$$;
+
+CREATE OR REPLACE FUNCTION oauth.warmup() RETURNS text
+    LANGUAGE plpython3u VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+if 'pg_oauth_adapter' not in GD:
+    plpy.execute("SELECT oauth._adapter_load()")
+return GD['pg_oauth_adapter'].warmup()
+$$;
+
+CREATE OR REPLACE FUNCTION oauth.explain(
+        token text, role text, database text DEFAULT current_database(),
+        client_addr inet DEFAULT NULL)
+    RETURNS TABLE(step integer, name text, outcome text, input text, detail text)
+    LANGUAGE plpython3u VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+if 'pg_oauth_adapter' not in GD:
+    plpy.execute("SELECT oauth._adapter_load()")
+return GD['pg_oauth_adapter'].explain(
+    token, role, database, None if client_addr is None else str(client_addr))
+$$;
+
+CREATE OR REPLACE FUNCTION oauth._refresh_keys_now(issuers text[]) RETURNS text
+    LANGUAGE plpython3u VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+if 'pg_oauth_adapter' not in GD:
+    plpy.execute("SELECT oauth._adapter_load()")
+return GD['pg_oauth_adapter'].refresh_keys_now(None if issuers is None else list(issuers))
+$$;
+
 -- Comments on functions 1.0 shipped without
 COMMENT ON FUNCTION oauth._in_config_database() IS
     'Whether this is the database named by pg_oauth.database (the write guard asks it for every writer; executable by PUBLIC on purpose)';

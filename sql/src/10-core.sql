@@ -175,7 +175,9 @@ COMMENT ON FUNCTION oauth.claim(text) IS
 -- The validator (PL/Python); the logic lives in the pyhook package
 ------------------------------------------------------------------------------
 
--- Loads pyhook from pg_oauth.python_path once per process.
+-- Loads pyhook from pg_oauth.python_path once per process.  Every PL/Python
+-- function that needs it starts with the same two lines: each has globals of
+-- its own, so GD (shared) holds the adapter and this function the set-up.
 CREATE FUNCTION oauth._adapter_load() RETURNS void
     LANGUAGE plpython3u
     SET search_path = pg_catalog, pg_temp
@@ -201,11 +203,10 @@ CREATE FUNCTION oauth.validate(
     LANGUAGE plpython3u VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
-adapter = GD.get('pg_oauth_adapter')
-if adapter is None:
+if 'pg_oauth_adapter' not in GD:
     plpy.execute("SELECT oauth._adapter_load()")
-    adapter = GD['pg_oauth_adapter']
-return [adapter.validate(token, requested_role, database, client_addr, ssl, config_version)]
+return [GD['pg_oauth_adapter'].validate(
+    token, requested_role, database, client_addr, ssl, config_version)]
 $$;
 REVOKE ALL ON FUNCTION oauth.validate(text, text, text, inet, boolean, bigint) FROM PUBLIC;
 COMMENT ON FUNCTION oauth.validate(text, text, text, inet, boolean, bigint) IS
@@ -216,11 +217,9 @@ CREATE FUNCTION oauth.warmup() RETURNS text
     LANGUAGE plpython3u VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
-adapter = GD.get('pg_oauth_adapter')
-if adapter is None:
+if 'pg_oauth_adapter' not in GD:
     plpy.execute("SELECT oauth._adapter_load()")
-    adapter = GD['pg_oauth_adapter']
-return adapter.warmup()
+return GD['pg_oauth_adapter'].warmup()
 $$;
 REVOKE ALL ON FUNCTION oauth.warmup() FROM PUBLIC;
 COMMENT ON FUNCTION oauth.warmup() IS

@@ -114,12 +114,10 @@ CREATE FUNCTION oauth.explain(
     LANGUAGE plpython3u VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
-adapter = GD.get('pg_oauth_adapter')
-if adapter is None:
+if 'pg_oauth_adapter' not in GD:
     plpy.execute("SELECT oauth._adapter_load()")
-    adapter = GD['pg_oauth_adapter']
-return adapter.explain(token, role, database,
-                       None if client_addr is None else str(client_addr))
+return GD['pg_oauth_adapter'].explain(
+    token, role, database, None if client_addr is None else str(client_addr))
 $$;
 REVOKE ALL ON FUNCTION oauth.explain(text, text, text, inet) FROM PUBLIC;
 COMMENT ON FUNCTION oauth.explain(text, text, text, inet) IS

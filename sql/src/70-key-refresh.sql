@@ -25,11 +25,9 @@ CREATE FUNCTION oauth._refresh_keys_now(issuers text[]) RETURNS text
     LANGUAGE plpython3u VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
-adapter = GD.get('pg_oauth_adapter')
-if adapter is None:
+if 'pg_oauth_adapter' not in GD:
     plpy.execute("SELECT oauth._adapter_load()")
-    adapter = GD['pg_oauth_adapter']
-return adapter.refresh_keys_now(None if issuers is None else list(issuers))
+return GD['pg_oauth_adapter'].refresh_keys_now(None if issuers is None else list(issuers))
 $$;
 REVOKE ALL ON FUNCTION oauth._refresh_keys_now(text[]) FROM PUBLIC;
 

@@ -14,8 +14,8 @@ import psycopg
 from conftest import MINTED, make_cluster, token_leaks, until
 from pgcluster import Cluster
 
-from pyhook.plpython_adapter import statement_refusal_rows
 from pyhook.server_explain import quiet_transaction
+from pyhook.sql_rows import statement_refusal_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -23,20 +23,15 @@ from pyhook.config import Config
 from pyhook.dev_issuer import DevIssuer
 from pyhook.errors import UnknownKey
 from pyhook.jwks_cache import KeyStore
-from pyhook.plpython_adapter import (
-    CURRENT_QUERY_QUERY,
-    ISSUERS_QUERY,
-    JWKS_CACHE_QUERY,
-    Adapter,
-    statement_refusal_rows,
-    written_into,
-)
+from pyhook.plpython_adapter import Adapter, written_into
 from pyhook.server_explain import (
     OPTIONAL_QUIET_SETTINGS,
     QUIET_SETTINGS,
     ServerExplainError,
     quiet_transaction,
 )
+from pyhook.sql_queries import CURRENT_QUERY_QUERY, ISSUERS_QUERY, JWKS_CACHE_QUERY
+from pyhook.sql_rows import statement_refusal_rows
 
 
 class SessionPlpy(FakePlpy):

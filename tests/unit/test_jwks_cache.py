@@ -38,15 +38,9 @@ from unit_support import (
 from pyhook.config import Config, IssuerConfig
 from pyhook.dev_issuer import DevIssuer, b64url
 from pyhook.errors import JwksUnavailable, KeyNotFound, UnknownKey
-from pyhook.jwks_cache import (
-    MAX_DOCUMENT_BYTES,
-    REFRESH_AHEAD,
-    FetchError,
-    KeyStore,
-    check_url,
-    parse_jwks,
-    urllib_fetch,
-)
+from pyhook.jwk_set import parse_jwks
+from pyhook.jwks_cache import REFRESH_AHEAD, KeyStore
+from pyhook.jwks_fetch import MAX_DOCUMENT_BYTES, FetchError, check_url, urllib_fetch
 
 # -- parsing ---------------------------------------------------------------------------
 

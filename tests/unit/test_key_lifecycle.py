@@ -23,14 +23,13 @@ from unit_support import (
 from pyhook.config import Config, IssuerConfig
 from pyhook.dev_issuer import DevIssuer
 from pyhook.errors import JwksUnavailable, KeyNotFound
-from pyhook.jwks_cache import (
+from pyhook.jwk_set import parse_jwks
+from pyhook.jwks_cache import CachedJwks, KeyStore
+from pyhook.jwks_fetch import (
     MAX_DOCUMENT_BYTES,
-    CachedJwks,
     FetchError,
     FetchResult,
-    KeyStore,
     cache_max_age,
-    parse_jwks,
     urllib_fetch,
 )
 

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from unit_support import AUD, ISS, NOW, Documents, issuer_row, no_network, rule_row
 
-from pyhook import plpython_adapter
+from pyhook import sql_queries
 from pyhook.dev_issuer import DevIssuer
 from pyhook.jwks_cache import KeyStore
-from pyhook.plpython_adapter import (
+from pyhook.plpython_adapter import Adapter
+from pyhook.sql_queries import (
     CONFIG_DATABASE_QUERY,
     COUNTER_QUERY,
     ISSUERS_QUERY,
@@ -41,7 +42,6 @@ from pyhook.plpython_adapter import (
     RULES_QUERY,
     STATE_QUERY,
     TRACKING_TRIGGERS,
-    Adapter,
     query_for,
 )
 
@@ -266,11 +266,11 @@ _GRAMMAR = {"extract", "coalesce", "exists", "in", "values", "operator", "confli
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in dir(plpython_adapter) if n.endswith("_QUERY")]
+    "name", [n for n in dir(sql_queries) if n.endswith("_QUERY")]
 )
 def test_queries_resolve_no_name_through_search_path(name: str) -> None:
     """A superuser runs these in a database whose owner may not be one."""
-    query = getattr(plpython_adapter, name)
+    query = getattr(sql_queries, name)
     # a name before "(", except a table alias before its column list
     calls = re.findall(r"(?<!AS )\b([A-Za-z_][A-Za-z_0-9.]*)\s*\(", query)
     loose = [c for c in calls if "." not in c and c.lower() not in _GRAMMAR]
@@ -656,7 +656,7 @@ def test_now_is_the_wall_clock(plpy: FakePlpy, dev: DevIssuer) -> None:
 
 
 def test_claims_json_is_untouched_when_clean() -> None:
-    from pyhook.plpython_adapter import claims_json
+    from pyhook.sql_rows import claims_json
 
     assert (
         claims_json({"a": "b\\u0000c", "n": [1, 2.5]})

@@ -21,7 +21,8 @@ from pyhook.decision import STEPS, Decision
 from pyhook.dev_issuer import DevIssuer, b64url, encode_jws
 from pyhook.errors import REASONS
 from pyhook.jwks_cache import KeyStore
-from pyhook.plpython_adapter import Adapter, decision_row, explain_rows
+from pyhook.plpython_adapter import Adapter
+from pyhook.sql_rows import decision_row, explain_rows
 from pyhook.validator import validate
 
 # generous: catches a hang or a quadratic blow-up, not a slow machine
