@@ -14,7 +14,7 @@ from pg_oauth_client.driver_hooks import (
     sqlalchemy_token,
     token_provider,
 )
-from pg_oauth_client.errors import ClientError, ConfigError, IdPError
+from pg_oauth_client.errors import ClientError, ConfigError, IdPError, NoTokenError
 from pg_oauth_client.profile import Profile, load_profile
 from pg_oauth_client.tokens import get_token, obtain
 
@@ -22,6 +22,7 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "IdPError",
+    "NoTokenError",
     "Profile",
     "async_token_provider",
     "get_token",

@@ -34,3 +34,8 @@ class SignInNeeded(ClientError):
 
 class SourceError(ClientError):
     """A token file, command or CI environment did not give a usable token."""
+
+
+class NoTokenError(ClientError):
+    """A transaction behind a pooler was begun with no end-user token to authenticate it
+    (pg_oauth_client.pooled): pass one, or set it with using_token()."""
