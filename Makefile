@@ -8,6 +8,7 @@
 #                        dist/postgresql-<major>-pg-oauth_<version>_amd64.deb (scripts/build-deb.sh)
 #   make test-deps       what tests, demo and benchmarks need on top: pgbouncer, python3-venv,
 #                        the unprivileged pgoauth OS user that runs their servers, the venv
+#                        (with the development tools of devtools/, which make install leaves out)
 #   make test            everything the test suite needs (as root on Debian 12), then the suite
 #   make unit-test       the tests that need no server; as any user (tests/README.md)
 #   make demo            a throwaway cluster, a dev issuer, one login that works and one refused
@@ -176,7 +177,7 @@ bench: test-deps node-deps
 	PG_BIN="$$($(PG_CONFIG) --bindir)" $(VENV)/bin/python bench/run.py
 
 lint: test-deps
-	$(VENV)/bin/ruff check pyhook client tests bench scripts
+	$(VENV)/bin/ruff check pyhook client devtools tests bench scripts
 
 # CMD as root with PG_BIN naming this server's programs
 run:

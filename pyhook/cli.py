@@ -4,7 +4,8 @@ Operator commands, for the server's administrators (``make install`` puts them o
 PATH): ``explain``/``check``, the validator's decision on a token, and
 ``doctor``, the server's setup checker (``oauth.check_setup()``). Development
 commands, never for production: ``dev-issuer``, ``mint`` and ``rotate``, a local
-issuer and its tokens (docs/dev-tools.md).
+issuer and its tokens (docs/dev-tools.md), from the development package
+(pg_oauth_dev, devtools/), which no server has.
 
 ``explain`` and ``check`` with ``--dsn`` run ``oauth.explain`` on the server (the
 workers' keys, the role checks), the token a bind parameter in a transaction that
@@ -19,15 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
-import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from pyhook.dev_issuer import ISSUER_FILE, SIGNING_ALGORITHMS, DevIssuer
 from pyhook.jwks_cache import FetchError, KeyStore
 from pyhook.offline_config import (
     ConfigFileError,
@@ -49,16 +45,6 @@ from pyhook.validator import validate
 EXIT_ALLOWED, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
 
 
-def _claim(text: str) -> tuple[str, Any]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    try:
-        return name, json.loads(value)
-    except ValueError:
-        return name, value
-
-
 OPERATOR_COMMANDS = {
     "explain": "every check of a token login with its input and outcome",
     "check": "one line: would this token log in? (exit 0 yes, 1 no, 2 error)",
@@ -67,6 +53,7 @@ OPERATOR_COMMANDS = {
     "uninstall": "take pg_oauth out of a cluster in a safe order "
     "(token lines, preloads, extension)",
 }
+# the development package (pg_oauth_dev, devtools/; never on a server) owns these
 DEVELOPMENT_COMMANDS = {
     "dev-issuer": "serve a local OIDC issuer until killed",
     "mint": "print a token signed by the development issuer's keys",
@@ -112,51 +99,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(
         dest="command", required=True, help=argparse.SUPPRESS
-    )
-
-    text = "development: " + DEVELOPMENT_COMMANDS["dev-issuer"]
-    serve = commands.add_parser("dev-issuer", description=text)
-    serve.add_argument(
-        "--dir", required=True, help="key directory (created if missing)"
-    )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
-
-    text = "development: " + DEVELOPMENT_COMMANDS["mint"]
-    mint = commands.add_parser("mint", description=text)
-    mint.add_argument("--dir", required=True, help="key directory of the dev issuer")
-    mint.add_argument("--sub", required=True)
-    mint.add_argument("--aud", required=True)
-    mint.add_argument(
-        "--alg",
-        default=None,
-        choices=SIGNING_ALGORITHMS,
-        help="default RS256, or the alg of --kid",
-    )
-    mint.add_argument("--lifetime", type=int, default=300, help="seconds (default 300)")
-    mint.add_argument(
-        "--expired", action="store_true", help="a token that expired an hour ago"
-    )
-    mint.add_argument(
-        "--claim",
-        action="extend",
-        nargs="+",
-        type=_claim,
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra claim; VALUE is JSON if it parses",
-    )
-    mint.add_argument("--kid", default=None)
-    mint.add_argument("--issuer", default=None, help="iss (default: read DIR/issuer)")
-
-    text = "development: " + DEVELOPMENT_COMMANDS["rotate"]
-    rotate = commands.add_parser("rotate", description=text)
-    rotate.add_argument("--dir", required=True)
-    rotate.add_argument("--alg", default="RS256", choices=SIGNING_ALGORITHMS)
-    rotate.add_argument(
-        "--retire",
-        action="store_true",
-        help="stop publishing the older keys of this alg",
     )
 
     for name in ("explain", "check"):
@@ -217,49 +159,6 @@ def _parser() -> argparse.ArgumentParser:
                            help="DROP EXTENSION ... CASCADE: also what depends on it "
                            "(RLS policies calling oauth.claim(), ...)")
     return parser
-
-
-def _serve(args: argparse.Namespace) -> int:
-    issuer = DevIssuer(args.dir, host=args.host, port=args.port).start()
-    url = issuer.issuer
-    path = os.path.join(issuer.key_dir, ISSUER_FILE)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(url + "\n")
-    print(url, flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    issuer.stop()
-    return 0
-
-
-def _mint(args: argparse.Namespace) -> int:
-    issuer = DevIssuer(args.dir)
-    claims: dict[str, Any] = {"iss": args.issuer or issuer.issuer}
-    now = time.time()
-    if args.expired:
-        now -= 3600 + args.lifetime
-    claims.update(dict(args.claim))
-    print(
-        issuer.mint(
-            claims,
-            alg=args.alg,
-            kid=args.kid,
-            lifetime=args.lifetime,
-            sub=args.sub,
-            aud=args.aud,
-            now=now,
-        )
-    )
-    return 0
-
-
-def _rotate(args: argparse.Namespace) -> int:
-    print(DevIssuer(args.dir).rotate(args.alg, retire=args.retire))
-    return 0
 
 
 def _no_network(
@@ -369,21 +268,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "(pip install ./client, docs/clients.md)", file=sys.stderr)
             return EXIT_ERROR
         return client_main(argv)
+    if argv and argv[0] in DEVELOPMENT_COMMANDS:
+        try:
+            from pg_oauth_dev.cli import main as development_main
+        except ImportError:
+            print(f"pg-oauth {argv[0]}: a development command: install the development "
+                  "package (pip install ./devtools, docs/dev-tools.md)", file=sys.stderr)
+            return EXIT_ERROR
+        return development_main(argv)
     args = _parser().parse_args(argv)
     try:
-        if args.command == "dev-issuer":
-            return _serve(args)
-        if args.command == "mint":
-            return _mint(args)
         if args.command == "explain":
             return _explain(args)
         if args.command == "check":
             return _check(args)
         if args.command == "doctor":
             return _doctor(args)
-        if args.command == "uninstall":
-            return _uninstall(args)
-        return _rotate(args)
+        return _uninstall(args)
     except ConfigFileError as exc:
         print(f"pg-oauth {args.command}: {exc}", file=sys.stderr)
         return EXIT_ERROR

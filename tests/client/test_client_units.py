@@ -21,8 +21,7 @@ from pg_oauth_client.errors import ConfigError, IdPError
 from pg_oauth_client.oauth_flows import OAuthClient
 from pg_oauth_client.profile import load_profile
 from pg_oauth_client.refusal import advice, find_refusal
-
-from pyhook.dev_issuer import b64url
+from pg_oauth_dev.dev_issuer import b64url
 
 Handler = Callable[[str, str, dict[str, str], bytes], tuple[int, dict]]
 

@@ -429,7 +429,7 @@ def empty_jwks_server() -> Iterator[str]:
 def test_doctor_reports_an_issuer_without_usable_keys(tidy, issuer, tmp_path):
     """Issue 19: an issuer whose JWKS is unreachable or empty refuses every token of it;
     pg-oauth doctor names it with the fix, and not an issuer whose keys the server holds."""
-    from pyhook.dev_issuer import DevIssuer
+    from pg_oauth_dev.dev_issuer import DevIssuer
 
     down = DevIssuer(str(tmp_path)).start()
     down.set_broken()

@@ -17,9 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import AUDIENCE, CLUSTERS, RecordingIssuer, attempt, make_cluster, until
+from pg_oauth_dev.dev_issuer import DevIssuer
 from pgcluster import Cluster, free_port
-
-from pyhook.dev_issuer import DevIssuer
 
 ROOT = Path(__file__).resolve().parents[2]
 

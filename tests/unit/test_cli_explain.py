@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_oauth_dev.dev_issuer import DevIssuer
 from test_cli import PYTHON
 from unit_support import AUD, ISS, NOW, ROOT
 
 from pyhook.cli import EXIT_ALLOWED, EXIT_ERROR, EXIT_REFUSED, main
-from pyhook.dev_issuer import DevIssuer
 from pyhook.offline_config import ConfigFileError, config_from_document, parse_interval
 
 Run = Callable[..., tuple[int, str, str]]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_oauth_dev.dev_issuer import DevIssuer
 from test_plpython_adapter import (
     JWKS_URL,
     FakePlan,
@@ -20,7 +21,6 @@ from test_plpython_adapter import (
 from unit_support import AUD, ISS, ROOT, Documents, issuer_row, rule_row
 
 from pyhook.config import Config
-from pyhook.dev_issuer import DevIssuer
 from pyhook.errors import UnknownKey
 from pyhook.jwks_cache import KeyStore
 from pyhook.plpython_adapter import (
