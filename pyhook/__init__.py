@@ -3,8 +3,8 @@
 The modules have one job each: ``validator`` decides, ``jwks_cache`` holds keys,
 ``config`` reads the oauth.* tables' rows, ``claim_path`` resolves claim paths,
 ``plpython_adapter`` is the PL/Python entry point, ``offline_config`` feeds
-``pg-oauth explain``/``check`` from a JSON file or a database, ``cli`` is the
-``pg-oauth`` command of the server's administrators.
+``pg-oauth explain``/``check`` from a JSON file or a database, ``cli`` holds the
+subcommands of ``pg-oauth`` for the server's administrators.
 Importing the package itself loads nothing heavy.
 """
 

@@ -1,6 +1,7 @@
-"""The development subcommands of ``pg-oauth``: ``dev-issuer``, ``mint`` and ``rotate``,
-a local stand-in issuer and its tokens (docs/dev-tools.md), never for production. Each
-parses the arguments after its name.
+"""The development subcommands of ``pg-oauth`` (pg_oauth_command finds them through the
+entry-point group ``pg_oauth.commands``): ``dev-issuer``, ``mint`` and ``rotate``, a local
+stand-in issuer and its tokens (docs/dev-tools.md), never for production. Each parses the
+arguments after its name.
 """
 
 from __future__ import annotations
@@ -122,11 +123,3 @@ def _mint(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     print(DevIssuer(args.dir).rotate(args.alg, retire=args.retire))
     return 0
-
-
-COMMANDS = {"dev-issuer": dev_issuer, "mint": mint, "rotate": rotate}
-
-
-def main(argv: Sequence[str]) -> int:
-    """pyhook's pg-oauth runs ``pg-oauth NAME ...`` of these here."""
-    return COMMANDS[argv[0]](argv[1:])

@@ -295,6 +295,7 @@ def test_the_dba_guide_as_written(install, debian_cluster, dev_issuer, tmp_path,
         assert shutil.which("pg-oauth", path=PACKAGE_PATH) == "/usr/bin/pg-oauth"
     out = guide.run("installed").stdout
     assert "pg_oauth.control" in out and "operator commands" in out
+    assert "\n  mint " not in out and "development" not in out, out  # devtools/ only
 
     assert f"DNS:{fqdn}" in guide.run("certificate").stdout
     out = guide.run("postgresql.conf").stdout

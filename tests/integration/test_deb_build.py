@@ -108,13 +108,27 @@ def test_make_install_leaves_the_development_tools_out(tmp_path) -> None:
                           f"DESTDIR={root}"], cwd=ROOT, capture_output=True, text=True,
                          timeout=600, check=False)  # fmt: skip
     assert out.returncode == 0, f"make install:\n{out.stdout}\n{out.stderr}"
-    assert (server_python_tree(root) / "pyhook" / "validator.py").is_file()
+    python = server_python_tree(root)
+    assert (python / "pyhook" / "validator.py").is_file()
     assert_no_development_tools(root)
+    # pg-oauth there: pyhook's subcommands, nothing else; the others say where they are
+    entry_points = next(python.glob("pyhook-*.dist-info")) / "entry_points.txt"
+    assert entry_points.read_text().split() == [
+        "[pg_oauth.commands]", "check", "=", "pyhook.cli:check", "doctor", "=",
+        "pyhook.cli:doctor", "explain", "=", "pyhook.cli:explain", "uninstall", "=",
+        "pyhook.cli:uninstall"]  # fmt: skip
+    done = server_pg_oauth(root, "--help")
+    assert done.returncode == 0, done
+    assert [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")] \
+        == ["explain", "check", "doctor", "uninstall"], done.stdout
+    assert "operator commands" in done.stdout and "development" not in done.stdout
     for name in ("dev-issuer", "mint", "rotate"):
         done = server_pg_oauth(root, name, "--help")
-        assert done.returncode == 2 and "development package" in done.stderr, done
+        assert done.returncode == 2 and "the development package" in done.stderr, done
+    done = server_pg_oauth(root, "token")
+    assert done.returncode == 2 and "the client package" in done.stderr, done
     done = server_pg_oauth(root, "doctor", "--help")
-    assert done.returncode == 0 and "every risk" in done.stdout, done
+    assert done.returncode == 0 and "usage: pg-oauth doctor" in done.stdout, done
 
 
 def test_deb_maintainer_wins_over_everything(empty_home) -> None:

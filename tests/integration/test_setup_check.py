@@ -347,7 +347,7 @@ def test_template_without_the_library_keeps_superusers_and_replication_out(tidy,
 def doctor(dsn: str, *args: str, env: dict[str, str] | None = None
            ) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
-        [sys.executable, "-m", "pyhook", "doctor", "--dsn", dsn, *args],
+        [sys.executable, "-m", "pg_oauth_command", "doctor", "--dsn", dsn, *args],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
