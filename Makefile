@@ -8,6 +8,7 @@
 #                        dist/postgresql-<major>-pg-oauth_<version>_amd64.deb (scripts/build-deb.sh)
 #   make test-deps       what tests, demo and benchmarks need on top: pgbouncer, python3-venv,
 #                        the unprivileged pgoauth OS user that runs their servers, the venv
+#                        (with the development tools of devtools/, which make install leaves out)
 #   make test            everything the test suite needs (as root on Debian 12), then the suite
 #   make unit-test       the tests that need no server; as any user (tests/README.md)
 #   make demo            a throwaway cluster, a dev issuer, one login that works and one refused
@@ -97,13 +98,20 @@ build/sql/pg_oauth--$(EXT_VERSION).sql: $(sort $(wildcard sql/src/*.sql)) sql/pg
 
 # pyhook and its dependencies, at the exact versions of constraints.txt, go into a
 # directory of their own, put first on sys.path by the workers (pg_oauth.python_path)
-# and by the pg-oauth command, so the system Python is untouched.
+# and by the pg-oauth command, so the system Python is untouched. pip installs pyhook
+# itself (setup.py), so that its metadata names the subcommands it brings to pg-oauth; from
+# a fresh copy, as setuptools would pack whatever an earlier build left in build/lib. The
+# command is the client's pg_oauth_command (the standard library only), without the client.
+PYHOOK_SOURCE = build/pyhook-source
+EXTRA_CLEAN += $(PYHOOK_SOURCE)
 install-python:
-	rm -rf '$(DESTDIR)$(PYTHON_TARGET).new'
+	rm -rf '$(DESTDIR)$(PYTHON_TARGET).new' $(PYHOOK_SOURCE)
+	mkdir -p $(PYHOOK_SOURCE)
+	cp -r setup.py LICENSE pyhook $(PYHOOK_SOURCE)/
 	$(SERVER_PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
 		--root-user-action=ignore --target '$(DESTDIR)$(PYTHON_TARGET).new' \
-		-r requirements.txt -c constraints.txt
-	cp -r pyhook '$(DESTDIR)$(PYTHON_TARGET).new/'
+		-r requirements.txt -c constraints.txt ./$(PYHOOK_SOURCE)
+	cp client/pg_oauth_command.py '$(DESTDIR)$(PYTHON_TARGET).new/'
 	find '$(DESTDIR)$(PYTHON_TARGET).new' -name __pycache__ -prune -exec rm -rf {} +
 	$(SERVER_PYTHON) -m compileall -q '$(DESTDIR)$(PYTHON_TARGET).new' >/dev/null || true
 	rm -rf '$(DESTDIR)$(PYTHON_TARGET)'
@@ -176,7 +184,7 @@ bench: test-deps node-deps
 	PG_BIN="$$($(PG_CONFIG) --bindir)" $(VENV)/bin/python bench/run.py
 
 lint: test-deps
-	$(VENV)/bin/ruff check pyhook client tests bench scripts
+	$(VENV)/bin/ruff check pyhook client devtools tests bench scripts
 
 # CMD as root with PG_BIN naming this server's programs
 run:

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from pg_oauth_dev.dev_issuer import DevIssuer
 from pgcluster import Cluster
-
-from pyhook.dev_issuer import DevIssuer
 
 AUDIENCE = "pg-bench"
 TOKEN_USER = "alice"

@@ -23,14 +23,13 @@ In the server (PL/Python)
 - ``sql_rows``: rows read from those statements, and the rows pyhook returns.
 
 The ``pg-oauth`` command
-- ``cli``: the command line (explain, check, doctor, uninstall; dev-issuer, mint, rotate).
-- ``__main__``: ``python -m pyhook`` runs it.
+- ``cli``: the server administrators' subcommands of ``pg-oauth`` (explain, check,
+  doctor, uninstall), registered in the entry-point group ``pg_oauth.commands``.
 - ``offline_config``: the configuration for explain/check, from a JSON file or a database.
 - ``server_explain``: oauth.explain over a connection, the token kept out of the server log.
 - ``setup_doctor``: ``pg-oauth doctor``, oauth.check_setup() from a shell.
 - ``uninstall``: ``pg-oauth uninstall``, taking pg_oauth out of a Debian cluster.
 - ``local_connection``: how those commands connect with ``--dsn``.
-- ``dev_issuer``: a local OIDC issuer for demos and tests.
 """
 
 __version__ = "1.0.0"

@@ -1,10 +1,8 @@
-"""The ``pg-oauth`` command.
-
-Operator commands, for the server's administrators (``make install`` puts them on
-PATH): ``explain``/``check``, the validator's decision on a token, and
-``doctor``, the server's setup checker (``oauth.check_setup()``). Development
-commands, never for production: ``dev-issuer``, ``mint`` and ``rotate``, a local
-issuer and its tokens (docs/dev-tools.md).
+"""pyhook's subcommands of ``pg-oauth``, for the server's administrators (``make install``
+puts the command on PATH; pg_oauth_command, the client's, finds these through the
+entry-point group ``pg_oauth.commands``): ``explain``/``check``, the validator's decision
+on a token, ``doctor``, the server's setup checker (``oauth.check_setup()``), and
+``uninstall``. Each parses the arguments after its name.
 
 ``explain`` and ``check`` with ``--dsn`` run ``oauth.explain`` on the server (the
 workers' keys, the role checks), the token a bind parameter in a transaction that
@@ -19,15 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
-import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from pyhook.dev_issuer import ISSUER_FILE, SIGNING_ALGORITHMS, DevIssuer
 from pyhook.jwks_cache import KeyStore
 from pyhook.jwks_fetch import FetchError
 from pyhook.offline_config import (
@@ -49,218 +42,105 @@ from pyhook.validator import validate
 # exit codes of explain/check
 EXIT_ALLOWED, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
 
-
-def _claim(text: str) -> tuple[str, Any]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    try:
-        return name, json.loads(value)
-    except ValueError:
-        return name, value
-
-
-OPERATOR_COMMANDS = {
-    "explain": "every check of a token login with its input and outcome",
-    "check": "one line: would this token log in? (exit 0 yes, 1 no, 2 error)",
-    "doctor": "list every risk in the server's setup with its fix "
-    "(exit 0 none, 1 risks, 2 error)",
-    "uninstall": "take pg_oauth out of a cluster in a safe order "
-    "(token lines, preloads, extension)",
-}
-DEVELOPMENT_COMMANDS = {
-    "dev-issuer": "serve a local OIDC issuer until killed",
-    "mint": "print a token signed by the development issuer's keys",
-    "rotate": "add a signing key to the development issuer and print its kid",
-}
-# the client half (pg_oauth_client, pip-installable without pyhook) owns these
-CLIENT_COMMANDS = {
-    "token": "print a fresh access token for a profile",
-    "psql": "run psql with a fresh token in PGPASSWORD",
-    "exec": "run a command with a fresh token in PGPASSWORD",
-    "login": "sign in again (device flow)",
-    "logout": "forget a profile's cached tokens",
-    "profiles": "list the profiles",
-}
 DSN_HELP = (
     "a libpq connection string, as psql takes it; as root with no user given: "
     "the postgres OS user over the local socket, as `runuser -u postgres -- psql`"
 )
 
 
-def _command_list() -> str:
-    def rows(commands: dict[str, str]) -> str:
-        return "\n".join(f"  {name:<11} {text}" for name, text in commands.items())
-
-    return (
-        "operator commands (the server's administrators):\n"
-        f"{rows(OPERATOR_COMMANDS)}\n\n"
-        "development commands (a local stand-in issuer and its tokens; "
-        "never for production):\n"
-        f"{rows(DEVELOPMENT_COMMANDS)}\n\n"
-        "client commands (from the client package, pg_oauth_client: docs/clients.md):\n"
-        f"{rows(CLIENT_COMMANDS)}\n\n"
-        "`pg-oauth COMMAND --help` describes one."
-    )
+def explain(argv: Sequence[str]) -> int:
+    """every check of a token login with its input and outcome"""
+    return _guarded("explain", _explain, _decision_parser("explain", explain).parse_args(argv))
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pg-oauth",
-        usage="pg-oauth [-h] COMMAND ...",
-        description=_command_list(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(
-        dest="command", required=True, help=argparse.SUPPRESS
-    )
+def check(argv: Sequence[str]) -> int:
+    """one line: would this token log in? (exit 0 yes, 1 no, 2 error)"""
+    return _guarded("check", _check, _decision_parser("check", check).parse_args(argv))
 
-    text = "development: " + DEVELOPMENT_COMMANDS["dev-issuer"]
-    serve = commands.add_parser("dev-issuer", description=text)
-    serve.add_argument(
-        "--dir", required=True, help="key directory (created if missing)"
-    )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
 
-    text = "development: " + DEVELOPMENT_COMMANDS["mint"]
-    mint = commands.add_parser("mint", description=text)
-    mint.add_argument("--dir", required=True, help="key directory of the dev issuer")
-    mint.add_argument("--sub", required=True)
-    mint.add_argument("--aud", required=True)
-    mint.add_argument(
-        "--alg",
-        default=None,
-        choices=SIGNING_ALGORITHMS,
-        help="default RS256, or the alg of --kid",
-    )
-    mint.add_argument("--lifetime", type=int, default=300, help="seconds (default 300)")
-    mint.add_argument(
-        "--expired", action="store_true", help="a token that expired an hour ago"
-    )
-    mint.add_argument(
-        "--claim",
-        action="extend",
-        nargs="+",
-        type=_claim,
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra claim; VALUE is JSON if it parses",
-    )
-    mint.add_argument("--kid", default=None)
-    mint.add_argument("--issuer", default=None, help="iss (default: read DIR/issuer)")
-
-    text = "development: " + DEVELOPMENT_COMMANDS["rotate"]
-    rotate = commands.add_parser("rotate", description=text)
-    rotate.add_argument("--dir", required=True)
-    rotate.add_argument("--alg", default="RS256", choices=SIGNING_ALGORITHMS)
-    rotate.add_argument(
-        "--retire",
-        action="store_true",
-        help="stop publishing the older keys of this alg",
-    )
-
-    for name in ("explain", "check"):
-        sub = commands.add_parser(name, description=OPERATOR_COMMANDS[name])
-        source = sub.add_mutually_exclusive_group(required=True)
-        source.add_argument("--config", help="configuration as a JSON file")
-        source.add_argument(
-            "--dsn",
-            help="run oauth.explain in this database, as a superuser (with --now or "
-            "--no-fetch: read oauth.* from it and decide here): " + DSN_HELP,
-        )
-        sub.add_argument("--role", required=True, help="the requested user")
-        sub.add_argument("--database", default="postgres")
-        sub.add_argument(
-            "--client-addr", default=None, help="client IP address (default: none)"
-        )
-        sub.add_argument(
-            "--token-file",
-            default="-",
-            help="file holding the token (default: standard input)",
-        )
-        sub.add_argument(
-            "--no-fetch",
-            action="store_true",
-            help="never use the network: static or cached keys only",
-        )
-        sub.add_argument(
-            "--now", type=float, default=None, help="evaluate at this Unix time"
-        )
-        sub.add_argument("--json", action="store_true", help="machine-readable output")
-
-    doctor = commands.add_parser("doctor", description=OPERATOR_COMMANDS["doctor"])
-    doctor.add_argument(
+def doctor(argv: Sequence[str]) -> int:
+    """list every risk in the server's setup with its fix (exit 0 none, 1 risks, 2 error)"""
+    parser = argparse.ArgumentParser(prog="pg-oauth doctor", description=_summary(doctor))
+    parser.add_argument(
         "--dsn",
         default="",
         help="a superuser connection to the database named by pg_oauth.database "
         "(default: libpq's defaults); " + DSN_HELP,
     )
-    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return _guarded("doctor", _doctor, parser.parse_args(argv))
 
-    uninstall = commands.add_parser(
-        "uninstall",
-        description=OPERATOR_COMMANDS["uninstall"] + ": every token line of pg_hba.conf "
+
+def uninstall(argv: Sequence[str]) -> int:
+    """take pg_oauth out of a cluster in a safe order (token lines, preloads, extension)"""
+    parser = argparse.ArgumentParser(
+        prog="pg-oauth uninstall",
+        description=_summary(uninstall) + ": every token line of pg_hba.conf "
         "becomes reject and the server reloads; pg_oauth leaves shared_preload_libraries, "
         "session_preload_libraries and oauth_validator_libraries and the server restarts; "
         "DROP EXTENSION pg_oauth in every database. As root, on a Debian cluster "
         "(pg_lsclusters). Runs again safely: it does what is left.",
     )
-    target = uninstall.add_mutually_exclusive_group(required=True)
+    target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--cluster", metavar="VERSION/NAME",
                         help="the cluster, as pg_lsclusters names it (15/main)")
     target.add_argument("--pending", metavar="VERSION",
                         help="only list the clusters of this major that still use pg_oauth "
                         "(exit 1 if any): what the package's removal checks")
-    uninstall.add_argument("--dry-run", action="store_true",
-                           help="print the plan, change nothing")
-    uninstall.add_argument("--cascade", action="store_true",
-                           help="DROP EXTENSION ... CASCADE: also what depends on it "
-                           "(RLS policies calling oauth.claim(), ...)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan, change nothing")
+    parser.add_argument("--cascade", action="store_true",
+                        help="DROP EXTENSION ... CASCADE: also what depends on it "
+                        "(RLS policies calling oauth.claim(), ...)")
+    return _guarded("uninstall", _uninstall, parser.parse_args(argv))
+
+
+def _summary(command: Callable[..., int]) -> str:
+    return (command.__doc__ or "").strip()
+
+
+def _decision_parser(name: str, command: Callable[..., int]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"pg-oauth {name}", description=_summary(command))
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="configuration as a JSON file")
+    source.add_argument(
+        "--dsn",
+        help="run oauth.explain in this database, as a superuser (with --now or "
+        "--no-fetch: read oauth.* from it and decide here): " + DSN_HELP,
+    )
+    parser.add_argument("--role", required=True, help="the requested user")
+    parser.add_argument("--database", default="postgres")
+    parser.add_argument(
+        "--client-addr", default=None, help="client IP address (default: none)"
+    )
+    parser.add_argument(
+        "--token-file",
+        default="-",
+        help="file holding the token (default: standard input)",
+    )
+    parser.add_argument(
+        "--no-fetch",
+        action="store_true",
+        help="never use the network: static or cached keys only",
+    )
+    parser.add_argument(
+        "--now", type=float, default=None, help="evaluate at this Unix time"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
-    issuer = DevIssuer(args.dir, host=args.host, port=args.port).start()
-    url = issuer.issuer
-    path = os.path.join(issuer.key_dir, ISSUER_FILE)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(url + "\n")
-    print(url, flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+def _guarded(
+    name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace
+) -> int:
     try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    issuer.stop()
-    return 0
-
-
-def _mint(args: argparse.Namespace) -> int:
-    issuer = DevIssuer(args.dir)
-    claims: dict[str, Any] = {"iss": args.issuer or issuer.issuer}
-    now = time.time()
-    if args.expired:
-        now -= 3600 + args.lifetime
-    claims.update(dict(args.claim))
-    print(
-        issuer.mint(
-            claims,
-            alg=args.alg,
-            kid=args.kid,
-            lifetime=args.lifetime,
-            sub=args.sub,
-            aud=args.aud,
-            now=now,
-        )
-    )
-    return 0
-
-
-def _rotate(args: argparse.Namespace) -> int:
-    print(DevIssuer(args.dir).rotate(args.alg, retire=args.retire))
-    return 0
+        return run(args)
+    except ConfigFileError as exc:
+        print(f"pg-oauth {name}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"pg-oauth {name}: {exc}", file=sys.stderr)
+        return EXIT_ERROR if name in ("explain", "check") else 1
 
 
 def _no_network(
@@ -358,40 +238,3 @@ def _uninstall(args: argparse.Namespace) -> int:
         print(f"pg-oauth uninstall: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in CLIENT_COMMANDS:
-        try:
-            from pg_oauth_client.cli import main as client_main
-        except ImportError:
-            print(f"pg-oauth {argv[0]}: a client command: install the client package "
-                  "(pip install ./client, docs/clients.md)", file=sys.stderr)
-            return EXIT_ERROR
-        return client_main(argv)
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "dev-issuer":
-            return _serve(args)
-        if args.command == "mint":
-            return _mint(args)
-        if args.command == "explain":
-            return _explain(args)
-        if args.command == "check":
-            return _check(args)
-        if args.command == "doctor":
-            return _doctor(args)
-        if args.command == "uninstall":
-            return _uninstall(args)
-        return _rotate(args)
-    except ConfigFileError as exc:
-        print(f"pg-oauth {args.command}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except (OSError, RuntimeError, ValueError) as exc:
-        print(f"pg-oauth {args.command}: {exc}", file=sys.stderr)
-        return EXIT_ERROR if args.command in ("explain", "check") else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -129,6 +129,8 @@ step="writing the package's documents (copyright, changelog, man page)"
     echo "at build time (requirements.txt at the versions of constraints.txt), each under its"
     echo "own license, whose text is in its dist-info directory there:"
     for meta in "$root$python_target"/*.dist-info/METADATA; do
+        # pyhook is pg_oauth's own, under the license above
+        case $(basename "$(dirname "$meta")") in pyhook-*) continue ;; esac
         echo
         # the header ends at the first empty line
         awk '/^$/ { exit } /^(Name|Version|License-Expression|License): / { print }' "$meta"
@@ -151,7 +153,7 @@ gzip -9n -c README.md > "$doc/README.md.gz"
 
 # pg-oauth(1): its --help, from the package's own files
 help=$("$SERVER_PYTHON" -I -B -c 'import sys; sys.path.insert(0, sys.argv[1]); sys.argv[1:] = ["--help"]
-from pyhook.cli import main; main()' "$root$python_target")
+from pg_oauth_command import main; main()' "$root$python_target")
 man=$root$mandir/man1
 mkdir -p "$man"
 {

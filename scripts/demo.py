@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 from pgcluster import Cluster, server_major
 
-PG_OAUTH = [sys.executable, "-m", "pyhook"]
+# the venv's pg-oauth: with the development package (devtools/), for the dev issuer
+PG_OAUTH = [str(Path(sys.executable).parent / "pg-oauth")]
 JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
 
 

@@ -1,6 +1,6 @@
-"""The ``pg-oauth`` command, client half: ``token``, ``psql``, ``exec``, ``login``,
-``logout``, ``profiles``. The server-side subcommands (explain, check, doctor, dev-issuer,
-mint, rotate) belong to pyhook; when it is installed, ``pg-oauth`` runs them too.
+"""The client's subcommands of ``pg-oauth`` (pg_oauth_command finds them through the
+entry-point group ``pg_oauth.commands``): ``token``, ``psql``, ``exec``, ``login``,
+``logout``, ``profiles``. Each parses the arguments after its name.
 
 Tokens go to standard output (``token``) or into the child's environment only
 (``psql``/``exec``: PGPASSWORD), never onto a command line or into a message.
@@ -18,15 +18,42 @@ import sys
 import time
 from collections.abc import Sequence
 
-from pg_oauth_client import __version__
 from pg_oauth_client.errors import ClientError
 from pg_oauth_client.profile import FLOWS, config_path, load_profile, profile_names
 from pg_oauth_client.refusal import advice, find_refusal
 from pg_oauth_client.tokens import forget, obtain
 
-CLIENT_COMMANDS = ("token", "psql", "exec", "login", "logout", "profiles")
-SERVER_COMMANDS = ("explain", "check", "doctor", "dev-issuer", "mint", "rotate")
 _SCAN_LIMIT = 64 * 1024  # the tail of the child's stderr kept to find a refusal
+
+
+def token(argv: Sequence[str]) -> int:
+    """print a fresh access token for a profile"""
+    return _main("token", argv)
+
+
+def psql(argv: Sequence[str]) -> int:
+    """run psql with a fresh token in PGPASSWORD"""
+    return _main("psql", argv)
+
+
+def exec_command(argv: Sequence[str]) -> int:
+    """run a command with a fresh token in PGPASSWORD"""
+    return _main("exec", argv)
+
+
+def login(argv: Sequence[str]) -> int:
+    """sign in again (device flow) or fetch anew"""
+    return _main("login", argv)
+
+
+def logout(argv: Sequence[str]) -> int:
+    """forget a profile's cached tokens"""
+    return _main("logout", argv)
+
+
+def profiles(argv: Sequence[str]) -> int:
+    """list the profiles of the config file"""
+    return _main("profiles", argv)
 
 
 def _add_profile(p: argparse.ArgumentParser) -> None:
@@ -42,55 +69,41 @@ def _add_freshness(p: argparse.ArgumentParser) -> None:
                    help="never start an interactive sign-in: fail instead")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pg-oauth",
-        description="Short-lived OAuth/OIDC tokens as PostgreSQL passwords "
-                    f"(profiles: {config_path()}).",
-        epilog="Server tools (" + ", ".join(SERVER_COMMANDS) + ") come with pyhook, "
-               "the server side of pg_oauth.")
-    parser.add_argument("--version", action="version", version=f"pg-oauth {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    tok = commands.add_parser("token", help="print a fresh access token",
-                              description="Print an access token for the profile: the "
-                              "cached one while it stays valid long enough, else a new one.")
-    _add_profile(tok)
-    _add_freshness(tok)
-    tok.add_argument("--force", action="store_true", help="do not reuse a cached token")
-    tok.add_argument("--output", "-o", choices=("token", "json"), default="token",
-                     help="token (default) or json with expires_at")
-
-    for name, text in (("psql", "run psql with a fresh token in PGPASSWORD"),
-                       ("exec", "run a command with a fresh token in PGPASSWORD")):
-        sub = commands.add_parser(name, help=text, description=text + " (its environment "
-                                  "only), and the profile's host/port/dbname/user/sslmode as "
-                                  "PG* defaults. When the server refuses the token, says why "
-                                  "and what to do.")
-        _add_profile(sub)
-        _add_freshness(sub)
-        sub.add_argument("args", nargs=argparse.REMAINDER,
-                         help="-- then the " + ("psql arguments" if name == "psql"
-                                                else "command and its arguments"))
-
-    login = commands.add_parser("login", help="sign in again (device flow) or fetch anew",
-                                description="A new sign-in for a device_code profile, "
-                                "ignoring any cached refresh token; other flows fetch a new "
-                                "token. Prints nothing on standard output.")
-    _add_profile(login)
-
-    logout = commands.add_parser("logout", help="forget the profile's cached tokens")
-    _add_profile(logout)
-
-    commands.add_parser("profiles", help="list the profiles of the config file")
+def _parser(name: str) -> argparse.ArgumentParser:
+    descriptions = {
+        "token": "Print an access token for the profile: the cached one while it stays "
+                 "valid long enough, else a new one.",
+        "login": "A new sign-in for a device_code profile, ignoring any cached refresh "
+                 "token; other flows fetch a new token. Prints nothing on standard output.",
+        "logout": "Forget the profile's cached tokens.",
+        "profiles": f"List the profiles of the config file ({config_path()}).",
+    }
+    for child, text in (("psql", "run psql with a fresh token in PGPASSWORD"),
+                        ("exec", "run a command with a fresh token in PGPASSWORD")):
+        descriptions[child] = (text + " (its environment only), and the profile's "
+                               "host/port/dbname/user/sslmode as PG* defaults. When the "
+                               "server refuses the token, says why and what to do.")
+    parser = argparse.ArgumentParser(prog=f"pg-oauth {name}", description=descriptions[name])
+    parser.set_defaults(command=name)
+    if name == "profiles":
+        return parser
+    _add_profile(parser)
+    if name == "token":
+        _add_freshness(parser)
+        parser.add_argument("--force", action="store_true",
+                            help="do not reuse a cached token")
+        parser.add_argument("--output", "-o", choices=("token", "json"), default="token",
+                            help="token (default) or json with expires_at")
+    elif name in ("psql", "exec"):
+        _add_freshness(parser)
+        parser.add_argument("args", nargs=argparse.REMAINDER,
+                            help="-- then the " + ("psql arguments" if name == "psql"
+                                                   else "command and its arguments"))
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SERVER_COMMANDS:
-        return _server_command(argv)
-    args = _parser().parse_args(argv)
+def _main(name: str, argv: Sequence[str]) -> int:
+    args = _parser(name).parse_args(list(argv))
     try:
         return _run(args)
     except ClientError as exc:
@@ -99,17 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pg-oauth: interrupted", file=sys.stderr)
         return 130
-
-
-def _server_command(argv: list[str]) -> int:
-    try:
-        from pyhook.cli import main as server_main
-    except ImportError:
-        print(f"pg-oauth: {argv[0]} is a server-side command: it comes with pyhook, "
-              "the server side of pg_oauth (pip install it from the pg_oauth tree)",
-              file=sys.stderr)
-        return 2
-    return server_main(argv)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -210,4 +212,4 @@ def _clock(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts or 0))
 
 
-__all__ = ["CLIENT_COMMANDS", "FLOWS", "main"]
+__all__ = ["FLOWS", "exec_command", "login", "logout", "profiles", "psql", "token"]

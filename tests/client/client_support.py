@@ -28,9 +28,8 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(CLIENT_DIR))
 
+from pg_oauth_dev.dev_issuer import DevIssuer
 from pgcluster import PG_BIN, Cluster
-
-from pyhook.dev_issuer import DevIssuer
 
 RESOURCE = "urn:pg-oauth:testdb"
 OTHER_RESOURCE = "urn:pg-oauth:otherdb"  # the IdP issues it; the database does not accept it

@@ -12,8 +12,7 @@ import psycopg
 import pytest
 from client_support import RESOURCE, ClientEnv, IdP, device_sign_in
 from pg_oauth_client.jwt_peek import unverified_claims
-
-from pyhook.dev_issuer import DevIssuer
+from pg_oauth_dev.dev_issuer import DevIssuer
 
 
 def psql_who(client: ClientEnv, profile: str) -> str:

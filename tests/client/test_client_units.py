@@ -21,8 +21,7 @@ from pg_oauth_client.errors import ConfigError, IdPError
 from pg_oauth_client.oauth_flows import OAuthClient
 from pg_oauth_client.profile import load_profile
 from pg_oauth_client.refusal import advice, find_refusal
-
-from pyhook.dev_issuer import b64url
+from pg_oauth_dev.dev_issuer import b64url
 
 Handler = Callable[[str, str, dict[str, str], bytes], tuple[int, dict]]
 
@@ -235,17 +234,3 @@ def test_scope_missing_advice_names_the_profile_scopes_and_login() -> None:
     what = advice(r, fake_jwt({"iss": "https://i", "sub": "s"}), "prod")[2]
     assert "scope in profile 'prod'" in what and "pg-oauth login --profile prod" in what
     assert "README" not in what  # the specific advice, not the fallback
-
-
-def test_pyhook_pg_oauth_dispatches_client_commands(tmp_path: Path) -> None:
-    import subprocess
-
-    token = fake_jwt({"exp": time.time() + 300})
-    (tmp_path / "t").write_text(token)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG_OAUTH_")}
-    env.update({"PG_OAUTH_CONFIG": str(tmp_path / "none"), "PG_OAUTH_FLOW": "token_file",
-                "PG_OAUTH_TOKEN_FILE": str(tmp_path / "t"),
-                "PYTHONPATH": os.pathsep.join([str(CLIENT_DIR), str(ROOT)])})
-    done = subprocess.run([sys.executable, "-m", "pyhook", "token"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0 and done.stdout.strip() == token, done.stderr

@@ -26,7 +26,7 @@ import pytest
 from client_support import CLIENT_DIR, NODE_DIR, ROOT
 from pgcluster import DEFAULT_HBA, Cluster
 
-from pyhook.dev_issuer import DevIssuer
+from pg_oauth_dev.dev_issuer import DevIssuer
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

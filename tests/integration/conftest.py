@@ -19,9 +19,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pg_oauth_dev.dev_issuer import DevIssuer
 from pgcluster import Cluster
-
-from pyhook.dev_issuer import DevIssuer
 
 AUDIENCE = "pg-test"
 

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from pyhook.dev_issuer import REMOVE
+from pg_oauth_dev.dev_issuer import REMOVE
 
 COOKBOOK = Path(__file__).resolve().parents[2] / "docs" / "cookbook.md"
 RECIPE = re.compile(r"<!-- recipe: (\S+) -->\s*```sql\n(.*?)```", re.DOTALL)

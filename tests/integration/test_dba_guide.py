@@ -42,6 +42,9 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # the same on a server that has only the package: nothing of make install in /usr/local
 PACKAGE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 PACKAGE = f"postgresql-{MAJOR}-pg-oauth"
+# the development issuer and its tokens: the test venv's pg-oauth, which has the
+# development package (devtools/); no server's pg-oauth does
+DEV_PG_OAUTH = str(Path(sys.executable).parent / "pg-oauth")
 # the Python the package is built for and the server embeds (3.11 on Debian 12, 3.13 on 13)
 PY = sys.version_info
 SNAKEOIL = (Path("/etc/ssl/certs/ssl-cert-snakeoil.pem"),
@@ -165,9 +168,9 @@ def debian_cluster() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def dev_issuer() -> Iterator[tuple[str, str]]:
-    """`pg-oauth dev-issuer` as installed on PATH: (its URL, its key directory)."""
+    """`pg-oauth dev-issuer` of the development package: (its URL, its key directory)."""
     keydir = tempfile.mkdtemp(prefix="pg_oauth-guide-issuer-")
-    proc = subprocess.Popen(["pg-oauth", "dev-issuer", "--dir", keydir, "--port", "0"],
+    proc = subprocess.Popen([DEV_PG_OAUTH, "dev-issuer", "--dir", keydir, "--port", "0"],
                             stdout=subprocess.PIPE, text=True, env=clean_env())  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -251,6 +254,8 @@ def check_installed_package() -> None:
               f"/usr/share/doc/{PACKAGE}/", "/usr/share/man/", "/usr/share/lintian/")
     stray = [p for p in listed if Path(p).is_file() and not p.startswith(places)]
     assert not stray, stray
+    development = [p for p in listed if "dev_issuer" in p or "pg_oauth_dev" in p]
+    assert not development, development  # devtools/ is for development only
     assert "#!/usr/bin/python3 -I" in Path("/usr/bin/pg-oauth").read_text()
     # the files on disk are the package's, and postinst made the byte code
     verify = subprocess.run(["dpkg", "--verify", PACKAGE], capture_output=True, text=True,
@@ -290,6 +295,7 @@ def test_the_dba_guide_as_written(install, debian_cluster, dev_issuer, tmp_path,
         assert shutil.which("pg-oauth", path=PACKAGE_PATH) == "/usr/bin/pg-oauth"
     out = guide.run("installed").stdout
     assert "pg_oauth.control" in out and "operator commands" in out
+    assert "\n  mint " not in out and "development" not in out, out  # devtools/ only
 
     assert f"DNS:{fqdn}" in guide.run("certificate").stdout
     out = guide.run("postgresql.conf").stdout
@@ -310,7 +316,7 @@ def test_the_dba_guide_as_written(install, debian_cluster, dev_issuer, tmp_path,
     guide.run("configuration")
 
     token = subprocess.run(
-        ["pg-oauth", "mint", "--dir", keydir, "--sub", "00u1a2b3c4dEXAMPLE",
+        [DEV_PG_OAUTH, "mint", "--dir", keydir, "--sub", "00u1a2b3c4dEXAMPLE",
          "--aud", audience(), "--claim", "email=alice@example.com"],
         capture_output=True, text=True, check=True, env=clean_env()).stdout.strip()
     token_file = workdir / "token.jwt"

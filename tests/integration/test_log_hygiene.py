@@ -133,7 +133,7 @@ def test_no_token_in_the_log_whatever_a_superuser_logs(issuer, tmp_path):
         for command, expected in (("explain", "role exists and may log in"),
                                   ("check", "ok: role 'alice' allowed")):  # fmt: skip
             out = subprocess.run(
-                [sys.executable, "-m", "pyhook", command, "--dsn", loud.admin_dsn(),
+                [sys.executable, "-m", "pg_oauth_command", command, "--dsn", loud.admin_dsn(),
                  "--token-file", str(token_file), "--role", "alice"],
                 check=False, cwd=ROOT, capture_output=True, text=True, timeout=60,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -9,8 +9,7 @@ import time
 import psycopg
 import pytest
 from conftest import raw_startup, read_message
-
-from pyhook.dev_issuer import forge_hs256_with_public_key
+from pg_oauth_dev.dev_issuer import forge_hs256_with_public_key
 
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])

@@ -381,7 +381,7 @@ def test_database_owner_cannot_steer_the_workers(owned, issuer, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(issuer.mint(sub="alice", jti="owned-cli"))
     out = subprocess.run(
-        [sys.executable, "-m", "pyhook", "check", "--dsn", owned.admin_dsn(CFGDB),
+        [sys.executable, "-m", "pg_oauth_command", "check", "--dsn", owned.admin_dsn(CFGDB),
          "--token-file", str(token_file), "--no-fetch", "--role", "alice"],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={**os.environ, "PYTHONPATH": str(ROOT)})

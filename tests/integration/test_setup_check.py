@@ -347,7 +347,7 @@ def test_template_without_the_library_keeps_superusers_and_replication_out(tidy,
 def doctor(dsn: str, *args: str, env: dict[str, str] | None = None
            ) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
-        [sys.executable, "-m", "pyhook", "doctor", "--dsn", dsn, *args],
+        [sys.executable, "-m", "pg_oauth_command", "doctor", "--dsn", dsn, *args],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -429,7 +429,7 @@ def empty_jwks_server() -> Iterator[str]:
 def test_doctor_reports_an_issuer_without_usable_keys(tidy, issuer, tmp_path):
     """Issue 19: an issuer whose JWKS is unreachable or empty refuses every token of it;
     pg-oauth doctor names it with the fix, and not an issuer whose keys the server holds."""
-    from pyhook.dev_issuer import DevIssuer
+    from pg_oauth_dev.dev_issuer import DevIssuer
 
     down = DevIssuer(str(tmp_path)).start()
     down.set_broken()

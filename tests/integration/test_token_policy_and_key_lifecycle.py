@@ -17,9 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import AUDIENCE, CLUSTERS, RecordingIssuer, attempt, make_cluster, until
+from pg_oauth_dev.dev_issuer import DevIssuer
 from pgcluster import Cluster, free_port
-
-from pyhook.dev_issuer import DevIssuer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -308,7 +307,7 @@ def test_check_command_reads_the_database(solo, second, tmp_path):
 
     def check(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [python, "-m", "pyhook", "check", "--dsn", solo.admin_dsn(),
+            [python, "-m", "pg_oauth_command", "check", "--dsn", solo.admin_dsn(),
              "--token-file", str(token_file), "--no-fetch", *args],
             check=False, cwd=ROOT, capture_output=True, text=True, timeout=60,
             env={**os.environ, "PYTHONPATH": str(ROOT)},

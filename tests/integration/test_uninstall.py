@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from pgcluster import PG_BIN
 from test_dba_guide import (  # noqa: F401 (fixtures)
+    DEV_PG_OAUTH,
     MAJOR,
     PACKAGE,
     PACKAGE_PATH,
@@ -55,7 +56,7 @@ def set_up_by_the_guide(guide: Guide, keydir: str, workdir: Path) -> None:
     guide.run("pg_hba.conf")
     guide.run("configuration")
     token = subprocess.run(
-        ["pg-oauth", "mint", "--dir", keydir, "--sub", "00u1a2b3c4dEXAMPLE",
+        [DEV_PG_OAUTH, "mint", "--dir", keydir, "--sub", "00u1a2b3c4dEXAMPLE",
          "--aud", audience(), "--claim", "email=alice@example.com"],
         capture_output=True, text=True, check=True, env=clean_env()).stdout.strip()
     (workdir / "token.jwt").write_text(token + "\n")

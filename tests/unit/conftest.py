@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from pg_oauth_dev.dev_issuer import DevIssuer
 from unit_support import (
     ALL_ALGS,
     AUD,
@@ -26,7 +27,6 @@ from unit_support import (
 
 from pyhook.config import Config
 from pyhook.decision import Decision
-from pyhook.dev_issuer import DevIssuer
 from pyhook.jwks_cache import KeyStore
 from pyhook.validator import validate
 

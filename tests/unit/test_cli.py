@@ -1,4 +1,5 @@
-"""The pg-oauth command, run as ``python -m pyhook`` in a subprocess."""
+"""The pg-oauth command, run as ``python -m pg_oauth_command`` in a subprocess, with every
+package of the tree installed (the test venv): pyhook, the client, the development tools."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ PYTHON = sys.executable  # the project's venv that runs the tests (.venv, or a r
 
 def pg_oauth(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-m", "pyhook", *args],
+        [PYTHON, "-m", "pg_oauth_command", *args],
         check=False,
         cwd=ROOT,
         capture_output=True,
@@ -35,7 +36,7 @@ def payload(token: str) -> dict[str, Any]:
 
 def test_dev_issuer_serves_until_terminated(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [PYTHON, "-m", "pyhook", "dev-issuer", "--dir", str(tmp_path), "--port", "0"],
+        [PYTHON, "-m", "pg_oauth_command", "dev-issuer", "--dir", str(tmp_path), "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

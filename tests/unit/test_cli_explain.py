@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_oauth_command import main
+from pg_oauth_dev.dev_issuer import DevIssuer
 from test_cli import PYTHON
 from unit_support import AUD, ISS, NOW, ROOT
 
-from pyhook.cli import EXIT_ALLOWED, EXIT_ERROR, EXIT_REFUSED, main
-from pyhook.dev_issuer import DevIssuer
+from pyhook.cli import EXIT_ALLOWED, EXIT_ERROR, EXIT_REFUSED
 from pyhook.offline_config import ConfigFileError, config_from_document, parse_interval
 
 Run = Callable[..., tuple[int, str, str]]
@@ -209,7 +210,7 @@ def test_token_from_a_file_in_a_subprocess(
     token_file = tmp_path / "token"
     token_file.write_text(dev.mint({"iss": ISS}, aud=AUD) + "\n")
     out = subprocess.run(
-        [PYTHON, "-m", "pyhook", "check", "--config", write_config(), "--role", "alice",
+        [PYTHON, "-m", "pg_oauth_command", "check", "--config", write_config(), "--role", "alice",
          "--token-file", str(token_file), "--no-fetch"],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=30,
     )  # fmt: skip

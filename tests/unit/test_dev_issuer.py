@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from unit_support import AUD, NOW
-
-from pyhook.dev_issuer import (
+from pg_oauth_dev.dev_issuer import (
     DEVICE_CODE_GRANT,
     REMOVE,
     DevIssuer,
     forge_hs256_with_public_key,
     parse_form,
 )
+from unit_support import AUD, NOW
 
 
 def get(url: str) -> tuple[int, dict[str, str], Any]:

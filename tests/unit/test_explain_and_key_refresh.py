@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_oauth_dev.dev_issuer import DevIssuer
 from test_plpython_adapter import (
     JWKS_URL,
     FakePlan,
@@ -20,7 +21,6 @@ from test_plpython_adapter import (
 from unit_support import AUD, ISS, ROOT, Documents, issuer_row, rule_row
 
 from pyhook.config import Config
-from pyhook.dev_issuer import DevIssuer
 from pyhook.errors import UnknownKey
 from pyhook.jwks_cache import KeyStore
 from pyhook.plpython_adapter import Adapter, written_into
@@ -322,12 +322,12 @@ def test_dsn_asks_the_server_unless_told_to_decide_here(
     token_file = tmp_path / "token"
     token_file.write_text("h.p.s\n")
     args = ["--dsn", "dbname=postgres", "--token-file", str(token_file), "--role", "alice"]
-    assert cli.main(["check", *args]) == cli.EXIT_ALLOWED
+    assert cli.check(args) == cli.EXIT_ALLOWED
     assert capsys.readouterr().out.strip() == "ok: role 'alice' allowed"
     assert calls == [("dbname=postgres", "h.p.s", "alice", "postgres", None)]
-    assert cli.main(["explain", *args, "--database", "app", "--client-addr", "10.0.0.1"]) == 0
+    assert cli.explain([*args, "--database", "app", "--client-addr", "10.0.0.1"]) == 0
     assert calls[-1] == ("dbname=postgres", "h.p.s", "alice", "app", "10.0.0.1")
     for extra in (["--no-fetch"], ["--now", "1700000000"]):
-        assert cli.main(["check", *args, *extra]) == cli.EXIT_ERROR
+        assert cli.check([*args, *extra]) == cli.EXIT_ERROR
         assert "read offline" in capsys.readouterr().err
     assert len(calls) == 2

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import RSAAlgorithm
+from pg_oauth_dev.dev_issuer import DevIssuer, b64url
 from unit_support import (
     DISCOVERY_URL,
     IDP,
@@ -36,7 +37,6 @@ from unit_support import (
 )
 
 from pyhook.config import Config, IssuerConfig
-from pyhook.dev_issuer import DevIssuer, b64url
 from pyhook.errors import JwksUnavailable, KeyNotFound, UnknownKey
 from pyhook.jwk_set import parse_jwks
 from pyhook.jwks_cache import REFRESH_AHEAD, KeyStore

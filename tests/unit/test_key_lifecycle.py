@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_oauth_dev.dev_issuer import DevIssuer
 from unit_support import (
     DISCOVERY_URL,
     IDP,
@@ -21,7 +22,6 @@ from unit_support import (
 )
 
 from pyhook.config import Config, IssuerConfig
-from pyhook.dev_issuer import DevIssuer
 from pyhook.errors import JwksUnavailable, KeyNotFound
 from pyhook.jwk_set import parse_jwks
 from pyhook.jwks_cache import CachedJwks, KeyStore

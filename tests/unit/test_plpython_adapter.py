@@ -14,10 +14,10 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from pg_oauth_dev.dev_issuer import DevIssuer
 from unit_support import AUD, ISS, NOW, Documents, issuer_row, no_network, rule_row
 
 from pyhook import sql_queries
-from pyhook.dev_issuer import DevIssuer
 from pyhook.jwks_cache import KeyStore
 from pyhook.plpython_adapter import Adapter
 from pyhook.sql_queries import (

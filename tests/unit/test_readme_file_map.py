@@ -1,4 +1,4 @@
-"""The README's file map names every C file of the extension."""
+"""The README's file map names every C file of the extension and every Python package."""
 
 from __future__ import annotations
 
@@ -12,4 +12,16 @@ def test_the_readme_names_every_c_file() -> None:
     files = sorted(p.name for p in (ROOT / "pg_oauth_ext").glob("*.c"))
     assert files, "no C files found"
     missing = [name for name in files if f"`{name}`" not in section]
+    assert not missing, f"README's file map leaves out {missing}"
+
+
+def test_the_readme_names_every_python_package() -> None:
+    """Every directory of the tree that is a Python package, or holds one (pyproject.toml)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## How it works"):]
+    section = section[:section.index("\n## ", 1)]
+    packages = sorted({p.parent.name for pattern in ("*/__init__.py", "*/pyproject.toml")
+                       for p in ROOT.glob(pattern)})  # fmt: skip
+    assert {"pyhook", "client", "devtools"} <= set(packages), packages
+    missing = [name for name in packages if f"- `{name}/` — " not in section]
     assert not missing, f"README's file map leaves out {missing}"

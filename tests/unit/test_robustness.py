@@ -14,11 +14,11 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pg_oauth_dev.dev_issuer import DevIssuer, b64url, encode_jws
 from unit_support import AUD, ISS, NOW, issuer_row, no_network, rule_row
 
 from pyhook.config import Config
 from pyhook.decision import STEPS, Decision
-from pyhook.dev_issuer import DevIssuer, b64url, encode_jws
 from pyhook.errors import REASONS
 from pyhook.jwks_cache import KeyStore
 from pyhook.plpython_adapter import Adapter

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pg_oauth_dev.dev_issuer import REMOVE, DevIssuer, encode_jws
 from unit_support import AUD, ISS, NOW, assert_refused, issuer_row, rule_row
 
 from pyhook.config import Config, IssuerConfig, RequiredClaim, Revocation
 from pyhook.decision import FAIL, PASS, SKIP, STEPS, Decision
-from pyhook.dev_issuer import REMOVE, DevIssuer, encode_jws
 from pyhook.validator import MAX_JSON_DEPTH
 
 Check = Callable[..., Decision]

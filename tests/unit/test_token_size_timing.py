@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import jwt
 import pytest
+from pg_oauth_dev.dev_issuer import DevIssuer
 from unit_support import AUD, ISS, NOW, no_network
 
 from pyhook.config import Config
-from pyhook.dev_issuer import DevIssuer
 from pyhook.jwks_cache import KeyStore
 from pyhook.validator import validate
 

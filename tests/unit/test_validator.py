@@ -15,6 +15,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from jwt.algorithms import get_default_algorithms
+from pg_oauth_dev.dev_issuer import (
+    REMOVE,
+    DevIssuer,
+    b64url,
+    encode_jws,
+    forge_hs256_with_public_key,
+)
 from unit_support import (
     ALL_ALGS,
     AUD,
@@ -31,13 +38,6 @@ from unit_support import (
 
 from pyhook.config import Config
 from pyhook.decision import FAIL, PASS, SKIP, STEPS, Decision
-from pyhook.dev_issuer import (
-    REMOVE,
-    DevIssuer,
-    b64url,
-    encode_jws,
-    forge_hs256_with_public_key,
-)
 from pyhook.errors import REASONS, ValidationError
 from pyhook.jwks_cache import KeyStore
 from pyhook.validator import MAX_TOKEN_BYTES, validate

@@ -11,9 +11,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from pg_oauth_dev.dev_issuer import DevIssuer
+
 from pyhook.config import ALGORITHMS, IssuerConfig
 from pyhook.decision import Decision
-from pyhook.dev_issuer import DevIssuer
 
 NOW = 1_700_000_000.0
 ISS = "https://issuer.example.com"
