@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import datetime
 import multiprocessing
-import socket
-import struct
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from multiprocessing.synchronize import Event
 
+import pgwire
 import psycopg
 from login_loop import percentile, rotated
 from plan import Plan
@@ -33,34 +32,16 @@ HANGS_UP = "sent its token and hung up"
 NO_TOKEN_SENT = "hung up at the password request"
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        buf += chunk
-    return buf
-
-
 def _hang_up(path: str, user: str, token: str | None) -> str:
     """One login over the Unix socket that sends its token (if any) when asked for the
     password, and closes at once."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(20)
-        sock.connect(path)
-        params = b"".join(k.encode() + b"\0" + v.encode() + b"\0"
-                          for k, v in (("user", user), ("database", "postgres"))) + b"\0"
-        body = struct.pack("!I", 196608) + params
-        sock.sendall(struct.pack("!I", len(body) + 4) + body)
-        header = _recv_exact(sock, 5)
-        answer = _recv_exact(sock, struct.unpack("!I", header[1:])[0] - 4)
-        if header[:1] != b"R":
-            fields = {f[:1]: f[1:] for f in answer.split(b"\0") if f}
-            return fields.get(b"M", b"error").decode(errors="replace")[:40]
+    with pgwire.unix(path, timeout=20) as sock:
+        mtype, body = pgwire.start(sock, user)
+        if mtype != b"R":
+            return pgwire.error_fields(body).get("M", "error")[:40]
         if token is None:
             return NO_TOKEN_SENT
-        sock.sendall(b"p" + struct.pack("!I", len(token) + 5) + token.encode() + b"\0")
+        sock.sendall(pgwire.password_message(token))
     return HANGS_UP
 
 

@@ -143,6 +143,7 @@ step="writing the package's documents (copyright, changelog, man page)"
     done
 } > "$doc/copyright"
 gzip -9n -c README.md > "$doc/README.md.gz"
+gzip -9n -c docs/dba-guide.md > "$doc/dba-guide.md.gz"
 {
     echo "$package ($version) unstable; urgency=medium"
     echo
@@ -169,7 +170,7 @@ mkdir -p "$man"
     echo "$help" | sed -e 's/\\/\\e/g' -e "s/^[.']/\\\\\\&&/"
     echo ".fi"
     echo ".SH SEE ALSO"
-    echo "The DBA guide, in /usr/share/doc/$package/README.md.gz."
+    echo "The DBA guide, in /usr/share/doc/$package/dba-guide.md.gz."
 } | gzip -9n > "$man/pg-oauth.1.gz"
 
 # what lintian says of every package built this way, and why it is so
@@ -182,8 +183,8 @@ arch-dependent-file-in-usr-share [${python_target#/}/*]
 # built from a source tree, never uploaded to Debian: no bug to close
 initial-upload-closes-no-bugs
 EOF
-chmod 644 "$doc/copyright" "$doc/README.md.gz" "$doc/changelog.Debian.gz" "$man/pg-oauth.1.gz" \
-    "$overrides/$package"
+chmod 644 "$doc/copyright" "$doc/README.md.gz" "$doc/dba-guide.md.gz" "$doc/changelog.Debian.gz" \
+    "$man/pg-oauth.1.gz" "$overrides/$package"
 
 step="writing the maintainer scripts and control file"
 cat > "$root/DEBIAN/postinst" <<EOF

@@ -48,24 +48,27 @@ SELECT DISTINCT ON (a.oid) a.oid, a.rolname, matched.via
 $$;
 REVOKE ALL ON FUNCTION oauth._hba_user_roles(text[]) FROM PUBLIC;
 
--- "line 7: hostssl all +oauth_users 0.0.0.0 0.0.0.0 trust", as written
--- in pg_hba.conf syntax (address and mask as two fields).
-CREATE FUNCTION oauth._hba_line_text(line_number integer, type text, database text[],
-                                     user_name text[], address text, netmask text,
-                                     auth_method text)
-    RETURNS text
-    LANGUAGE sql IMMUTABLE
+-- The lines of the pg_hba.conf on disk with one method (trust: pg_oauth's token
+-- lines; oauth: PostgreSQL 18's), each with its text as written in pg_hba.conf
+-- syntax, address and mask as two fields: "line 7: hostssl all +oauth_users
+-- 0.0.0.0 0.0.0.0 trust".  What each finding about a line starts from.
+CREATE FUNCTION oauth._hba_lines(method text)
+    RETURNS TABLE(line_number integer, type text, database text[], user_name text[],
+                  address text, netmask text, options text[], line text)
+    LANGUAGE sql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
-SELECT pg_catalog.format('line %s: %s',
-           line_number,
-           pg_catalog.concat_ws(' ', type,
-                                pg_catalog.array_to_string(database, ','),
-                                pg_catalog.array_to_string(user_name, ','),
-                                address, netmask, auth_method))
+SELECT h.line_number, h.type, h.database, h.user_name, h.address, h.netmask, h.options,
+       pg_catalog.format('line %s: %s',
+           h.line_number,
+           pg_catalog.concat_ws(' ', h.type,
+                                pg_catalog.array_to_string(h.database, ','),
+                                pg_catalog.array_to_string(h.user_name, ','),
+                                h.address, h.netmask, h.auth_method))
+  FROM pg_catalog.pg_hba_file_rules AS h
+ WHERE h.auth_method = method AND h.error IS NULL
 $$;
-REVOKE ALL ON FUNCTION oauth._hba_line_text(integer, text, text[], text[], text, text, text)
-    FROM PUBLIC;
+REVOKE ALL ON FUNCTION oauth._hba_lines(text) FROM PUBLIC;
 
 -- "alice, bob, carol and 4 more"
 CREATE FUNCTION oauth._name_list(names text[], shown integer DEFAULT 8)
@@ -137,33 +140,28 @@ BEGIN
     RETURN QUERY
     SELECT 'risk', 'trust_for_all_users',
            pg_catalog.format('pg_hba.conf %s: a trust line for all users; if pg_oauth is ever missing from shared_preload_libraries it admits any role, superusers included, with no credential',
-                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
-                                                  h.address, h.netmask, h.auth_method)),
+                             h.line),
            'Scope token lines to a group role: replace all by +oauth_users (CREATE ROLE oauth_users NOLOGIN; GRANT oauth_users TO each token role)'
-      FROM pg_catalog.pg_hba_file_rules AS h
-     WHERE h.auth_method = 'trust' AND 'all' = ANY (h.user_name)
+      FROM oauth._hba_lines('trust') AS h
+     WHERE 'all' = ANY (h.user_name)
      ORDER BY h.line_number;
 
     RETURN QUERY
     SELECT 'risk', 'trust_without_tls',
            pg_catalog.format('pg_hba.conf %s: a %s trust line matches TCP connections without TLS; pg_oauth refuses token logins there (pg_oauth.require_ssl), but without the library it is plain trust over an unencrypted connection',
-                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
-                                                  h.address, h.netmask, h.auth_method),
-                             h.type),
+                             h.line, h.type),
            'Use hostssl for token lines'
-      FROM pg_catalog.pg_hba_file_rules AS h
-     WHERE h.auth_method = 'trust' AND h.type IN ('host', 'hostnossl', 'hostnogssenc')
+      FROM oauth._hba_lines('trust') AS h
+     WHERE h.type IN ('host', 'hostnossl', 'hostnogssenc')
      ORDER BY h.line_number;
 
     RETURN QUERY
     SELECT 'risk', 'oauth_without_tls',
            pg_catalog.format('pg_hba.conf %s: a %s oauth line matches TCP connections without TLS; the client sends its bearer token before pg_oauth can refuse the connection (pg_oauth.require_ssl), so the token crosses the network in clear',
-                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
-                                                  h.address, h.netmask, h.auth_method),
-                             h.type),
+                             h.line, h.type),
            'Use hostssl for oauth lines (and sslmode=verify-full on the clients)'
-      FROM pg_catalog.pg_hba_file_rules AS h
-     WHERE h.auth_method = 'oauth' AND h.type IN ('host', 'hostnossl', 'hostnogssenc')
+      FROM oauth._hba_lines('oauth') AS h
+     WHERE h.type IN ('host', 'hostnossl', 'hostnogssenc')
      ORDER BY h.line_number;
 
     -- PostgreSQL 18's oauth lines on another validator: PostgreSQL itself refuses
@@ -174,16 +172,13 @@ BEGIN
     RETURN QUERY
     SELECT 'risk', 'oauth_line_other_validator',
            pg_catalog.format('pg_hba.conf %s: the validator of this oauth line is "%s", not pg_oauth: its logins skip pg_oauth''s policy (superusers refused, oauth.role_map, the role policy, revocation, session limits, the audit log)',
-                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
-                                                  h.address, h.netmask, h.auth_method),
-                             v.validator),
+                             h.line, v.validator),
            'Add validator=pg_oauth to the line (pg_oauth in oauth_validator_libraries); keep another validator only on lines it is meant to decide, and keep superusers off them'
-      FROM pg_catalog.pg_hba_file_rules AS h,
+      FROM oauth._hba_lines('oauth') AS h,
            LATERAL (SELECT pg_catalog.substr(o, 11)
                       FROM pg_catalog.unnest(h.options) AS o
                      WHERE pg_catalog.left(o, 10) = 'validator=') AS v(validator)
-     WHERE h.auth_method = 'oauth' AND h.error IS NULL
-       AND v.validator !~ '(^|/)pg_oauth(\.so)?$'
+     WHERE v.validator !~ '(^|/)pg_oauth(\.so)?$'
      ORDER BY h.line_number;
 
     -- without a map PostgreSQL compares the validator's identity with the role
@@ -191,12 +186,10 @@ BEGIN
     RETURN QUERY
     SELECT 'warning', 'oauth_line_without_map',
            pg_catalog.format('pg_hba.conf %s: an oauth line with neither delegate_ident_mapping=1 nor map=: PostgreSQL admits a login there only when the identity the validator reports equals the role name (pg_oauth reports the token''s issuer, a space and its subject), so its logins fail',
-                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
-                                                  h.address, h.netmask, h.auth_method)),
+                             h.line),
            'Add delegate_ident_mapping=1 (oauth.role_map decides the role), or map=<name> with a pg_ident.conf map from "<issuer> <subject>" to roles'
-      FROM pg_catalog.pg_hba_file_rules AS h
-     WHERE h.auth_method = 'oauth' AND h.error IS NULL
-       AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(h.options) AS o
+      FROM oauth._hba_lines('oauth') AS h
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(h.options) AS o
                         WHERE o = 'delegate_ident_mapping=true'
                            OR pg_catalog.left(o, 4) = 'map=')
      ORDER BY h.line_number;
@@ -204,11 +197,10 @@ BEGIN
     RETURN QUERY
     SELECT 'warning', 'trust_local',
            pg_catalog.format('pg_hba.conf %s: token logins over the Unix socket (no TLS needed there); every local OS user can try them',
-                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
-                                                  h.address, h.netmask, h.auth_method)),
+                             h.line),
            'Keep it only if local token logins are intended; otherwise use peer for local lines'
-      FROM pg_catalog.pg_hba_file_rules AS h
-     WHERE h.auth_method = 'trust' AND h.type = 'local'
+      FROM oauth._hba_lines('trust') AS h
+     WHERE h.type = 'local'
      ORDER BY h.line_number;
 
     -- a superuser line with a real method above the token lines (a superuser
@@ -234,27 +226,23 @@ BEGIN
     RETURN QUERY
     SELECT 'risk', 'replication_via_trust',
            pg_catalog.format('pg_hba.conf %s: physical replication connections can come through a trust line; they never load session libraries, so without pg_oauth preloaded they stream every change with no credential',
-                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
-                                                  h.address, h.netmask, h.auth_method)),
+                             h.line),
            'Give replication its own line with a real method (hostssl replication replicator 10.0.0.5/32 scram-sha-256) and remove replication from trust lines'
-      FROM pg_catalog.pg_hba_file_rules AS h
-     WHERE h.auth_method = 'trust' AND 'replication' = ANY (h.database)
+      FROM oauth._hba_lines('trust') AS h
+     WHERE 'replication' = ANY (h.database)
      ORDER BY h.line_number;
 
     RETURN QUERY
     SELECT 'risk', 'replication_via_trust',
            pg_catalog.format('pg_hba.conf %s: roles that may replicate (REPLICATION or superuser) match this trust line: %s; logical replication connections (replication=database) match ordinary database lines',
-                             oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
-                                                  h.address, h.netmask, h.auth_method),
-                             oauth._name_list(repl.names)),
+                             h.line, oauth._name_list(repl.names)),
            'Scope the line to a group role without replication roles (+oauth_users), and give replication its own line with a real method'
-      FROM pg_catalog.pg_hba_file_rules AS h,
+      FROM oauth._hba_lines('trust') AS h,
            LATERAL (SELECT pg_catalog.array_agg(pg_catalog.quote_ident(a.rolname) ORDER BY a.rolname)
                       FROM oauth._hba_user_roles(h.user_name) AS r
                       JOIN pg_catalog.pg_authid AS a ON a.oid = r.roleid
                      WHERE a.rolcanlogin AND (a.rolreplication OR a.rolsuper)) AS repl(names)
-     WHERE h.auth_method = 'trust' AND NOT 'replication' = ANY (h.database)
-       AND repl.names IS NOT NULL
+     WHERE NOT 'replication' = ANY (h.database) AND repl.names IS NOT NULL
      ORDER BY h.line_number;
 
     SELECT pg_catalog.string_agg(pg_catalog.btrim(a), ', ') INTO setting
@@ -264,14 +252,11 @@ BEGIN
         RETURN QUERY
         SELECT 'warning', 'trust_from_anywhere',
                pg_catalog.format('pg_hba.conf %s: token logins from any address, and listen_addresses includes %s',
-                                 oauth._hba_line_text(h.line_number, h.type, h.database, h.user_name,
-                                                      h.address, h.netmask, h.auth_method),
-                                 setting),
+                                 h.line, setting),
                'Restrict the line to the networks clients come from'
-          FROM pg_catalog.pg_hba_file_rules AS h
-         WHERE h.auth_method = 'trust'
-           AND (h.address = 'all'
-                OR (h.address IN ('0.0.0.0', '::') AND h.netmask IN ('0.0.0.0', '::')))
+          FROM oauth._hba_lines('trust') AS h
+         WHERE h.address = 'all'
+            OR (h.address IN ('0.0.0.0', '::') AND h.netmask IN ('0.0.0.0', '::'))
          ORDER BY h.line_number;
     END IF;
 

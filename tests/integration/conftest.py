@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
-import struct
 import sys
 import tempfile
 import time
@@ -164,37 +162,6 @@ def refused(cluster: Cluster) -> Callable[..., str]:
         return refusal(excinfo)
 
     return refused_reason
-
-
-# -- a minimal raw protocol client, for what libpq hides ------------------------
-
-def raw_startup(port: int, user: str, database: str = "postgres",
-                ssl_request: bool = False) -> tuple[socket.socket, bytes]:
-    """Send a v3 StartupMessage in clear; return the socket and the first message type."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    params = b"".join(k.encode() + b"\0" + v.encode() + b"\0"
-                      for k, v in (("user", user), ("database", database))) + b"\0"
-    body = struct.pack("!I", 196608) + params
-    sock.sendall(struct.pack("!I", len(body) + 4) + body)
-    first = sock.recv(1)
-    return sock, first
-
-
-def read_message(sock: socket.socket, mtype: bytes) -> tuple[bytes, bytes]:
-    header = mtype + _recv_exact(sock, 4) if mtype else _recv_exact(sock, 5)
-    length = struct.unpack("!I", header[1:5])[0]
-    return header[:1], _recv_exact(sock, length - 4)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        buf += chunk
-    return buf
-
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -20,9 +20,9 @@ RECIPE = re.compile(r"<!-- recipe: (\S+) -->\s*```sql\n(.*?)```", re.DOTALL)
 
 
 def token_group() -> str:
-    """The group role the README's pg_hba template names on its token lines."""
-    readme = (COOKBOOK.parents[1] / "README.md").read_text(encoding="utf-8")
-    groups = set(re.findall(r"^hostssl\s+all\s+\+(\w+)\s", readme, re.MULTILINE))
+    """The group role the DBA guide's pg_hba template names on its token lines."""
+    guide = (COOKBOOK.parent / "dba-guide.md").read_text(encoding="utf-8")
+    groups = set(re.findall(r"^hostssl\s+all\s+\+(\w+)\s", guide, re.MULTILINE))
     assert len(groups) == 1, groups
     return groups.pop()
 

@@ -1,4 +1,4 @@
-"""The README's DBA guide, run as written, on a cluster laid out like Debian's own.
+"""The DBA guide (docs/dba-guide.md), run as written, on a cluster laid out like Debian's own.
 
 Every ```sh block of the guide marked ``<!-- dba-guide: NAME -->`` runs in /bin/sh as
 root, in order, after the ``names`` block, of which two values are replaced: ``CLUSTER``
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(PG_BIN != Path(f"/usr/lib/postgresql/{MAJOR}/bin
                                 reason="the DBA guide follows Debian's packaged PostgreSQL")
 
 ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "dba-guide.md"
 STEPS = ["names", "install-package", "installed", "certificate", "postgresql.conf", "restart",
          "create-extension", "workers", "pg_hba.conf", "configuration", "first-login",
          "refused-login", "check"]  # fmt: skip
@@ -52,9 +52,9 @@ SNAKEOIL = (Path("/etc/ssl/certs/ssl-cert-snakeoil.pem"),
 
 
 def guide_section() -> str:
-    readme = README.read_text(encoding="utf-8")
-    section = readme[readme.index("## DBA guide\n"):]
-    return section[:section.index("\n## ", 1)]
+    """The guide's steps: the text before its first section (upgrades and removal)."""
+    guide = GUIDE.read_text(encoding="utf-8")
+    return guide[:guide.index("\n## ")]
 
 
 def guide_blocks() -> dict[str, str]:

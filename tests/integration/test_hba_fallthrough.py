@@ -14,9 +14,10 @@ import struct
 import subprocess
 from collections.abc import Iterator
 
+import pgwire
 import psycopg
 import pytest
-from conftest import CLUSTERS, raw_startup, read_message
+from conftest import CLUSTERS
 from pgcluster import Cluster
 
 # line numbers matter: the log names them
@@ -157,15 +158,13 @@ def psql_fails(cluster: Cluster, user: str, password: str, sslmode: str) -> str:
 def raw_password_failure(cluster: Cluster, user: str, password: str) -> dict[str, str]:
     """The fields of the ErrorResponse to a cleartext password (the "password" method),
     without TLS: everything a client can read, with the user's name made generic."""
-    sock, first = raw_startup(cluster.port, user)
-    with sock:
-        mtype, body = read_message(sock, first)
+    with pgwire.tcp(cluster.port) as sock:
+        mtype, body = pgwire.start(sock, user)
         assert (mtype, body) == (b"R", struct.pack("!I", 3)), (mtype, body)
-        payload = password.encode() + b"\0"
-        sock.sendall(b"p" + struct.pack("!I", len(payload) + 4) + payload)
-        mtype, body = read_message(sock, b"")
+        sock.sendall(pgwire.password_message(password))
+        mtype, body = pgwire.read_message(sock)
     assert mtype == b"E", (mtype, body)
-    fields = {chr(f[0]): f[1:].decode() for f in body.split(b"\0") if f}
+    fields = pgwire.error_fields(body)
     return {code: text.replace(f'"{user}"', '"USER"') for code, text in fields.items()}
 
 

@@ -327,7 +327,7 @@ def hba(cluster: Cluster, text: str, reload: bool) -> Iterator[None]:
 def test_check_setup_names_a_trust_line_that_matches_plain_tcp(cluster, issuer):
     """HOLDS (was a finding).  trust_without_tls looks only at host/hostnossl lines; a hostnogssenc
     trust line matches TCP connections without TLS just as "host" does, and the
-    checker says nothing about it (with the README's other choices: zero rows)."""
+    checker says nothing about it (with the DBA guide's other choices: zero rows)."""
     nogss = ("local all postgres scram-sha-256\n"
              "host all postgres 127.0.0.1/32 scram-sha-256\n"
              "hostnogssenc all +rev_oauth_users 127.0.0.1/32 trust\n")

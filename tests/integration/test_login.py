@@ -6,9 +6,9 @@ import os
 import subprocess
 import time
 
+import pgwire
 import psycopg
 import pytest
-from conftest import raw_startup, read_message
 from pg_oauth_dev.dev_issuer import forge_hs256_with_public_key
 
 
@@ -115,9 +115,9 @@ def test_non_ssl_refused(cluster, issuer, refused):
 
 
 def test_non_ssl_never_asks_for_the_password(cluster):
-    sock, first = raw_startup(cluster.port, "alice")
+    sock = pgwire.tcp(cluster.port)
     try:
-        mtype, body = read_message(sock, first)
+        mtype, body = pgwire.start(sock, "alice")
         # an ErrorResponse, not AuthenticationCleartextPassword ('R' with code 3)
         assert mtype == b"E", (mtype, body)
         assert b"ssl_required" in body
@@ -183,19 +183,10 @@ def test_validate_not_executable_by_public(cluster, issuer):
 def test_role_as_startup_parameter_refused_before_the_password(cluster):
     """Drivers other than libpq (asyncpg server_settings, JDBC) send settings as
     startup parameters, not in "options"."""
-    import socket
-    import struct
-
     for name in ("role", "Session_Authorization"):
-        sock = socket.socket(socket.AF_UNIX)
-        sock.settimeout(10)
-        sock.connect(str(cluster.sockdir / f".s.PGSQL.{cluster.port}"))
+        sock = pgwire.unix(cluster.sockdir / f".s.PGSQL.{cluster.port}")
         try:
-            params = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in
-                              (("user", "alice"), ("database", "postgres"), (name, "bob")))
-            body = struct.pack("!I", 196608) + params + b"\0"
-            sock.sendall(struct.pack("!I", len(body) + 4) + body)
-            mtype, payload = read_message(sock, sock.recv(1))
+            mtype, payload = pgwire.start(sock, "alice", **{name: "bob"})
             assert mtype == b"E", (mtype, payload)
             assert b"startup_option_forbidden" in payload
         finally:

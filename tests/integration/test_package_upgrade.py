@@ -1,7 +1,7 @@
 """A newer package installed with apt under a running cluster: token logins keep working,
-before and after the restart the README asks for, and ALTER EXTENSION pg_oauth UPDATE
+before and after the restart the DBA guide asks for, and ALTER EXTENSION pg_oauth UPDATE
 succeeds. The two packages are built from this tree with different DEB_VERSIONs; the
-cluster is set up by the README's DBA guide (test_dba_guide.py's runner)."""
+cluster is set up by the DBA guide (test_dba_guide.py's runner)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_a_newer_package_under_a_running_cluster(tmp_path, request) -> None:
         first_login = guide.run("first-login").stdout
         assert re.search(r"^ alice\s+\| alice@example\.com$", first_login, re.MULTILINE)
 
-        # what the README says to run: restart, then ALTER EXTENSION pg_oauth UPDATE
+        # what the DBA guide says to run: restart, then ALTER EXTENSION pg_oauth UPDATE
         guide.run("restart")
         guide.until("both workers idle",
                     lambda: guide.run("workers").stdout.count(" idle ") == 2)  # fmt: skip

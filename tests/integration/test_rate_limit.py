@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import datetime
 import socket
-import struct
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
+import pgwire
 import psycopg
 import pytest
-from conftest import make_cluster, read_message, reason_of
+from conftest import make_cluster, reason_of
 
 FAILURES = 4  # pg_oauth.rate_limit_failures of this module's cluster
 MAX_DELAY_MS = 200
@@ -81,16 +81,9 @@ def rate_limits(cluster) -> dict[str, tuple]:
 def send_token(cluster, user: str, token: str) -> socket.socket:
     """Over the Unix socket: startup, the password request, the token; returns the
     socket without reading the answer (close it to hang up)."""
-    sock = socket.socket(socket.AF_UNIX)
-    sock.settimeout(10)
-    sock.connect(str(cluster.sockdir / f".s.PGSQL.{cluster.port}"))
-    params = b"".join(k.encode() + b"\0" + v.encode() + b"\0"
-                      for k, v in (("user", user), ("database", "postgres"))) + b"\0"
-    body = struct.pack("!I", 196608) + params
-    sock.sendall(struct.pack("!I", len(body) + 4) + body)
-    mtype, payload = read_message(sock, b"")
-    assert mtype == b"R" and struct.unpack("!I", payload[:4])[0] == 3  # cleartext password
-    sock.sendall(b"p" + struct.pack("!I", len(token) + 5) + token.encode() + b"\0")
+    sock = pgwire.unix(cluster.sockdir / f".s.PGSQL.{cluster.port}")
+    assert pgwire.asks_for_password(*pgwire.start(sock, user))
+    sock.sendall(pgwire.password_message(token))
     return sock
 
 

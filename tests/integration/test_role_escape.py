@@ -11,9 +11,10 @@ import os
 import subprocess
 import time
 
+import pgwire
 import psycopg
 import pytest
-from conftest import make_cluster, read_message, refusal
+from conftest import make_cluster, refusal
 from pgcluster import ADMIN_PASSWORD, ADMIN_USER, PG_BIN, _as_server_user, server_major
 
 
@@ -249,14 +250,8 @@ def wait_audit(cluster, where, params=(), timeout=15.0):
 
 
 def test_names_from_the_startup_packet_stay_valid_text(cluster):
-    import socket
-    import struct
-
-    sock = socket.create_connection(("127.0.0.1", cluster.port), timeout=10)
-    params = (b"user\0ev\xffil\\x\0database\0d\xc3\x28b\x01\0\0")
-    body = struct.pack("!I", 196608) + params
-    sock.sendall(struct.pack("!I", len(body) + 4) + body)
-    mtype, payload = read_message(sock, sock.recv(1))
+    sock = pgwire.tcp(cluster.port)
+    mtype, payload = pgwire.start(sock, b"ev\xffil\\x", b"d\xc3\x28b\x01")
     sock.close()
     assert mtype == b"E" and b"ssl_required" in payload
     rows = wait_audit(cluster, "reason = 'ssl_required' AND role LIKE 'ev%%'")

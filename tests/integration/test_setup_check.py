@@ -1,8 +1,8 @@
 """The setup checker: oauth.check_setup() and `pg-oauth doctor` name every risk of a
-careless setup with its fix, and pass the README's pg_hba template (trust scoped to a
+careless setup with its fix, and pass the DBA guide's pg_hba template (trust scoped to a
 group role), which keeps a missing library from opening the server to superusers
 and replication.  Two clusters of their own: a careless one (tests/pgcluster.py's
-DEFAULT_HBA, no guard) and a tidy one (the README template and the guard)."""
+DEFAULT_HBA, no guard) and a tidy one (the DBA guide's template and the guard)."""
 
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 TEST_ACCESS = "host    all       postgres      127.0.0.1/32  scram-sha-256\n"
 
 
-def readme_hba_template() -> str:
-    """The pg_hba.conf lines of the README's DBA guide, exactly as documented (the
-    here-document its pg_hba.conf step puts on top of Debian's file)."""
-    readme = (ROOT / "README.md").read_text()
-    step = readme[readme.index("<!-- dba-guide: pg_hba.conf -->"):]
+def guide_hba_template() -> str:
+    """The pg_hba.conf lines of the DBA guide, exactly as documented (the here-document
+    its pg_hba.conf step puts on top of Debian's file)."""
+    guide = (ROOT / "docs" / "dba-guide.md").read_text()
+    step = guide[guide.index("<!-- dba-guide: pg_hba.conf -->"):]
     block = re.search(r"<<'EOF'\n(.*?)\nEOF\n", step, re.DOTALL)
-    assert block, "no pg_hba.conf lines in the README's DBA guide"
+    assert block, "no pg_hba.conf lines in the DBA guide"
     return textwrap.dedent(block.group(1)) + "\n"
 
 
@@ -48,7 +48,7 @@ def careless(issuer) -> Iterator[Cluster]:
 def tidy(issuer) -> Iterator[Cluster]:
     c = Cluster(settings={"session_preload_libraries": "'pg_oauth'",
                           "pg_oauth.rate_limit_failures": 0},
-                hba=readme_hba_template() + TEST_ACCESS).init().start()
+                hba=guide_hba_template() + TEST_ACCESS).init().start()
     CLUSTERS.append(c)
     setup_oauth(c, issuer.issuer)
     c.sql("CREATE ROLE oauth_users NOLOGIN; GRANT oauth_users TO alice")
@@ -202,10 +202,10 @@ def test_settings_that_need_a_restart(careless):
         careless.wait_for_workers()
 
 
-# -- the README template --------------------------------------------------------------
+# -- the DBA guide's template ---------------------------------------------------------
 
-def test_readme_template_passes(tidy):
-    assert "+oauth_users" in readme_hba_template()
+def test_guide_template_passes(tidy):
+    assert "+oauth_users" in guide_hba_template()
     assert findings(tidy) == []
 
 
@@ -228,7 +228,7 @@ def test_privileged_token_roles_are_reported_until_fixed(tidy):
     try:
         rows = findings(tidy)
         assert {r[0] for r in rows} == {"risk"}
-        lines = ", ".join(str(n) for n, text in enumerate(readme_hba_template().splitlines(), 1)
+        lines = ", ".join(str(n) for n, text in enumerate(guide_hba_template().splitlines(), 1)
                           if "+oauth_users" in text)
         token_roles = {r[2].split(")")[0] + ")" for r in rows if r[1] == "privileged_token_role"}
         rule = tidy.sql("SELECT id FROM oauth.role_map WHERE role = 'files'")[0][0]

@@ -2,7 +2,7 @@
 still uses it, `pg-oauth uninstall` takes it out in a safe order, and afterwards no line
 admits a token role without a password while the postgres peer login still works.
 
-On a cluster set up by the README's DBA guide from the package (test_dba_guide.py's
+On a cluster set up by the DBA guide from the package (test_dba_guide.py's
 fixtures and runner), as root on Debian's packaged major (15 on Debian 12, 17 on 13, a root's).
 """
 

@@ -1,7 +1,8 @@
-"""The README's and the cookbook's ``pg-oauth explain``/``check``/``doctor`` examples
-connect the way the DBA guide's step 9 does (``--dsn "port=$PORT"``, run as root on the
-database host), which tests/integration/test_dba_guide.py runs as written: a DSN naming
-``user=postgres`` without a host fails there (peer authentication, as root)."""
+"""The README's, the DBA guide's and the cookbook's ``pg-oauth explain``/``check``/
+``doctor`` examples connect the way the DBA guide's step 9 does (``--dsn "port=$PORT"``,
+run as root on the database host), which tests/integration/test_dba_guide.py runs as
+written: a DSN naming ``user=postgres`` without a host fails there (peer authentication,
+as root)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", ROOT / "docs" / "cookbook.md"]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "dba-guide.md", ROOT / "docs" / "cookbook.md"]
 COMMAND = re.compile(r"pg-oauth (?:explain|check|doctor) --dsn (\"[^\"]*\"|'[^']*')")
 
 
@@ -20,6 +21,6 @@ def dsns() -> list[tuple[str, str]]:
 
 def test_operator_examples_connect_as_the_dba_guide_does() -> None:
     found = dsns()
-    assert {name for name, _ in found} == {"README.md", "cookbook.md"}
+    assert {name for name, _ in found} == {"README.md", "dba-guide.md", "cookbook.md"}
     local = [(name, dsn) for name, dsn in found if "host=" not in dsn]
     assert local and all(dsn == '"port=$PORT"' for _, dsn in local), local
