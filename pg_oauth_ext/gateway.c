@@ -29,6 +29,8 @@
 #include "pg_oauth.h"
 
 #include "access/parallel.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_proc.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/nodeFuncs.h"
@@ -37,12 +39,14 @@
 #include "optimizer/planner.h"
 #include "tcop/utility.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 
 bool		pg_oauth_gateway = false;
 
 static ProcessUtility_hook_type prev_process_utility = NULL;
 static ExecutorStart_hook_type prev_executor_start = NULL;
 static planner_hook_type prev_planner = NULL;
+static object_access_hook_type prev_object_access = NULL;
 /* this session has been a gateway: it stays one, whatever sets the setting later */
 static bool latched = false;
 
@@ -56,6 +60,8 @@ static const struct
 	{"log_parameter_max_length", "0"},
 	{"log_parameter_max_length_on_error", "0"},
 	{"debug_print_plan", "off"},
+	{"debug_print_parse", "off"},
+	{"debug_print_rewritten", "off"},
 	/* placeholders where these modules are not loaded */
 	{"auto_explain.log_parameter_max_length", "0"},
 	{"auto_explain.log_verbose", "off"},
@@ -68,8 +74,13 @@ static const char *const pooler_parameters[] = {
 	"standard_conforming_strings", "application_name", "extra_float_digits",
 };
 
-static void
-pin_logging(void)
+/*
+ * Pinned at "override": RESET ALL and role settings leave them, but a SET
+ * (session source) outranks it, so oauth.authenticate() pins them again
+ * before it reads a token.
+ */
+void
+gateway_pin_logging(void)
 {
 	int			i;
 
@@ -96,7 +107,7 @@ gateway_session(void)
 		if (!pg_oauth_gateway)
 			return false;
 		latched = true;
-		pin_logging();
+		gateway_pin_logging();
 	}
 	return true;
 }
@@ -263,6 +274,24 @@ disallowed_expression(Node *node, void *context)
 	return expression_tree_walker(node, disallowed_expression, context);
 }
 
+/* SELECT oauth.authenticate('<the token>'): a literal, however it is escaped */
+static bool
+token_written_into(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, FuncExpr) && transaction_identity_function(((FuncExpr *) node)->funcid))
+	{
+		Node	   *arg = linitial(((FuncExpr *) node)->args);
+
+		while (IsA(arg, RelabelType))
+			arg = (Node *) ((RelabelType *) arg)->arg;
+		if (IsA(arg, Const) && !((Const *) arg)->constisnull)
+			return true;
+	}
+	return expression_tree_walker(node, token_written_into, context);
+}
+
 static bool
 query_allowed_before_authenticate(Query *query)
 {
@@ -309,8 +338,23 @@ gateway_planner(Query *parse, const char *query_string, int cursorOptions,
 {
 	/* before the planner evaluates a single function */
 	if (gateway_session() && !transaction_identity_active() &&
-		!transaction_identity_calling() && !query_allowed_before_authenticate(parse))
-		refuse_before_authenticate("this statement is not allowed");
+		!transaction_identity_calling())
+	{
+		if (!query_allowed_before_authenticate(parse))
+			refuse_before_authenticate("this statement is not allowed");
+
+		/*
+		 * Here a bound token is still a Param (a custom plan makes it a
+		 * Const): a Const is the statement's own text.  authenticate()'s
+		 * own test reads the text, which escapes can hide.
+		 */
+		if (token_written_into((Node *) parse->targetList, NULL))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+					 errmsg("JWT authentication failed for role \"\""),
+					 errdetail("reason=token_in_statement: the token is written into the statement text, which statement logging, pg_stat_activity and error reports show; it was not checked"),
+					 errhint("Pass the token as a bind parameter: SELECT oauth.authenticate($1). Treat this token as exposed.")));
+	}
 #if PG_VERSION_NUM >= 190000
 	if (prev_planner)
 		return prev_planner(parse, query_string, cursorOptions, boundParams, es);
@@ -335,9 +379,30 @@ gateway_executor_start(QueryDesc *queryDesc, int eflags)
 		standard_ExecutorStart(queryDesc, eflags);
 }
 
+/*
+ * Every function the executor runs, and the fast-path function call (which
+ * passes no other hook): as the gateway, before a token, only
+ * oauth.authenticate() itself.  This also covers what runs before the
+ * planner or the executor sees a statement: a domain's CHECK while a literal
+ * or a bind parameter is converted.
+ */
+static void
+gateway_object_access(ObjectAccessType access, Oid classId, Oid objectId,
+					  int subId, void *arg)
+{
+	if (prev_object_access)
+		prev_object_access(access, classId, objectId, subId, arg);
+	if (access == OAT_FUNCTION_EXECUTE && classId == ProcedureRelationId &&
+		gateway_session() && !transaction_identity_active() &&
+		!transaction_identity_calling() && !transaction_identity_function(objectId))
+		refuse_before_authenticate(psprintf("function %s may not run", get_func_name(objectId)));
+}
+
 void
 gateway_install_hooks(void)
 {
+	prev_object_access = object_access_hook;
+	object_access_hook = gateway_object_access;
 	prev_process_utility = ProcessUtility_hook;
 	ProcessUtility_hook = gateway_process_utility;
 	prev_executor_start = ExecutorStart_hook;

@@ -581,6 +581,7 @@ extern void config_guard_install_hooks(void);
 extern bool pg_oauth_gateway;
 extern void gateway_install_hooks(void);
 extern bool gateway_session(void);
+extern void gateway_pin_logging(void);
 
 /* transaction_identity.c: oauth.authenticate(), one token per transaction */
 extern bool transaction_identity_active(void);

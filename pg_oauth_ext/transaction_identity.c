@@ -22,8 +22,9 @@
  * commit it also takes away what a transaction could leave to the next one
  * on the same server connection (the next client of the pooler): settings
  * made with SET or set_config(..., false), temporary objects, session
- * advisory locks and sequence values for currval().  gateway.c refuses the
- * rest (PREPARE, cursors WITH HOLD, LISTEN, LOAD) while a token identity is
+ * advisory locks, sequence values for currval(), statements prepared with
+ * the protocol's Parse, and the seed of random().  gateway.c refuses the rest
+ * (PREPARE, cursors WITH HOLD, LISTEN, LOAD) while a token identity is
  * active.
  *
  *-------------------------------------------------------------------------
@@ -36,6 +37,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_language.h"
 #include "catalog/pg_proc.h"
+#include "commands/prepare.h"
 #include "commands/sequence.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -130,10 +132,29 @@ take_away_session_state(void)
 static void
 take_away_lasting_state(void)
 {
+	double		seed;
+
 	/* pg_advisory_lock() without _xact_: held by the session, not the transaction */
 	LockReleaseSession(USER_LOCKMETHOD);
 	/* currval() and lastval() */
 	ResetSequenceCaches();
+
+	/*
+	 * Statements prepared with the protocol's Parse (SQL PREPARE is refused):
+	 * their text is the subject's query, and the next client could EXECUTE
+	 * them.  A pooler that keeps prepared statements on its server
+	 * connections (PgBouncer's max_prepared_statements) loses them here.
+	 */
+	DropAllPreparedStatements();
+	/* setseed(): the next subject's random() must not be this one's choice */
+	if (pg_strong_random(&seed, sizeof(seed)))
+	{
+		uint64		bits;
+
+		memcpy(&bits, &seed, sizeof(bits));
+		seed = (double) (bits >> 11) / (double) (UINT64CONST(1) << 53) * 2.0 - 1.0;
+		DirectFunctionCall1(setseed, Float8GetDatum(seed));
+	}
 }
 
 static void
@@ -294,6 +315,8 @@ pg_oauth_fn_authenticate(PG_FUNCTION_ARGS)
 				 errhint("End the transaction before authenticating another token.")));
 	}
 	check_call_context();
+	/* whatever the session SET since: nothing logs the token (gateway.c) */
+	gateway_pin_logging();
 	if (role != NULL && role[0] == '\0')
 		role = NULL;
 
