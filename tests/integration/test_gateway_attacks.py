@@ -1,0 +1,230 @@
+"""Attacks on oauth.authenticate() and gateway sessions (transaction_identity.c, gateway.c).
+
+Each test is one attack.  Where the feature resists, the test asserts the defence's own
+outcome (SQLSTATE, message) and stays as a regression test.  Where it does not, the test
+asserts what the design promises ("nothing runs as the gateway before authenticate",
+"COMMIT or ROLLBACK takes away what a transaction could leave to the next one", "the token
+never appears in any log") and fails until the hole is closed.
+
+One psycopg connection as the gateway stands for one pooled server connection: what an
+attacker's client sends on it is followed by the next client's transaction (the victim)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import re
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from conftest import MINTED, RecordingIssuer
+from pgcluster import Cluster
+from test_gateway import gateway, make_gateway_cluster, reason, token
+
+POISON = "playground, public"
+
+
+@pytest.fixture(scope="module")
+def gw(issuer: RecordingIssuer) -> Iterator[Cluster]:
+    c = make_gateway_cluster(issuer)
+    # threat 3: a token user who can create objects (in a schema of its group role)
+    c.sql("""
+        CREATE SCHEMA playground AUTHORIZATION tenant;
+        REVOKE TEMP ON DATABASE postgres FROM PUBLIC;
+        GRANT TEMP ON DATABASE postgres TO app;
+    """)
+    yield c
+    c.stop()
+
+
+def default_search_path(cluster: Cluster) -> str:
+    return cluster.sql("SELECT reset_val FROM pg_settings WHERE name = 'search_path'")[0][0]
+
+
+def begin_as(conn: psycopg.Connection, issuer: RecordingIssuer, sub: str, role: str | None = None
+             ) -> None:
+    conn.execute("BEGIN")
+    conn.execute("SELECT oauth.authenticate(%s, %s)", (token(issuer, sub), role))
+
+
+def plant_trap(conn: psycopg.Connection, issuer: RecordingIssuer) -> None:
+    """The attacker (subject user-evil, role app) prepares a playground.notes view that copies
+    whatever its reader can see into playground.loot, and lets the gateway use its schema."""
+    begin_as(conn, issuer, "user-evil")
+    conn.execute("""
+        CREATE TABLE IF NOT EXISTS playground.loot (who text, owner text, body text);
+        CREATE OR REPLACE FUNCTION playground.steal(o text, b text) RETURNS boolean
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO playground.loot VALUES (oauth.claim('sub'), o, b);
+                RETURN true;
+            END $$;
+        CREATE OR REPLACE VIEW playground.notes AS
+            SELECT n.* FROM public.notes n WHERE playground.steal(n.owner, n.body);
+        GRANT USAGE ON SCHEMA playground TO PUBLIC;
+        DROP DOMAIN IF EXISTS playground.evil CASCADE;
+        CREATE DOMAIN playground.evil AS text
+            CHECK (set_config('search_path', 'playground, public', false) IS NOT NULL);
+        DELETE FROM playground.loot;
+    """)
+    conn.execute("COMMIT")
+
+
+def victim_reads_its_notes(conn: psycopg.Connection, issuer: RecordingIssuer) -> str:
+    """The next client on the same server connection: its own transaction, its own token."""
+    begin_as(conn, issuer, "user-victim")
+    conn.execute("INSERT INTO public.notes (body) VALUES ('the victim''s secret')")
+    path = conn.execute("SHOW search_path").fetchone()[0]
+    conn.execute("SELECT body FROM notes").fetchall()
+    conn.execute("COMMIT")
+    return path
+
+
+def loot(cluster: Cluster) -> list[tuple]:
+    return cluster.sql("SELECT who, body FROM playground.loot WHERE who = 'user-victim'")
+
+
+# ---------------------------------------------------------------------------------------
+# libpq's fast-path function call (protocol message 'F'): no parser, planner, executor or
+# ProcessUtility on its way, only pg_proc_aclcheck() and InvokeFunctionExecuteHook()
+# ---------------------------------------------------------------------------------------
+
+class _ArgU(ctypes.Union):
+    _fields_ = [("ptr", ctypes.c_void_p), ("integer", ctypes.c_int)]
+
+
+class _PQArgBlock(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_int), ("isint", ctypes.c_int), ("u", _ArgU)]
+
+
+def _libpq() -> ctypes.CDLL:
+    """The libpq psycopg itself loaded (its PGconn pointers are only valid there)."""
+    with open("/proc/self/maps") as maps:
+        path = next(line.split()[-1] for line in maps if re.search(r"/libpq[-.][^/]*\.so", line))
+    lib = ctypes.CDLL(path)
+    lib.PQfn.restype = ctypes.c_void_p
+    lib.PQfn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                         ctypes.POINTER(ctypes.c_int), ctypes.c_int,
+                         ctypes.POINTER(_PQArgBlock), ctypes.c_int]
+    lib.PQresultStatus.argtypes = [ctypes.c_void_p]
+    lib.PQresultErrorField.restype = ctypes.c_char_p
+    lib.PQresultErrorField.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.PQclear.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def fastpath(conn: psycopg.Connection, fn_oid: int, *args: bytes) -> tuple[str, bytes | str]:
+    """PQfn(): ("ok", result bytes) or (SQLSTATE, message).  Arguments in binary format."""
+    lib = _libpq()
+    keep = [ctypes.create_string_buffer(a, len(a)) for a in args]
+    blocks = (_PQArgBlock * max(1, len(args)))()
+    for i, a in enumerate(args):
+        blocks[i].len = len(a)
+        blocks[i].isint = 0
+        blocks[i].u.ptr = ctypes.cast(keep[i], ctypes.c_void_p)
+    out = ctypes.create_string_buffer(1 << 16)
+    outlen = ctypes.c_int(0)
+    res = lib.PQfn(conn.pgconn.pgconn_ptr, fn_oid, out, ctypes.byref(outlen), 0, blocks, len(args))
+    assert res, "PQfn returned no result"
+    try:
+        if lib.PQresultStatus(res) == 1:  # PGRES_COMMAND_OK
+            return "ok", out.raw[:max(outlen.value, 0)]
+        state = lib.PQresultErrorField(res, ord("C")) or b""
+        msg = lib.PQresultErrorField(res, ord("M")) or b""
+        return state.decode(), msg.decode()
+    finally:
+        lib.PQclear(res)
+
+
+def fn_oid(cluster: Cluster, signature: str) -> int:
+    return cluster.sql("SELECT %s::regprocedure::oid", (signature,))[0][0]
+
+
+def test_fastpath_call_before_authenticate_is_refused(gw):
+    """The gateway's password alone: a FunctionCall message runs set_config() as the gateway
+    before any authenticate."""
+    with gateway(gw, autocommit=True) as conn:
+        result = fastpath(conn, fn_oid(gw, "set_config(text,text,boolean)"),
+                          b"search_path", POISON.encode(), b"\x00")
+        assert result[0] == "42501", f"fast-path set_config ran as the gateway: {result}"
+
+
+def test_fastpath_poisons_the_next_subjects_search_path(gw, issuer):
+    """A pooler client sends one FunctionCall between transactions; the next client on that
+    server connection runs its own statements through the attacker's schema, as itself."""
+    with gateway(gw, autocommit=True) as conn:
+        plant_trap(conn, issuer)
+        fastpath(conn, fn_oid(gw, "set_config(text,text,boolean)"),
+                 b"search_path", POISON.encode(), b"\x00")
+        path = victim_reads_its_notes(conn, issuer)
+    assert (path, loot(gw)) == (default_search_path(gw), []), \
+        "the victim ran with the attacker's search_path, its rows copied by the attacker's view"
+
+
+def test_fastpath_reads_the_queries_of_other_pooled_connections(gw, issuer):
+    """pg_stat_activity's query of a session is shown to its session user's role: every
+    pooled connection belongs to the gateway, so the gateway reads what all clients send."""
+    with gateway(gw, autocommit=True) as victim, gateway(gw, autocommit=True) as spy:
+        begin_as(victim, issuer, "user-victim")
+        victim.execute("SELECT 'card 4111-1111-1111-1111' AS secret")
+        seen = []
+        oid = fn_oid(gw, "pg_stat_get_backend_activity(integer)")
+        for backend_id in range(1, 60):
+            state, text = fastpath(spy, oid, backend_id.to_bytes(4, "big"))
+            if state != "ok":
+                seen.append(state)
+                break
+            seen.append(text.decode(errors="replace"))
+        victim.execute("ROLLBACK")
+    assert not any("4111" in s for s in seen), "the gateway read another client's statement"
+    assert seen and seen[0] == "42501"
+
+
+# ---------------------------------------------------------------------------------------
+# Type input before the gate: parse analysis folds a literal of an array (or composite) of a
+# domain into a Const, running the domain's CHECK; Bind converts parameters of the types
+# the client names, running the CHECK of a domain parameter.  Neither is planned yet.
+# ---------------------------------------------------------------------------------------
+
+def test_a_domain_check_in_a_literal_runs_as_the_gateway(gw, issuer):
+    """After COMMIT (in a multi-statement query or the next one), "SELECT '{x}'::evil[]"
+    passes the gate (a Const) after its CHECK ran as the gateway during parse analysis."""
+    with gateway(gw, autocommit=True) as conn:
+        plant_trap(conn, issuer)
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT '{x}'::playground.evil[]")
+        path = victim_reads_its_notes(conn, issuer)
+    assert (path, loot(gw)) == (default_search_path(gw), []), \
+        "the victim ran with the attacker's search_path, its rows copied by the attacker's view"
+
+
+def test_a_domain_check_in_a_composite_literal_runs_as_the_gateway(gw, issuer):
+    with gateway(gw, autocommit=True) as conn:
+        plant_trap(conn, issuer)
+        begin_as(conn, issuer, "user-evil")
+        conn.execute("""
+            DROP TYPE IF EXISTS playground.wrapper;
+            CREATE TYPE playground.wrapper AS (v playground.evil);
+        """)
+        conn.execute("COMMIT")
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT '(x)'::playground.wrapper")
+        path = victim_reads_its_notes(conn, issuer)
+    assert (path, loot(gw)) == (default_search_path(gw), [])
+
+
+def test_a_domain_check_of_a_bind_parameter_runs_as_the_gateway(gw, issuer):
+    """Parse "SELECT $1" naming the domain's OID as the parameter type (no USAGE on its
+    schema needed), Bind a value: domain_in() runs the CHECK before the planner is called,
+    and "SELECT $1" is what the gate lets through."""
+    with gateway(gw, autocommit=True) as conn:
+        plant_trap(conn, issuer)
+        evil = gw.sql("SELECT 'playground.evil'::regtype::oid")[0][0]
+        res = conn.pgconn.exec_params(b"SELECT $1", [b"x"], [evil])
+        status = res.status
+        path = victim_reads_its_notes(conn, issuer)
+    assert status != psycopg.pq.ExecStatus.TUPLES_OK, "SELECT $1::evil ran as the gateway"
+    assert (path, loot(gw)) == (default_search_path(gw), [])
