@@ -228,3 +228,92 @@ def test_a_domain_check_of_a_bind_parameter_runs_as_the_gateway(gw, issuer):
         path = victim_reads_its_notes(conn, issuer)
     assert status != psycopg.pq.ExecStatus.TUPLES_OK, "SELECT $1::evil ran as the gateway"
     assert (path, loot(gw)) == (default_search_path(gw), [])
+
+
+def test_code_as_the_gateway_turns_on_plan_logging_for_the_next_token(gw, issuer):
+    """debug_print_plan is a user setting; the gateway's pin is a session value any SET
+    outranks.  Set between transactions (fast path here), it logs the next client's custom
+    plan of SELECT oauth.authenticate($1): the bound token as a Const's bytes."""
+    with gateway(gw, autocommit=True) as conn:
+        fastpath(conn, fn_oid(gw, "set_config(text,text,boolean)"),
+                 b"debug_print_plan", b"on", b"\x00")
+        victim_token = token(issuer, "user-victim")
+        conn.execute("BEGIN")
+        conn.execute("SELECT oauth.authenticate(%s)", (victim_token,))
+        conn.execute("ROLLBACK")
+    leaked = victim_token.split(".")[1] in plan_constants(gw.log_text())
+    assert not leaked, "the victim's token is in the server log (a plan dump's Const)"
+
+
+def plan_constants(log: str) -> str:
+    """The bytes of every ":constvalue N [ b b b ... ]" of the node dumps in a log, as text
+    (debug_pretty_print wraps the numbers anywhere, continuing at the same indentation)."""
+    out = []
+    for m in re.finditer(r"\n([ \t]*):constvalue \d+ \[([^\]]*)\]", log):
+        numbers = m.group(2).replace("\n" + m.group(1), "")
+        out.append(bytes(int(b) & 0xFF for b in numbers.split()).decode(errors="replace"))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+# What an authenticated transaction leaves to the next subject on the same connection
+# ---------------------------------------------------------------------------------------
+
+def test_a_protocol_level_prepared_statement_outlives_the_transaction(gw, issuer):
+    """SQL PREPARE is refused while authenticated; a Parse message with a name (any driver's
+    server-side prepare) is not, and the next subject reads its text (and runs it)."""
+    with gateway(gw, autocommit=True) as conn:
+        begin_as(conn, issuer, "user-a")
+        conn.execute("SELECT count(*) FROM notes WHERE body <> 'user-a was here' AND id > %s",
+                     (0,), prepare=True)
+        conn.execute("COMMIT")
+        begin_as(conn, issuer, "user-b")
+        left = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+        conn.execute("ROLLBACK")
+    assert left == [], f"the next subject finds the previous one's prepared statements: {left}"
+
+
+def test_setseed_outlives_the_transaction(gw, issuer):
+    """setseed() (and SET seed) is not a RESET ALL setting: the next subject's random()
+    sequence is the one the previous subject chose."""
+    expected = gw.sql("SELECT setseed(0.25), random()")[0][1]
+    with gateway(gw, autocommit=True) as conn:
+        begin_as(conn, issuer, "user-a")
+        conn.execute("SELECT setseed(0.25)")
+        conn.execute("COMMIT")
+        begin_as(conn, issuer, "user-b")
+        got = conn.execute("SELECT random()").fetchone()[0]
+        conn.execute("ROLLBACK")
+    assert got != expected, "the next subject's random() was seeded by the previous subject"
+
+
+def test_a_temp_schema_left_by_one_role_does_not_serve_a_role_without_temp_privilege(gw, issuer):
+    """ResetTempTableNamespace empties the backend's temporary schema but keeps it; TEMP is
+    checked again on the schema itself (pg_namespace_aclmask), so app2 gets nothing."""
+    with gateway(gw, autocommit=True) as fresh:
+        begin_as(fresh, issuer, "two-fresh", "app2")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="temporary tables"):
+            fresh.execute("CREATE TEMP TABLE t (x int)")
+        fresh.execute("ROLLBACK")
+    with gateway(gw, autocommit=True) as conn:
+        begin_as(conn, issuer, "user-a")
+        conn.execute("CREATE TEMP TABLE t (x int)")
+        conn.execute("COMMIT")
+        begin_as(conn, issuer, "two-x", "app2")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="schema pg_temp_"):
+            conn.execute("CREATE TEMP TABLE t2 (x int)")
+        conn.execute("ROLLBACK")
+
+
+def test_a_token_written_with_escapes_is_still_written_into_the_statement(gw, issuer):
+    """token_in_statement() looks for the payload as written; E'\\x..' escapes (or U&'') put
+    the token into the statement text, logs and pg_stat_activity all the same."""
+    tok = token(issuer, "user-1")
+    MINTED.remove(tok)  # written into a statement on purpose
+    escaped = "E'" + "".join(f"\\x{ord(c):02x}" for c in tok) + "'"
+    with gateway(gw, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as excinfo:
+            conn.execute(f"SELECT oauth.authenticate({escaped})")
+        conn.execute("ROLLBACK")
+    assert reason(excinfo.value) == "token_in_statement"
