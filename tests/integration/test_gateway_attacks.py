@@ -317,3 +317,170 @@ def test_a_token_written_with_escapes_is_still_written_into_the_statement(gw, is
             conn.execute(f"SELECT oauth.authenticate({escaped})")
         conn.execute("ROLLBACK")
     assert reason(excinfo.value) == "token_in_statement"
+
+
+# ---------------------------------------------------------------------------------------
+# Attacks the feature resists (regression tests)
+# ---------------------------------------------------------------------------------------
+
+def test_commit_and_chain_starts_a_transaction_without_identity(gw, issuer):
+    with gateway(gw, autocommit=True) as conn:
+        begin_as(conn, issuer, "user-1")
+        conn.execute("COMMIT AND CHAIN")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="before oauth.authenticate"):
+            conn.execute("SELECT current_user")
+        conn.execute("ROLLBACK")
+
+
+def test_statements_after_commit_in_one_simple_query_are_gated(gw, issuer):
+    """SQL injected into an application's statement: "...; COMMIT; <as the gateway>"."""
+    with gateway(gw, autocommit=True) as conn:
+        begin_as(conn, issuer, "user-1")
+        res = conn.pgconn.exec_(b"SELECT 1; COMMIT; SELECT * FROM gateway_only")
+        assert res.status == psycopg.pq.ExecStatus.FATAL_ERROR
+        assert res.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"42501"
+        assert b"before oauth.authenticate" in res.error_message
+        assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_pipeline_past_commit_is_gated(gw, issuer):
+    with gateway(gw, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="before oauth.authenticate"):
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                conn.execute("SELECT oauth.authenticate(%s)", (token(issuer, "user-1"),))
+                conn.execute("COMMIT")
+                conn.execute("SELECT secret FROM gateway_only")
+
+
+def test_a_procedure_cannot_commit_its_way_out_of_the_identity(gw, issuer):
+    with gateway(gw, autocommit=True) as conn:
+        begin_as(conn, issuer, "user-evil")
+        conn.execute("""
+            CREATE OR REPLACE PROCEDURE playground.escape() LANGUAGE plpgsql AS $$
+            BEGIN COMMIT; PERFORM * FROM public.gateway_only; END $$""")
+        with pytest.raises(psycopg.errors.InvalidTransactionTermination):
+            conn.execute("CALL playground.escape()")
+        conn.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("how", ["session characteristics", "placeholder", "savepoint",
+                                 "function SET clause", "rollback"])
+def test_settings_do_not_reach_the_next_subject(gw, issuer, how):
+    with gateway(gw, autocommit=True) as conn:
+        begin_as(conn, issuer, "user-evil")
+        if how == "session characteristics":
+            conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        elif how == "placeholder":
+            conn.execute("SET myapp.tenant = 'user-evil'")
+        elif how == "savepoint":
+            conn.execute("SAVEPOINT s")
+            conn.execute("SELECT set_config('search_path', 'playground, public', false)")
+            conn.execute("RELEASE s")
+        elif how == "function SET clause":
+            conn.execute("""
+                CREATE OR REPLACE FUNCTION playground.setter() RETURNS int LANGUAGE plpgsql
+                    SET work_mem = '64kB' AS $$
+                BEGIN PERFORM set_config('search_path', 'playground, public', false);
+                      RETURN 1; END $$""")
+            conn.execute("SELECT playground.setter()")
+        conn.execute("ROLLBACK" if how == "rollback" else "COMMIT")
+        begin_as(conn, issuer, "user-victim")
+        got = conn.execute("SELECT current_setting('transaction_read_only'), "
+                           "current_setting('myapp.tenant', true), "
+                           "current_setting('search_path')").fetchone()
+        conn.execute("ROLLBACK")
+    assert got[0] == "off" and not got[1] and got[2] == default_search_path(gw)
+
+
+def test_parallel_workers_do_not_lose_the_claims_for_rls(gw, issuer):
+    with gateway(gw, autocommit=True) as conn:
+        begin_as(conn, issuer, "user-par")
+        conn.execute("INSERT INTO notes (body) VALUES ('mine')")
+        conn.execute("SET LOCAL force_parallel_mode = on")
+        conn.execute("SET LOCAL parallel_setup_cost = 0")
+        conn.execute("SET LOCAL parallel_tuple_cost = 0")
+        owners = {r[0] for r in conn.execute("SELECT owner FROM notes").fetchall()}
+        conn.execute("ROLLBACK")
+    assert owners == {"user-par"}
+
+
+def test_a_cursor_does_not_reach_the_next_subject(gw, issuer):
+    with gateway(gw, autocommit=True) as conn:
+        begin_as(conn, issuer, "user-evil")
+        conn.execute("DECLARE c CURSOR FOR SELECT current_user")
+        conn.execute("COMMIT")
+        begin_as(conn, issuer, "user-victim")
+        with pytest.raises(psycopg.errors.InvalidCursorName):
+            conn.execute("FETCH c")
+        conn.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("statement", ["LISTEN ch", "PREPARE p AS SELECT 1",
+                                       "DECLARE h CURSOR WITH HOLD FOR SELECT 1"])
+def test_what_outlives_the_transaction_is_refused_from_plpgsql_too(gw, issuer, statement):
+    with gateway(gw, autocommit=True) as conn:
+        begin_as(conn, issuer, "user-evil")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="not allowed in a gateway session"):
+            conn.execute(sql.SQL("DO $$ BEGIN EXECUTE {}; END $$").format(sql.Literal(statement)))
+        conn.execute("ROLLBACK")
+
+
+def test_a_function_cannot_authenticate_a_second_token(gw, issuer):
+    with gateway(gw, autocommit=True) as conn:
+        begin_as(conn, issuer, "user-evil")
+        conn.execute("""
+            CREATE OR REPLACE FUNCTION playground.reauth(t text) RETURNS name
+                LANGUAGE sql AS 'SELECT oauth.authenticate(t)'""")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="already authenticated"):
+            conn.execute("SELECT playground.reauth(%s)", (token(issuer, "user-victim"),))
+        conn.execute("ROLLBACK")
+
+
+def test_a_gateway_with_memberships_still_runs_nothing_before_authenticate(gw):
+    """Careless DBA: the gateway is a member of a role with table grants."""
+    gw.sql("GRANT tenant TO gateway")
+    try:
+        with gateway(gw, autocommit=True) as conn:
+            for statement in ("SELECT * FROM notes", "SET ROLE tenant",
+                              "SELECT nextval('notes_id_seq')"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                                   match="before oauth.authenticate"):
+                    conn.execute(statement)
+    finally:
+        gw.sql("REVOKE tenant FROM gateway")
+
+
+def test_logging_of_every_kind_keeps_bound_tokens_out(issuer):
+    cluster = make_gateway_cluster(
+        issuer, log_statement="'all'", log_min_duration_statement=0,
+        log_min_error_statement="'error'", log_parameter_max_length_on_error=-1,
+        log_parameter_max_length=-1)
+    try:
+        cluster.sql("""
+            ALTER ROLE gateway SET session_preload_libraries = 'auto_explain';
+            ALTER ROLE gateway SET auto_explain.log_min_duration = 0;
+            ALTER ROLE gateway SET auto_explain.log_analyze = on;
+            ALTER ROLE gateway SET auto_explain.log_verbose = on;
+        """)
+        good = token(issuer, "user-logged")
+        expired = token(issuer, "user-logged", exp=1)
+        with gateway(cluster, autocommit=True) as conn:
+            conn.execute("BEGIN")
+            conn.execute("SELECT oauth.authenticate(%s)", (good,))
+            conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                conn.execute("SELECT oauth.authenticate(%s)", (expired,))
+            conn.execute("ROLLBACK")
+        log = cluster.log_text()
+        # every logger ran: statement, duration, error statement, auto_explain
+        assert "execute <unnamed>: SELECT oauth.authenticate($1)" in log
+        assert "STATEMENT:  SELECT oauth.authenticate($1)" in log
+        assert "Query Text: SELECT oauth.authenticate($1)" in log
+        for tok in (good, expired):
+            payload = tok.split(".")[1]
+            leaked = payload in log or payload in plan_constants(log)
+            assert not leaked
+    finally:
+        cluster.stop()
