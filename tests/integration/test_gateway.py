@@ -192,7 +192,8 @@ def test_a_prepared_statement_made_while_authenticated_does_not_run_after(gw_clu
         # psycopg prepares a named statement server-side (Parse) with prepare=True
         conn.execute("SELECT count(*) FROM notes WHERE body <> %s", ("x",), prepare=True)
         conn.execute("COMMIT")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="before oauth.authenticate"):
+        # the transaction's end dropped it: the next client cannot run it or read its text
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
             conn.execute("SELECT count(*) FROM notes WHERE body <> %s", ("x",), prepare=True)
 
 

@@ -1,10 +1,11 @@
 """Attacks on oauth.authenticate() and gateway sessions (transaction_identity.c, gateway.c).
 
-Each test is one attack.  Where the feature resists, the test asserts the defence's own
-outcome (SQLSTATE, message) and stays as a regression test.  Where it does not, the test
-asserts what the design promises ("nothing runs as the gateway before authenticate",
-"COMMIT or ROLLBACK takes away what a transaction could leave to the next one", "the token
-never appears in any log") and fails until the hole is closed.
+Each test is one attack, and asserts the defence's own outcome (SQLSTATE, message) or
+what the design promises ("nothing runs as the gateway before authenticate", "COMMIT or
+ROLLBACK takes away what a transaction could leave to the next one", "the token never
+appears in any log").  The fast-path call, domain CHECKs, the plan-logging, prepared
+statement, setseed and escaped-literal attacks broke the first version of the feature;
+they pass since the fixes they led to.
 
 One psycopg connection as the gateway stands for one pooled server connection: what an
 attacker's client sends on it is followed by the next client's transaction (the victim)."""
@@ -152,7 +153,7 @@ def test_fastpath_call_before_authenticate_is_refused(gw):
         assert result[0] == "42501", f"fast-path set_config ran as the gateway: {result}"
 
 
-def test_fastpath_poisons_the_next_subjects_search_path(gw, issuer):
+def test_fastpath_cannot_poison_the_next_subjects_search_path(gw, issuer):
     """A pooler client sends one FunctionCall between transactions; the next client on that
     server connection runs its own statements through the attacker's schema, as itself."""
     with gateway(gw, autocommit=True) as conn:
@@ -164,7 +165,7 @@ def test_fastpath_poisons_the_next_subjects_search_path(gw, issuer):
         "the victim ran with the attacker's search_path, its rows copied by the attacker's view"
 
 
-def test_fastpath_reads_the_queries_of_other_pooled_connections(gw, issuer):
+def test_fastpath_cannot_read_the_queries_of_other_pooled_connections(gw, issuer):
     """pg_stat_activity's query of a session is shown to its session user's role: every
     pooled connection belongs to the gateway, so the gateway reads what all clients send."""
     with gateway(gw, autocommit=True) as victim, gateway(gw, autocommit=True) as spy:
@@ -189,7 +190,7 @@ def test_fastpath_reads_the_queries_of_other_pooled_connections(gw, issuer):
 # the client names, running the CHECK of a domain parameter.  Neither is planned yet.
 # ---------------------------------------------------------------------------------------
 
-def test_a_domain_check_in_a_literal_runs_as_the_gateway(gw, issuer):
+def test_a_domain_check_in_a_literal_does_not_run_as_the_gateway(gw, issuer):
     """After COMMIT (in a multi-statement query or the next one), "SELECT '{x}'::evil[]"
     passes the gate (a Const) after its CHECK ran as the gateway during parse analysis."""
     with gateway(gw, autocommit=True) as conn:
@@ -201,7 +202,7 @@ def test_a_domain_check_in_a_literal_runs_as_the_gateway(gw, issuer):
         "the victim ran with the attacker's search_path, its rows copied by the attacker's view"
 
 
-def test_a_domain_check_in_a_composite_literal_runs_as_the_gateway(gw, issuer):
+def test_a_domain_check_in_a_composite_literal_does_not_run_as_the_gateway(gw, issuer):
     with gateway(gw, autocommit=True) as conn:
         plant_trap(conn, issuer)
         begin_as(conn, issuer, "user-evil")
@@ -216,7 +217,7 @@ def test_a_domain_check_in_a_composite_literal_runs_as_the_gateway(gw, issuer):
     assert (path, loot(gw)) == (default_search_path(gw), [])
 
 
-def test_a_domain_check_of_a_bind_parameter_runs_as_the_gateway(gw, issuer):
+def test_a_domain_check_of_a_bind_parameter_does_not_run_as_the_gateway(gw, issuer):
     """Parse "SELECT $1" naming the domain's OID as the parameter type (no USAGE on its
     schema needed), Bind a value: domain_in() runs the CHECK before the planner is called,
     and "SELECT $1" is what the gate lets through."""
@@ -230,7 +231,7 @@ def test_a_domain_check_of_a_bind_parameter_runs_as_the_gateway(gw, issuer):
     assert (path, loot(gw)) == (default_search_path(gw), [])
 
 
-def test_code_as_the_gateway_turns_on_plan_logging_for_the_next_token(gw, issuer):
+def test_code_as_the_gateway_cannot_turn_on_plan_logging_for_the_next_token(gw, issuer):
     """debug_print_plan is a user setting; the gateway's pin is a session value any SET
     outranks.  Set between transactions (fast path here), it logs the next client's custom
     plan of SELECT oauth.authenticate($1): the bound token as a Const's bytes."""
@@ -259,7 +260,7 @@ def plan_constants(log: str) -> str:
 # What an authenticated transaction leaves to the next subject on the same connection
 # ---------------------------------------------------------------------------------------
 
-def test_a_protocol_level_prepared_statement_outlives_the_transaction(gw, issuer):
+def test_a_protocol_level_prepared_statement_does_not_outlive_the_transaction(gw, issuer):
     """SQL PREPARE is refused while authenticated; a Parse message with a name (any driver's
     server-side prepare) is not, and the next subject reads its text (and runs it)."""
     with gateway(gw, autocommit=True) as conn:
@@ -273,7 +274,7 @@ def test_a_protocol_level_prepared_statement_outlives_the_transaction(gw, issuer
     assert left == [], f"the next subject finds the previous one's prepared statements: {left}"
 
 
-def test_setseed_outlives_the_transaction(gw, issuer):
+def test_setseed_does_not_outlive_the_transaction(gw, issuer):
     """setseed() (and SET seed) is not a RESET ALL setting: the next subject's random()
     sequence is the one the previous subject chose."""
     expected = gw.sql("SELECT setseed(0.25), random()")[0][1]
@@ -305,7 +306,7 @@ def test_a_temp_schema_left_by_one_role_does_not_serve_a_role_without_temp_privi
         conn.execute("ROLLBACK")
 
 
-def test_a_token_written_with_escapes_is_still_written_into_the_statement(gw, issuer):
+def test_a_token_written_with_escapes_is_refused_as_written_into_the_statement(gw, issuer):
     """token_in_statement() looks for the payload as written; E'\\x..' escapes (or U&'') put
     the token into the statement text, logs and pg_stat_activity all the same."""
     tok = token(issuer, "user-1")
