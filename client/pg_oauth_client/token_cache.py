@@ -40,13 +40,15 @@ class CacheEntry:
     issued_at: float | None = None
     refresh_token: str | None = None
 
-    def usable(self, min_valid: float, now: float | None = None) -> bool:
-        """Valid for ``min_valid`` more seconds, or for half its lifetime when shorter."""
+    def usable(self, min_valid: float, now: float | None = None, *,
+               strict: bool = False) -> bool:
+        """Valid for ``min_valid`` more seconds, or for half its lifetime when shorter
+        (``strict``: for ``min_valid`` seconds whatever its lifetime, as a pool needs)."""
         if not self.access_token or self.expires_at is None:
             return False
         now = time.time() if now is None else now
         lifetime = self.expires_at - (self.issued_at or now)
-        wanted = min(min_valid, max(lifetime, 0) / 2)
+        wanted = min_valid if strict else min(min_valid, max(lifetime, 0) / 2)
         return self.expires_at - now > wanted
 
     def save(self) -> None:

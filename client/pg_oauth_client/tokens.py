@@ -44,36 +44,55 @@ class Token:
 
 
 def get_token(profile: str | Profile | None = None, *, min_valid: float | None = None,
-              interactive: bool = True) -> str:
+              interactive: bool = True, strict: bool = False) -> str:
     """A token for ``profile`` (name, Profile, or None: ``$PG_OAUTH_PROFILE``/default)
     valid for at least ``min_valid`` seconds (default: the profile's, 300) or half its
-    lifetime. Raises ClientError with a one-line message."""
-    return obtain(profile, min_valid=min_valid, interactive=interactive).access_token
+    lifetime (``strict``: at least ``min_valid``, renewing early; a new token that
+    lives less is an error). Raises ClientError with a one-line message."""
+    return obtain(profile, min_valid=min_valid, interactive=interactive,
+                  strict=strict).access_token
 
 
 def obtain(profile: str | Profile | None = None, *, min_valid: float | None = None,
            force: bool = False, sign_in: bool = False, interactive: bool = True,
            notify: Notify = _stderr, env: Mapping[str, str] | None = None,
-           _chain: tuple[str, ...] = ()) -> Token:
+           strict: bool = False, _chain: tuple[str, ...] = ()) -> Token:
     """``force``: do not reuse a cached access token; ``sign_in``: also ignore a cached
-    refresh token (a new interactive sign-in for device_code profiles)."""
+    refresh token (a new interactive sign-in for device_code profiles); ``strict``: the
+    token must stay valid ``min_valid`` seconds, whatever its lifetime (pools)."""
     p = profile if isinstance(profile, Profile) else load_profile(profile, env)
     if p.name in _chain:
         raise ConfigError(f"profiles form a loop: {' -> '.join((*_chain, p.name))}")
     chain = (*_chain, p.name)
 
+    want = p.min_valid if min_valid is None else min_valid
     if p.flow == "token_file":  # the platform keeps the file fresh: read it every time
         token = read_token_file(p.token_file or "", p.name)
-        return Token(token, _expiry(token, {}, time.time())[1], p.name, False)
+        return _long_enough(Token(token, _expiry(token, {}, time.time())[1], p.name, False),
+                            want, strict)
 
-    want = p.min_valid if min_valid is None else min_valid
     if not p.cache:
         entry = CacheEntry(path=cache_dir(env) / "unused", fingerprint=p.fingerprint())
-        return _fetch(p, entry, sign_in, interactive, notify, env, chain, store=False)
+        return _long_enough(_fetch(p, entry, sign_in, interactive, notify, env, chain,
+                                   store=False), want, strict)
     with TokenCache(cache_dir(env)).entry(p.name, p.fingerprint()) as entry:
-        if not force and not sign_in and entry.usable(want):
+        if not force and not sign_in and entry.usable(want, strict=strict):
             return Token(entry.access_token or "", entry.expires_at, p.name, True)
-        return _fetch(p, entry, sign_in, interactive, notify, env, chain, store=True)
+        return _long_enough(_fetch(p, entry, sign_in, interactive, notify, env, chain,
+                                   store=True), want, strict)
+
+
+def _long_enough(token: Token, want: float, strict: bool) -> Token:
+    """A pool keeps a connection ``want`` seconds: a new token that lives less would end
+    its session early (pg_oauth.session_expiry), so say so instead of handing it out."""
+    if strict and token.expires_at is not None:
+        left = token.expires_at - time.time()
+        if left < want:
+            raise ClientError(
+                f"profile {token.profile!r}: a new token is valid {max(left, 0):.0f} s, "
+                f"but the pool needs one valid {want:.0f} s (its max_lifetime or pool_recycle, "
+                "and a margin): lower that below the tokens' lifetime")
+    return token
 
 
 def forget(profile: str | Profile | None = None,
