@@ -19,8 +19,9 @@ import time
 from collections.abc import Sequence
 
 from pg_oauth_client.errors import ClientError
+from pg_oauth_client.jwt_peek import unverified_claims
 from pg_oauth_client.profile import FLOWS, config_path, load_profile, profile_names
-from pg_oauth_client.refusal import advice, find_refusal
+from pg_oauth_client.refusal import connection_advice, not_a_database_token
 from pg_oauth_client.tokens import forget, obtain
 
 _SCAN_LIMIT = 64 * 1024  # the tail of the child's stderr kept to find a refusal
@@ -133,6 +134,9 @@ def _run(args: argparse.Namespace) -> int:
     token = obtain(profile, min_valid=args.min_valid, force=getattr(args, "force", False),
                    interactive=not args.no_interactive)
     if args.command == "token":
+        if unverified_claims(token.access_token) is None:  # said on stderr: stdout is the token
+            print(f"pg-oauth: warning: {not_a_database_token(token.access_token, profile.name)}",
+                  file=sys.stderr)
         if args.output == "json":
             print(json.dumps({
                 "profile": token.profile,
@@ -158,10 +162,11 @@ def _run(args: argparse.Namespace) -> int:
     # a token must not go to a server nobody verified: libpq's default (prefer) would
     env.setdefault("PGSSLMODE", "verify-full")
     env["PGPASSWORD"] = token.access_token
-    return _run_child(command, env, token.access_token, profile.name)
+    return _run_child(command, env, token.access_token, profile.name, profile.issuer)
 
 
-def _run_child(command: list[str], env: dict[str, str], token: str, profile_name: str) -> int:
+def _run_child(command: list[str], env: dict[str, str], token: str, profile_name: str,
+               profile_issuer: str | None = None) -> int:
     """Run the command; pass its stderr through as it comes, keeping the tail to find a
     refusal. Ctrl-C is the child's to handle (psql cancels a query)."""
     exe = shutil.which(command[0], path=env.get("PATH"))
@@ -182,10 +187,9 @@ def _run_child(command: list[str], env: dict[str, str], token: str, profile_name
         status = proc.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
-    refusal = find_refusal(tail.decode("utf-8", "replace"))
-    if refusal is not None:
-        for line in advice(refusal, token, profile_name):
-            print(f"pg-oauth: {line}", file=sys.stderr)
+    for line in connection_advice(tail.decode("utf-8", "replace"), token, profile_name,
+                                  env.get("PGSSLMODE"), profile_issuer):
+        print(f"pg-oauth: {line}", file=sys.stderr)
     return status if status >= 0 else 128 - status
 
 

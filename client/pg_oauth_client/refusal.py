@@ -12,7 +12,9 @@ from typing import Any
 from pg_oauth_client.jwt_peek import number_claim, unverified_claims
 
 _FAILED = re.compile(r'JWT authentication failed for user "((?:[^"]|"")*)"')
+_PASSWORD_FAILED = re.compile(r'password authentication failed for user "((?:[^"]|"")*)"')
 _REASON = re.compile(r"reason=([a-z_]+)(?::\s*([^\r\n]*))?")
+_NO_TLS_MODES = ("disable", "allow", "prefer")
 
 
 @dataclass(frozen=True)
@@ -34,15 +36,69 @@ def find_refusal(text: str) -> Refusal | None:
                    detail=(reason.group(2) or None) if reason else None)
 
 
+def find_password_failure(text: str) -> Refusal | None:
+    """A token login that pg_hba.conf sent to a password line: PostgreSQL's own
+    "password authentication failed", with pg_oauth's reason when the server added it
+    (hba_password_line, ssl_required; none with pg_oauth.client_detail = none)."""
+    failed = list(_PASSWORD_FAILED.finditer(text))
+    if not failed:
+        return None
+    last = failed[-1]
+    reason = _REASON.search(text, last.end())
+    return Refusal(user=last.group(1).replace('""', '"'),
+                   reason=reason.group(1) if reason else None,
+                   detail=(reason.group(2) or None) if reason else None)
+
+
+def password_advice(refusal: Refusal, profile_name: str, sslmode: str | None) -> list[str]:
+    """What to do when a token landed on a password line of pg_hba.conf."""
+    p, user = profile_name, refusal.user
+    head = (f"the server asked for a password, not a token, for user {user!r} (profile "
+            f"{p!r}): this login did not reach pg_oauth's trust lines in pg_hba.conf")
+    if refusal.reason:
+        head += f" (reason={refusal.reason})"
+    lines = [head]
+    no_tls = sslmode in _NO_TLS_MODES
+    if no_tls or refusal.reason == "ssl_required":
+        lines.append(f"the connection used sslmode={sslmode or 'unknown'}, which may not use "
+                     "TLS, and token lines are hostssl: use sslmode=verify-full (the "
+                     f"profile's sslmode, PGSSLMODE, or ssl in the driver)")
+    if refusal.reason == "hba_password_line":
+        lines.append(f"the server knows {user!r} as a token role, but an earlier pg_hba.conf "
+                     "line sends this connection to password authentication: ask the DBA "
+                     "to move pg_oauth's trust line above it (the server log names both)")
+    elif not no_tls and refusal.reason != "ssl_required":
+        lines.append(f"role {user!r} is not one the token lines admit (not in the group they "
+                     "name), or no token line matches this database or address: connect as "
+                     "the role your token maps to, or ask the DBA to add the role to the "
+                     "token lines' group")
+    return lines
+
+
+def connection_advice(text: str, token: str, profile_name: str, sslmode: str | None,
+                      profile_issuer: str | None = None) -> list[str]:
+    """Advice for a failed login's error text (psql's stderr, a driver's exception),
+    or [] when it is not a refusal pg-oauth can explain."""
+    refusal = find_refusal(text)
+    if refusal is not None:
+        return advice(refusal, token, profile_name, profile_issuer)
+    failure = find_password_failure(text)
+    if failure is not None:
+        return password_advice(failure, profile_name, sslmode)
+    return []
+
+
 def _show(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(str(v) for v in value) or "(none)"
     return "(none)" if value is None else str(value)
 
 
-def advice(refusal: Refusal, token: str, profile_name: str) -> list[str]:
+def advice(refusal: Refusal, token: str, profile_name: str,
+           profile_issuer: str | None = None) -> list[str]:
     """Lines (without prefix) saying what was refused and what to do about it."""
-    claims = unverified_claims(token) or {}
+    peeked = unverified_claims(token)
+    claims = peeked or {}
     aud, iss, sub = claims.get("aud"), claims.get("iss"), claims.get("sub")
     exp = number_claim(claims, "exp")
     p, user = profile_name, refusal.user
@@ -53,14 +109,22 @@ def advice(refusal: Refusal, token: str, profile_name: str) -> list[str]:
     token_line = f"the token: iss {_show(iss)}, aud {_show(aud)}, sub {_show(sub)}"
     if exp is not None:
         token_line += f", expires {time.strftime('%H:%M:%S UTC', time.gmtime(exp))}"
+    # a sentence after the reason is what client_detail = full adds: it is on already
+    ask_full = "" if refusal.detail else \
+        " (the DBA can tell, or set pg_oauth.client_detail = full to show it)"
+    issuer_setting = (f"set issuer in profile {p!r} (now {profile_issuer}) to the issuer "
+                      "the server trusts" if profile_issuer and profile_issuer != iss
+                      else f"use a profile whose issuer the server trusts (issuer = ... "
+                      f"in profile {p!r})")
     what = {
         "audience_mismatch":
             f"the server accepts other audiences than {_show(aud)}: set resource (or "
             f"audience) in profile {p!r} to one listed in the server's oauth.issuers.audiences"
-            " (the DBA can tell, or set pg_oauth.client_detail = full to show it)",
+            + ask_full,
         "untrusted_issuer":
-            f"the server does not trust issuer {_show(iss)} (not in oauth.issuers, or "
-            "disabled): use a profile for the issuer the server trusts, or ask the DBA",
+            f"the server does not trust issuer {_show(iss)}, the one the token carries (not "
+            f"in oauth.issuers, or disabled): {issuer_setting}, or ask the DBA to trust "
+            f"{_show(iss)}",
         "role_not_allowed":
             f"no oauth.role_map rule gives role {user!r} to this token (sub {_show(sub)}): "
             "connect as the role your token maps to, or ask the DBA for a rule",
@@ -117,4 +181,17 @@ def advice(refusal: Refusal, token: str, profile_name: str) -> list[str]:
     }.get(refusal.reason or "",
           "see the reason codes in the pg_oauth README, or ask the DBA to run "
           "oauth.explain() on a token like this one")
-    return [head, token_line, what]
+    lines = [head, token_line, what]
+    if peeked is None or aud is None:
+        lines.append(not_a_database_token(token, p))
+    return lines
+
+
+def not_a_database_token(token: str, profile_name: str) -> str:
+    """An opaque token, or a JWT without aud: the IdP was not told which database."""
+    what = "is not a JWT (an opaque token)" if unverified_claims(token) is None \
+        else "has no aud claim"
+    return (f"the token of profile {profile_name!r} {what}: most IdPs issue a JWT with the "
+            f"database's audience only when asked for it: set resource = \"...\" (or "
+            f"audience = \"...\") in profile {profile_name!r} to the audience in the "
+            "server's oauth.issuers.audiences")
