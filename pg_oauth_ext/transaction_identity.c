@@ -63,7 +63,7 @@ typedef struct TransactionIdentity
 static TransactionIdentity identity;
 /* inside oauth.authenticate(): its own statements pass the gateway's gate */
 static bool calling = false;
-/* the function's oid in this database, once recognized */
+/* the function's oid, once recognized (a re-created extension gives another) */
 static Oid	authenticate_oid = InvalidOid;
 static bool callbacks_registered = false;
 
@@ -90,8 +90,9 @@ transaction_identity_function(Oid funcid)
 	HeapTuple	tup;
 	bool		ours = false;
 
-	if (OidIsValid(authenticate_oid))
-		return funcid == authenticate_oid;
+	/* only gateway sessions ask, and before a token: a lookup is cheap enough */
+	if (OidIsValid(authenticate_oid) && funcid == authenticate_oid)
+		return true;
 	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(funcid));
 	if (!HeapTupleIsValid(tup))
 		return false;

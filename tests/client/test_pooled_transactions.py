@@ -24,9 +24,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from client_support import CLIENT_DIR, NODE_DIR, ROOT
-from pgcluster import DEFAULT_HBA, Cluster
-
 from pg_oauth_dev.dev_issuer import DevIssuer
+from pgcluster import DEFAULT_HBA, Cluster
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

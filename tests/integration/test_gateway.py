@@ -9,10 +9,9 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg import sql
-
 from conftest import CLUSTERS, MINTED, RecordingIssuer, setup_oauth, until
 from pgcluster import DEFAULT_HBA, Cluster
+from psycopg import sql
 
 GATEWAY_PASSWORD = "gateway-secret"
 
@@ -95,9 +94,9 @@ def test_a_transaction_runs_as_the_tokens_role_with_its_claims(gw_cluster, issue
                 "SELECT current_user, session_user, oauth.claim('sub'), "
                 "(oauth.session()).login_role").fetchone() == ("app", "gateway", "user-1", "app")
         # the next transaction: no trace of the identity
-        with conn.transaction():
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="before oauth.authenticate"):
-                conn.execute("SELECT current_user, oauth.claim('sub')")
+        with conn.transaction(), pytest.raises(psycopg.errors.InsufficientPrivilege,
+                                               match="before oauth.authenticate"):
+            conn.execute("SELECT current_user, oauth.claim('sub')")
 
 
 def test_rls_on_the_subject_sees_only_that_subjects_rows(gw_cluster, issuer):
@@ -227,22 +226,21 @@ def test_an_authenticated_transaction_cannot_leave_the_tokens_role(gw_cluster, i
 
 def test_a_second_token_in_the_same_transaction_is_refused(gw_cluster, issuer):
     first, second = token(issuer, "user-1"), token(issuer, "user-2")
-    with gateway(gw_cluster) as conn:
-        with conn.transaction():
-            conn.execute("SELECT oauth.authenticate(%s)", (first,))
-            # the same token again answers the same
-            assert conn.execute("SELECT oauth.authenticate(%s)", (first,)).fetchone() == ("app",)
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="already authenticated"):
-                conn.execute("SELECT oauth.authenticate(%s)", (second,))
+    with gateway(gw_cluster) as conn, conn.transaction():
+        conn.execute("SELECT oauth.authenticate(%s)", (first,))
+        # the same token again answers the same
+        assert conn.execute("SELECT oauth.authenticate(%s)", (first,)).fetchone() == ("app",)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="already authenticated"):
+            conn.execute("SELECT oauth.authenticate(%s)", (second,))
 
 
 def test_authenticate_refuses_outside_a_gateway_transaction(gw_cluster, issuer):
     tok = token(issuer, "user-1")
     # a role that is not a gateway
     with psycopg.connect(host=str(gw_cluster.sockdir), port=gw_cluster.port, dbname="postgres",
-                         user="plain_user", password=GATEWAY_PASSWORD) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only in a gateway session"):
-            conn.execute("SELECT oauth.authenticate(%s)", (tok,))
+                         user="plain_user", password=GATEWAY_PASSWORD) as conn, \
+            pytest.raises(psycopg.errors.InsufficientPrivilege, match="only in a gateway session"):
+        conn.execute("SELECT oauth.authenticate(%s)", (tok,))
     with gateway(gw_cluster, autocommit=True) as conn:
         # outside a transaction block it would end at once
         with pytest.raises(psycopg.errors.NoActiveSqlTransaction):
@@ -343,18 +341,16 @@ def test_the_next_transaction_finds_no_trace(gw_cluster, issuer):
     "LOAD 'auto_explain'",
 ])
 def test_what_would_outlive_the_transaction_is_refused(gw_cluster, issuer, statement):
-    with gateway(gw_cluster) as conn:
-        with conn.transaction():
-            conn.execute("SELECT oauth.authenticate(%s)", (token(issuer, "user-1"),))
-            with pytest.raises(psycopg.Error, match="not allowed in a gateway session"):
-                conn.execute(statement)
+    with gateway(gw_cluster) as conn, conn.transaction():
+        conn.execute("SELECT oauth.authenticate(%s)", (token(issuer, "user-1"),))
+        with pytest.raises(psycopg.Error, match="not allowed in a gateway session"):
+            conn.execute(statement)
 
 
 def test_audit_rows_of_their_own_kind(gw_cluster, issuer):
     sub = f"user-audit-{time.time_ns()}"
-    with gateway(gw_cluster) as conn:
-        with conn.transaction():
-            conn.execute("SELECT oauth.authenticate(%s)", (token(issuer, sub),))
+    with gateway(gw_cluster) as conn, conn.transaction():
+        conn.execute("SELECT oauth.authenticate(%s)", (token(issuer, sub),))
     rows = until(lambda: gw_cluster.sql(
         "SELECT kind, outcome, role FROM oauth.audit_log WHERE subject = %s", (sub,)),
         what="the audit row")
@@ -366,9 +362,8 @@ def test_the_token_is_kept_out_of_statement_logs(issuer):
                                    log_min_duration_statement=0)
     try:
         tok = token(issuer, "user-logged")
-        with gateway(cluster) as conn:
-            with conn.transaction():
-                conn.execute("SELECT oauth.authenticate(%s)", (tok,))
+        with gateway(cluster) as conn, conn.transaction():
+            conn.execute("SELECT oauth.authenticate(%s)", (tok,))
         log = cluster.log_text()
         assert "oauth.authenticate($1)" in log  # the statement itself is logged
         for part in tok.split("."):

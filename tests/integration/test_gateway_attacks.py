@@ -19,10 +19,9 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg import sql
-
 from conftest import MINTED, RecordingIssuer
 from pgcluster import Cluster
+from psycopg import sql
 from test_gateway import gateway, make_gateway_cluster, reason, token
 
 POISON = "playground, public"
@@ -345,13 +344,13 @@ def test_statements_after_commit_in_one_simple_query_are_gated(gw, issuer):
 
 
 def test_a_pipeline_past_commit_is_gated(gw, issuer):
-    with gateway(gw, autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="before oauth.authenticate"):
-            with conn.pipeline():
-                conn.execute("BEGIN")
-                conn.execute("SELECT oauth.authenticate(%s)", (token(issuer, "user-1"),))
-                conn.execute("COMMIT")
-                conn.execute("SELECT secret FROM gateway_only")
+    with gateway(gw, autocommit=True) as conn, \
+            pytest.raises(psycopg.errors.InsufficientPrivilege, match="before oauth.authenticate"), \
+            conn.pipeline():
+        conn.execute("BEGIN")
+        conn.execute("SELECT oauth.authenticate(%s)", (token(issuer, "user-1"),))
+        conn.execute("COMMIT")
+        conn.execute("SELECT secret FROM gateway_only")
 
 
 def test_a_procedure_cannot_commit_its_way_out_of_the_identity(gw, issuer):
