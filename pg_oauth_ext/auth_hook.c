@@ -50,12 +50,30 @@ static ClientAuthentication_hook_type prev_client_auth_hook = NULL;
 static bool bearer_refused = false;
 static char *bearer_client_detail = NULL;
 
-/* Refusals that say nothing about the client: never held against its address. */
+/*
+ * The refusals that look like guessing: the token itself was rejected (not a
+ * JWS, too large, or not valid: signature, key, issuer, times, audience,
+ * claims, revocation).  Only these count against the client's address and get
+ * the brake's hint.  A token that verified but asked for a role, database or
+ * address it does not allow, a subject at its session limit, and what the
+ * server could not do (validator_*, jwks_unavailable) say nothing about
+ * guessing tokens: holding them back would brake a legitimate user.
+ */
+static const char *const token_rejected_reasons[] = {
+	"malformed", "too_large", "unsupported_alg", "unsupported_typ", "untrusted_issuer",
+	"unknown_key", "bad_signature", "expired", "not_yet_valid", "lifetime_too_long",
+	"audience_mismatch", "missing_claim", "revoked",
+};
+
 static bool
-server_side_reason(const char *reason)
+token_rejected(const char *reason)
 {
-	return strncmp(reason, "validator_", 10) == 0 || strcmp(reason, "jwks_unavailable") == 0 ||
-		strcmp(reason, "rate_limited") == 0;
+	int			i;
+
+	for (i = 0; i < lengthof(token_rejected_reasons); i++)
+		if (strcmp(reason, token_rejected_reasons[i]) == 0)
+			return true;
+	return false;
 }
 
 /* The audit record and the counters' arguments of this attempt (identity: the decision's). */
@@ -130,9 +148,10 @@ login_refuse(LoginAttempt *a, const char *reason, const char *detail, const char
 		explicit_bzero(a->token, a->token_len);
 
 	finish_refused_attempt(a, reason);
-	if (a->token_seen && !server_side_reason(reason))
+	if (a->token_seen && token_rejected(reason))
 		delay = rate_limit_record_failure(a->client_addr);
-	if (a->token_seen)
+	/* rate_limited: the brake is the explanation */
+	if (a->token_seen && (token_rejected(reason) || strcmp(reason, "rate_limited") == 0))
 		brake = rate_limit_hint(a->client_addr, delay);
 	if (brake)
 		hint = hint ? psprintf("%s %s", hint, brake) : brake;

@@ -397,7 +397,9 @@ def test_parallel_workers_do_not_lose_the_claims_for_rls(gw, issuer):
     with gateway(gw, autocommit=True) as conn:
         begin_as(conn, issuer, "user-par")
         conn.execute("INSERT INTO notes (body) VALUES ('mine')")
-        conn.execute("SET LOCAL force_parallel_mode = on")
+        # 16 renamed force_parallel_mode
+        knob = "debug_parallel_query" if conn.info.server_version >= 160000 else "force_parallel_mode"
+        conn.execute(f"SET LOCAL {knob} = on")
         conn.execute("SET LOCAL parallel_setup_cost = 0")
         conn.execute("SET LOCAL parallel_tuple_cost = 0")
         owners = {r[0] for r in conn.execute("SELECT owner FROM notes").fetchall()}
