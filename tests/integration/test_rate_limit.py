@@ -154,6 +154,25 @@ def test_refusals_are_held_back_and_the_hint_says_how_long(rcluster, issuer):
     assert "(this one by 100 ms), and its tokens are checked one at a time," in hint(refused)
 
 
+def test_a_token_that_verified_is_never_held_against_its_address(rcluster, issuer):
+    """A valid token asking for a role it does not allow is no guess: no count, no delay,
+    no brake hint, even from an address that is already braked."""
+    valid_for_alice = issuer.mint(sub="alice")
+    for _ in range(FAILURES + 2):
+        refused = login_error(rcluster, "bob", valid_for_alice)
+        assert reason(refused) == "role_not_allowed"
+        assert "held back" not in hint(refused)
+    assert rate_limits(rcluster) == {}
+    bad = bad_signature_token(issuer)
+    for _ in range(FAILURES + 1):
+        assert reason(login_error(rcluster, "alice", bad)) == "bad_signature"
+    failures = rate_limits(rcluster)["127.0.0.1"][0]
+    refused = login_error(rcluster, "bob", valid_for_alice)
+    assert reason(refused) == "role_not_allowed"
+    assert "one at a time" not in hint(refused) and "held back" not in hint(refused)
+    assert rate_limits(rcluster)["127.0.0.1"][0] == failures
+
+
 def test_view_shows_braked_addresses_and_reset_lets_them_go(rcluster, issuer):
     bad = bad_signature_token(issuer)
     before = datetime.datetime.now(datetime.UTC)
