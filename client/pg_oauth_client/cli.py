@@ -2,8 +2,9 @@
 entry-point group ``pg_oauth.commands``): ``token``, ``psql``, ``exec``, ``login``,
 ``logout``, ``profiles``. Each parses the arguments after its name.
 
-Tokens go to standard output (``token``) or into the child's environment only
-(``psql``/``exec``: PGPASSWORD), never onto a command line or into a message.
+Tokens go to standard output (``token``) or to the child only (``psql``/``exec``: a
+private passfile kept fresh while it runs, live_passfile.py; or PGPASSWORD with
+``--pgpassword``), never onto a command line or into a message.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-from pg_oauth_client.errors import ClientError
+from pg_oauth_client.errors import ClientError, SignInNeeded
 from pg_oauth_client.jwt_peek import unverified_claims
+from pg_oauth_client.live_passfile import LivePassfile
 from pg_oauth_client.profile import FLOWS, config_path, load_profile, profile_names
 from pg_oauth_client.refusal import connection_advice, not_a_database_token
-from pg_oauth_client.tokens import forget, obtain
+from pg_oauth_client.tokens import Token, forget, obtain
 
 _SCAN_LIMIT = 64 * 1024  # the tail of the child's stderr kept to find a refusal
 
@@ -33,12 +36,12 @@ def token(argv: Sequence[str]) -> int:
 
 
 def psql(argv: Sequence[str]) -> int:
-    """run psql with a fresh token in PGPASSWORD"""
+    """run psql with a fresh token, renewed while it runs"""
     return _main("psql", argv)
 
 
 def exec_command(argv: Sequence[str]) -> int:
-    """run a command with a fresh token in PGPASSWORD"""
+    """run a command with a fresh token, renewed while it runs"""
     return _main("exec", argv)
 
 
@@ -79,12 +82,12 @@ def _parser(name: str) -> argparse.ArgumentParser:
         "logout": "Forget the profile's cached tokens.",
         "profiles": f"List the profiles of the config file ({config_path()}).",
     }
-    for child, text in (("psql", "run psql with a fresh token in PGPASSWORD"),
-                        ("exec", "run a command with a fresh token in PGPASSWORD")):
-        descriptions[child] = (text + " (its environment only), and the profile's "
-                               "host/port/dbname/user/sslmode as PG* defaults. When the "
-                               "server refuses the token, says why and what to do.")
-    parser = argparse.ArgumentParser(prog=f"pg-oauth {name}", description=descriptions[name])
+    for child, text in (("psql", "run psql"), ("exec", "run a command")):
+        descriptions[child] = (text + " with a fresh token in a private password file "
+                               "(PGPASSFILE) that is renewed while it runs, and the "
+                               "profile's host/port/dbname/user/sslmode as PG* defaults. "
+                               "When the server refuses the token, says why and what to do.")
+    parser = _Parser(prog=f"pg-oauth {name}", description=descriptions[name])
     parser.set_defaults(command=name)
     if name == "profiles":
         return parser
@@ -97,10 +100,32 @@ def _parser(name: str) -> argparse.ArgumentParser:
                             help="token (default) or json with expires_at")
     elif name in ("psql", "exec"):
         _add_freshness(parser)
+        parser.add_argument("--pgpassword", action="store_true",
+                            help="the token in PGPASSWORD instead, for programs that read "
+                                 "no password file; it is not renewed")
+        parser.hint = (f"put -- before the {'psql arguments' if name == 'psql' else 'command'}"
+                       f": pg-oauth {name} -p PROFILE -- "
+                       + ("-c 'SELECT 1'" if name == "psql" else "COMMAND [ARGS...]"))
         parser.add_argument("args", nargs=argparse.REMAINDER,
                             help="-- then the " + ("psql arguments" if name == "psql"
                                                    else "command and its arguments"))
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's, with a hint after its error (the forgotten -- of psql and exec)."""
+
+    hint = ""
+
+    def error(self, message: str) -> NoReturn:
+        if self.hint and "unrecognized arguments" in message:
+            message += f"\n{self.hint}"
+        super().error(message)
+
+
+def _terminal() -> bool:
+    """A device sign-in needs someone at a terminal to read the code and to wait."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
 
 
 def _main(name: str, argv: Sequence[str]) -> int:
@@ -124,15 +149,22 @@ def _run(args: argparse.Namespace) -> int:
         print(f"pg-oauth: {'forgot' if removed else 'no'} cached tokens of profile {name!r}",
               file=sys.stderr)
         return 0
-    if args.command == "login":
-        token = obtain(args.profile, force=True, sign_in=True)
+    if args.command == "login":  # asked for: the code is shown even without a terminal
+        token = obtain(args.profile, force=True, sign_in=True, interactive=True)
         print(f"pg-oauth: signed in for profile {token.profile!r}"
               + (f", token valid until {_clock(token.expires_at)}" if token.expires_at else ""),
               file=sys.stderr)
         return 0
     profile = load_profile(args.profile)
-    token = obtain(profile, min_valid=args.min_valid, force=getattr(args, "force", False),
-                   interactive=not args.no_interactive)
+    terminal = _terminal()
+    try:
+        token = obtain(profile, min_valid=args.min_valid, force=getattr(args, "force", False),
+                       interactive=terminal and not args.no_interactive)
+    except SignInNeeded as exc:
+        if args.no_interactive or terminal:
+            raise
+        raise exc.because(", and this is not a terminal to sign in from (standard input "
+                          "or error is not a TTY)") from None
     if args.command == "token":
         if unverified_claims(token.access_token) is None:  # said on stderr: stdout is the token
             print(f"pg-oauth: warning: {not_a_database_token(token.access_token, profile.name)}",
@@ -161,22 +193,67 @@ def _run(args: argparse.Namespace) -> int:
         env.setdefault(key, value)
     # a token must not go to a server nobody verified: libpq's default (prefer) would
     env.setdefault("PGSSLMODE", "verify-full")
-    env["PGPASSWORD"] = token.access_token
-    return _run_child(command, env, token.access_token, profile.name, profile.issuer)
-
-
-def _run_child(command: list[str], env: dict[str, str], token: str, profile_name: str,
-               profile_issuer: str | None = None) -> int:
-    """Run the command; pass its stderr through as it comes, keeping the tail to find a
-    refusal. Ctrl-C is the child's to handle (psql cancels a query)."""
     exe = shutil.which(command[0], path=env.get("PATH"))
     if exe is None:
         print(f"pg-oauth: {command[0]}: command not found", file=sys.stderr)
         return 127
+    command[0] = exe
+    if args.pgpassword:
+        env["PGPASSWORD"] = token.access_token
+        return _run_child(command, env, lambda: token.access_token, profile.name,
+                          "--pgpassword", profile.issuer)
+    env.pop("PGPASSWORD", None)  # libpq would prefer it to the file
+    renewal_notices = _first_only()
+
+    def renew() -> Token:
+        return obtain(profile, min_valid=args.min_valid, interactive=False,
+                      notify=renewal_notices)
+
+    with LivePassfile(token, renew, _stderr_line) as passfile:
+        env["PGPASSFILE"] = str(passfile.path)
+        return _run_child(command, env, lambda: passfile.token.access_token,
+                          profile.name, "", profile.issuer)
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _first_only() -> Callable[[str], None]:
+    """The renewals' notices: the first is news, the same every minute is noise."""
+    shown: list[str] = []
+
+    def notify(line: str) -> None:
+        if not shown:
+            shown.append(line)
+            _stderr_line(line)
+
+    return notify
+
+
+_FORWARDED = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGQUIT")
+                   if hasattr(signal, name))
+
+
+def _run_child(command: list[str], env: dict[str, str], token: Callable[[], str],
+               profile_name: str, password_option: str,
+               profile_issuer: str | None = None) -> int:
+    """Run the command; pass its stderr through as it comes, keeping the tail to find a
+    refusal. Ctrl-C is the child's to handle (psql cancels a query); SIGTERM, SIGHUP and
+    SIGQUIT are passed on to it, so that the passfile goes when the child does."""
+    proc: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, frame: object) -> None:
+        if proc is None:
+            raise SystemExit(128 + signum)
+        proc.send_signal(signum)
+
     # a handler, not SIG_IGN: handlers are reset by exec, so the child keeps Ctrl-C
-    previous = signal.signal(signal.SIGINT, _ignore_signal)
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, _ignore_signal)}
+    for signum in _FORWARDED:
+        previous[signum] = signal.signal(signum, forward)
     try:
-        proc = subprocess.Popen([exe, *command[1:]], env=env, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
         assert proc.stderr is not None
         tail = b""
         err = sys.stderr.buffer
@@ -186,9 +263,11 @@ def _run_child(command: list[str], env: dict[str, str], token: str, profile_name
             tail = (tail + chunk)[-_SCAN_LIMIT:]
         status = proc.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
-    for line in connection_advice(tail.decode("utf-8", "replace"), token, profile_name,
-                                  env.get("PGSSLMODE"), profile_issuer):
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for line in connection_advice(tail.decode("utf-8", "replace"), token(), profile_name,
+                                  env.get("PGSSLMODE"), profile_issuer,
+                                  password_option=password_option):
         print(f"pg-oauth: {line}", file=sys.stderr)
     return status if status >= 0 else 128 - status
 

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import requests
 
 from pg_oauth_client import __version__
-from pg_oauth_client.errors import ConfigError, IdPError
+from pg_oauth_client.errors import ConfigError, IdPError, IdPUnavailable
 from pg_oauth_client.profile import Profile
 
 OIDC_PATH = "/.well-known/openid-configuration"
@@ -80,11 +80,14 @@ def _discover(profile: Profile) -> dict[str, Any]:
                                          "User-Agent": f"pg-oauth/{__version__}"},
                                 verify=profile.ca_file or True)
         except requests.RequestException as exc:
-            raise IdPError(f"discovery for profile {profile.name!r}: "
-                           f"{http_error_line(exc, url)}") from exc
+            raise IdPUnavailable(f"discovery for profile {profile.name!r}: "
+                                 f"{http_error_line(exc, url)}") from exc
         if resp.status_code == 404:
             last = f"{url}: HTTP 404"
             continue
+        if resp.status_code >= 500:
+            raise IdPUnavailable(f"discovery for profile {profile.name!r}: {url} answered "
+                                 f"HTTP {resp.status_code}")
         if resp.status_code != 200:
             raise IdPError(f"discovery for profile {profile.name!r}: {url} answered "
                            f"HTTP {resp.status_code}")

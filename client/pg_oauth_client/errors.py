@@ -24,12 +24,29 @@ class IdPError(ClientError):
         self.error = error
 
 
+class IdPUnavailable(IdPError):
+    """The identity provider could not be reached or failed (timeout, HTTP 5xx): it may
+    be back in a minute, so a cached token that is still valid long enough is used."""
+
+
 class RefreshRefused(IdPError):
     """The refresh token was refused (expired, revoked, rotated away): sign in again."""
 
 
 class SignInNeeded(ClientError):
-    """An interactive sign-in is needed but was not allowed (``--no-interactive``)."""
+    """An interactive sign-in is needed but was not allowed (``--no-interactive``, no
+    terminal, ``get_token()`` without ``interactive=True``). ``why``: what the sign-in
+    is for, when it is not the first one (" of its own (...)")."""
+
+    def __init__(self, profile: str, why: str = "", context: str = "",
+                 where: str = "") -> None:
+        self.profile, self.why = profile, why
+        super().__init__(f"profile {profile!r} needs a sign-in{why}{context}: "
+                         f"run pg-oauth login --profile {profile}{where}")
+
+    def because(self, context: str) -> SignInNeeded:
+        """The same, saying why none was started, and that a terminal is where to do it."""
+        return SignInNeeded(self.profile, self.why, context, " in a terminal first")
 
 
 class SourceError(ClientError):

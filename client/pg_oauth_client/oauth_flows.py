@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from authlib.oauth2.rfc7523 import PrivateKeyJWT
 
 from pg_oauth_client import __version__
 from pg_oauth_client.discovery import fetch_metadata, http_error_line
-from pg_oauth_client.errors import ConfigError, IdPError, RefreshRefused
+from pg_oauth_client.errors import ConfigError, IdPError, IdPUnavailable, RefreshRefused
 from pg_oauth_client.profile import Profile
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -86,17 +86,30 @@ class OAuthClient:
 
     def device_code(self, notify: Notify = _stderr,
                     sleep: Callable[[float], None] = time.sleep,
-                    clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
-        """RFC 8628: ask for a code, tell the user where to enter it, poll until done."""
+                    clock: Callable[[], float] = time.monotonic,
+                    also_resources: Sequence[str] = ()) -> dict[str, Any]:
+        """RFC 8628: ask for a code, tell the user where to enter it, poll until done.
+        ``also_resources``: more RFC 8707 resources for the sign-in to cover (other
+        databases at this IdP), so that its refresh token can get their tokens later; an
+        IdP that refuses them (invalid_target) is asked again for this profile's alone."""
         endpoint = self.metadata.get("device_authorization_endpoint")
         if not endpoint:
             raise IdPError(f"profile {self.profile.name!r}: the issuer has no "
                            "device_authorization_endpoint (no device flow)")
-        body = {k: v for k, v in (("scope", self.profile.scope),
-                                  *self.profile.token_target.items(),
-                                  *self.profile.extra_params) if v}
+        body = [(k, v) for k, v in (("scope", self.profile.scope),
+                                    *self.profile.token_target.items(),
+                                    *self.profile.extra_params) if v]
+        more = [r for r in dict.fromkeys(also_resources) if r != self.profile.resource]
         started = clock()
-        grant = self._post_json(str(endpoint), body, "device authorization")
+        try:
+            grant = self._post_json(str(endpoint), [*body, *(("resource", r) for r in more)],
+                                    "device authorization")
+        except IdPError as exc:
+            if not more or exc.error != "invalid_target":
+                raise
+            notify(f"pg-oauth: the issuer would not cover {', '.join(more)} in the same "
+                   "sign-in (invalid_target): those profiles will need a sign-in of their own")
+            grant = self._post_json(str(endpoint), body, "device authorization")
         device_code = grant.get("device_code")
         user_code = grant.get("user_code")
         uri = grant.get("verification_uri") or grant.get("verification_url")
@@ -118,7 +131,9 @@ class OAuthClient:
                                "expired_token")
             sleep(interval)
             try:
-                return self._token_request(DEVICE_CODE_GRANT, device_code=device_code)
+                # RFC 8707: of the resources signed in for, this profile's
+                return self._token_request(DEVICE_CODE_GRANT, device_code=device_code,
+                                           resource=self.profile.resource)
             except IdPError as exc:
                 if exc.error == "authorization_pending":
                     continue
@@ -139,11 +154,13 @@ class OAuthClient:
             raise IdPError(self._refusal_line(what, exc.error, exc.description),
                            exc.error) from None
         except requests.HTTPError as exc:
-            raise IdPError(f"{what} for profile {self.profile.name!r}: the token endpoint "
-                           f"answered HTTP {exc.response.status_code}") from None
+            status = exc.response.status_code
+            error = IdPUnavailable if status >= 500 else IdPError
+            raise error(f"{what} for profile {self.profile.name!r}: the token endpoint "
+                        f"answered HTTP {status}") from None
         except requests.RequestException as exc:
-            raise IdPError(f"{what} for profile {self.profile.name!r}: "
-                           f"{http_error_line(exc, self.token_endpoint)}") from None
+            raise IdPUnavailable(f"{what} for profile {self.profile.name!r}: "
+                                 f"{http_error_line(exc, self.token_endpoint)}") from None
         except ValueError as exc:
             raise IdPError(f"{what} for profile {self.profile.name!r}: {exc}") from None
         if not isinstance(token.get("access_token"), str) or not token["access_token"]:
@@ -151,14 +168,17 @@ class OAuthClient:
                            "no access_token")
         return dict(token)
 
-    def _post_json(self, url: str, body: dict[str, str], what: str) -> dict[str, Any]:
+    def _post_json(self, url: str, body: list[tuple[str, str]], what: str) -> dict[str, Any]:
         auth = self.session.client_auth(self.profile.auth_method)
         try:
             resp = self.session.post(url, data=body, auth=auth, withhold_token=True,
                                      headers={"Accept": "application/json"})
         except requests.RequestException as exc:
-            raise IdPError(f"{what} for profile {self.profile.name!r}: "
-                           f"{http_error_line(exc, url)}") from None
+            raise IdPUnavailable(f"{what} for profile {self.profile.name!r}: "
+                                 f"{http_error_line(exc, url)}") from None
+        if resp.status_code >= 500:
+            raise IdPUnavailable(f"{what} for profile {self.profile.name!r}: HTTP "
+                                 f"{resp.status_code}")
         try:
             data = resp.json()
         except ValueError:

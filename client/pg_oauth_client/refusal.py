@@ -76,12 +76,14 @@ def password_advice(refusal: Refusal, profile_name: str, sslmode: str | None) ->
 
 
 def connection_advice(text: str, token: str, profile_name: str, sslmode: str | None,
-                      profile_issuer: str | None = None) -> list[str]:
+                      profile_issuer: str | None = None, *,
+                      password_option: str = "") -> list[str]:
     """Advice for a failed login's error text (psql's stderr, a driver's exception),
     or [] when it is not a refusal pg-oauth can explain."""
     refusal = find_refusal(text)
     if refusal is not None:
-        return advice(refusal, token, profile_name, profile_issuer)
+        return advice(refusal, token, profile_name, profile_issuer,
+                      password_option=password_option)
     failure = find_password_failure(text)
     if failure is not None:
         return password_advice(failure, profile_name, sslmode)
@@ -94,9 +96,28 @@ def _show(value: Any) -> str:
     return "(none)" if value is None else str(value)
 
 
+def _expired(exp: float | None, profile_name: str, password_option: str) -> str:
+    """A token that expired by this machine's clock too simply aged; one that has not
+    is the server's clock and this one's disagreeing."""
+    p = profile_name
+    if exp is None or exp > time.time():
+        return ("the token had expired when the server checked it, though this machine's "
+                "clock says it is still valid: one of the two clocks is wrong (the server "
+                "allows the issuer's leeway); check this machine's clock, then ask the DBA")
+    when = time.strftime("%H:%M:%S UTC", time.gmtime(exp))
+    if password_option:
+        return (f"the token expired at {when}, before this connection: {password_option} "
+                "gives the command one token for its whole run; without it, pg-oauth "
+                "renews the token while the command runs")
+    return (f"the token expired at {when}, before this connection: it was not renewed in "
+            f"time (see the messages above), or the program kept it; pg-oauth login "
+            f"--profile {p} (or token --force), then run the command again")
+
+
 def advice(refusal: Refusal, token: str, profile_name: str,
-           profile_issuer: str | None = None) -> list[str]:
-    """Lines (without prefix) saying what was refused and what to do about it."""
+           profile_issuer: str | None = None, *, password_option: str = "") -> list[str]:
+    """Lines (without prefix) saying what was refused and what to do about it.
+    ``password_option``: the option that gave the child one token for its whole run."""
     peeked = unverified_claims(token)
     claims = peeked or {}
     aud, iss, sub = claims.get("aud"), claims.get("iss"), claims.get("sub")
@@ -135,9 +156,7 @@ def advice(refusal: Refusal, token: str, profile_name: str,
             "the rule that maps your token does not cover this database: ask the DBA",
         "client_not_allowed":
             "the rule that maps your token does not cover your network address",
-        "expired":
-            "the token had expired when the server checked it: check this machine's clock, "
-            f"then pg-oauth login --profile {p} (or token --force)",
+        "expired": _expired(exp, p, password_option),
         "not_yet_valid": "the token is not valid yet for the server: check the clocks",
         "lifetime_too_long":
             "the token lives longer than the server allows (max_token_lifetime): ask the "

@@ -29,6 +29,15 @@ def _file_stem(profile_name: str) -> str:
     return "profile-" + hashlib.sha256(profile_name.encode()).hexdigest()[:16]
 
 
+class CacheUnusable(Exception):
+    """The cache directory cannot be made, locked or written (a read-only HOME)."""
+
+    def __init__(self, directory: Path, exc: OSError) -> None:
+        super().__init__(f"{directory}: {exc.strerror or exc}")
+        self.directory = directory
+        self.reason = exc.strerror or str(exc)
+
+
 @dataclass
 class CacheEntry:
     """What is kept for one profile. ``fingerprint`` ties it to the profile's settings."""
@@ -42,16 +51,33 @@ class CacheEntry:
 
     def usable(self, min_valid: float, now: float | None = None, *,
                strict: bool = False) -> bool:
-        """Valid for ``min_valid`` more seconds, or for half its lifetime when shorter
-        (``strict``: for ``min_valid`` seconds whatever its lifetime, as a pool needs)."""
+        """Valid for ``min_valid`` more seconds, or for half its lifetime when shorter:
+        the life the caller asked for (``strict``: for ``min_valid`` seconds whatever its
+        lifetime, as a pool needs)."""
+        return self._left_over(min_valid, 0.0, now, strict)
+
+    def fresh(self, min_valid: float, now: float | None = None, *,
+              strict: bool = False) -> bool:
+        """Usable, and not yet due for renewal: renewal starts a quarter of the remaining
+        lifetime ahead of usable(), so that an IdP that is briefly down costs nothing."""
+        return self._left_over(min_valid, 0.25, now, strict)
+
+    def _left_over(self, min_valid: float, ahead: float, now: float | None,
+                   strict: bool = False) -> bool:
         if not self.access_token or self.expires_at is None:
             return False
         now = time.time() if now is None else now
-        lifetime = self.expires_at - (self.issued_at or now)
-        wanted = min_valid if strict else min(min_valid, max(lifetime, 0) / 2)
-        return self.expires_at - now > wanted
+        lifetime = max(self.expires_at - (self.issued_at or now), 0)
+        wanted = min_valid if strict else min(min_valid, lifetime / 2)
+        return self.expires_at - now > wanted + max(lifetime - wanted, 0) * ahead
 
     def save(self) -> None:
+        try:
+            self._write()
+        except OSError as exc:
+            raise CacheUnusable(self.path.parent, exc) from None
+
+    def _write(self) -> None:
         data: dict[str, Any] = {
             "fingerprint": self.fingerprint,
             "access_token": self.access_token,
@@ -84,13 +110,22 @@ class TokenCache:
     def path_for(self, profile_name: str) -> Path:
         return self.directory / f"{_file_stem(profile_name)}.json"
 
-    @contextlib.contextmanager
-    def entry(self, profile_name: str, fingerprint: str) -> Iterator[CacheEntry]:
+    def signin_path(self, key: str) -> Path:
+        """A sign-in shared by profiles ('@' is in no profile's file name)."""
+        return self.directory / f"signin@{key}.json"
+
+    def entry(self, profile_name: str,
+              fingerprint: str) -> contextlib.AbstractContextManager[CacheEntry]:
         """The profile's entry, under an exclusive lock held until the block ends."""
-        self._prepare()
-        path = self.path_for(profile_name)
-        lock_path = path.with_suffix(".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self.locked(self.path_for(profile_name), fingerprint)
+
+    @contextlib.contextmanager
+    def locked(self, path: Path, fingerprint: str) -> Iterator[CacheEntry]:
+        try:
+            self._prepare()
+            fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise CacheUnusable(self.directory, exc) from None
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -117,10 +152,13 @@ class TokenCache:
 
     def forget(self, profile_name: str) -> bool:
         """Remove a profile's cached tokens; True if there were any."""
-        path = self.path_for(profile_name)
+        return self.remove(self.path_for(profile_name))
+
+    @staticmethod
+    def remove(path: Path) -> bool:
         removed = False
         for p in (path, path.with_suffix(".lock")):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 p.unlink()
                 removed = removed or p == path
         return removed

@@ -5,6 +5,7 @@ through discovery, and the pg-oauth command run as a user runs it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +35,8 @@ from pgcluster import PG_BIN, Cluster
 
 RESOURCE = "urn:pg-oauth:testdb"
 OTHER_RESOURCE = "urn:pg-oauth:otherdb"  # the IdP issues it; the database does not accept it
+SHORT_RESOURCE = "urn:pg-oauth:shortdb"  # the database accepts it; its tokens live seconds
+SHORT_TTL = 4
 WORKLOAD_AUDIENCE = "pg-oauth-idp"
 USER_CLIENT = "pg-oauth-cli"
 SHORT_CLIENT = "pg-oauth-cli-short"  # its refresh tokens live one second
@@ -143,8 +147,9 @@ def idp(workdir: Path, workload_issuer: DevIssuer) -> Iterator[IdP]:
                     "(make test runs it)")
     key_file = workdir / "svc-jwt.pem"
     config = {
-        "resources": [RESOURCE, OTHER_RESOURCE],
+        "resources": [RESOURCE, OTHER_RESOURCE, SHORT_RESOURCE],
         "access_token_ttl": 300,
+        "resource_ttls": {SHORT_RESOURCE: SHORT_TTL},
         "device_interval": 1,
         "clients": _clients(_generate_private_key(key_file)),
         "short_refresh_clients": [SHORT_CLIENT],
@@ -182,7 +187,7 @@ def _setup_database(cluster: Cluster, issuer: str) -> None:
     # indicator, sub = the user (device flow) or the client (client credentials);
     # it serves plain http on 127.0.0.1
     cluster.sql("INSERT INTO oauth.issuers (issuer, audiences, typ, allow_loopback_http) "
-                "VALUES (%s, %s, %s, true)", (issuer, [RESOURCE], ["at+jwt"]))
+                "VALUES (%s, %s, %s, true)", (issuer, [RESOURCE, SHORT_RESOURCE], ["at+jwt"]))
     rules = [
         ("client_id", r"svc-(basic|post|jwt)", "svc"),     # services: the client
         ("email", r"([a-z]+)@example\.com", r"\1"),          # people: only user tokens have it
@@ -326,20 +331,44 @@ class ClientEnv:
 def device_sign_in(client: ClientEnv, idp: IdP, profile: str, login: str = "alice",
                    decision: str = "approve", command: tuple[str, ...] = ("token",)
                    ) -> tuple[subprocess.CompletedProcess, str]:
-    """Run pg-oauth until it shows the verification URL, act in the 'browser', finish."""
-    proc = client.popen(command[0], "--profile", profile, *command[1:])
-    assert proc.stderr is not None
+    """Run pg-oauth at a terminal (its standard input and error on a pseudo-terminal: a
+    device sign-in needs one) until it shows the verification URL, act in the 'browser',
+    finish."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "pg_oauth_client", command[0],
+                             "--profile", profile, *command[1:]], env=client.env,
+                            stdin=follower, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    terminal = open(leader, "rb", buffering=0)  # noqa: SIM115 - read past the wait below
     shown = ""
     deadline = time.monotonic() + 30
     while "user_code=" not in shown and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
+        try:
+            chunk = terminal.read(4096)
+        except OSError:  # EIO: the child closed the terminal
+            chunk = b""
+        if not chunk:
             break
-        shown += line
+        shown += chunk.decode("utf-8", "replace").replace("\r\n", "\n")
     url = re.search(r"(http://\S+user_code=\S+)", shown)
     assert url, f"no verification URL in: {shown}"
     idp.approve(url.group(1), login=login, decision=decision)
-    out, err = proc.communicate(timeout=60)
+    rest: list[bytes] = []
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while chunk := terminal.read(4096):
+                rest.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    out, _ = proc.communicate(timeout=60)
+    reader.join(timeout=10)
+    terminal.close()
+    err = b"".join(rest).decode("utf-8", "replace").replace("\r\n", "\n")
+    out = out.decode("utf-8", "replace")
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, shown + err)
     if proc.returncode == 0 and command[0] == "token":
         SEEN_TOKENS.append(out.strip())

@@ -4,9 +4,11 @@ PostgreSQL with pg_oauth validating that provider's tokens through discovery."""
 from __future__ import annotations
 
 import hashlib
+import json
 import stat
 import sys
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -88,17 +90,34 @@ def test_invalid_client_is_one_line(client: ClientEnv) -> None:
 
 # -- exec / psql: the token only in the child's environment --------------------------
 
-def test_exec_puts_the_token_in_the_environment_only(client: ClientEnv) -> None:
+def test_exec_gives_the_token_in_a_private_passfile_only(client: ClientEnv) -> None:
     token = client.token("prod")
-    script = ("import hashlib, os, sys; "
-              "print(hashlib.sha256(os.environ['PGPASSWORD'].encode()).hexdigest(), "
-              "os.environ['PGUSER'], os.environ['PGSSLMODE'], len(sys.argv))")
+    script = ("import hashlib, os, stat, sys; f = os.environ['PGPASSFILE']; "
+              "line = open(f).read(); "
+              "print(hashlib.sha256(line.encode()).hexdigest(), "
+              "oct(stat.S_IMODE(os.stat(f).st_mode)), "
+              "oct(stat.S_IMODE(os.stat(os.path.dirname(f)).st_mode)), "
+              "'PGPASSWORD' in os.environ, os.environ['PGUSER'], os.environ['PGSSLMODE'], "
+              "len(sys.argv), f)")
+    client.env["PGPASSWORD"] = "not-the-token"  # libpq would prefer it to the file
     done = client.run("exec", "--profile", "prod", "--", sys.executable, "-c", script)
     assert done.returncode == 0, done.stderr
-    digest, user, sslmode, argc = done.stdout.split()
-    assert digest == hashlib.sha256(token.encode()).hexdigest()
+    digest, mode, dir_mode, has_password, user, sslmode, argc, path = done.stdout.split()
+    assert digest == hashlib.sha256(f"*:*:*:*:{token}\n".encode()).hexdigest()
+    assert (mode, dir_mode, has_password) == ("0o600", "0o700", "False")
     assert (user, sslmode, argc) == ("svc", "verify-full", "1")
     assert token not in done.stderr
+    assert not Path(path).parent.exists()  # gone with the child
+
+
+def test_exec_pgpassword_puts_the_token_in_the_environment(client: ClientEnv) -> None:
+    token = client.token("prod")
+    script = ("import hashlib, os; "
+              "print(hashlib.sha256(os.environ['PGPASSWORD'].encode()).hexdigest(), "
+              "'PGPASSFILE' in os.environ)")
+    done = client.run("exec", "-p", "prod", "--pgpassword", "--", sys.executable, "-c", script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [hashlib.sha256(token.encode()).hexdigest(), "False"]
 
 
 def test_exec_passes_the_exit_status(client: ClientEnv) -> None:
@@ -125,7 +144,9 @@ def test_device_flow_then_refresh_token(client: ClientEnv, idp: IdP) -> None:
     assert "enter the code" in shown
     first = done.stdout.strip()
     assert login_as(client, "alice", first)[:2] == ("alice", "pg-oauth-cli")
-    assert client.cache_entry("dev")["refresh_token"]
+    # the refresh token is the sign-in's, shared with the profiles of the same client
+    assert client.cache_entry("dev")["refresh_token"] is None
+    assert [json.loads(f.read_text())["refresh_token"] for f in client.cache.glob("signin@*.json")]
 
     # later: the access token is stale, the refresh token gets a new one, no sign-in
     client.age_cache("dev")

@@ -234,3 +234,59 @@ def test_scope_missing_advice_names_the_profile_scopes_and_login() -> None:
     what = advice(r, fake_jwt({"iss": "https://i", "sub": "s"}), "prod")[2]
     assert "scope in profile 'prod'" in what and "pg-oauth login --profile prod" in what
     assert "README" not in what  # the specific advice, not the fallback
+
+
+# -- strict (pools) through the renewal rules: fresh, usable, the IdP that is down --------
+
+def test_strict_renews_ahead_and_falls_back_only_to_a_long_enough_token(
+        http_peer, tmp_path: Path) -> None:
+    from pg_oauth_client.errors import ClientError, IdPUnavailable
+    from pg_oauth_client.tokens import obtain
+
+    issued: list[tuple[float, float]] = []  # (iat, exp) relative to the request
+    state = {"down": False, "requests": 0}
+
+    def idp(method: str, path: str, headers: dict, body: bytes):
+        state["requests"] += 1
+        if state["down"]:
+            return 503, {"error": "temporarily_unavailable"}
+        iat, exp = issued.pop(0)
+        now = time.time()
+        return 200, {"access_token": fake_jwt({"iat": now + iat, "exp": now + exp}),
+                     "token_type": "Bearer", "expires_in": int(exp)}
+
+    base = http_peer(idp)
+    env = {"PG_OAUTH_CONFIG": str(tmp_path / "none"), "PG_OAUTH_FLOW": "client_credentials",
+           "PG_OAUTH_TOKEN_ENDPOINT": f"{base}/token", "PG_OAUTH_CLIENT_ID": "c",
+           "PG_OAUTH_CLIENT_SECRET": "s", "PG_OAUTH_CACHE_DIR": str(tmp_path / "cache")}
+    notes: list[str] = []
+
+    def get(min_valid: float, strict: bool):
+        return obtain(min_valid=min_valid, strict=strict, env=env, notify=notes.append)
+
+    # a token of 40 s, 12 s old: fresh for min_valid 30 the lenient way (half its life)
+    issued.append((-12, 28))
+    get(30, False)
+    assert get(30, False).from_cache and state["requests"] == 1
+    # strict wants the whole 30 s: renewal, and with the IdP down no half-lifetime excuse
+    state["down"] = True
+    with pytest.raises(IdPUnavailable, match=r"less than asked for \(min_valid 30 s\)$"):
+        get(30, True)
+    # a new token that lives less than a strict min_valid is an error, not handed out
+    state["down"] = False
+    issued.append((0, 25))
+    with pytest.raises(ClientError, match="a new token is valid 2[45] s, but the pool needs "
+                                          "one valid 30 s"):
+        get(30, True)
+    # 40 s, 4 s old: fresh for strict 34 (renewal starts a quarter of the rest ahead of
+    # 34 s), not for strict 35, yet usable: with the IdP down, it is handed out
+    issued.append((-4, 36))
+    assert not get(30, True).from_cache
+    assert get(34, True).from_cache
+    state["down"] = True
+    before, notes[:] = state["requests"], []
+    token = get(35, True)
+    assert token.from_cache and state["requests"] == before + 1
+    assert "using the cached token" in notes[0]
+    with pytest.raises(IdPUnavailable, match="less than asked for"):
+        get(37, True)

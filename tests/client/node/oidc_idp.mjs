@@ -4,6 +4,7 @@
 //   { "resources": ["urn:...", ...], "access_token_ttl": 300, "device_interval": 1,
 //     "clients": [ oidc-provider client metadata ... ],
 //     "short_refresh_clients": ["..."],            // refresh tokens live 1 second
+//     "resource_ttls": { "urn:...": 4 },             // access tokens for it live 4 s
 //     "trusted_issuer": { "issuer": "...", "jwks_uri": "...", "audience": "..." } }
 //
 // It issues JWT access tokens (typ at+jwt, aud = the resource indicator) for client
@@ -38,7 +39,7 @@ function resourceServerInfo(resource) {
     scope: DB_SCOPE,
     audience: resource,
     accessTokenFormat: 'jwt',
-    accessTokenTTL: cfg.access_token_ttl,
+    accessTokenTTL: (cfg.resource_ttls || {})[resource] || cfg.access_token_ttl,
     jwt: { sign: { alg: 'RS256' } },
   };
 }
@@ -84,8 +85,8 @@ const provider = new Provider(issuer, {
   issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
   interactions: { url: async (ctx, interaction) => `/interaction/${interaction.uid}` },
   ttl: {
-    AccessToken: () => cfg.access_token_ttl,
-    ClientCredentials: () => cfg.access_token_ttl,
+    AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL || cfg.access_token_ttl,
+    ClientCredentials: (ctx, token) => token.resourceServer?.accessTokenTTL || cfg.access_token_ttl,
     DeviceCode: () => 600,
     Grant: () => 3600,
     IdToken: () => 300,
