@@ -1,0 +1,91 @@
+'use strict';
+
+// Runs the pg-oauth command (pip install ./client), which owns the profiles, every flow
+// and the per-profile token cache file shared with psql, psycopg and the other processes
+// of the machine. Its standard output may hold a token: it is parsed, never shown.
+
+const { spawn } = require('node:child_process');
+
+const { TokenError } = require('./errors.cjs');
+
+const DEFAULT_TIMEOUT_MS = 60_000;
+
+/**
+ * The command and its leading arguments: options.command (an array, e.g.
+ * ['/opt/pg-oauth/bin/pg-oauth']), else `pg-oauth` from PATH.
+ */
+function commandOf(options) {
+  const command = options.command ?? ['pg-oauth'];
+  if (!Array.isArray(command) || command.length === 0
+      || !command.every((part) => typeof part === 'string' && part !== '')) {
+    throw new TypeError('pg-oauth-client: options.command must be a non-empty array of strings');
+  }
+  return command;
+}
+
+/** `-p PROFILE` unless the profile is left to pg-oauth ($PG_OAUTH_PROFILE, else default). */
+function profileArgs(profile) {
+  return profile == null ? [] : ['--profile', String(profile)];
+}
+
+function describe(profile) {
+  return profile == null ? 'the default profile' : `profile '${profile}'`;
+}
+
+/**
+ * Run pg-oauth with args; resolves to its standard output. Standard error is kept for the
+ * error message (pg-oauth's "pg-oauth: ..." lines), or shown as it comes when
+ * options.interactive (the device flow's "open this URL" prompt). A run that fails
+ * rejects with a TokenError.
+ */
+function runPgOAuth(args, { profile, options = {}, env = process.env } = {}) {
+  const [program, ...lead] = commandOf(options);
+  const interactive = Boolean(options.interactive);
+  const timeout = options.timeout ?? (interactive ? 0 : DEFAULT_TIMEOUT_MS);
+  // the subcommand's own option: before a `--` that starts exec's command
+  const [subcommand, ...rest] = args;
+  const fullArgs = [...lead, subcommand, ...(interactive ? [] : ['--no-interactive']), ...rest];
+  return new Promise((resolve, reject) => {
+    let child;
+    try {
+      child = spawn(program, fullArgs, {
+        env,
+        stdio: ['ignore', 'pipe', interactive ? 'inherit' : 'pipe'],
+        timeout,
+        windowsHide: true,
+      });
+    } catch (error) {
+      reject(new TokenError(`pg-oauth-client: cannot run ${program}: ${error.message}`,
+                            { profile, cause: error }));
+      return;
+    }
+    const out = [];
+    let err = '';
+    child.stdout.on('data', (chunk) => out.push(chunk));
+    if (child.stderr) {
+      child.stderr.setEncoding('utf8');
+      child.stderr.on('data', (chunk) => { err = (err + chunk).slice(-8192); });
+    }
+    child.on('error', (error) => {
+      const hint = error.code === 'ENOENT'
+        ? `: not found on PATH; install the pg_oauth client (pip install ./client) or set options.command`
+        : `: ${error.message}`;
+      reject(new TokenError(`pg-oauth-client: cannot run ${program}${hint}`,
+                            { profile, cause: error }));
+    });
+    child.on('close', (status, signal) => {
+      if (status === 0) {
+        resolve(Buffer.concat(out).toString('utf8'));
+        return;
+      }
+      // pg-oauth says what went wrong and what to do, one line each
+      const said = err.split('\n').filter((line) => line.startsWith('pg-oauth')).join('\n');
+      const why = said || (signal ? `${program} was stopped (${signal}${
+        signal === 'SIGTERM' && timeout ? `, after ${timeout} ms` : ''})`
+        : `${program} exited with status ${status}`);
+      reject(new TokenError(`${why}`, { profile, exitStatus: status }));
+    });
+  });
+}
+
+module.exports = { describe, profileArgs, runPgOAuth };
