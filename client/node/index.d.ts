@@ -21,9 +21,7 @@ export interface TokenOptions {
   minValid?: number;
   /** How to run pg-oauth (default ['pg-oauth'], from PATH). */
   command?: string[];
-  /** Allow a device-flow sign-in, its prompt on standard error (default false). */
-  interactive?: boolean;
-  /** Milliseconds for one pg-oauth run (default 60000; none when interactive). */
+  /** Milliseconds for one pg-oauth run (default 60000). */
   timeout?: number;
 }
 

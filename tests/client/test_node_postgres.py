@@ -141,6 +141,15 @@ process.env.PGSSLROOTCERT = CLUSTER_CERT;
 results.pgsslrootcert = await attempt(`${PROFILE}-no-tls`);
 delete process.env.PGSSLROOTCERT;
 results.no_root_cert = await attempt(`${PROFILE}-no-tls`);
+process.env.PGSSLMODE = 'require';                  // encrypted, nothing verified
+results.require = await attempt(`${PROFILE}-no-tls`);
+process.env.PGSSLMODE = 'verify-ca';                // signed by the CA, any name
+process.env.PGSSLROOTCERT = CLUSTER_CERT;
+results.verify_ca = await attempt(`${PROFILE}-no-tls`, { host: 'db.example.test',
+                                                         stream: redirected });
+process.env.PGSSLROOTCERT = '/nonexistent/root.crt';
+results.unreadable = await attempt(`${PROFILE}-no-tls`);
+delete process.env.PGSSLROOTCERT;
 process.env.PGSSLMODE = 'prefer';
 results.prefer = await attempt(`${PROFILE}-no-tls`);
 delete process.env.PGSSLMODE;
@@ -192,6 +201,10 @@ def test_tls_from_the_profile_and_libpq_variables(short_lived: ShortLived,
     assert results["pgsslrootcert"] == "ssl=true"
     # verify-full by default: without a root certificate, Node's own CAs do not know it
     assert "self-signed certificate" in results["no_root_cert"]
+    assert results["require"] == "ssl=true"
+    assert results["verify_ca"] == "ssl=true"
+    assert results["unreadable"].startswith("SettingsError: pg-oauth-client: cannot read the "
+                                            "root certificate /nonexistent/root.crt (sslrootcert)")
     assert results["prefer"].startswith("SettingsError: pg-oauth-client: sslmode prefer")
     assert results["unix_socket"] == "ssl=false"
 
@@ -222,6 +235,14 @@ async function main() {
     out.connect = described(error);
     client.end();
   }
+  for (const [name, command] of [['missing', ['/nonexistent/pg-oauth']],
+                                 ['hanging', ['sh', '-c', 'exec sleep 30']]]) {
+    try {
+      await tokenPassword(process.env.PROFILE, { command, timeout: 500 })();
+    } catch (error) {
+      out[name] = described(error);
+    }
+  }
   console.log(JSON.stringify(out));
 }
 
@@ -243,3 +264,11 @@ def test_a_refused_token_request_is_pg_oauths_one_line(short_lived: ShortLived,
         assert out[where]["token_error"] is True and out[where]["status"] == 1, out
         assert out[where]["message"].startswith(
             f"pg-oauth: client credentials for profile '{PROFILE}-wrong-secret' refused")
+    # options.command, and options.timeout on a pg-oauth that never answers
+    assert out["missing"]["token_error"] is True
+    assert out["missing"]["message"] == ("pg-oauth-client: cannot run /nonexistent/pg-oauth: "
+                                         "not found; install the pg_oauth client (pip install "
+                                         "./client) or set options.command")
+    assert out["hanging"]["token_error"] is True
+    assert out["hanging"]["message"] == ("pg-oauth-client: sh was stopped (SIGTERM; "
+                                         "options.timeout is 500 ms)")

@@ -33,24 +33,23 @@ function describe(profile) {
 }
 
 /**
- * Run pg-oauth with args; resolves to its standard output. Standard error is kept for the
- * error message (pg-oauth's "pg-oauth: ..." lines), or shown as it comes when
- * options.interactive (the device flow's "open this URL" prompt). A run that fails
- * rejects with a TokenError.
+ * Run pg-oauth with args, never interactively (a server must not wait on a device-flow
+ * sign-in: `pg-oauth login` does that); resolves to its standard output. Standard error
+ * is kept for the error message (pg-oauth's "pg-oauth: ..." lines). A run that fails, or
+ * outlives options.timeout (ms, default 60000), rejects with a TokenError.
  */
 function runPgOAuth(args, { profile, options = {}, env = process.env } = {}) {
   const [program, ...lead] = commandOf(options);
-  const interactive = Boolean(options.interactive);
-  const timeout = options.timeout ?? (interactive ? 0 : DEFAULT_TIMEOUT_MS);
+  const timeout = options.timeout ?? DEFAULT_TIMEOUT_MS;
   // the subcommand's own option: before a `--` that starts exec's command
   const [subcommand, ...rest] = args;
-  const fullArgs = [...lead, subcommand, ...(interactive ? [] : ['--no-interactive']), ...rest];
+  const fullArgs = [...lead, subcommand, '--no-interactive', ...rest];
   return new Promise((resolve, reject) => {
     let child;
     try {
       child = spawn(program, fullArgs, {
         env,
-        stdio: ['ignore', 'pipe', interactive ? 'inherit' : 'pipe'],
+        stdio: ['ignore', 'pipe', 'pipe'],
         timeout,
         windowsHide: true,
       });
@@ -62,13 +61,11 @@ function runPgOAuth(args, { profile, options = {}, env = process.env } = {}) {
     const out = [];
     let err = '';
     child.stdout.on('data', (chunk) => out.push(chunk));
-    if (child.stderr) {
-      child.stderr.setEncoding('utf8');
-      child.stderr.on('data', (chunk) => { err = (err + chunk).slice(-8192); });
-    }
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (chunk) => { err = (err + chunk).slice(-8192); });
     child.on('error', (error) => {
       const hint = error.code === 'ENOENT'
-        ? `: not found on PATH; install the pg_oauth client (pip install ./client) or set options.command`
+        ? ': not found; install the pg_oauth client (pip install ./client) or set options.command'
         : `: ${error.message}`;
       reject(new TokenError(`pg-oauth-client: cannot run ${program}${hint}`,
                             { profile, cause: error }));
@@ -80,10 +77,10 @@ function runPgOAuth(args, { profile, options = {}, env = process.env } = {}) {
       }
       // pg-oauth says what went wrong and what to do, one line each
       const said = err.split('\n').filter((line) => line.startsWith('pg-oauth')).join('\n');
-      const why = said || (signal ? `${program} was stopped (${signal}${
-        signal === 'SIGTERM' && timeout ? `, after ${timeout} ms` : ''})`
-        : `${program} exited with status ${status}`);
-      reject(new TokenError(`${why}`, { profile, exitStatus: status }));
+      const why = said || (signal ? `pg-oauth-client: ${program} was stopped (${signal}${
+        signal === 'SIGTERM' ? `; options.timeout is ${timeout} ms` : ''})`
+        : `pg-oauth-client: ${program} exited with status ${status}`);
+      reject(new TokenError(why, { profile, exitStatus: status }));
     });
   });
 }

@@ -101,8 +101,7 @@ class TokenSource {
 
 function sourceFor(profile, options) {
   const key = JSON.stringify([profile ?? null, options.command ?? null,
-                              options.minValid ?? null, Boolean(options.interactive),
-                              options.timeout ?? null]);
+                              options.minValid ?? null, options.timeout ?? null]);
   let source = sources.get(key);
   if (!source) {
     source = new TokenSource(profile ?? null, options);
@@ -117,8 +116,8 @@ function sourceFor(profile, options) {
  *
  * options: minValid (seconds a token handed to a new connection stays valid, default
  * 300, at most half its lifetime), command (how to run pg-oauth, default ['pg-oauth']),
- * interactive (allow a device-flow sign-in, its prompt on standard error; default false),
- * timeout (ms for one pg-oauth run; default 60000, none when interactive).
+ * timeout (ms for one pg-oauth run, default 60000). pg-oauth never prompts here: sign in
+ * to a device_code profile beforehand with `pg-oauth login`.
  */
 function tokenPassword(profile = undefined, options = {}) {
   const source = sourceFor(profile, options);
