@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from client_support import NODE_DIR, ROOT, ClientEnv, device_sign_in
+from node_app import node_modules
 
 EXAMPLE = re.compile(r"<!-- example: (\S+) -->\s*```(\w+)\n(.*?)```", re.DOTALL)
 SOURCES = (ROOT / "docs" / "clients.md", ROOT / "README.md")
@@ -59,10 +60,9 @@ def test_example_runs(name: str, client: ClientEnv, tmp_path: Path) -> None:
         cmd = [sys.executable, "-c", code]
     else:
         assert lang == "js"
-        script = tmp_path / "example.mjs"
+        script = tmp_path / "example.js"  # a plain .js file: CommonJS
         script.write_text(code)
-        # ES modules resolve packages next to the script
-        (tmp_path / "node_modules").symlink_to(NODE_DIR / "node_modules")
+        node_modules(tmp_path)  # pg, and pg-oauth-client (client/node)
         cmd = ["node", str(script)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90,
                           cwd=tmp_path, check=False)

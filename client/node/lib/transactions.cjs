@@ -1,3 +1,5 @@
+'use strict';
+
 // Behind a pooler (PgBouncer in transaction mode), an application logs in as the
 // pooler's gateway role and starts each transaction with oauth.authenticate($1), the
 // end user's token as a bind parameter; COMMIT or ROLLBACK ends that identity.
@@ -15,7 +17,7 @@ const unsafe = new WeakSet();
  * checked out of a pool): BEGIN, oauth.authenticate($1), fn(client, role), COMMIT;
  * ROLLBACK if anything throws. Resolves to what fn resolves to.
  */
-export async function authenticatedTransaction(client, token, fn, { role = null } = {}) {
+async function authenticatedTransaction(client, token, fn, { role = null } = {}) {
   if (typeof token !== 'string' || token === '') {
     throw new TypeError('authenticatedTransaction: no end-user token for this transaction');
   }
@@ -43,7 +45,7 @@ export async function authenticatedTransaction(client, token, fn, { role = null 
 /**
  * authenticatedTransaction() on a client of pool (a pg.Pool), given back afterwards.
  */
-export async function withToken(pool, token, fn, options = {}) {
+async function withToken(pool, token, fn, options = {}) {
   if (typeof token !== 'string' || token === '') {
     // before a connection is taken
     throw new TypeError('withToken: no end-user token for this transaction');
@@ -59,3 +61,5 @@ export async function withToken(pool, token, fn, options = {}) {
     client.release(destroy);
   }
 }
+
+module.exports = { authenticatedTransaction, withToken };
