@@ -166,24 +166,6 @@ login_refuse(LoginAttempt *a, const char *reason, const char *detail, const char
 						 decision->subject ? decision->subject : "",
 						 decision->token_id ? decision->token_id : "");
 
-	if (a->transaction)
-	{
-		/*
-		 * oauth.authenticate(): the transaction fails, the session (a pooler's
-		 * connection) lives on.  errdetail_log keeps the whole story out of
-		 * the client's reach as for a login.
-		 */
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-				 errmsg("JWT authentication failed for role \"%s\"", a->role),
-				 pg_oauth_client_detail == CLIENT_DETAIL_FULL ?
-				 errdetail("reason=%s: %s", reason, detail) :
-				 pg_oauth_client_detail == CLIENT_DETAIL_REASON ?
-				 errdetail("reason=%s", reason) : 0,
-				 errdetail_log("%s", logdetail.data),
-				 hint ? errhint("%s", hint) : 0));
-	}
-
 	if (a->bearer)
 	{
 		/*
@@ -207,8 +189,15 @@ login_refuse(LoginAttempt *a, const char *reason, const char *detail, const char
 				 errmsg_internal("pg_oauth refused the bearer token")));
 	}
 
-	ereport(FATAL,
+	/*
+	 * oauth.authenticate(): the transaction fails (ERROR), the session (a
+	 * pooler's connection) lives on.  A login ends (FATAL).  errdetail_log
+	 * keeps the whole story out of the client's reach either way.
+	 */
+	ereport(a->transaction ? ERROR : FATAL,
 			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+			 a->transaction ?
+			 errmsg("JWT authentication failed for role \"%s\"", a->role) :
 			 errmsg("JWT authentication failed for user \"%s\"", a->port->user_name),
 			 pg_oauth_client_detail == CLIENT_DETAIL_FULL ?
 			 errdetail("reason=%s: %s", reason, detail) :

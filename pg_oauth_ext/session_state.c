@@ -38,11 +38,12 @@ top_strdup(const char *s)
 }
 
 /*
- * The hook runs inside the startup transaction: its memory dies with it, so
- * what the session keeps is copied to TopMemoryContext.
+ * A decision's identity and claims, copied to TopMemoryContext: the hook runs
+ * inside the startup transaction, and oauth.authenticate() inside a
+ * statement, whose memory dies first.
  */
-void
-session_state_remember(const TokenDecision *decision, const char *role)
+static void
+keep_decision(const TokenDecision *decision, const char *role)
 {
 	pg_oauth_session.issuer = top_strdup(decision->issuer);
 	pg_oauth_session.subject = top_strdup(decision->subject);
@@ -52,10 +53,16 @@ session_state_remember(const TokenDecision *decision, const char *role)
 	pg_oauth_session.has_expires_at = decision->has_expires_at;
 	pg_oauth_session.expires_at = decision->expires_at;
 	pg_oauth_session.active = true;
+	claims_generation++;
+}
+
+void
+session_state_remember(const TokenDecision *decision, const char *role)
+{
+	keep_decision(decision, role);
 	if (session_claims_jsonb != NULL)
 		pfree(session_claims_jsonb);
 	session_claims_jsonb = NULL;
-	claims_generation++;
 }
 
 /*
@@ -76,15 +83,7 @@ session_state_enter_transaction(const TokenDecision *decision, const char *role)
 	login_claims_jsonb = session_claims_jsonb;
 	session_claims_jsonb = NULL;
 	in_transaction_identity = true;
-	pg_oauth_session.issuer = top_strdup(decision->issuer);
-	pg_oauth_session.subject = top_strdup(decision->subject);
-	pg_oauth_session.token_id = top_strdup(decision->token_id);
-	pg_oauth_session.claims = top_strdup(decision->claims);
-	pg_oauth_session.role = top_strdup(role);
-	pg_oauth_session.has_expires_at = decision->has_expires_at;
-	pg_oauth_session.expires_at = decision->expires_at;
-	pg_oauth_session.active = true;
-	claims_generation++;
+	keep_decision(decision, role);
 }
 
 static void
