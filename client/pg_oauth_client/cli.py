@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pg_oauth_client.errors import ClientError
 from pg_oauth_client.profile import FLOWS, config_path, load_profile, profile_names
 from pg_oauth_client.refusal import advice, find_refusal
-from pg_oauth_client.tokens import forget, obtain
+from pg_oauth_client.revocation import log_out
+from pg_oauth_client.tokens import obtain
 
 _SCAN_LIMIT = 64 * 1024  # the tail of the child's stderr kept to find a refusal
 
@@ -47,7 +48,7 @@ def login(argv: Sequence[str]) -> int:
 
 
 def logout(argv: Sequence[str]) -> int:
-    """forget a profile's cached tokens"""
+    """revoke a profile's cached tokens at the IdP and forget them"""
     return _main("logout", argv)
 
 
@@ -75,7 +76,9 @@ def _parser(name: str) -> argparse.ArgumentParser:
                  "valid long enough, else a new one.",
         "login": "A new sign-in for a device_code profile, ignoring any cached refresh "
                  "token; other flows fetch a new token. Prints nothing on standard output.",
-        "logout": "Forget the profile's cached tokens.",
+        "logout": "Revoke the profile's cached refresh and access tokens at the IdP "
+                  "(RFC 7009, when it advertises a revocation_endpoint), then forget them. "
+                  "They are forgotten even when the revocation fails (exit status 1).",
         "profiles": f"List the profiles of the config file ({config_path()}).",
     }
     for child, text in (("psql", "run psql with a fresh token in PGPASSWORD"),
@@ -118,11 +121,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "profiles":
         return _profiles()
     if args.command == "logout":
-        removed = forget(args.profile)
-        name = load_profile(args.profile).name
-        print(f"pg-oauth: {'forgot' if removed else 'no'} cached tokens of profile {name!r}",
-              file=sys.stderr)
-        return 0
+        done = log_out(load_profile(args.profile))
+        for line in done.lines():
+            print(f"pg-oauth: {line}", file=sys.stderr)
+        return 0 if done.ok else 1
     if args.command == "login":
         token = obtain(args.profile, force=True, sign_in=True)
         print(f"pg-oauth: signed in for profile {token.profile!r}"

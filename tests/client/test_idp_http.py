@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from client_support import (
     CLEAN_ENV,
     CLIENT_DIR,
@@ -208,6 +209,35 @@ def test_ca_file_is_trusted_over_requests_ca_bundle(laptop: Laptop, tls_idp: Tls
         assert done.returncode == 0, (variable, done.stderr)
         claims = unverified_claims(done.stdout.strip()) or {}
         assert claims["iss"] == tls_idp.issuer and claims["aud"] == RESOURCE
+
+
+def test_device_sign_in_and_revocation_trust_ca_file(laptop: Laptop, tls_idp: TlsIdP,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # discovery, device authorization, token polling, refresh and revocation, all over
+    # https with ca_file while REQUESTS_CA_BUNDLE names another CA
+    proc = subprocess.Popen([sys.executable, "-m", "pg_oauth_client", "token", "-p",
+                             "tls-user"], env=laptop.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    shown = ""
+    while "user_code=" not in shown:
+        line = proc.stderr.readline()
+        assert line, shown
+        shown += line
+    url = next(w for w in shown.split() if "user_code=" in w)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_idp.ca))  # the browser trusts it
+    tls_idp.idp.approve(url)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, shown + err
+    refresh_token = json.loads((laptop.cache / "tls-user.json").read_text())["refresh_token"]
+
+    done = laptop.run("logout", "-p", "tls-user")
+    assert done.returncode == 0, done.stderr
+    assert "revoked the refresh token" in done.stderr
+    refused = requests.post(f"{tls_idp.issuer}/token", timeout=10, verify=str(tls_idp.ca),
+                            data={"grant_type": "refresh_token", "client_id": USER_CLIENT,
+                                  "refresh_token": refresh_token})
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
 
 
 def test_untrusted_certificate_names_the_setting(laptop: Laptop, tls_idp: TlsIdP) -> None:
