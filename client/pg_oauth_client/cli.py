@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from pg_oauth_client import transient_profile
 from pg_oauth_client.errors import ClientError
 from pg_oauth_client.profile import FLOWS, config_path, load_profile, profile_names
 from pg_oauth_client.refusal import advice, find_refusal
@@ -73,7 +74,8 @@ def _add_freshness(p: argparse.ArgumentParser) -> None:
 def _parser(name: str) -> argparse.ArgumentParser:
     descriptions = {
         "token": "Print an access token for the profile: the cached one while it stays "
-                 "valid long enough, else a new one.",
+                 "valid long enough, else a new one. Without a profile: --issuer, "
+                 "--client-id, --resource and a client secret or key.",
         "login": "A new sign-in for a device_code profile, ignoring any cached refresh "
                  "token; other flows fetch a new token. Prints nothing on standard output.",
         "logout": "Revoke the profile's cached refresh and access tokens at the IdP "
@@ -97,6 +99,7 @@ def _parser(name: str) -> argparse.ArgumentParser:
                             help="do not reuse a cached token")
         parser.add_argument("--output", "-o", choices=("token", "json"), default="token",
                             help="token (default) or json with expires_at")
+        transient_profile.add_options(parser)
     elif name in ("psql", "exec"):
         _add_freshness(parser)
         parser.add_argument("args", nargs=argparse.REMAINDER,
@@ -131,7 +134,8 @@ def _run(args: argparse.Namespace) -> int:
               + (f", token valid until {_clock(token.expires_at)}" if token.expires_at else ""),
               file=sys.stderr)
         return 0
-    profile = load_profile(args.profile)
+    profile = (transient_profile.from_options(args) if args.command == "token" else None
+               ) or load_profile(args.profile)
     token = obtain(profile, min_valid=args.min_valid, force=getattr(args, "force", False),
                    interactive=not args.no_interactive)
     if args.command == "token":

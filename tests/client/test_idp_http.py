@@ -309,3 +309,17 @@ def test_discovery_404_names_both_urls(tmp_path: Path, idp: IdP) -> None:
         f"pg-oauth: discovery for profile 'default': no metadata: {first} and {fallback} "
         "answered HTTP 404 (tried in that order); check issuer, or set token_endpoint in "
         "the profile")
+
+
+def test_one_off_use_names_the_option(laptop: Laptop, tls_idp: TlsIdP) -> None:
+    args = ("token", "--issuer", tls_idp.issuer, "--client-id", "svc-basic",
+            "--client-secret-env", "SVC_BASIC_SECRET", "--resource", RESOURCE)
+    done = laptop.run(*args)
+    assert done.returncode == 1
+    assert "is not trusted (" in done.stderr
+    assert done.stderr.rstrip().endswith("; checked against "
+                                         f"REQUESTS_CA_BUNDLE={tls_idp.unrelated}): pass "
+                                         "--ca-file FILE, the PEM certificate of the CA "
+                                         "that issued it"), done.stderr
+    done = laptop.run(*args, "--ca-file", str(tls_idp.ca))
+    assert done.returncode == 0, done.stderr
