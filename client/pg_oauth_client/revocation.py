@@ -17,7 +17,8 @@ from pg_oauth_client.errors import ClientError
 from pg_oauth_client.jwt_peek import number_claim, unverified_claims
 from pg_oauth_client.oauth_flows import OAuthClient
 from pg_oauth_client.profile import Profile, cache_dir
-from pg_oauth_client.token_cache import TokenCache
+from pg_oauth_client.token_cache import CacheEntry, CacheUnusable, TokenCache
+from pg_oauth_client.tokens import forget, signin_entry, signin_siblings
 
 # the flows whose tokens come from the profile's IdP, which can revoke them
 IDP_FLOWS = ("client_credentials", "device_code", "refresh_token", "token_exchange")
@@ -35,6 +36,7 @@ class Logout:
     not_revoked: str | None = None  # why nothing was sent to the IdP
     access_valid_until: float | None = None  # a JWT access token the database may accept
     access_not_revocable: bool = False  # the IdP answered unsupported_token_type
+    signed_out: list[str] = field(default_factory=list)  # profiles sharing the sign-in
 
     @property
     def ok(self) -> bool:
@@ -44,12 +46,17 @@ class Logout:
         p = self.profile
         out: list[str] = []
         if self.revoked:
-            names = " and ".join(_TOKEN_NAMES[t] for t in self.revoked)
+            names = " and ".join(dict.fromkeys(_TOKEN_NAMES[t] for t in self.revoked))
             out.append(f"revoked {names} of profile {p!r} at the IdP")
         out.extend(f"could not revoke {line}" for line in self.failed)
         if self.not_revoked:
             out.append(self.not_revoked)
         out.append(f"{'forgot the' if self.forgot else 'no'} cached tokens of profile {p!r}")
+        if self.signed_out:
+            others = ", ".join(repr(name) for name in self.signed_out)
+            out.append(f"the sign-in was shared with profile{'s' if len(self.signed_out) > 1 else ''} "
+                       f"{others}: they need pg-oauth login again once their cached "
+                       "tokens expire")
         if self.access_valid_until and self.access_valid_until > time.time():
             when = time.strftime("%H:%M:%S UTC", time.gmtime(self.access_valid_until))
             which = ("a JWT the IdP does not revoke" if self.access_not_revocable
@@ -64,20 +71,39 @@ class Logout:
 
 
 def log_out(p: Profile, env: Mapping[str, str] | None = None) -> Logout:
+    """Revoke the profile's refresh token, then its access token, and forget them.
+
+    A device_code profile's refresh token is its sign-in's, shared with the profiles of
+    the same client at the same IdP (signin@<hash>.json): logging out of one of them ends
+    that sign-in for all of them, at the IdP (revoked) as in the cache (forgotten), and
+    says which other profiles will need a sign-in. Keeping it valid at the IdP once no
+    cache holds it would only leave a live credential behind."""
     result = Logout(profile=p.name)
     cache = TokenCache(cache_dir(env))
-    with cache.entry(p.name, p.fingerprint()) as entry:  # no refresh races the revocation
-        tokens = []
-        if entry.refresh_token:
-            tokens.append(("refresh_token", entry.refresh_token))
-        if entry.access_token:
-            tokens.append(("access_token", entry.access_token))
-            exp = number_claim(unverified_claims(entry.access_token), "exp")
-            result.access_valid_until = exp
-        if tokens and p.flow in IDP_FLOWS:
-            _revoke_all(p, tokens, result)
-        result.forgot = cache.forget(p.name)
+    try:
+        # the profile's lock, then the sign-in's (the order obtain() takes them in): no
+        # renewal races the revocation
+        with cache.entry(p.name, p.fingerprint()) as entry, signin_entry(p, env) as shared:
+            _revoke_cached(p, entry, shared, result, env)
+            result.forgot = forget(p, env)
+    except CacheUnusable:  # no cache on disk: nothing there to revoke
+        result.forgot = forget(p, env)
     return result
+
+
+def _revoke_cached(p: Profile, entry: CacheEntry, shared: CacheEntry, result: Logout,
+                   env: Mapping[str, str] | None) -> None:
+    # the sign-in's refresh token; one in the profile's own file is a refresh_token
+    # profile's, or a device_code profile's from before sign-ins were shared
+    refresh = list(dict.fromkeys(t for t in (shared.refresh_token, entry.refresh_token) if t))
+    tokens = [("refresh_token", token) for token in refresh]
+    if entry.access_token:
+        tokens.append(("access_token", entry.access_token))
+        result.access_valid_until = number_claim(unverified_claims(entry.access_token), "exp")
+    if shared.refresh_token:
+        result.signed_out = [other.name for other in signin_siblings(p, env)]
+    if tokens and p.flow in IDP_FLOWS:
+        _revoke_all(p, tokens, result)
 
 
 def _revoke_all(p: Profile, tokens: list[tuple[str, str]], result: Logout) -> None:
