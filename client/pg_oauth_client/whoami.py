@@ -17,10 +17,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pg_oauth_client.errors import ClientError, ConfigError
+from pg_oauth_client.errors import ClientError, ConfigError, SignInNeeded
 from pg_oauth_client.jwt_peek import number_claim, unverified_claims
-from pg_oauth_client.profile import load_profile
-from pg_oauth_client.refusal import advice, find_refusal
+from pg_oauth_client.profile import Profile, load_profile
+from pg_oauth_client.refusal import connection_advice
 from pg_oauth_client.tokens import Token, obtain
 
 # one JSON line each; the second only where oauth.session() can be called
@@ -71,11 +71,19 @@ def whoami(argv: Sequence[str]) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
-    token = obtain(profile, interactive=not args.no_interactive)
+    # as pg-oauth token: a device sign-in only at a terminal, where someone can do it
+    terminal = sys.stdin.isatty() and sys.stderr.isatty()
+    try:
+        token = obtain(profile, interactive=terminal and not args.no_interactive)
+    except SignInNeeded as exc:
+        if args.no_interactive or terminal:
+            raise
+        raise exc.because(", and this is not a terminal to sign in from (standard input "
+                          "or error is not a TTY)") from None
     report = token_report(token)
     status = 0
     if args.dsn is not None:
-        server, status = _ask_server(args.dsn, token, profile.libpq_environment())
+        server, status = _ask_server(args.dsn, token, profile)
         if server is not None:
             report["server"] = server
     if args.output == "json":
@@ -144,7 +152,7 @@ def _text_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _ask_server(dsn: str, token: Token, defaults: dict[str, str]
+def _ask_server(dsn: str, token: Token, profile: Profile
                 ) -> tuple[dict[str, Any] | None, int]:
     """Log in with the token and ask; (what the server said, exit status)."""
     psql = shutil.which("psql")
@@ -152,7 +160,7 @@ def _ask_server(dsn: str, token: Token, defaults: dict[str, str]
         raise ConfigError("whoami --dsn runs psql, which is not on PATH: install the "
                           "PostgreSQL client (postgresql-client)")
     env = dict(os.environ)
-    for key, value in defaults.items():
+    for key, value in profile.libpq_environment().items():
         env.setdefault(key, value)
     env.setdefault("PGSSLMODE", "verify-full")  # as pg-oauth psql: no token to an unverified server
     env["PGPASSWORD"] = token.access_token
@@ -161,10 +169,9 @@ def _ask_server(dsn: str, token: Token, defaults: dict[str, str]
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
-        refusal = find_refusal(done.stderr)
-        if refusal is not None:
-            for line in advice(refusal, token.access_token, token.profile):
-                print(f"pg-oauth: {line}", file=sys.stderr)
+        for line in connection_advice(done.stderr, token.access_token, token.profile,
+                                      env.get("PGSSLMODE"), profile.issuer):
+            print(f"pg-oauth: {line}", file=sys.stderr)
         return None, done.returncode
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     server: dict[str, Any] = json.loads(lines[0])
