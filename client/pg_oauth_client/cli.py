@@ -22,6 +22,7 @@ from typing import NoReturn
 
 from pg_oauth_client import transient_profile
 from pg_oauth_client.errors import ClientError, SignInNeeded
+from pg_oauth_client.idp_http import COMMAND_LINE_SOURCE
 from pg_oauth_client.jwt_peek import unverified_claims
 from pg_oauth_client.live_passfile import LivePassfile
 from pg_oauth_client.profile import FLOWS, config_path, load_profile, profile_names
@@ -167,10 +168,19 @@ def _run(args: argparse.Namespace) -> int:
         token = obtain(profile, min_valid=args.min_valid, force=getattr(args, "force", False),
                        interactive=terminal and not args.no_interactive)
     except SignInNeeded as exc:
+        no_tty = (", and this is not a terminal to sign in from (standard input or error is "
+                  "not a TTY)")
+        if profile.source == COMMAND_LINE_SOURCE:  # no profile to pg-oauth login with
+            raise ClientError(
+                f"profile {profile.name!r} needs a sign-in"
+                + (", and --no-interactive forbids one" if args.no_interactive else no_tty)
+                + ": one-off use keeps none for later, so run it in a terminal"
+                + (" without --no-interactive" if args.no_interactive else "")
+                + ", or give a client secret or key (--client-secret-env, "
+                "--client-secret-file, --private-key-file)") from None
         if args.no_interactive or terminal:
             raise
-        raise exc.because(", and this is not a terminal to sign in from (standard input "
-                          "or error is not a TTY)") from None
+        raise exc.because(no_tty) from None
     if args.command == "token":
         if unverified_claims(token.access_token) is None:  # said on stderr: stdout is the token
             print(f"pg-oauth: warning: {not_a_database_token(token.access_token, profile.name)}",
