@@ -214,8 +214,9 @@ def test_ca_file_is_trusted_over_requests_ca_bundle(laptop: Laptop, tls_idp: Tls
 def test_device_sign_in_and_revocation_trust_ca_file(laptop: Laptop, tls_idp: TlsIdP,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # discovery, device authorization, token polling, refresh and revocation, all over
-    # https with ca_file while REQUESTS_CA_BUNDLE names another CA
-    proc = subprocess.Popen([sys.executable, "-m", "pg_oauth_client", "token", "-p",
+    # https with ca_file while REQUESTS_CA_BUNDLE names another CA (login: the code is
+    # shown without a terminal)
+    proc = subprocess.Popen([sys.executable, "-m", "pg_oauth_client", "login", "-p",
                              "tls-user"], env=laptop.env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
@@ -229,7 +230,12 @@ def test_device_sign_in_and_revocation_trust_ca_file(laptop: Laptop, tls_idp: Tl
     tls_idp.idp.approve(url)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, shown + err
-    refresh_token = json.loads((laptop.cache / "tls-user.json").read_text())["refresh_token"]
+    # the refresh token is the sign-in's (shared by the profiles of this client and IdP)
+    [signin] = laptop.cache.glob("signin@*.json")
+    refresh_token = json.loads(signin.read_text())["refresh_token"]
+    refreshed = laptop.run("token", "-p", "tls-user", "--force", "--no-interactive")
+    assert refreshed.returncode == 0, refreshed.stderr
+    refresh_token = json.loads(signin.read_text())["refresh_token"]  # rotated
 
     done = laptop.run("logout", "-p", "tls-user")
     assert done.returncode == 0, done.stderr
@@ -269,6 +275,31 @@ def test_untrusted_certificate_names_the_setting(laptop: Laptop, tls_idp: TlsIdP
     # PG_OAUTH_CA_FILE is the fix it names
     done = laptop.run("token", "-p", "tls-no-ca", PG_OAUTH_CA_FILE=str(tls_idp.ca))
     assert done.returncode == 0, done.stderr
+
+
+def test_untrusted_certificate_is_not_an_idp_that_is_down(laptop: Laptop,
+                                                           tls_idp: TlsIdP) -> None:
+    # a cached token would serve through an outage while it has the life asked for; a
+    # certificate that does not verify is no outage: waiting does not fix it
+    trusted = laptop.run("token", "-p", "tls-no-ca", REQUESTS_CA_BUNDLE=str(tls_idp.ca))
+    assert trusted.returncode == 0, trusted.stderr
+    path = laptop.cache / "tls-no-ca.json"
+    data = json.loads(path.read_text())
+    shift = (data["expires_at"] - data["issued_at"]) * 0.43  # past fresh, still usable
+    data["issued_at"] -= shift
+    data["expires_at"] -= shift
+    path.write_text(json.dumps(data))
+
+    done = laptop.run("token", "-p", "tls-no-ca")  # REQUESTS_CA_BUNDLE: the unrelated CA
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    assert "is not trusted (" in done.stderr and "using the cached token" not in done.stderr
+
+    # unreachable (a proxy that is down): the same cached token serves, with a warning
+    proxy = f"http://127.0.0.1:{_closed_port()}"
+    done = laptop.run("token", "-p", "tls-no-ca", HTTPS_PROXY=proxy, https_proxy=proxy,
+                      NO_PROXY="", no_proxy="")
+    assert done.returncode == 0 and done.stdout.strip() == data["access_token"], done.stderr
+    assert "cannot reach 127.0.0.1:" in done.stderr and "using the cached token" in done.stderr
 
 
 def test_ca_file_that_does_not_hold_the_ca(laptop: Laptop, tls_idp: TlsIdP) -> None:

@@ -5,7 +5,6 @@ against oidc-provider. Nothing is cached and no PG_OAUTH_* variable is used. No 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,9 @@ from client_support import (
     ROOT,
     SECRETS,
     USER_CLIENT,
+    ClientEnv,
     IdP,
+    device_sign_in,
 )
 from pg_oauth_client.jwt_peek import unverified_claims
 
@@ -59,25 +60,29 @@ def test_client_credentials_from_options(env: dict[str, str], idp: IdP,
     assert '"profile": "(command line)"' in done.stdout
 
 
-def test_device_flow_from_options(env: dict[str, str], idp: IdP) -> None:
-    # no client secret: a public client signs a person in
-    proc = subprocess.Popen([sys.executable, "-m", "pg_oauth_client", "token", "--issuer",
-                             idp.issuer, "--client-id", USER_CLIENT, "--scope", "openid",
-                             "--resource", RESOURCE], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    shown = ""
-    while "user_code=" not in shown:
-        line = proc.stderr.readline()
-        assert line, shown
-        shown += line
-    url = re.search(r"(http://\S+user_code=\S+)", shown)
-    assert url and "profile '(command line)'" in shown
-    idp.approve(url.group(1), login="bob")
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    claims = unverified_claims(out.strip()) or {}
+def test_device_flow_from_options(env: dict[str, str], idp: IdP, tmp_path: Path) -> None:
+    # no client secret: a public client signs a person in, at a terminal
+    options = ("--issuer", idp.issuer, "--client-id", USER_CLIENT, "--scope", "openid",
+               "--resource", RESOURCE)
+    laptop = ClientEnv(env=env, config=tmp_path / "no-config.toml", cache=tmp_path / "cache",
+                       cluster=None)  # type: ignore[arg-type]
+    done, shown = device_sign_in(laptop, idp, None, login="bob", command=("token", *options))
+    assert done.returncode == 0, done.stderr
+    assert "profile '(command line)'" in shown
+    claims = unverified_claims(done.stdout.strip()) or {}
     assert (claims["sub"], claims["aud"]) == ("bob", RESOURCE)
+    assert not (tmp_path / "cache").exists()  # nothing cached, no sign-in kept
+
+    # no terminal, or --no-interactive: no profile to pg-oauth login with, so say what works
+    for more in ((), ("--no-interactive",)):
+        done = pg_oauth(env, "token", *options, *more)
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr.startswith("pg-oauth: profile '(command line)' needs a sign-in, "), \
+            done.stderr
+        assert "pg-oauth login" not in done.stderr
+        assert done.stderr.rstrip().endswith(
+            "or give a client secret or key (--client-secret-env, --client-secret-file, "
+            "--private-key-file)"), done.stderr
 
 
 def test_options_are_checked_like_a_profile(env: dict[str, str], idp: IdP) -> None:
