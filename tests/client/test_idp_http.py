@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,7 +30,10 @@ from client_support import (
     USER_CLIENT,
     IdP,
 )
+from pg_oauth_client.discovery import request_failed
+from pg_oauth_client.errors import IdPCertificateError, IdPUnavailable
 from pg_oauth_client.jwt_peek import unverified_claims
+from pg_oauth_client.profile import Profile
 
 
 def _write_ca(directory: Path, name: str) -> tuple[Path, object, object]:
@@ -300,6 +304,27 @@ def test_untrusted_certificate_is_not_an_idp_that_is_down(laptop: Laptop,
                       NO_PROXY="", no_proxy="")
     assert done.returncode == 0 and done.stdout.strip() == data["access_token"], done.stderr
     assert "cannot reach 127.0.0.1:" in done.stderr and "using the cached token" in done.stderr
+
+
+def test_which_request_failures_are_an_idp_that_is_down() -> None:
+    def cert_error(code: int, message: str) -> ssl.SSLCertVerificationError:
+        error = ssl.SSLCertVerificationError(1, f"certificate verify failed: {message}")
+        error.verify_code, error.verify_message = code, message
+        return error
+
+    profile = Profile(name="p", flow="client_credentials", ca_file="/etc/idp-ca.pem")
+    url = "https://login.example.com/token"
+    down = [requests.ConnectionError("refused"), requests.Timeout("slow"),
+            requests.exceptions.SSLError(ssl.SSLEOFError(8, "EOF in violation of protocol"))]
+    for exc in down:  # may be back in a minute: a cached token serves meanwhile
+        error = request_failed("token for profile 'p'", exc, url, profile)
+        assert type(error) is IdPUnavailable, exc
+    untrusted = requests.exceptions.SSLError(cert_error(20, "unable to get local issuer"))
+    wrong_host = requests.exceptions.SSLError(cert_error(62, "Hostname mismatch"))
+    for exc in (untrusted, wrong_host):  # waiting does not fix these
+        error = request_failed("token for profile 'p'", exc, url, profile)
+        assert type(error) is IdPCertificateError, exc
+        assert "certificate at login.example.com is not" in str(error)
 
 
 def test_ca_file_that_does_not_hold_the_ca(laptop: Laptop, tls_idp: TlsIdP) -> None:
