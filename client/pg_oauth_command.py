@@ -4,7 +4,7 @@ Each package registers its subcommands in the entry-point group ``pg_oauth.comma
 entry point's name is the subcommand, its object a function ``(argv) -> int`` that parses
 the arguments after the name itself (``prog="pg-oauth NAME"``), and the first line of its
 docstring is what ``pg-oauth --help`` says of it. The client registers token, psql, exec,
-login, logout and profiles; pyhook, the server side, explain, check, doctor and uninstall;
+login, logout, profiles and whoami; pyhook, the server side, explain, check, doctor and uninstall;
 the development package (devtools/) dev-issuer, mint and rotate. The packages know the
 group's name and nothing of this module; this module imports none of them until a
 subcommand of theirs runs.
@@ -55,7 +55,7 @@ PACKAGES = {
     ),
     "pg-oauth-client": Package(
         "client commands (tokens for PostgreSQL logins: docs/clients.md)",
-        ("token", "psql", "exec", "login", "logout", "profiles"),
+        ("token", "psql", "exec", "login", "logout", "profiles", "whoami"),
         "the client package (pg_oauth_client), which is not installed here: "
         "pip install ./client from the pg_oauth tree (docs/clients.md)",
     ),

@@ -20,12 +20,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from pg_oauth_client import transient_profile
 from pg_oauth_client.errors import ClientError, SignInNeeded
+from pg_oauth_client.idp_http import COMMAND_LINE_SOURCE
 from pg_oauth_client.jwt_peek import unverified_claims
 from pg_oauth_client.live_passfile import LivePassfile
 from pg_oauth_client.profile import FLOWS, config_path, load_profile, profile_names
 from pg_oauth_client.refusal import connection_advice, not_a_database_token
-from pg_oauth_client.tokens import Token, forget, obtain
+from pg_oauth_client.revocation import log_out
+from pg_oauth_client.tokens import Token, obtain
 
 _SCAN_LIMIT = 64 * 1024  # the tail of the child's stderr kept to find a refusal
 
@@ -51,7 +54,7 @@ def login(argv: Sequence[str]) -> int:
 
 
 def logout(argv: Sequence[str]) -> int:
-    """forget a profile's cached tokens"""
+    """revoke a profile's cached tokens at the IdP and forget them"""
     return _main("logout", argv)
 
 
@@ -76,10 +79,13 @@ def _add_freshness(p: argparse.ArgumentParser) -> None:
 def _parser(name: str) -> argparse.ArgumentParser:
     descriptions = {
         "token": "Print an access token for the profile: the cached one while it stays "
-                 "valid long enough, else a new one.",
+                 "valid long enough, else a new one. Without a profile: --issuer, "
+                 "--client-id, --resource and a client secret or key.",
         "login": "A new sign-in for a device_code profile, ignoring any cached refresh "
                  "token; other flows fetch a new token. Prints nothing on standard output.",
-        "logout": "Forget the profile's cached tokens.",
+        "logout": "Revoke the profile's cached refresh and access tokens at the IdP "
+                  "(RFC 7009, when it advertises a revocation_endpoint), then forget them. "
+                  "They are forgotten even when the revocation fails (exit status 1).",
         "profiles": f"List the profiles of the config file ({config_path()}).",
     }
     for child, text in (("psql", "run psql"), ("exec", "run a command")):
@@ -98,6 +104,7 @@ def _parser(name: str) -> argparse.ArgumentParser:
                             help="do not reuse a cached token")
         parser.add_argument("--output", "-o", choices=("token", "json"), default="token",
                             help="token (default) or json with expires_at")
+        transient_profile.add_options(parser)
     elif name in ("psql", "exec"):
         _add_freshness(parser)
         parser.add_argument("--pgpassword", action="store_true",
@@ -144,27 +151,36 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "profiles":
         return _profiles()
     if args.command == "logout":
-        removed = forget(args.profile)
-        name = load_profile(args.profile).name
-        print(f"pg-oauth: {'forgot' if removed else 'no'} cached tokens of profile {name!r}",
-              file=sys.stderr)
-        return 0
+        done = log_out(load_profile(args.profile))
+        for line in done.lines():
+            print(f"pg-oauth: {line}", file=sys.stderr)
+        return 0 if done.ok else 1
     if args.command == "login":  # asked for: the code is shown even without a terminal
         token = obtain(args.profile, force=True, sign_in=True, interactive=True)
         print(f"pg-oauth: signed in for profile {token.profile!r}"
               + (f", token valid until {_clock(token.expires_at)}" if token.expires_at else ""),
               file=sys.stderr)
         return 0
-    profile = load_profile(args.profile)
+    profile = (transient_profile.from_options(args) if args.command == "token" else None
+               ) or load_profile(args.profile)
     terminal = _terminal()
     try:
         token = obtain(profile, min_valid=args.min_valid, force=getattr(args, "force", False),
                        interactive=terminal and not args.no_interactive)
     except SignInNeeded as exc:
+        no_tty = (", and this is not a terminal to sign in from (standard input or error is "
+                  "not a TTY)")
+        if profile.source == COMMAND_LINE_SOURCE:  # no profile to pg-oauth login with
+            raise ClientError(
+                f"profile {profile.name!r} needs a sign-in"
+                + (", and --no-interactive forbids one" if args.no_interactive else no_tty)
+                + ": one-off use keeps none for later, so run it in a terminal"
+                + (" without --no-interactive" if args.no_interactive else "")
+                + ", or give a client secret or key (--client-secret-env, "
+                "--client-secret-file, --private-key-file)") from None
         if args.no_interactive or terminal:
             raise
-        raise exc.because(", and this is not a terminal to sign in from (standard input "
-                          "or error is not a TTY)") from None
+        raise exc.because(no_tty) from None
     if args.command == "token":
         if unverified_claims(token.access_token) is None:  # said on stderr: stdout is the token
             print(f"pg-oauth: warning: {not_a_database_token(token.access_token, profile.name)}",

@@ -10,8 +10,13 @@ from urllib.parse import urlsplit
 
 import requests
 
-from pg_oauth_client import __version__
-from pg_oauth_client.errors import ConfigError, IdPError, IdPUnavailable
+from pg_oauth_client.errors import (
+    ConfigError,
+    IdPCertificateError,
+    IdPError,
+    IdPUnavailable,
+)
+from pg_oauth_client.idp_http import certificate_failure, idp_session, tls_failure
 from pg_oauth_client.profile import Profile
 
 OIDC_PATH = "/.well-known/openid-configuration"
@@ -37,13 +42,31 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def http_error_line(exc: requests.RequestException, url: str) -> str:
+def http_error_line(exc: requests.RequestException, url: str,
+                    profile: Profile | None = None) -> str:
+    """One sentence for a failed request; with the profile, an untrusted certificate is
+    named as that (and the setting that fixes it), not as a host that cannot be reached."""
+    tls = tls_failure(exc, url, profile) if profile is not None else None
+    if tls:
+        return tls
     host = urlsplit(url).netloc
     if isinstance(exc, requests.Timeout):
         return f"{host} did not answer in time"
     if isinstance(exc, requests.ConnectionError):
         return f"cannot reach {host}"
     return f"request to {host} failed: {type(exc).__name__}"
+
+
+def request_failed(what: str, exc: requests.RequestException, url: str,
+                   profile: Profile) -> IdPError:
+    """The error for a request to the IdP that got no answer. No answer in time, no
+    connection, a TLS handshake cut short: IdPUnavailable (it may be back in a minute; a
+    cached token that is still usable serves meanwhile). A certificate that does not
+    verify: IdPCertificateError, a trust problem that waiting does not fix."""
+    line = f"{what}: {http_error_line(exc, url, profile)}"
+    if certificate_failure(exc):
+        return IdPCertificateError(line)
+    return IdPUnavailable(line)
 
 
 def fetch_metadata(profile: Profile) -> dict[str, Any]:
@@ -58,7 +81,7 @@ def fetch_metadata(profile: Profile) -> dict[str, Any]:
     else:
         if not profile.issuer:
             raise ConfigError(f"profile {profile.name!r}: no issuer to discover endpoints from")
-        metadata = _discover(profile)
+        metadata = discover(profile)
     metadata.update({k: v for k, v in known.items() if v})
     for key in ("token_endpoint", "device_authorization_endpoint"):
         if metadata.get(key):
@@ -66,24 +89,29 @@ def fetch_metadata(profile: Profile) -> dict[str, Any]:
     return metadata
 
 
-def _discover(profile: Profile) -> dict[str, Any]:
+def discover(profile: Profile) -> dict[str, Any]:
+    """The issuer's discovery document (OIDC, else RFC 8414), whatever the profile sets."""
     issuer = profile.issuer or ""
     check_url(issuer, "issuer")
     parts = urlsplit(issuer)
     candidates = [issuer + OIDC_PATH,
                   f"{parts.scheme}://{parts.netloc}{RFC8414_PATH}{parts.path}"]
-    last = ""
+    with idp_session(profile) as session:
+        return _first_document(profile, issuer, candidates, session)
+
+
+def _first_document(profile: Profile, issuer: str, candidates: list[str],
+                    session: requests.Session) -> dict[str, Any]:
+    missing: list[str] = []
     for url in candidates:
         try:
-            resp = requests.get(url, timeout=profile.http_timeout,
-                                headers={"Accept": "application/json",
-                                         "User-Agent": f"pg-oauth/{__version__}"},
-                                verify=profile.ca_file or True)
+            resp = session.get(url, timeout=profile.http_timeout,
+                               headers={"Accept": "application/json"})
         except requests.RequestException as exc:
-            raise IdPUnavailable(f"discovery for profile {profile.name!r}: "
-                                 f"{http_error_line(exc, url)}") from exc
+            raise request_failed(f"discovery for profile {profile.name!r}", exc, url,
+                                 profile) from None
         if resp.status_code == 404:
-            last = f"{url}: HTTP 404"
+            missing.append(url)
             continue
         if resp.status_code >= 500:
             raise IdPUnavailable(f"discovery for profile {profile.name!r}: {url} answered "
@@ -102,5 +130,6 @@ def _discover(profile: Profile) -> dict[str, Any]:
             raise IdPError(f"discovery for profile {profile.name!r}: {url} names issuer "
                            f"{metadata.get('issuer')!r}, not {issuer!r}")
         return metadata
-    raise IdPError(f"discovery for profile {profile.name!r}: no metadata ({last}); "
-                   "set token_endpoint in the profile")
+    raise IdPError(f"discovery for profile {profile.name!r}: no metadata: "
+                   f"{' and '.join(missing)} answered HTTP 404 (tried in that order); "
+                   "check issuer, or set token_endpoint in the profile")

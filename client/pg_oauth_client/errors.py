@@ -29,6 +29,12 @@ class IdPUnavailable(IdPError):
     be back in a minute, so a cached token that is still valid long enough is used."""
 
 
+class IdPCertificateError(IdPError):
+    """The IdP's certificate did not verify (a CA not trusted, another host name): a
+    configuration problem, or someone in the middle. Not an IdP that is down: no cached
+    token is handed out in its place; it is said until the trust is fixed."""
+
+
 class RefreshRefused(IdPError):
     """The refresh token was refused (expired, revoked, rotated away): sign in again."""
 

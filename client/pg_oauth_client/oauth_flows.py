@@ -12,12 +12,11 @@ from typing import Any
 
 import requests
 from authlib.common.errors import AuthlibBaseError
-from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 
-from pg_oauth_client import __version__
-from pg_oauth_client.discovery import fetch_metadata, http_error_line
+from pg_oauth_client.discovery import fetch_metadata, request_failed
 from pg_oauth_client.errors import ConfigError, IdPError, IdPUnavailable, RefreshRefused
+from pg_oauth_client.idp_http import IdPOAuth2Session, trust
 from pg_oauth_client.profile import Profile
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -39,15 +38,13 @@ class OAuthClient:
         secret: Any = profile.client_secret
         if profile.auth_method == "private_key_jwt":
             secret, alg = _load_private_key(profile)
-        self.session = OAuth2Session(
+        self.session = IdPOAuth2Session(
             profile.client_id,
             secret,
             token_endpoint_auth_method=profile.auth_method,
             default_timeout=profile.http_timeout,
         )
-        self.session.headers["User-Agent"] = f"pg-oauth/{__version__}"
-        if profile.ca_file:
-            self.session.verify = profile.ca_file
+        trust(self.session, profile)
         self.metadata = fetch_metadata(profile)
         self.token_endpoint = str(self.metadata.get("token_endpoint") or "")
         if not self.token_endpoint:
@@ -159,8 +156,8 @@ class OAuthClient:
             raise error(f"{what} for profile {self.profile.name!r}: the token endpoint "
                         f"answered HTTP {status}") from None
         except requests.RequestException as exc:
-            raise IdPUnavailable(f"{what} for profile {self.profile.name!r}: "
-                                 f"{http_error_line(exc, self.token_endpoint)}") from None
+            raise request_failed(f"{what} for profile {self.profile.name!r}", exc,
+                                 self.token_endpoint, self.profile) from None
         except ValueError as exc:
             raise IdPError(f"{what} for profile {self.profile.name!r}: {exc}") from None
         if not isinstance(token.get("access_token"), str) or not token["access_token"]:
@@ -174,8 +171,8 @@ class OAuthClient:
             resp = self.session.post(url, data=body, auth=auth, withhold_token=True,
                                      headers={"Accept": "application/json"})
         except requests.RequestException as exc:
-            raise IdPUnavailable(f"{what} for profile {self.profile.name!r}: "
-                                 f"{http_error_line(exc, url)}") from None
+            raise request_failed(f"{what} for profile {self.profile.name!r}", exc, url,
+                                 self.profile) from None
         if resp.status_code >= 500:
             raise IdPUnavailable(f"{what} for profile {self.profile.name!r}: HTTP "
                                  f"{resp.status_code}")

@@ -211,6 +211,16 @@ def load_profile(name: str | None = None, env: Mapping[str, str] | None = None,
     return _resolve(chosen, settings, source, env)
 
 
+def settings_profile(name: str, settings: Mapping[str, Any], source: str,
+                     env: Mapping[str, str] | None = None) -> Profile:
+    """A profile from settings that are in no file (``pg-oauth token --issuer ...``),
+    resolved and checked as a profile of the config file is."""
+    unknown = sorted(set(settings) - KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting {unknown[0]!r}")
+    return _resolve(name, dict(settings), source, os.environ if env is None else env)
+
+
 def _environment_settings(env: Mapping[str, str]) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for key in KNOWN_KEYS - {"extra_params"}:

@@ -22,6 +22,7 @@ from pg_oauth_client.errors import (
     RefreshRefused,
     SignInNeeded,
 )
+from pg_oauth_client.idp_http import COMMAND_LINE_SOURCE
 from pg_oauth_client.jwt_peek import number_claim, unverified_claims
 from pg_oauth_client.oauth_flows import OAuthClient
 from pg_oauth_client.profile import Profile, cache_dir, load_profile, profile_names
@@ -302,8 +303,10 @@ def _signin_key(p: Profile) -> str:
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 
-def _signin_resources(p: Profile, env: Mapping[str, str] | None) -> list[str]:
-    """The resources of the config file's profiles that share ``p``'s sign-in."""
+def signin_siblings(p: Profile, env: Mapping[str, str] | None = None) -> list[Profile]:
+    """The config file's other device_code profiles that share ``p``'s sign-in."""
+    if p.flow != "device_code" or p.source == COMMAND_LINE_SOURCE:  # pg-oauth token --issuer
+        return []
     key, found = _signin_key(p), []
     try:
         names = profile_names(env)
@@ -314,10 +317,26 @@ def _signin_resources(p: Profile, env: Mapping[str, str] | None) -> list[str]:
             other = load_profile(name, env, apply_env=False)
         except ClientError:
             continue
-        if (other.name != p.name and other.flow == "device_code" and other.resource
-                and _signin_key(other) == key):
-            found.append(other.resource)
+        if other.name != p.name and other.flow == "device_code" and _signin_key(other) == key:
+            found.append(other)
     return found
+
+
+def _signin_resources(p: Profile, env: Mapping[str, str] | None) -> list[str]:
+    """The resources of the config file's profiles that share ``p``'s sign-in."""
+    return [other.resource for other in signin_siblings(p, env) if other.resource]
+
+
+@contextlib.contextmanager
+def signin_entry(p: Profile, env: Mapping[str, str] | None = None) -> Iterator[CacheEntry]:
+    """The device sign-in ``p`` shares (its refresh token), locked; take it after the
+    profile's own lock, never before. An empty entry for other flows."""
+    if p.flow != "device_code" or not p.cache:
+        yield CacheEntry(path=Path("unused"), fingerprint="")
+        return
+    cache, key = TokenCache(cache_dir(env)), _signin_key(p)
+    with cache.locked(cache.signin_path(key), key) as shared:
+        yield shared
 
 
 @contextlib.contextmanager
@@ -397,4 +416,5 @@ def _expiry(token: str, response: Mapping[str, Any], now: float) -> tuple[float,
     return iat, exp
 
 
-__all__ = ["ClientError", "Token", "forget", "get_token", "obtain"]
+__all__ = ["ClientError", "Token", "forget", "get_token", "obtain", "signin_entry",
+           "signin_siblings"]

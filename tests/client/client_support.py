@@ -328,17 +328,18 @@ class ClientEnv:
         path.write_text(json.dumps(data))
 
 
-def device_sign_in(client: ClientEnv, idp: IdP, profile: str, login: str = "alice",
+def device_sign_in(client: ClientEnv, idp: IdP, profile: str | None, login: str = "alice",
                    decision: str = "approve", command: tuple[str, ...] = ("token",)
                    ) -> tuple[subprocess.CompletedProcess, str]:
     """Run pg-oauth at a terminal (its standard input and error on a pseudo-terminal: a
     device sign-in needs one) until it shows the verification URL, act in the 'browser',
-    finish."""
+    finish. ``profile`` None: no --profile (``command`` gives the options)."""
     import pty
 
     leader, follower = pty.openpty()
+    chosen = ("--profile", profile) if profile is not None else ()
     proc = subprocess.Popen([sys.executable, "-m", "pg_oauth_client", command[0],
-                             "--profile", profile, *command[1:]], env=client.env,
+                             *chosen, *command[1:]], env=client.env,
                             stdin=follower, stdout=subprocess.PIPE, stderr=follower)
     os.close(follower)
     terminal = open(leader, "rb", buffering=0)  # noqa: SIM115 - read past the wait below

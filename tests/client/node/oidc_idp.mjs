@@ -5,7 +5,8 @@
 //     "clients": [ oidc-provider client metadata ... ],
 //     "short_refresh_clients": ["..."],            // refresh tokens live 1 second
 //     "resource_ttls": { "urn:...": 4 },             // access tokens for it live 4 s
-//     "trusted_issuer": { "issuer": "...", "jwks_uri": "...", "audience": "..." } }
+//     "trusted_issuer": { "issuer": "...", "jwks_uri": "...", "audience": "..." },
+//     "tls": { "key": "key.pem", "cert": "cert.pem" } }  // optional: https:// instead
 //
 // It issues JWT access tokens (typ at+jwt, aud = the resource indicator) for client
 // credentials, the device authorization grant (approved over HTTP at /interaction/:uid),
@@ -14,6 +15,7 @@
 
 import { readFileSync } from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import { generateKeyPairSync } from 'node:crypto';
 
 import Provider, { errors } from 'oidc-provider';
@@ -29,9 +31,11 @@ const [DEFAULT_RESOURCE] = cfg.resources;
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'test-rs256', use: 'sig', alg: 'RS256' };
 
-const server = http.createServer();
+const server = cfg.tls
+  ? https.createServer({ key: readFileSync(cfg.tls.key), cert: readFileSync(cfg.tls.cert) })
+  : http.createServer();
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-const issuer = `http://127.0.0.1:${server.address().port}`;
+const issuer = `${cfg.tls ? 'https' : 'http'}://127.0.0.1:${server.address().port}`;
 
 function resourceServerInfo(resource) {
   if (!RESOURCES.has(resource)) throw new errors.InvalidTarget(`unknown resource ${resource}`);
