@@ -134,9 +134,9 @@ def pooled(issuer: RecordingIssuer, guide: dict[str, str]) -> Iterator[Cluster]:
     cluster.stop()
 
 
-def guide_pgbouncer(cluster: Cluster, guide: dict[str, str]) -> PgBouncer:
-    """PgBouncer with the guide's pgbouncer.ini (this machine's paths and ports aside) and
-    the user list its SQL makes."""
+def guide_pgbouncer(cluster: Cluster, guide: dict[str, str], **changes: str) -> PgBouncer:
+    """PgBouncer with the guide's pgbouncer.ini (this machine's paths and ports aside; and
+    changes) and the user list its SQL makes."""
     ini = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
     ini.read_string(guide["pgbouncer.ini"])
     assert list(ini["databases"]) == [APPDB], "the guide's database is the application's"
@@ -145,7 +145,7 @@ def guide_pgbouncer(cluster: Cluster, guide: dict[str, str]) -> PgBouncer:
     assert set(ini["pgbouncer"]) & SITE_KEYS, "the guide names where PgBouncer listens"
     userlist = psql(cluster, "postgres", guide["userlist.sql"])
     assert userlist.startswith('"gateway" "SCRAM-SHA-256$'), userlist
-    return PgBouncer(cluster, settings, userlist=userlist, databases=[APPDB])
+    return PgBouncer(cluster, {**settings, **changes}, userlist=userlist, databases=[APPDB])
 
 
 @pytest.fixture(scope="module")
@@ -310,6 +310,27 @@ def test_a_token_too_large_for_any_poolers_password_passes_as_a_bind_parameter(
         assert conn.execute("SELECT oauth.claim('sub')").fetchone() == ("user-large-token",)
 
 
+@needs_pgbouncer
+def test_pgbouncer_prepared_statements_do_not_outlive_an_authenticated_transaction(
+        pooled, guide, issuer):
+    """PgBouncer 1.21+ prepares a client's named statement once per server connection
+    (max_prepared_statements) and reuses it there; the end of every authenticated
+    transaction drops it, unknown to PgBouncer: the guide's clients bind unnamed."""
+    if version(PGBOUNCER) < (1, 21):
+        pytest.skip("PgBouncer before 1.21 keeps no prepared statements in transaction "
+                    "pooling (max_prepared_statements)")
+    tok = issuer.mint({"sub": "user-prepared"})
+    with (guide_pgbouncer(pooled, guide, max_prepared_statements="100",
+                          default_pool_size="1") as bouncer,
+          psycopg.connect(bouncer.dsn("gateway", APPDB), password=GATEWAY_PASSWORD) as conn):
+        with conn.transaction():
+            conn.execute("SELECT oauth.authenticate(%s)", (tok,))
+            conn.execute("SELECT count(*) FROM notes WHERE body <> %s", ("x",), prepare=True)
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName), conn.transaction():
+            conn.execute("SELECT oauth.authenticate(%s)", (tok,))
+            conn.execute("SELECT count(*) FROM notes WHERE body <> %s", ("x",), prepare=True)
+
+
 # -- the token as the password: PgBouncer in session mode -------------------------------
 
 def pam_bouncer(cluster: Cluster, **settings: str) -> PgBouncer:
@@ -359,8 +380,12 @@ def test_pgbouncer_opens_server_connections_with_the_latest_password_of_the_role
         # the admin console speaks the simple query protocol only
         with psycopg.connect(bouncer.dsn("pgbouncer_admin", "pgbouncer"), password="any",
                              autocommit=True, cursor_factory=psycopg.ClientCursor) as admin:
-            until(lambda: any(row[3] in ("waiting", "cl_waiting") for row in admin.execute(
-                "SHOW CLIENTS").fetchall()), what="a client waiting for a server connection")
+            def clients_waiting() -> bool:
+                cur = admin.execute("SHOW CLIENTS")
+                state = [column.name for column in cur.description].index("state")
+                return any(row[state] == "waiting" for row in cur.fetchall())
+
+            until(clients_waiting, what="a client waiting for a server connection")
             # a second client of the role logs in: its token is now the role's password
             later = psycopg.connect(bouncer.dsn("app", APPDB), autocommit=True,
                                     password=issuer.mint({"sub": "user-later"}))
