@@ -6,9 +6,10 @@
 #                        pg-oauth command (explain, check, doctor) in /usr/local/bin
 #   make deb             the same as a Debian package, its Python dependencies inside:
 #                        dist/postgresql-<major>-pg-oauth_<version>_amd64.deb (scripts/build-deb.sh)
-#   make test-deps       what tests, demo and benchmarks need on top: pgbouncer, python3-venv,
-#                        the unprivileged pgoauth OS user that runs their servers, the venv
-#                        (with the development tools of devtools/, which make install leaves out)
+#   make test-deps       what tests, demo and benchmarks need on top: pgbouncer, pgpool2,
+#                        python3-venv, the unprivileged pgoauth OS user that runs their
+#                        servers, the venv (with the development tools of devtools/, which
+#                        make install leaves out)
 #   make test            everything the test suite needs (as root on Debian 12), then the suite
 #   make unit-test       the tests that need no server; as any user (tests/README.md)
 #   make demo            a throwaway cluster, a dev issuer, one login that works and one refused

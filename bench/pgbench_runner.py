@@ -75,6 +75,17 @@ class Pgbench:
         args += ["-b", builtin] if builtin else ["-f", str(self.select_1)]
         return self._run(args, target)
 
+    def run_script(self, target: Target, clients: int, seconds: float, script: Path, *,
+                   variables: dict[str, str], threads: int | None = None) -> PgbenchResult:
+        """One timed run of a script of our own over open connections, with bind
+        parameters (-M extended: unnamed statements) for the variables (-D)."""
+        args = [self.binary, "-n", "-M", "extended", "-c", str(clients),
+                "-j", str(threads or clients), "-T", str(max(1, round(seconds))),
+                "-f", str(script)]
+        for name, value in variables.items():
+            args += ["-D", f"{name}={value}"]
+        return self._run(args, target)
+
     def initialise(self, target: Target, scale: int) -> None:
         args = [self.binary, "-i", "-q", "-s", str(scale), "--unlogged-tables"]
         proc = subprocess.run(args, env=self._env(target), capture_output=True, text=True,

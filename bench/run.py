@@ -31,6 +31,7 @@ from login_speed import (
 )
 from pgbench_runner import Pgbench
 from plan import DEFAULT, QUICK, Plan
+from pooler import pooler
 from proxy_cost import proxy_cost
 from report import (
     Goal,
@@ -53,7 +54,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 SECTIONS = ("rate", "latency", "size", "storm", "slow", "flood", "cold", "proxy", "cpu",
-            "breakdown", "scale", "bearer")
+            "breakdown", "scale", "bearer", "pooler")
 
 
 def run(plan: Plan, sections: set[str],
@@ -110,6 +111,11 @@ def run(plan: Plan, sections: set[str],
             tables += scale(testbed, plan, goals, progress)
         if "bearer" in sections:
             tables.append(bearer(testbed, plan, progress))
+        if "pooler" in sections and pgbouncer is not None:
+            tables += pooler(testbed, pgbench, plan, goals, progress, stack.callback)
+        elif "pooler" in sections:
+            tables.append(Table("Behind PgBouncer", ["skipped"],
+                                [["pgbouncer is not installed (scripts/install-deps.sh)"]]))
         machine.append(f"load average at end: {load_average()}")
         progress("stopping the clusters")
     return goals, tables, machine

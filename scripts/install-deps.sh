@@ -21,9 +21,10 @@ esac
 # the tests load (auto_explain, test_decoding) are in postgresql-MAJOR itself.
 PACKAGES="postgresql-$major postgresql-server-dev-$major postgresql-plpython3-$major
 postgresql-client-$major libkrb5-dev libssl-dev gcc make python3 python3-pip ssl-cert"
-# the test virtualenv, the pooler the benchmarks measure against, dpkg-shlibdeps for make deb,
-# a JDK and pgjdbc for the JDBC plugin (client/java)
-TEST_PACKAGES="python3-venv pgbouncer dpkg-dev default-jdk-headless libpostgresql-jdbc-java"
+# the test virtualenv, the poolers the tests and benchmarks put in front of a cluster
+# (tests/poolers.py), dpkg-shlibdeps for make deb, a JDK and pgjdbc for the JDBC plugin
+# (client/java)
+TEST_PACKAGES="python3-venv pgbouncer pgpool2 dpkg-dev default-jdk-headless libpostgresql-jdbc-java"
 # psql's OAuth device flow (OAUTHBEARER tests) is a library of its own from 18 on
 if [ "$major" -ge 18 ]; then
     TEST_PACKAGES="$TEST_PACKAGES libpq-oauth"
