@@ -441,7 +441,13 @@ decide_token(LoginAttempt *a, char *token, int token_len, TokenDecision *decisio
 	req.ssl = port->ssl_in_use;
 
 	/* A token seen again is admitted from the cache; otherwise a worker decides. */
-	hashed = decision_cache_hash(token, token_len, token_hash);
+	if (a->token_hash != NULL)
+	{
+		hashed = decision_cache_usable();
+		memcpy(token_hash, a->token_hash, PG_OAUTH_TOKEN_HASH_LEN);
+	}
+	else
+		hashed = decision_cache_hash(token, token_len, token_hash);
 	TRACE_BACKEND(TRACE_B_HASHED);
 	for (checks = 1;; checks++)
 	{
@@ -556,13 +562,14 @@ admit_login(LoginAttempt *a, TokenDecision *decision)
  * sent (token holds at most the ceiling); in_statement: it was written into
  * the statement text.  A refusal is an ERROR, audited and braked like a
  * refused login.  On success *decision holds the identity,
- * *roleid the role, and the attempt is audited and counted at once with its
- * own kind ("transaction").  The token is wiped.
+ * *roleid the role, and the attempt is counted and (unless the decision
+ * cache answered) audited at once with its own kind ("transaction").  The
+ * token is wiped.
  */
 void
-token_transaction_decide(const char *role, char *token, int token_len, size_t presented,
-						 bool in_statement, TokenDecision *decision, Oid *roleid,
-						 const char **granted)
+token_transaction_decide(const char *role, char *token, int token_len,
+						 const uint8 *token_hash, size_t presented, bool in_statement,
+						 TokenDecision *decision, Oid *roleid, const char **granted)
 {
 	LoginAttempt attempt;
 	char		addrbuf[NI_MAXHOST];
@@ -575,6 +582,7 @@ token_transaction_decide(const char *role, char *token, int token_len, size_t pr
 	attempt.token_seen = true;
 	attempt.token = token;
 	attempt.token_len = token_len;
+	attempt.token_hash = token_hash;
 	if (pg_oauth_require_ssl && !connection_encrypted(MyProcPort) &&
 		MyProcPort->raddr.addr.ss_family != AF_UNIX)
 		login_refuse(&attempt, "ssl_required",
@@ -591,9 +599,19 @@ token_transaction_decide(const char *role, char *token, int token_len, size_t pr
 			   "Pass the token as a bind parameter: SELECT oauth.authenticate($1). Treat this token as exposed.");
 	decide_token(&attempt, token, token_len, decision);
 	describe_attempt(&attempt, "ok", &rec, &stats);
-	rec.ok = true;
-	rec.elapsed_us = (int64) (GetCurrentTimestamp() - attempt.started);
-	audit_log_record(&rec);
+
+	/*
+	 * A pooled connection authenticates every transaction: the audit (a log
+	 * line, a row) records a token the first time it is decided, and again
+	 * each time the decision cache forgets it (a configuration or key change,
+	 * expiry, eviction); refusals always.  The counters count every call.
+	 */
+	if (!decision->from_cache)
+	{
+		rec.ok = true;
+		rec.elapsed_us = (int64) (GetCurrentTimestamp() - attempt.started);
+		audit_log_record(&rec);
+	}
 	login_stats_record(stats.issuer, "ok", true, stats.from_cache, stats.key_cache_hit,
 					   stats.validation_us, stats.queue_us);
 	*roleid = attempt.roleid;

@@ -97,6 +97,13 @@ cache_usable(void)
 		!RecoveryInProgress();
 }
 
+/* For a caller that has the token's hash already (oauth.authenticate()). */
+bool
+decision_cache_usable(void)
+{
+	return cache_usable();
+}
+
 bool
 decision_cache_hash(const char *token, int len, uint8 *out)
 {

@@ -371,6 +371,7 @@ extern uint64 identity_store_not_kept(char *why, size_t whylen);
 extern Size decision_cache_shmem_size(void);
 extern void decision_cache_shmem_startup(void);
 extern bool decision_cache_hash(const char *token, int len, uint8 *hash);
+extern bool decision_cache_usable(void);
 extern bool decision_cache_lookup(const TokenRequest *req, const uint8 *hash, TokenDecision *out);
 extern void decision_cache_store(const TokenRequest *req, const uint8 *hash,
 								 const TokenDecision *d, uint64 version, uint64 epoch);
@@ -514,6 +515,7 @@ typedef struct LoginAttempt
 								 * oauth.authenticate()'s ("": the token's one role) */
 	bool		bearer;			/* OAUTHBEARER: a refusal returns to the validator */
 	bool		transaction;	/* oauth.authenticate(): a refusal is an ERROR */
+	const uint8 *token_hash;	/* the token's SHA-256 when the caller has it, or NULL */
 	char	   *expected_issuer;	/* OAUTHBEARER: the oauth line's issuer identifier */
 } LoginAttempt;
 
@@ -521,9 +523,9 @@ extern void pg_oauth_install_auth_hook(void);
 extern bool token_login_bearer(Port *port, const char *token, char **authn_id,
 							   char **client_detail);
 extern void token_transaction_decide(const char *role, char *token, int token_len,
-									 size_t presented, bool in_statement,
-									 TokenDecision *decision, Oid *roleid,
-									 const char **granted);
+									 const uint8 *token_hash, size_t presented,
+									 bool in_statement, TokenDecision *decision,
+									 Oid *roleid, const char **granted);
 PGO_NORETURN_PRE extern void login_refuse(LoginAttempt *a, const char *reason,
 										  const char *detail, const char *hint)
 			PGO_NORETURN_POST;

@@ -39,6 +39,7 @@
 #include "catalog/pg_proc.h"
 #include "commands/prepare.h"
 #include "commands/sequence.h"
+#include "common/pg_prng.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
@@ -66,6 +67,9 @@ static bool calling = false;
 /* the function's oid, once recognized (a re-created extension gives another) */
 static Oid	authenticate_oid = InvalidOid;
 static bool callbacks_registered = false;
+/* where the seed of random() comes from after each transaction */
+static pg_prng_state reseed_state;
+static bool reseed_ready = false;
 
 bool
 transaction_identity_active(void)
@@ -147,15 +151,19 @@ take_away_lasting_state(void)
 	 * connections (PgBouncer's max_prepared_statements) loses them here.
 	 */
 	DropAllPreparedStatements();
-	/* setseed(): the next subject's random() must not be this one's choice */
-	if (pg_strong_random(&seed, sizeof(seed)))
+	/*
+	 * setseed(): the next subject's random() must not be this one's choice.
+	 * The new seed comes from a generator of this session's own, seeded from
+	 * strong randomness once: no SQL can read or set its state.
+	 */
+	if (!reseed_ready)
 	{
-		uint64		bits;
-
-		memcpy(&bits, &seed, sizeof(bits));
-		seed = (double) (bits >> 11) / (double) (UINT64CONST(1) << 53) * 2.0 - 1.0;
-		DirectFunctionCall1(setseed, Float8GetDatum(seed));
+		if (!pg_prng_strong_seed(&reseed_state))
+			pg_prng_seed(&reseed_state, (uint64) MyProcPid ^ (uint64) GetCurrentTimestamp());
+		reseed_ready = true;
 	}
+	seed = pg_prng_double(&reseed_state) * 2.0 - 1.0;
+	DirectFunctionCall1(setseed, Float8GetDatum(seed));
 }
 
 static void
@@ -328,8 +336,8 @@ pg_oauth_fn_authenticate(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		/* wipes the token, success or not */
-		token_transaction_decide(role, token, (int) strlen(token), presented, in_statement,
-								 &decision, &roleid, &granted);
+		token_transaction_decide(role, token, (int) strlen(token), hash, presented,
+								 in_statement, &decision, &roleid, &granted);
 	}
 	PG_FINALLY();
 	{

@@ -348,13 +348,35 @@ def test_what_would_outlive_the_transaction_is_refused(gw_cluster, issuer, state
 
 
 def test_audit_rows_of_their_own_kind(gw_cluster, issuer):
+    """A token is audited when it is decided, not at every transaction the decision cache
+    admits it again; refusals always; the counters count every call."""
     sub = f"user-audit-{time.time_ns()}"
-    with gateway(gw_cluster) as conn, conn.transaction():
-        conn.execute("SELECT oauth.authenticate(%s)", (token(issuer, sub),))
-    rows = until(lambda: gw_cluster.sql(
-        "SELECT kind, outcome, role FROM oauth.audit_log WHERE subject = %s", (sub,)),
-        what="the audit row")
-    assert rows == [("transaction", "ok", "app")]
+    tok, expired = token(issuer, sub), token(issuer, sub, exp=int(time.time()) - 60)
+
+    def successes() -> int:
+        return gw_cluster.sql("SELECT coalesce(sum(successes), 0)::int FROM oauth.stats")[0][0]
+
+    def refused_expired() -> int:
+        return gw_cluster.sql(
+            "SELECT count(*)::int FROM oauth.audit_log WHERE kind = 'transaction' "
+            "AND outcome = 'refused' AND reason = 'expired'")[0][0]
+
+    before, refused_before = successes(), refused_expired()
+    with gateway(gw_cluster, autocommit=True) as conn:
+        for _ in range(3):
+            conn.execute("BEGIN")
+            conn.execute("SELECT oauth.authenticate(%s)", (tok,))
+            conn.execute("COMMIT")
+        conn.execute("BEGIN")
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            conn.execute("SELECT oauth.authenticate(%s)", (expired,))
+        conn.execute("ROLLBACK")
+    assert successes() - before == 3
+    until(lambda: refused_expired() == refused_before + 1, what="the refusal's audit row")
+    # one row for three transactions of the same token, and the refusal (no role named)
+    assert gw_cluster.sql(
+        "SELECT kind, outcome, role FROM oauth.audit_log WHERE subject = %s ORDER BY id", (sub,)
+    ) == [("transaction", "ok", "app"), ("transaction", "refused", None)]
 
 
 def test_the_token_is_kept_out_of_statement_logs(issuer):
