@@ -9,7 +9,8 @@
  * transaction, a gateway session runs only what poolers send on their own
  * (transaction control, DISCARD/RESET/DEALLOCATE/CLOSE/UNLISTEN of
  * everything, SET of the parameters they keep in step with their clients,
- * a "SELECT 1" check) and SELECT oauth.authenticate(...) itself.  The check
+ * a "SELECT 1", "SELECT version()" or "SELECT pg_is_in_recovery()" check)
+ * and SELECT oauth.authenticate(...) itself.  The check
  * is made where every statement passes: ProcessUtility for utility
  * statements, the planner before it folds a single function, and
  * ExecutorStart for plans made earlier (a statement prepared inside an
@@ -38,6 +39,7 @@
 #include "nodes/plannodes.h"
 #include "optimizer/planner.h"
 #include "tcop/utility.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 
@@ -68,6 +70,18 @@ static const struct
 	{"pgaudit.log_parameter", "off"},
 };
 
+/*
+ * Functions poolers call on their own to learn about a server: pgpool-II asks
+ * every new server connection for version() before it forwards a client's
+ * statement, and checks pg_is_in_recovery().  Built-in, fixed oids, no
+ * arguments, nothing to read or change.
+ */
+static bool
+pooler_check_function(Oid funcid)
+{
+	return funcid == F_VERSION || funcid == F_PG_IS_IN_RECOVERY;
+}
+
 /* The parameters poolers set on their server connections to match a client. */
 static const char *const pooler_parameters[] = {
 	"client_encoding", "datestyle", "timezone", "intervalstyle",
@@ -83,6 +97,17 @@ void
 gateway_pin_logging(void)
 {
 	int			i;
+
+	/* nothing moved them (the usual case): no work, and no GUC stack at commit */
+	for (i = 0; i < lengthof(gateway_pins); i++)
+	{
+		const char *now = GetConfigOption(gateway_pins[i].name, true, false);
+
+		if (now == NULL || strcmp(now, gateway_pins[i].value) != 0)
+			break;
+	}
+	if (i == lengthof(gateway_pins))
+		return;
 
 	for (i = 0; i < lengthof(gateway_pins); i++)
 		/* DEBUG1: a module loaded without that setting (15's auto_explain) refuses it */
@@ -265,7 +290,8 @@ disallowed_expression(Node *node, void *context)
 		case T_TargetEntry:
 			break;
 		case T_FuncExpr:
-			if (!transaction_identity_function(((FuncExpr *) node)->funcid))
+			if (!transaction_identity_function(((FuncExpr *) node)->funcid) &&
+				!pooler_check_function(((FuncExpr *) node)->funcid))
 				return true;
 			break;
 		default:
@@ -394,7 +420,8 @@ gateway_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 		prev_object_access(access, classId, objectId, subId, arg);
 	if (access == OAT_FUNCTION_EXECUTE && classId == ProcedureRelationId &&
 		gateway_session() && !transaction_identity_active() &&
-		!transaction_identity_calling() && !transaction_identity_function(objectId))
+		!transaction_identity_calling() && !transaction_identity_function(objectId) &&
+		!pooler_check_function(objectId))
 		refuse_before_authenticate(psprintf("function %s may not run", get_func_name(objectId)));
 }
 
