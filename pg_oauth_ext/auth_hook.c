@@ -208,6 +208,16 @@ login_refuse(LoginAttempt *a, const char *reason, const char *detail, const char
 	pg_unreachable();
 }
 
+static bool connection_encrypted(Port *port);
+
+/* pg_oauth.require_ssl: a token must not cross the network in clear (Unix sockets may). */
+static bool
+token_would_travel_in_clear(Port *port)
+{
+	return pg_oauth_require_ssl && !connection_encrypted(port) &&
+		port->raddr.addr.ss_family != AF_UNIX;
+}
+
 static bool
 connection_encrypted(Port *port)
 {
@@ -385,8 +395,7 @@ check_connection(LoginAttempt *a)
 	Port	   *port = a->port;
 
 	/* A token must never cross the network in clear. */
-	if (pg_oauth_require_ssl && !connection_encrypted(port) &&
-		port->raddr.addr.ss_family != AF_UNIX)
+	if (token_would_travel_in_clear(port))
 		login_refuse(a, "ssl_required",
 			   a->bearer ?
 			   "token logins need an encrypted connection; the token was not checked" :
@@ -566,6 +575,40 @@ admit_login(LoginAttempt *a, TokenDecision *decision)
  * cache answered) audited at once with its own kind ("transaction").  The
  * token is wiped.
  */
+static void
+begin_transaction_attempt(LoginAttempt *a, const char *role, char *addrbuf, size_t addrlen)
+{
+	begin_attempt(a, MyProcPort, addrbuf, addrlen);
+	a->transaction = true;
+	a->role = role ? role : "";
+	a->token_seen = true;
+}
+
+/* A token written into the statement text: refused unchecked, and treated as exposed. */
+static void
+refuse_written_into_statement(LoginAttempt *a)
+{
+	login_refuse(a, "token_in_statement",
+		   "the token is written into the statement text, which statement logging, pg_stat_activity and error reports show; it was not checked",
+		   "Pass the token as a bind parameter: SELECT oauth.authenticate($1). Treat this token as exposed.");
+}
+
+/*
+ * gateway.c found oauth.authenticate()'s token written into a statement as a
+ * literal (the planner sees it before the call): refused and audited as a
+ * call with it would be.
+ */
+void
+token_transaction_written_into_statement(void)
+{
+	LoginAttempt attempt;
+	char		addrbuf[NI_MAXHOST];
+
+	begin_transaction_attempt(&attempt, NULL, addrbuf, sizeof(addrbuf));
+	refuse_written_into_statement(&attempt);
+	pg_unreachable();
+}
+
 void
 token_transaction_decide(const char *role, char *token, int token_len,
 						 const uint8 *token_hash, size_t presented, bool in_statement,
@@ -576,15 +619,11 @@ token_transaction_decide(const char *role, char *token, int token_len,
 	AuditRecord rec;
 	LoginStatsArgs stats;
 
-	begin_attempt(&attempt, MyProcPort, addrbuf, sizeof(addrbuf));
-	attempt.transaction = true;
-	attempt.role = role ? role : "";
-	attempt.token_seen = true;
+	begin_transaction_attempt(&attempt, role, addrbuf, sizeof(addrbuf));
 	attempt.token = token;
 	attempt.token_len = token_len;
 	attempt.token_hash = token_hash;
-	if (pg_oauth_require_ssl && !connection_encrypted(MyProcPort) &&
-		MyProcPort->raddr.addr.ss_family != AF_UNIX)
+	if (token_would_travel_in_clear(MyProcPort))
 		login_refuse(&attempt, "ssl_required",
 			   "the session's connection is not encrypted: the token crossed the network in clear and was not checked",
 			   "Connect the pooler to PostgreSQL over a Unix socket or with sslmode=require, and treat this token as exposed.");
@@ -594,9 +633,7 @@ token_transaction_decide(const char *role, char *token, int token_len,
 						presented, pg_oauth_max_token_bytes),
 			   NULL);
 	if (in_statement)
-		login_refuse(&attempt, "token_in_statement",
-			   "the token is written into the statement text, which statement logging, pg_stat_activity and error reports show; it was not checked",
-			   "Pass the token as a bind parameter: SELECT oauth.authenticate($1). Treat this token as exposed.");
+		refuse_written_into_statement(&attempt);
 	decide_token(&attempt, token, token_len, decision);
 	describe_attempt(&attempt, "ok", &rec, &stats);
 

@@ -137,6 +137,14 @@ gateway_session(void)
 	return true;
 }
 
+/* A gateway session whose transaction has no token yet (and is not inside authenticate()). */
+static bool
+before_authenticate(void)
+{
+	return gateway_session() && !transaction_identity_active() &&
+		!transaction_identity_calling();
+}
+
 PGO_NORETURN_PRE static void
 refuse_before_authenticate(const char *what)
 	PGO_NORETURN_POST;
@@ -363,8 +371,7 @@ gateway_planner(Query *parse, const char *query_string, int cursorOptions,
 #endif
 {
 	/* before the planner evaluates a single function */
-	if (gateway_session() && !transaction_identity_active() &&
-		!transaction_identity_calling())
+	if (before_authenticate())
 	{
 		if (!query_allowed_before_authenticate(parse))
 			refuse_before_authenticate("this statement is not allowed");
@@ -375,11 +382,7 @@ gateway_planner(Query *parse, const char *query_string, int cursorOptions,
 		 * own test reads the text, which escapes can hide.
 		 */
 		if (token_written_into((Node *) parse->targetList, NULL))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-					 errmsg("JWT authentication failed for role \"\""),
-					 errdetail("reason=token_in_statement: the token is written into the statement text, which statement logging, pg_stat_activity and error reports show; it was not checked"),
-					 errhint("Pass the token as a bind parameter: SELECT oauth.authenticate($1). Treat this token as exposed.")));
+			token_transaction_written_into_statement();
 	}
 #if PG_VERSION_NUM >= 190000
 	if (prev_planner)
@@ -395,9 +398,7 @@ gateway_planner(Query *parse, const char *query_string, int cursorOptions,
 static void
 gateway_executor_start(QueryDesc *queryDesc, int eflags)
 {
-	if (gateway_session() && !transaction_identity_active() &&
-		!transaction_identity_calling() &&
-		!plan_allowed_before_authenticate(queryDesc->plannedstmt))
+	if (before_authenticate() && !plan_allowed_before_authenticate(queryDesc->plannedstmt))
 		refuse_before_authenticate("this statement is not allowed");
 	if (prev_executor_start)
 		prev_executor_start(queryDesc, eflags);
@@ -419,8 +420,7 @@ gateway_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	if (prev_object_access)
 		prev_object_access(access, classId, objectId, subId, arg);
 	if (access == OAT_FUNCTION_EXECUTE && classId == ProcedureRelationId &&
-		gateway_session() && !transaction_identity_active() &&
-		!transaction_identity_calling() && !transaction_identity_function(objectId) &&
+		before_authenticate() && !transaction_identity_function(objectId) &&
 		!pooler_check_function(objectId))
 		refuse_before_authenticate(psprintf("function %s may not run", get_func_name(objectId)));
 }

@@ -522,6 +522,7 @@ typedef struct LoginAttempt
 extern void pg_oauth_install_auth_hook(void);
 extern bool token_login_bearer(Port *port, const char *token, char **authn_id,
 							   char **client_detail);
+PGO_NORETURN_PRE extern void token_transaction_written_into_statement(void) PGO_NORETURN_POST;
 extern void token_transaction_decide(const char *role, char *token, int token_len,
 									 const uint8 *token_hash, size_t presented,
 									 bool in_statement, TokenDecision *decision,

@@ -292,6 +292,7 @@ pg_oauth_fn_authenticate(PG_FUNCTION_ARGS)
 {
 	text	   *token_text;
 	char	   *token;
+	int			token_len;
 	size_t		presented;
 	const char *role = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	uint8		hash[PG_OAUTH_TOKEN_HASH_LEN];
@@ -307,13 +308,15 @@ pg_oauth_fn_authenticate(PG_FUNCTION_ARGS)
 	token_text = PG_GETARG_TEXT_PP(0);
 	presented = VARSIZE_ANY_EXHDR(token_text);
 	/* a login's password packet never holds more than the ceiling either */
-	token = pnstrdup(VARDATA_ANY(token_text), Min(presented, PG_OAUTH_TOKEN_CEILING));
+	/* text holds no NUL: the copy is exactly this long */
+	token_len = (int) Min(presented, PG_OAUTH_TOKEN_CEILING);
+	token = pnstrdup(VARDATA_ANY(token_text), token_len);
+	pg_oauth_sha256(token, token_len, hash);
 
 	if (identity.active)
 	{
 		/* the same token and role again: nothing changes */
-		pg_oauth_sha256(token, strlen(token), hash);
-		explicit_bzero(token, strlen(token));
+		explicit_bzero(token, token_len);
 		if (memcmp(hash, identity.token_hash, sizeof(hash)) == 0 &&
 			(role == NULL || strcmp(role, identity.role) == 0))
 			PG_RETURN_DATUM(DirectFunctionCall1(namein, CStringGetDatum(identity.role)));
@@ -330,13 +333,12 @@ pg_oauth_fn_authenticate(PG_FUNCTION_ARGS)
 		role = NULL;
 
 	register_callbacks();
-	in_statement = token_in_statement(token, strlen(token));
-	pg_oauth_sha256(token, strlen(token), hash);
+	in_statement = token_in_statement(token, token_len);
 	calling = true;
 	PG_TRY();
 	{
 		/* wipes the token, success or not */
-		token_transaction_decide(role, token, (int) strlen(token), hash, presented,
+		token_transaction_decide(role, token, token_len, hash, presented,
 								 in_statement, &decision, &roleid, &granted);
 	}
 	PG_FINALLY();

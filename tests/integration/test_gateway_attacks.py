@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import MINTED, RecordingIssuer
+from conftest import MINTED, RecordingIssuer, until
 from pgcluster import Cluster
 from psycopg import sql
 from test_gateway import gateway, make_gateway_cluster, reason, token
@@ -311,12 +311,20 @@ def test_a_token_written_with_escapes_is_refused_as_written_into_the_statement(g
     tok = token(issuer, "user-1")
     MINTED.remove(tok)  # written into a statement on purpose
     escaped = "E'" + "".join(f"\\x{ord(c):02x}" for c in tok) + "'"
+
+    def audited() -> int:
+        return gw.sql("SELECT count(*)::int FROM oauth.audit_log WHERE kind = 'transaction' "
+                      "AND reason = 'token_in_statement'")[0][0]
+
+    before = audited()
     with gateway(gw, autocommit=True) as conn:
         conn.execute("BEGIN")
         with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as excinfo:
             conn.execute(f"SELECT oauth.authenticate({escaped})")
         conn.execute("ROLLBACK")
     assert reason(excinfo.value) == "token_in_statement"
+    # refused like any call: audited (found in the parse tree, before the call)
+    until(lambda: audited() > before, what="the refusal's audit row")
 
 
 # ---------------------------------------------------------------------------------------
