@@ -130,21 +130,25 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def _terminal() -> bool:
+def at_terminal() -> bool:
     """A device sign-in needs someone at a terminal to read the code and to wait."""
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
-def _main(name: str, argv: Sequence[str]) -> int:
-    args = _parser(name).parse_args(list(argv))
+def reported(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """A subcommand's exit status: a ClientError as its one line on stderr, ^C as 130."""
     try:
-        return _run(args)
+        return run(args)
     except ClientError as exc:
         print(f"pg-oauth: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         print("pg-oauth: interrupted", file=sys.stderr)
         return 130
+
+
+def _main(name: str, argv: Sequence[str]) -> int:
+    return reported(_run, _parser(name).parse_args(list(argv)))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -163,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     profile = (transient_profile.from_options(args) if args.command == "token" else None
                ) or load_profile(args.profile)
-    terminal = _terminal()
+    terminal = at_terminal()
     try:
         token = obtain(profile, min_valid=args.min_valid, force=getattr(args, "force", False),
                        interactive=terminal and not args.no_interactive)

@@ -24,9 +24,9 @@ class Refusal:
     detail: str | None
 
 
-def find_refusal(text: str) -> Refusal | None:
-    """The last pg_oauth refusal in a client's error output, if any."""
-    failed = list(_FAILED.finditer(text))
+def _last(pattern: re.Pattern[str], text: str) -> Refusal | None:
+    """The last match of pattern in text, with the reason= that follows it."""
+    failed = list(pattern.finditer(text))
     if not failed:
         return None
     last = failed[-1]
@@ -34,20 +34,18 @@ def find_refusal(text: str) -> Refusal | None:
     return Refusal(user=last.group(1).replace('""', '"'),
                    reason=reason.group(1) if reason else None,
                    detail=(reason.group(2) or None) if reason else None)
+
+
+def find_refusal(text: str) -> Refusal | None:
+    """The last pg_oauth refusal in a client's error output, if any."""
+    return _last(_FAILED, text)
 
 
 def find_password_failure(text: str) -> Refusal | None:
     """A token login that pg_hba.conf sent to a password line: PostgreSQL's own
     "password authentication failed", with pg_oauth's reason when the server added it
     (hba_password_line, ssl_required; none with pg_oauth.client_detail = none)."""
-    failed = list(_PASSWORD_FAILED.finditer(text))
-    if not failed:
-        return None
-    last = failed[-1]
-    reason = _REASON.search(text, last.end())
-    return Refusal(user=last.group(1).replace('""', '"'),
-                   reason=reason.group(1) if reason else None,
-                   detail=(reason.group(2) or None) if reason else None)
+    return _last(_PASSWORD_FAILED, text)
 
 
 def password_advice(refusal: Refusal, profile_name: str, sslmode: str | None) -> list[str]:

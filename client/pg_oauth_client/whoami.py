@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pg_oauth_client.errors import ClientError, ConfigError, SignInNeeded
+from pg_oauth_client.cli import at_terminal, reported
+from pg_oauth_client.errors import ConfigError, SignInNeeded
 from pg_oauth_client.jwt_peek import number_claim, unverified_claims
 from pg_oauth_client.profile import Profile, load_profile
 from pg_oauth_client.refusal import connection_advice
@@ -58,21 +59,13 @@ def whoami(argv: Sequence[str]) -> int:
     parser.add_argument("--no-interactive", action="store_true",
                         help="never start an interactive sign-in: fail instead")
     parser.add_argument("--output", "-o", choices=("text", "json"), default="text")
-    args = parser.parse_args(list(argv))
-    try:
-        return _run(args)
-    except ClientError as exc:
-        print(f"pg-oauth: {exc}", file=sys.stderr)
-        return exc.exit_status
-    except KeyboardInterrupt:
-        print("pg-oauth: interrupted", file=sys.stderr)
-        return 130
+    return reported(_run, parser.parse_args(list(argv)))
 
 
 def _run(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     # as pg-oauth token: a device sign-in only at a terminal, where someone can do it
-    terminal = sys.stdin.isatty() and sys.stderr.isatty()
+    terminal = at_terminal()
     try:
         token = obtain(profile, interactive=terminal and not args.no_interactive)
     except SignInNeeded as exc:
