@@ -34,6 +34,7 @@
 #include "miscadmin.h"
 #include "replication/walsender.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/syscache.h"
 
 #ifdef ENABLE_GSS
@@ -342,6 +343,13 @@ check_role(LoginAttempt *a)
 	int			nfound;
 	int			i;
 
+	/*
+	 * A worker may have just created the role or changed its memberships
+	 * (provisioning, 25-provisioning.sql) and committed: take in the
+	 * invalidations, so that neither a negative cache entry left by the
+	 * pg_hba.conf match nor an old catalog snapshot hides what it did.
+	 */
+	AcceptInvalidationMessages();
 	roletup = SearchSysCache1(AUTHNAME, CStringGetDatum(user));
 	if (!HeapTupleIsValid(roletup))
 		login_refuse(a, "unknown_role", psprintf("role \"%s\" does not exist", user), NULL);

@@ -3,7 +3,8 @@
  * housekeeper.c
  *	  One background worker that does the work nobody should wait for:
  *	  ending token sessions whose token expired, writing audit records into
- *	  oauth.audit_log, and trimming that table to pg_oauth.audit_retention.
+ *	  oauth.audit_log, trimming that table to pg_oauth.audit_retention, and
+ *	  offboarding provisioned roles not seen for a while (oauth.offboard()).
  *
  *-------------------------------------------------------------------------
  */
@@ -39,6 +40,8 @@
  */
 #define RETENTION_BATCH_ROWS	10000
 #define RETENTION_PAUSE_MS		20
+/* oauth.offboard(): every minute, and soon after any configuration change */
+#define OFFBOARD_EVERY_MS		(60 * 1000)
 
 static SPIPlanPtr insert_plan = NULL;
 static bool insert_plan_has_kind = false;	/* oauth.audit_log has "kind" (1.1) */
@@ -231,6 +234,19 @@ retention_step(void *arg)
 	*deleted = (int64) SPI_processed;
 }
 
+/* oauth.offboard(), when this database's extension has it (1.1 on) */
+static void
+offboard_step(void *arg)
+{
+	if (SPI_execute("SELECT 1 FROM pg_catalog.pg_proc WHERE oid OPERATOR(pg_catalog.=) "
+					"pg_catalog.to_regprocedure('oauth.offboard()')", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for oauth.offboard()");
+	if (SPI_processed == 0)
+		return;
+	if (SPI_execute("SELECT pg_catalog.count(*) FROM oauth.offboard()", false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "oauth.offboard() failed");
+}
+
 /* One batch of the retention pass; the pass ends with a batch that was not full. */
 static void
 retention_batch(void)
@@ -263,6 +279,8 @@ pg_oauth_housekeeper_main(Datum main_arg)
 	bool		identities_reported = false;
 	TimestampTz last_check = 0;
 	TimestampTz last_retention = 0;
+	TimestampTz last_offboard = 0;
+	uint64		offboarded_at_version = 0;
 	bool		was_standby = false;
 	AuditRecord *records;
 
@@ -400,5 +418,21 @@ pg_oauth_housekeeper_main(Datum main_arg)
 		}
 		if (installed && retention.active)
 			retention_batch();
+
+		if (installed)
+		{
+			uint64		config_version,
+						key_epoch;
+
+			decision_cache_versions(&config_version, &key_epoch);
+			if (config_version != offboarded_at_version ||
+				TimestampDifferenceExceeds(last_offboard, now, OFFBOARD_EVERY_MS))
+			{
+				last_offboard = now;
+				offboarded_at_version = config_version;
+				(void) housekeeper_transaction(offboard_step, NULL,
+											   "pg_oauth: offboarding provisioned roles");
+			}
+		}
 	}
 }

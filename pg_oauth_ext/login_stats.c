@@ -48,7 +48,8 @@ static const char *const reason_codes[] = {
 	"database_not_allowed", "client_not_allowed", "unknown_role",
 	"superuser_forbidden", "startup_option_forbidden", "ssl_required",
 	"jwks_unavailable", "rate_limited", "too_many_connections", "unsupported_typ",
-	"validator_unavailable", "validator_timeout", "validator_error", "other"
+	"validator_unavailable", "validator_timeout", "validator_error",
+	"provisioning_forbidden", "provisioning_unavailable", "other"
 };
 #define NREASONS lengthof(reason_codes)
 

@@ -9,6 +9,7 @@ The decision
 - ``errors``: one exception per refusal reason, and how a value is shown in a detail.
 - ``config``: the issuers, role_map rules and revocations, built from the tables' rows.
 - ``claim_path``: claim paths such as ``realm_access.roles``, as oauth.claim() reads them.
+- ``provisioning``: roles from the IdP: the policies, and the names a token may give a role.
 
 The keys
 - ``jwks_cache``: the key store: keys per issuer, freshness, refresh, persistence.

@@ -599,6 +599,9 @@ class Config:
     # one sentence per role_map row that could not be used (for the server log)
     skipped_rules: list[str] = field(default_factory=list)
     revocations: Revocations = field(default_factory=Revocations)
+    # oauth.provisioning and oauth.group_roles by issuer (pyhook.provisioning);
+    # the adapter reads them again whenever the configuration version moves
+    provisioning: Mapping[str, Any] = field(default_factory=dict)
     _rules_by_issuer: dict[str, list[RoleRule]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )

@@ -63,3 +63,5 @@ class Decision:
     key_cache: str | None = None
     # live sessions the subject may have (None: no limit)
     max_sessions: int | None = None
+    # what provisioning must do for the role (pyhook.provisioning.ProvisioningPlan)
+    provisioning: Any = None

@@ -104,6 +104,18 @@ class ValidatorError(ValidationError):
     reason = "validator_error"
 
 
+class ProvisioningForbidden(ValidationError):
+    """The provisioning policy may not create or name this role (docs/provisioning.md)."""
+
+    reason = "provisioning_forbidden"
+
+
+class ProvisioningUnavailable(ValidationError):
+    """The role needs a change this server cannot make now (a hot standby)."""
+
+    reason = "provisioning_unavailable"
+
+
 # Every reason code this package can produce, for documentation and tests.
 REASONS: tuple[str, ...] = (
     Malformed.reason,
@@ -124,4 +136,7 @@ REASONS: tuple[str, ...] = (
     ClientNotAllowed.reason,
     JwksUnavailable.reason,
     ValidatorError.reason,
+    ProvisioningForbidden.reason,
+    ProvisioningUnavailable.reason,
 )
+

@@ -26,12 +26,14 @@ from typing import Any
 
 from pyhook.config import Config, IssuerConfig, PatternCache, Revocations
 from pyhook.decision import FAIL, PASS, Check, Decision
-from pyhook.errors import ValidatorError
+from pyhook.errors import ProvisioningForbidden, ProvisioningUnavailable, ValidatorError
 from pyhook.jwks_cache import CachedJwks, KeyStore
+from pyhook.provisioning import ProvisioningPlan, policies_from_rows
 from pyhook.sql_queries import (
     CONFIG_DATABASE_QUERY,
     COUNTER_QUERY,
     CURRENT_QUERY_QUERY,
+    GROUP_ROLES_QUERY,
     INT8,
     ISSUERS_QUERY,
     JWKS_CACHE_QUERY,
@@ -44,6 +46,10 @@ from pyhook.sql_queries import (
     MISSING_COLUMNS_QUERY,
     PERSIST_QUERY,
     PERSIST_TYPES,
+    PROVISION_QUERY,
+    PROVISION_TYPES,
+    PROVISIONING_PRESENT_QUERY,
+    PROVISIONING_QUERY,
     RECORD_FETCH_QUERY,
     RECORD_FETCH_TYPES,
     RECOVERY_QUERY,
@@ -80,6 +86,9 @@ def written_into(token: str | bytes, statement: str | None) -> bool:
         for part in text.split(".")[1:3]
     )
 
+# the provisioning policies have not been read yet
+_NOT_READ = object()
+
 
 class Adapter:
     def __init__(self, plpy: Any) -> None:
@@ -96,6 +105,9 @@ class Adapter:
         self._reported_key_changes = 0
         # while oauth.explain() runs: what would have been logged (None: log it)
         self._notes: list[str] | None = None
+        # the provisioning policies, and the configuration version they were read at
+        self._policies: dict[str, Any] = {}
+        self._policies_version: object = _NOT_READ
 
     def validate(
         self,
@@ -112,6 +124,8 @@ class Adapter:
             decision = validate(
                 token, requested_role, database, client_addr, ssl, config, self.keys
             )
+            if decision.ok and decision.provisioning is not None:
+                decision = self._provision(decision, explain=False)
             return decision_row(decision)
         except Exception as exc:  # noqa: BLE001 - fail closed, never raise into the worker
             self._warn(f"pg_oauth: validator error: {type(exc).__name__}")
@@ -159,7 +173,15 @@ class Adapter:
                 keys,
                 explain=True,
             )
-            decision = self._role_checks(decision, requested_role)
+            created = False
+            if decision.ok and decision.provisioning is not None:
+                decision = self._provision(decision, explain=True)
+                created = any(
+                    c.name == "provisioning" and c.info.startswith("would create role")
+                    for c in decision.trail
+                )
+            if not created:
+                decision = self._role_checks(decision, requested_role)
         except Exception as exc:  # noqa: BLE001 - explain reports, never raises
             decision = Decision(
                 ok=False, reason=ValidatorError.reason, detail=type(exc).__name__
@@ -239,6 +261,10 @@ class Adapter:
     # -- configuration ------------------------------------------------------
 
     def _config(self, config_version: int | None, seed: bool = True) -> Config:
+        """The configuration tables (below) and the provisioning policies."""
+        return self._with_provisioning(self._config_tables(config_version, seed))
+
+    def _config_tables(self, config_version: int | None, seed: bool = True) -> Config:
         """The configuration, brought up to date first when it changed.
 
         ``config_version``: the shared-memory change counter the worker read before
@@ -278,6 +304,97 @@ class Adapter:
         self._announce(config, state, changes, first=previous is None)
         return config
 
+    def _with_provisioning(self, config: Config) -> Config:
+        """``config`` with the provisioning policies, read again after each full read
+        of the configuration: a change to oauth.provisioning or oauth.group_roles is
+        counted by no table's counter, which makes the next read a full one. None
+        before the 1.1 tables exist."""
+        if self._policies_version is _NOT_READ:
+            policies: dict[str, Any] = {}
+            skipped: list[str] = []
+            if self._execute("provisioning_present", PROVISIONING_PRESENT_QUERY)[0]["present"]:
+                policies, skipped = policies_from_rows(
+                    self._execute("provisioning", PROVISIONING_QUERY),
+                    self._execute("group_roles", GROUP_ROLES_QUERY),
+                )
+            for note in skipped:
+                self._warn(f"pg_oauth: {note}")
+            self._policies, self._policies_version = policies, config.version
+        config.provisioning = self._policies
+        return config
+
+    def _provision(self, decision: Decision, explain: bool) -> Decision:
+        """Make the login's role what the token says (oauth._provision): create it,
+        sync its group memberships. On a standby nothing can be written: a role that
+        is missing, disabled or would lose a membership is refused
+        (provisioning_unavailable); one that would only gain memberships logs in
+        with those it has. ``explain``: say what would be done, do nothing."""
+        plan: ProvisioningPlan = decision.provisioning
+        standby = self._in_recovery()
+        apply = not (explain or standby)
+        try:
+            with self.plpy.subtransaction():
+                rows = self._execute(
+                    "provision",
+                    PROVISION_QUERY,
+                    [
+                        plan.issuer,
+                        plan.subject,
+                        plan.role,
+                        None if plan.groups is None else list(plan.groups),
+                        plan.mapped,
+                        apply,
+                    ],
+                    PROVISION_TYPES,
+                )
+            steps = [(str(r["action"]), str(r["target"]), str(r["detail"])) for r in rows]
+        except Exception as exc:  # noqa: BLE001 - fail closed with what PostgreSQL said
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return _refused(
+                decision,
+                ProvisioningUnavailable(
+                    f"role {plan.role!a} could not be provisioned: {message[:300]}"
+                ),
+            )
+        for action, target, detail in steps:
+            if action == "refuse":
+                return _refused(decision, ProvisioningForbidden(detail))
+        for _action, _target, detail in (s for s in steps if s[0] == "skip"):
+            self._warn(f"pg_oauth: provisioning of role {plan.role!a}: {detail}")
+        changes = [s for s in steps if s[0] in ("create", "enable", "join", "grant", "revoke")]
+        if standby and not explain:
+            blocking = [s for s in changes if s[0] != "grant"]
+            if blocking:
+                what = "; ".join(f"{a} {t}" for a, t, _d in blocking)
+                return _refused(
+                    decision,
+                    ProvisioningUnavailable(
+                        f"role {plan.role!a} needs changes a hot standby cannot make ({what}): "
+                        "they are made at its next login on the primary"
+                    ),
+                )
+            if changes:
+                self._log(
+                    f"pg_oauth: on this standby role {plan.role!a} logs in without the "
+                    f"memberships its token's groups give ({', '.join(t for _a, t, _d in changes)}); "
+                    "they are granted at its next login on the primary"
+                )
+        if not explain:
+            return decision
+        verb = {"create": "would create role", "enable": "would enable role",
+                "join": "would join", "grant": "would grant", "revoke": "would revoke",
+                "skip": "would not grant", "keep": "keeps"}
+        trail = [
+            *decision.trail,
+            *(
+                Check("provisioning", FAIL if action == "skip" else PASS,
+                      f"{verb.get(action, action)} {target}: {detail}",
+                      f"role {plan.role!a}" + (" (on a standby: nothing is written)" if standby else ""))
+                for action, target, detail in steps
+            ),
+        ]
+        return replace(decision, trail=trail)
+
     def _change_counter(self) -> int | None:
         try:
             value = self._execute("counter", COUNTER_QUERY)[0]["counter"]
@@ -287,6 +404,7 @@ class Adapter:
 
     def _load(self, state: ConfigState) -> Config:
         """Everything, from scratch (a worker's first load, a re-created extension)."""
+        self._policies_version = _NOT_READ
         self._missing = frozenset(
             str(row["name"]) for row in self._execute("missing_columns", MISSING_COLUMNS_QUERY)
         )
@@ -604,3 +722,12 @@ class Adapter:
             {"warning": self.plpy.warning, "log": self.plpy.log}.get(
                 level, self.plpy.debug
             )(message)
+
+
+def _refused(decision: Decision, exc: ProvisioningForbidden | ProvisioningUnavailable) -> Decision:
+    """``decision`` turned into a refusal for a provisioning reason."""
+    trail = [*decision.trail, Check("provisioning", FAIL, exc.detail)]
+    return replace(
+        decision, ok=False, reason=exc.reason, detail=exc.detail, allowed_roles=[],
+        trail=trail, provisioning=None,
+    )

@@ -163,3 +163,17 @@ ROLE_QUERY = (
     "AS refused_via "
     "FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $1"
 )
+# Provisioning (25-provisioning.sql): the policies, read again whenever the
+# configuration version moves; absent before ALTER EXTENSION pg_oauth UPDATE to 1.1.
+PROVISIONING_PRESENT_QUERY = (
+    "SELECT pg_catalog.to_regclass('oauth.provisioning') IS NOT NULL "
+    "AND pg_catalog.to_regprocedure('oauth._provision(text,text,text,text[],boolean,boolean)') "
+    "IS NOT NULL AS present"
+)
+PROVISIONING_QUERY = (
+    "SELECT issuer, role_claim, role_pattern, role_name, lowercase, groups_claim, "
+    "max_groups, enabled FROM oauth.provisioning"
+)
+GROUP_ROLES_QUERY = "SELECT id, issuer, group_pattern, role FROM oauth.group_roles ORDER BY id"
+PROVISION_QUERY = "SELECT action, target, detail FROM oauth._provision($1, $2, $3, $4, $5, $6)"
+PROVISION_TYPES = [TEXT, TEXT, TEXT, "pg_catalog.text[]", BOOL, BOOL]

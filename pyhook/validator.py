@@ -47,6 +47,7 @@ from pyhook.errors import (
     Malformed,
     MissingClaim,
     NotYetValid,
+    ProvisioningForbidden,
     Revoked,
     RoleNotAllowed,
     TooLarge,
@@ -58,6 +59,12 @@ from pyhook.errors import (
     show,
 )
 from pyhook.jwks_cache import KeyStore
+from pyhook.provisioning import (
+    ProvisioningPlan,
+    ProvisioningPolicy,
+    groups_overflowed,
+    name_problem,
+)
 
 # PG_OAUTH_TOKEN_CEILING in pg_oauth_ext/pg_oauth.h, the highest pg_oauth.max_token_bytes
 # the C side accepts: the two must agree (tests/unit/test_validator.py compares them)
@@ -443,6 +450,8 @@ class _Validation:
         self.alg: str | None = None
         self.key_cache: str | None = None
         self.max_sessions: int | None = None
+        # what the login's role needs from provisioning (oauth._provision)
+        self.provisioning: ProvisioningPlan | None = None
 
     def _begin(self, step: str, given: str = "") -> None:
         self.step, self.input = step, given
@@ -478,6 +487,7 @@ class _Validation:
             alg=self.alg,
             key_cache=self.key_cache,
             max_sessions=self.max_sessions,
+            provisioning=self.provisioning if ok else None,
         )
 
     def execute(
@@ -841,6 +851,12 @@ class _Validation:
                     )
                 )
         self.trail.extend(rule_checks)
+        policy = self.config.provisioning.get(issuer.issuer)
+        if policy is not None:
+            plan = self._provisioning_plan(policy, claims, requested_role, allowed)
+            if plan is not None:
+                allowed.add(plan.role)
+                self.provisioning = plan
         self.allowed_roles = sorted(allowed)
         if issuer.max_sessions_per_subject is not None:
             limits.append(issuer.max_sessions_per_subject)
@@ -892,6 +908,100 @@ class _Validation:
                 else " (no oauth.role_map rule matched)"
             )
         )
+
+    def _provisioning_plan(
+        self,
+        policy: ProvisioningPolicy,
+        claims: dict[str, Any],
+        requested_role: str,
+        mapped: set[str],
+    ) -> ProvisioningPlan | None:
+        """The role the issuer's provisioning policy names for this token, and the
+        group roles its groups give, when that role is the one asked for (or none
+        was named). Raises ProvisioningForbidden when it is asked for and may not be."""
+        name = None
+        for value in resolve(claims, policy.role_claim):
+            if _unstorable(value):
+                continue
+            if policy.lowercase:
+                value = value.lower()
+            match = policy.regex.fullmatch(value)
+            if match is not None:
+                try:
+                    name = _expand(match, policy.role_name)
+                except (re.error, IndexError, KeyError):
+                    name = None
+                break
+        if name is None:
+            self._skip_provisioning(policy, "no value of the claim matches role_pattern")
+            return None
+        if policy.lowercase:
+            name = name.lower()  # the template's own text too
+        if requested_role not in (name, ""):
+            self._skip_provisioning(
+                policy, f"names role {show(name, 80)}, not the one asked for"
+            )
+            return None
+        self._begin(
+            "provisioning",
+            f"{policy.role_claim} -> role {show(name, 80)}"
+            + (f"; groups from {policy.groups_claim}" if policy.groups_claim else ""),
+        )
+        problem = name_problem(name)
+        if problem is not None:
+            raise ProvisioningForbidden(f"role {show(name, 80)} cannot be provisioned: {problem}")
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject or _unstorable(subject):
+            raise ProvisioningForbidden(
+                "the token has no usable sub claim: a provisioned role is recorded by its subject"
+            )
+        groups: tuple[str, ...] | None = None
+        count = 0
+        if policy.groups_claim is not None:
+            if groups_overflowed(claims, policy.groups_claim):
+                raise ProvisioningForbidden(
+                    f"the identity provider left the groups out of the token ({policy.groups_claim} "
+                    "overflowed: _claim_names or hasgroups); memberships cannot be synced"
+                )
+            values = resolve(claims, policy.groups_claim)
+            count = len(values)
+            if count > policy.max_groups:
+                raise ProvisioningForbidden(
+                    f"the token carries {count} groups in {policy.groups_claim}, more than the "
+                    f"policy's max_groups ({policy.max_groups})"
+                )
+            roles: set[str] = set()
+            for value in values:
+                if _unstorable(value):
+                    continue
+                for rule in policy.group_rules:
+                    match = rule.regex.fullmatch(value)
+                    if match is None:
+                        continue
+                    try:
+                        role = _expand(match, rule.role)
+                    except (re.error, IndexError, KeyError):
+                        continue
+                    if role and name_problem(role) is None:
+                        roles.add(role)
+            groups = tuple(sorted(roles))
+        self._pass(
+            f"role {show(name, 80)}"
+            + ("" if groups is None else f"; {count} groups give {show(list(groups), 200)}")
+        )
+        return ProvisioningPlan(
+            issuer=policy.issuer,
+            subject=subject,
+            role=name,
+            groups=groups,
+            token_groups=count,
+            mapped=name in mapped,
+        )
+
+    def _skip_provisioning(self, policy: ProvisioningPolicy, why: str) -> None:
+        if self.explain:
+            self._begin("provisioning", f"{policy.role_claim} (issuer's provisioning policy)")
+            self._skip(why)
 
     @staticmethod
     def _rule_check(

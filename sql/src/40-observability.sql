@@ -22,8 +22,10 @@ CREATE TABLE oauth.audit_log (
     elapsed_ms  float8,
     queue_ms    float8,
     -- a login, or oauth.authenticate() in a pooled transaction; NULL: a row
-    -- written before 1.1 (a login)
-    kind        text DEFAULT 'login' CHECK (kind IN ('login', 'transaction'))
+    -- written before 1.1 (a login); or a change provisioning made to a role
+    kind        text DEFAULT 'login' CHECK (kind IN ('login', 'transaction', 'provisioning')),
+    -- provisioning rows: what changed (created role "x", granted "g" to "x", ...)
+    change      text
 );
 CREATE INDEX audit_log_at_idx ON oauth.audit_log (at);
 CREATE INDEX audit_log_subject_idx ON oauth.audit_log (issuer, subject);
@@ -31,7 +33,7 @@ REVOKE ALL ON oauth.audit_log FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('oauth.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('oauth.audit_log_id_seq', '');
 COMMENT ON TABLE oauth.audit_log IS
-    'Token login attempts and oauth.authenticate() calls (kind), never the token; kept for pg_oauth.audit_retention';
+    'Token login attempts, oauth.authenticate() calls and the changes provisioning made to roles (kind), never the token; kept for pg_oauth.audit_retention';
 
 CREATE FUNCTION oauth._stats(
         OUT issuer text, OUT attempts bigint, OUT successes bigint, OUT refusals jsonb,

@@ -23,6 +23,7 @@ from pyhook.plpython_adapter import Adapter
 from pyhook.sql_queries import (
     CONFIG_DATABASE_QUERY,
     COUNTER_QUERY,
+    GROUP_ROLES_QUERY,
     ISSUERS_QUERY,
     JWKS_CACHE_QUERY,
     KID_REFETCH_TYPES,
@@ -32,6 +33,8 @@ from pyhook.sql_queries import (
     MISSING_COLUMNS_QUERY,
     PERSIST_QUERY,
     PERSIST_TYPES,
+    PROVISIONING_PRESENT_QUERY,
+    PROVISIONING_QUERY,
     RECORD_FETCH_QUERY,
     RECORD_FETCH_TYPES,
     RECOVERY_QUERY,
@@ -45,9 +48,10 @@ from pyhook.sql_queries import (
     query_for,
 )
 
-# what loading the whole configuration reads (the schema's later columns first)
+# what loading the whole configuration reads (the schema's later columns first; the
+# provisioning policies last, when their tables exist)
 CONFIG_QUERIES = [STATE_QUERY, MISSING_COLUMNS_QUERY, ISSUERS_QUERY, RULES_QUERY, REVOCATIONS_QUERY,
-                  JWKS_CACHE_QUERY]
+                  JWKS_CACHE_QUERY, PROVISIONING_PRESENT_QUERY]
 # the tables' queries: what a configuration change may read again
 TABLE_QUERIES = {ISSUERS_QUERY, RULES_QUERY, REVOCATIONS_QUERY, REVOCATIONS_SINCE_QUERY}
 
@@ -91,6 +95,9 @@ class FakePlpy:
         self.standby = False
         self.missing_columns: list[str] = []  # columns the installed schema lacks
         self.config_database = True
+        # oauth.provisioning's rows (None: a 1.0 schema without the table)
+        self.provisioning: list[dict[str, Any]] | None = None
+        self.group_roles: list[dict[str, Any]] = []
         self.record_fetch_exists = True
         self.recorded: list[tuple[str, bool]] = []
         self.prepared: list[str] = []
@@ -187,6 +194,12 @@ class FakePlpy:
             assert not self.standby
             self._upsert(args)
             return []
+        if plan.query == PROVISIONING_PRESENT_QUERY:
+            return [{"present": self.provisioning is not None}]
+        if plan.query == PROVISIONING_QUERY:
+            return [dict(r) for r in self.provisioning or []]
+        if plan.query == GROUP_ROLES_QUERY:
+            return [dict(r) for r in self.group_roles]
         if plan.query == ROLE_QUERY:
             role = self.roles.get(args[0])
             return [] if role is None else [dict(role)]
