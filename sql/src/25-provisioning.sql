@@ -481,3 +481,71 @@ REVOKE ALL ON FUNCTION oauth._revocation_disables_roles() FROM PUBLIC;
 CREATE TRIGGER revocations_disable_roles
     AFTER INSERT ON oauth.revocations
     FOR EACH ROW EXECUTE FUNCTION oauth._revocation_disables_roles();
+
+-- check_setup's rows on provisioning policies (60-setup-check.sql): what a
+-- policy would grant that it never will, names a user can pick, and first
+-- logins pg_hba.conf cannot admit
+CREATE FUNCTION oauth._check_provisioning()
+    RETURNS TABLE(severity text, check_name text, finding text, fix text)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    r record;
+    problem text;
+BEGIN
+    FOR r IN SELECT g.id, g.issuer, g.group_pattern, g.role
+               FROM oauth.group_roles AS g
+               JOIN oauth.provisioning AS p ON p.issuer OPERATOR(pg_catalog.=) g.issuer
+              WHERE p.enabled AND pg_catalog.strpos(g.role, E'\\') OPERATOR(pg_catalog.=) 0
+              ORDER BY g.id LOOP
+        problem := oauth._provision_target_problem(r.role);
+        IF problem IS NOT NULL THEN
+            RETURN QUERY SELECT
+                CASE WHEN problem OPERATOR(pg_catalog.=) 'the role does not exist' THEN 'warning' ELSE 'risk' END,
+                'provisioning_group_role_unusable',
+                pg_catalog.format('oauth.group_roles rule %s (issuer %s) maps group pattern %s to role %s, which is never granted: %s',
+                                  r.id, r.issuer, r.group_pattern, r.role, problem),
+                'Map groups only to existing NOLOGIN roles without privileges (CREATE ROLE ... NOLOGIN), or delete the rule';
+        END IF;
+    END LOOP;
+    FOR r IN SELECT p.issuer, m AS role
+               FROM oauth.provisioning AS p, pg_catalog.unnest(p.member_of) AS m
+              WHERE p.enabled LOOP
+        problem := oauth._provision_target_problem(r.role);
+        IF problem IS NOT NULL THEN
+            RETURN QUERY SELECT 'risk', 'provisioning_member_of_unusable',
+                pg_catalog.format('the provisioning policy of issuer %s makes new roles members of %s, which is never granted: %s',
+                                  r.issuer, r.role, problem),
+                'Name in member_of only existing NOLOGIN roles without privileges (the group role the token lines of pg_hba.conf name)';
+        END IF;
+    END LOOP;
+    RETURN QUERY SELECT 'warning', 'provisioning_any_group',
+        pg_catalog.format('oauth.group_roles rule %s (issuer %s) turns any group name into a role name (%s -> %s): whoever can name a group at the identity provider picks the role',
+                          g.id, g.issuer, g.group_pattern, g.role),
+        'Match the group names you mean (a literal, or a prefix such as db-([a-z_]+)) and map them to roles made for it'
+      FROM oauth.group_roles AS g
+     WHERE pg_catalog.strpos(g.role, E'\\') OPERATOR(pg_catalog.>) 0
+       AND pg_catalog.regexp_replace(g.group_pattern, '^\^?(.*?)\$?$', '\1')
+           OPERATOR(pg_catalog.=) ANY ('{(.*),(.+),.*,.+,(.*?),(.+?)}'::text[]);
+    RETURN QUERY SELECT 'warning', 'provisioning_user_chosen_name',
+        pg_catalog.format('the provisioning policy of issuer %s names roles after claim %s, which users can change at many identity providers',
+                          p.issuer, p.role_claim),
+        'Name roles after sub, oid, or an address the identity provider verifies (email with email_verified), and limit role_pattern to your domain'
+      FROM oauth.provisioning AS p
+     WHERE p.enabled AND pg_catalog.lower(p.role_claim) OPERATOR(pg_catalog.=)
+           ANY ('{name,preferred_username,nickname,given_name,family_name,unique_name}'::text[]);
+    -- a +group column never matches a role that does not exist yet
+    IF EXISTS (SELECT 1 FROM oauth.provisioning AS p WHERE p.enabled)
+       AND NOT EXISTS (SELECT 1 FROM oauth._hba_lines('trust') AS h
+                        WHERE h.type OPERATOR(pg_catalog.<>) 'local'
+                          AND EXISTS (SELECT 1 FROM pg_catalog.unnest(h.user_name) AS u
+                                       WHERE u OPERATOR(pg_catalog.=) 'all'
+                                          OR u OPERATOR(pg_catalog.~~) '/%')) THEN
+        RETURN QUERY SELECT 'warning', 'provisioning_no_first_login_line',
+            'a provisioning policy is enabled, but no trust line of pg_hba.conf can match a role that does not exist yet (a +group or a name never does): first logins get "no pg_hba.conf entry"',
+            'Add a hostssl trust line for user all (PostgreSQL 15) or a regular expression matching the names the policy gives (16 and later), after lines that reject privileged roles (docs/provisioning.md)';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION oauth._check_provisioning() FROM PUBLIC;

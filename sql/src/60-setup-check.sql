@@ -465,6 +465,7 @@ BEGIN
     -- a hot standby: does it follow its primary's configuration (90-standby.sql)
     RETURN QUERY SELECT * FROM oauth._check_standby();
     RETURN QUERY SELECT * FROM oauth._check_gateways();
+    RETURN QUERY SELECT * FROM oauth._check_provisioning();
 END
 $$;
 REVOKE ALL ON FUNCTION oauth.check_setup() FROM PUBLIC;

@@ -320,3 +320,21 @@ def test_a_hot_standby_uses_existing_roles_only(pair, issuer):
     assert "logs in without the memberships" in standby.log_text()
     with pytest.raises(psycopg.Error):
         standby.sql(f'GRANT prov_extra TO "{name}"')
+
+
+def test_check_setup_flags_dangerous_policies(cluster, issuer, policy):
+    cluster.sql("INSERT INTO oauth.group_roles (issuer, group_pattern, role) VALUES "
+                "(%s, 'boss', 'prov_admins'), (%s, '(.*)', '\\1'), (%s, 'x', 'prov_missing')",
+                (issuer.issuer,) * 3)
+    cluster.sql("UPDATE oauth.provisioning SET member_of = '{prov_users,prov_files}'")
+    rows = {(s, c): f for s, c, f, _fix in cluster.sql("SELECT * FROM oauth.check_setup()")}
+    assert "prov_admins" in rows[("risk", "provisioning_group_role_unusable")]
+    assert "prov_missing" in rows[("warning", "provisioning_group_role_unusable")]
+    assert "prov_files" in rows[("risk", "provisioning_member_of_unusable")]
+    assert "(.*)" in rows[("warning", "provisioning_any_group")]
+    assert ("warning", "provisioning_user_chosen_name") not in rows
+    # the test clusters' pg_hba.conf has a trust line for all: first logins match it
+    assert ("warning", "provisioning_no_first_login_line") not in rows
+    cluster.sql("UPDATE oauth.provisioning SET role_claim = 'preferred_username'")
+    rows = {(s, c) for s, c, _f, _fix in cluster.sql("SELECT * FROM oauth.check_setup()")}
+    assert ("warning", "provisioning_user_chosen_name") in rows
