@@ -157,6 +157,9 @@ def idp(workdir: Path, workload_issuer: DevIssuer) -> Iterator[IdP]:
                            "jwks_uri": workload_issuer.discovery()["jwks_uri"],
                            "audience": WORKLOAD_AUDIENCE},
     }
+    groups_file = workdir / "groups.json"
+    groups_file.write_text("{}")
+    config["groups_file"] = str(groups_file)
     config_file = workdir / "idp.json"
     config_file.write_text(json.dumps(config))
     log = workdir / "idp.log"

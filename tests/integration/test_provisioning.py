@@ -338,3 +338,30 @@ def test_check_setup_flags_dangerous_policies(cluster, issuer, policy):
     cluster.sql("UPDATE oauth.provisioning SET role_claim = 'preferred_username'")
     rows = {(s, c) for s, c, _f, _fix in cluster.sql("SELECT * FROM oauth.check_setup()")}
     assert ("warning", "provisioning_user_chosen_name") in rows
+
+
+# -- behind a pooler: oauth.authenticate() provisions too ----------------------------
+
+
+def test_a_pooled_transaction_of_a_new_user_runs_as_its_new_role(issuer):
+    from test_gateway import gateway, make_gateway_cluster
+
+    gw = make_gateway_cluster(issuer)
+    try:
+        gw.sql("CREATE ROLE prov_sales NOLOGIN; GRANT SELECT ON notes TO prov_sales")
+        gw.sql("INSERT INTO oauth.provisioning (issuer, role_claim, role_pattern, groups_claim)"
+               " VALUES (%s, 'email', %s, 'groups')",
+               (issuer.issuer, r"([a-z0-9._+-]+)@prov\.example"))
+        gw.sql("INSERT INTO oauth.group_roles (issuer, group_pattern, role) "
+               "VALUES (%s, 'sales', 'prov_sales')", (issuer.issuer,))
+        name = new_name()
+        tok = issuer.mint({"email": email(name), "groups": ["sales"]}, sub=f"sub-{name}")
+        with gateway(gw) as conn:
+            with conn.transaction():
+                assert conn.execute("SELECT oauth.authenticate(%s)", (tok,)).fetchone() == (name,)
+                assert conn.execute("SELECT current_user, count(*) FROM notes "
+                                    "GROUP BY 1").fetchall() in ([], [(name, 0)])
+                assert conn.execute("SELECT current_user").fetchone() == (name,)
+        assert memberships(gw, name) == {"prov_sales"}
+    finally:
+        gw.stop()

@@ -6,6 +6,7 @@
 //     "short_refresh_clients": ["..."],            // refresh tokens live 1 second
 //     "resource_ttls": { "urn:...": 4 },             // access tokens for it live 4 s
 //     "trusted_issuer": { "issuer": "...", "jwks_uri": "...", "audience": "..." },
+//     "groups_file": "groups.json",                   // { "<account>": ["group", ...] }
 //     "tls": { "key": "key.pem", "cert": "cert.pem" } }  // optional: https:// instead
 //
 // It issues JWT access tokens (typ at+jwt, aud = the resource indicator) for client
@@ -57,7 +58,13 @@ const provider = new Provider(issuer, {
   findAccount: async (ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
   extraTokenClaims: async (ctx, token) => {
     if (token.gty === 'token_exchange') return { act: { sub: token.clientId } };
-    if (token.accountId) return { email: `${token.accountId}@example.com` };
+    if (token.accountId) {
+      // the user's groups as the directory has them at this moment (the tests edit the file)
+      const groups = cfg.groups_file
+        ? JSON.parse(readFileSync(cfg.groups_file, 'utf8'))[token.accountId]
+        : undefined;
+      return { email: `${token.accountId}@example.com`, ...(groups ? { groups } : {}) };
+    }
     return undefined;
   },
   features: {
