@@ -359,6 +359,7 @@ class Adapter:
         for action, target, detail in steps:
             if action == "refuse":
                 return _refused(decision, ProvisioningForbidden(detail))
+        steps += [("skip", "", note) for note in plan.skipped]
         for _action, _target, detail in (s for s in steps if s[0] == "skip"):
             self._warn(f"pg_oauth: provisioning of role {plan.role!a}: {detail}")
         changes = [s for s in steps if s[0] in ("create", "enable", "join", "grant", "revoke")]

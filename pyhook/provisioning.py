@@ -98,6 +98,8 @@ class ProvisioningPlan:
     # oauth.role_map admits this role too: a role pg_oauth did not create stays
     # the DBA's, and is neither refused nor touched
     mapped: bool = False
+    # why groups gave no role (the first ten), for the server log and explain
+    skipped: tuple[str, ...] = ()
 
 
 def policies_from_rows(

@@ -957,6 +957,7 @@ class _Validation:
             )
         groups: tuple[str, ...] | None = None
         count = 0
+        skipped: list[str] = []
         if policy.groups_claim is not None:
             if groups_overflowed(claims, policy.groups_claim):
                 raise ProvisioningForbidden(
@@ -982,8 +983,17 @@ class _Validation:
                         role = _expand(match, rule.role)
                     except (re.error, IndexError, KeyError):
                         continue
-                    if role and name_problem(role) is None:
+                    # a name the DBA wrote is theirs; one a group's name made must
+                    # pass the same rules as a role pg_oauth would create
+                    made = "\\" in rule.role
+                    problem = name_problem(role) if made else (None if role else "empty")
+                    if problem is None:
                         roles.add(role)
+                    else:
+                        skipped.append(
+                            f"group {show(value, 80)} gives no role: rule {rule.id} makes "
+                            f"{show(role, 80)}, which {problem}"
+                        )
             groups = tuple(sorted(roles))
         self._pass(
             f"role {show(name, 80)}"
@@ -996,6 +1006,7 @@ class _Validation:
             groups=groups,
             token_groups=count,
             mapped=name in mapped,
+            skipped=tuple(skipped[:10]),
         )
 
     def _skip_provisioning(self, policy: ProvisioningPolicy, why: str) -> None:

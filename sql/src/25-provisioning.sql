@@ -163,7 +163,8 @@ BEGIN
     IF r.rolcanlogin THEN
         RETURN 'it can log in (group roles are NOLOGIN: membership would let one user act as another)';
     END IF;
-    IF EXISTS (SELECT 1 FROM oauth.provisioned_roles AS m WHERE m.role OPERATOR(pg_catalog.=) r.oid) THEN
+    IF EXISTS (SELECT 1 FROM oauth.provisioned_roles AS m
+                WHERE m.role OPERATOR(pg_catalog.=) r.oid OR m.rolname OPERATOR(pg_catalog.=) target) THEN
         RETURN 'it is a role pg_oauth created for a user';
     END IF;
     IF r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls THEN
@@ -185,9 +186,13 @@ CREATE FUNCTION oauth._provision_audit(change_reason text, issuer text, subject 
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    INSERT INTO oauth.audit_log (at, outcome, reason, issuer, subject, role, kind, change)
-    VALUES (pg_catalog.clock_timestamp(), 'ok', change_reason, issuer, subject, role,
-            'provisioning', change);
+    -- the server log always gets the line; the table as pg_oauth.audit_log says
+    IF COALESCE(pg_catalog.current_setting('pg_oauth.audit_log', true), 'on')
+           OPERATOR(pg_catalog.=) 'on' THEN
+        INSERT INTO oauth.audit_log (at, outcome, reason, issuer, subject, role, kind, change)
+        VALUES (pg_catalog.clock_timestamp(), 'ok', change_reason, issuer, subject, role,
+                'provisioning', change);
+    END IF;
     PERFORM oauth._log('log', pg_catalog.format('pg_oauth: %s (issuer %s, subject %s)',
                                                 change, issuer, subject));
 END
@@ -240,8 +245,10 @@ BEGIN
     SELECT a.oid, a.rolcanlogin INTO rid, canlogin
       FROM pg_catalog.pg_authid AS a WHERE a.rolname OPERATOR(pg_catalog.=) role;
     IF FOUND THEN
+        -- by oid and name: a record restored into another cluster, or of a role
+        -- renamed since, names no role pg_oauth manages
         SELECT * INTO managed FROM oauth.provisioned_roles AS r
-         WHERE r.role OPERATOR(pg_catalog.=) rid;
+         WHERE r.role OPERATOR(pg_catalog.=) rid AND r.rolname OPERATOR(pg_catalog.=) _provision.role;
         IF NOT FOUND AND mapped THEN
             RETURN QUERY SELECT 'keep', role,
                 'oauth.role_map admits this role and pg_oauth did not create it: left as it is';
@@ -406,17 +413,28 @@ BEGIN
      WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_authid AS a WHERE a.oid OPERATOR(pg_catalog.=) pm.member)
         OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_authid AS a WHERE a.oid OPERATOR(pg_catalog.=) pm.group_role);
     FOR r IN DELETE FROM oauth.provisioned_roles AS m
-              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_authid AS a WHERE a.oid OPERATOR(pg_catalog.=) m.role)
-              RETURNING m.rolname LOOP
-        RETURN QUERY SELECT r.rolname, 'forgotten', 'the role was dropped outside pg_oauth';
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_authid AS a
+                                 WHERE a.oid OPERATOR(pg_catalog.=) m.role
+                                   AND a.rolname OPERATOR(pg_catalog.=) m.rolname)
+              RETURNING m.role, m.rolname LOOP
+        DELETE FROM oauth.provisioned_memberships AS pm WHERE pm.member OPERATOR(pg_catalog.=) r.role;
+        RETURN QUERY SELECT r.rolname, 'forgotten',
+            'no role of this oid and name: dropped or renamed outside pg_oauth, or a record restored into another cluster';
     END LOOP;
 
-    FOR r IN SELECT m.role AS oid, a.rolname, m.issuer, m.subject, m.last_seen, p.offboard_action
+    -- due: not seen for offboard_after and still enabled; with drop, also the
+    -- roles an earlier pass could only disable (they owned objects then)
+    FOR r IN SELECT m.role AS oid, a.rolname, m.issuer, m.subject, m.last_seen, p.offboard_action,
+                    a.rolcanlogin AS enabled
                FROM oauth.provisioned_roles AS m
                JOIN oauth.provisioning AS p ON p.issuer OPERATOR(pg_catalog.=) m.issuer
                JOIN pg_catalog.pg_authid AS a ON a.oid OPERATOR(pg_catalog.=) m.role
-              WHERE p.offboard_after IS NOT NULL AND m.disabled_at IS NULL AND a.rolcanlogin
+                                            AND a.rolname OPERATOR(pg_catalog.=) m.rolname
+              WHERE p.enabled AND p.offboard_after IS NOT NULL
                 AND m.last_seen OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) p.offboard_after)
+                AND ((m.disabled_at IS NULL AND a.rolcanlogin)
+                     OR (p.offboard_action OPERATOR(pg_catalog.=) 'drop'
+                         AND m.disabled_reason OPERATOR(pg_catalog.=) 'inactive'))
               ORDER BY a.rolname LOOP
         -- a login of this role decides under the same lock
         PERFORM pg_catalog.pg_advisory_xact_lock(1868658037, pg_catalog.hashtext(r.rolname::text));
@@ -432,8 +450,12 @@ BEGIN
                 CONTINUE;
             EXCEPTION WHEN OTHERS THEN
                 -- it owns objects or holds privileges somewhere: disable it instead
+                -- (and try the drop again at every pass)
                 why := why OPERATOR(pg_catalog.||) '; not dropped: ' OPERATOR(pg_catalog.||) SQLERRM;
             END;
+            IF NOT r.enabled THEN
+                CONTINUE;
+            END IF;
         END IF;
         EXECUTE pg_catalog.format('ALTER ROLE %I NOLOGIN', r.rolname);
         UPDATE oauth.provisioned_roles AS m SET disabled_at = pg_catalog.now(), disabled_reason = 'inactive'
@@ -465,9 +487,10 @@ BEGIN
                FROM oauth.provisioned_roles AS m
                JOIN oauth.provisioning AS p ON p.issuer OPERATOR(pg_catalog.=) m.issuer
                JOIN pg_catalog.pg_authid AS a ON a.oid OPERATOR(pg_catalog.=) m.role
+                                            AND a.rolname OPERATOR(pg_catalog.=) m.rolname
               WHERE m.subject OPERATOR(pg_catalog.=) NEW.subject
                 AND (NEW.issuer IS NULL OR m.issuer OPERATOR(pg_catalog.=) NEW.issuer)
-                AND p.disable_on_revoke AND a.rolcanlogin LOOP
+                AND p.enabled AND p.disable_on_revoke AND a.rolcanlogin LOOP
         EXECUTE pg_catalog.format('ALTER ROLE %I NOLOGIN', r.rolname);
         UPDATE oauth.provisioned_roles AS m SET disabled_at = pg_catalog.now(), disabled_reason = 'revoked'
          WHERE m.role OPERATOR(pg_catalog.=) r.oid;
@@ -525,7 +548,8 @@ BEGIN
                           g.id, g.issuer, g.group_pattern, g.role),
         'Match the group names you mean (a literal, or a prefix such as db-([a-z_]+)) and map them to roles made for it'
       FROM oauth.group_roles AS g
-     WHERE pg_catalog.strpos(g.role, E'\\') OPERATOR(pg_catalog.>) 0
+      JOIN oauth.provisioning AS p ON p.issuer OPERATOR(pg_catalog.=) g.issuer
+     WHERE p.enabled AND pg_catalog.strpos(g.role, E'\\') OPERATOR(pg_catalog.>) 0
        AND pg_catalog.regexp_replace(g.group_pattern, '^\^?(.*?)\$?$', '\1')
            OPERATOR(pg_catalog.=) ANY ('{(.*),(.+),.*,.+,(.*?),(.+?)}'::text[]);
     RETURN QUERY SELECT 'warning', 'provisioning_user_chosen_name',

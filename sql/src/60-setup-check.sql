@@ -141,7 +141,7 @@ BEGIN
     SELECT 'risk', 'trust_for_all_users',
            pg_catalog.format('pg_hba.conf %s: a trust line for all users; if pg_oauth is ever missing from shared_preload_libraries it admits any role, superusers included, with no credential',
                              h.line),
-           'Scope token lines to a group role: replace all by +oauth_users (CREATE ROLE oauth_users NOLOGIN; GRANT oauth_users TO each token role)'
+           'Scope token lines to a group role: replace all by +oauth_users (CREATE ROLE oauth_users NOLOGIN; GRANT oauth_users TO each token role); for provisioning''s first logins use a regular expression of the names it gives (PostgreSQL 16 and later), or keep all after reject lines for the privileged roles (docs/provisioning.md)'
       FROM oauth._hba_lines('trust') AS h
      WHERE 'all' = ANY (h.user_name)
      ORDER BY h.line_number;

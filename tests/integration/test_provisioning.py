@@ -245,6 +245,55 @@ def test_offboarding_keeps_a_role_that_owns_objects(cluster, issuer, policy):
         cluster.sql("DROP TABLE prov_owned")
 
 
+def test_a_drop_that_failed_is_tried_again_once_the_objects_are_gone(cluster, issuer, policy):
+    name = new_name()
+    assert attempt(cluster, name, issuer.mint({"email": email(name)}, sub=f"sub-{name}")) == "ok"
+    cluster.sql(f'CREATE TABLE prov_owned2 (x int); ALTER TABLE prov_owned2 OWNER TO "{name}"')
+    cluster.sql("UPDATE oauth.provisioned_roles SET last_seen = now() - interval '40 days' "
+                "WHERE rolname = %s", (name,))
+    cluster.sql("UPDATE oauth.provisioning SET offboard_after = '30 days', offboard_action = 'drop'")
+    until(lambda: cluster.sql("SELECT NOT rolcanlogin FROM pg_roles WHERE rolname = %s",
+                              (name,))[0][0], timeout=20, what="NOLOGIN")
+    cluster.sql("DROP TABLE prov_owned2")
+    assert [r[1] for r in cluster.sql("SELECT * FROM oauth.offboard()") if r[0] == name] == \
+        ["dropped"]
+
+
+def test_a_renamed_or_foreign_record_is_forgotten_not_acted_on(cluster, issuer, policy):
+    name = new_name()
+    assert attempt(cluster, name, issuer.mint({"email": email(name)}, sub=f"sub-{name}")) == "ok"
+    # a DBA renames the role: the record (by oid and name) no longer names it
+    cluster.sql(f'ALTER ROLE "{name}" RENAME TO "{name}_kept"')
+    try:
+        cluster.sql("UPDATE oauth.provisioned_roles SET last_seen = now() - interval '40 days'")
+        rows = cluster.sql("UPDATE oauth.provisioning SET offboard_after = '30 days'; "
+                           "SELECT role, action FROM oauth.offboard()")
+        assert (name, "forgotten") in rows or cluster.sql(
+            "SELECT count(*) FROM oauth.provisioned_roles WHERE rolname = %s", (name,)) == [(0,)]
+        assert cluster.sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s",
+                           (f"{name}_kept",)) == [(True,)]
+    finally:
+        cluster.sql(f'DROP ROLE "{name}_kept"')
+
+
+def test_a_disabled_policy_offboards_nothing(cluster, issuer, policy):
+    name = new_name()
+    assert attempt(cluster, name, issuer.mint({"email": email(name)}, sub=f"sub-{name}")) == "ok"
+    cluster.sql("UPDATE oauth.provisioned_roles SET last_seen = now() - interval '40 days'")
+    cluster.sql("UPDATE oauth.provisioning SET offboard_after = '30 days', enabled = false")
+    assert cluster.sql("SELECT * FROM oauth.offboard()") == []
+    assert cluster.sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (name,)) == [(True,)]
+
+
+def test_a_group_name_that_would_make_a_bad_role_name_is_said(cluster, issuer, policy):
+    cluster.sql("INSERT INTO oauth.group_roles (issuer, group_pattern, role) "
+                "VALUES (%s, 'team (.+)', 'team \\1')", (issuer.issuer,))
+    name = new_name()
+    token = issuer.mint({"email": email(name), "groups": ["team pg x"]}, sub=f"sub-{name}")
+    assert attempt(cluster, name, token) == "ok"
+    assert "gives no role: rule" in cluster.log_text()
+
+
 def test_explain_says_what_a_login_would_create(cluster, issuer, policy):
     name = new_name()
     token = issuer.mint({"email": email(name), "groups": ["sales", "admins"]},
