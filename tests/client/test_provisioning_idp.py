@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from client_support import ClientEnv, IdP, device_sign_in
-
 from pgcluster import Cluster
 
 

@@ -405,12 +405,11 @@ def test_a_pooled_transaction_of_a_new_user_runs_as_its_new_role(issuer):
                "VALUES (%s, 'sales', 'prov_sales')", (issuer.issuer,))
         name = new_name()
         tok = issuer.mint({"email": email(name), "groups": ["sales"]}, sub=f"sub-{name}")
-        with gateway(gw) as conn:
-            with conn.transaction():
-                assert conn.execute("SELECT oauth.authenticate(%s)", (tok,)).fetchone() == (name,)
-                assert conn.execute("SELECT current_user, count(*) FROM notes "
-                                    "GROUP BY 1").fetchall() in ([], [(name, 0)])
-                assert conn.execute("SELECT current_user").fetchone() == (name,)
+        with gateway(gw) as conn, conn.transaction():
+            assert conn.execute("SELECT oauth.authenticate(%s)", (tok,)).fetchone() == (name,)
+            assert conn.execute("SELECT current_user, count(*) FROM notes "
+                                "GROUP BY 1").fetchall() in ([], [(name, 0)])
+            assert conn.execute("SELECT current_user").fetchone() == (name,)
         assert memberships(gw, name) == {"prov_sales"}
     finally:
         gw.stop()

@@ -167,9 +167,10 @@ def test_ten_thousand_groups_are_counted_before_they_are_matched(
 ) -> None:
     # such a token is larger than any token pg_oauth reads (too_large): the planner
     # itself refuses the count before matching a single group
+    from unit_support import NOW, no_network
+
     from pyhook.jwks_cache import KeyStore
     from pyhook.validator import _Validation
-    from unit_support import NOW, no_network
 
     cfg = provisioned()
     claims = {"sub": "u-1", "email": "alice@example.com",
@@ -205,9 +206,10 @@ def test_rows_are_checked_when_written() -> None:
 def test_explain_shows_the_provisioning_step(
     mint: Mint, provisioned: Callable[..., Config]
 ) -> None:
+    from unit_support import NOW, no_network
+
     from pyhook.jwks_cache import KeyStore
     from pyhook.validator import validate
-    from unit_support import NOW, no_network
 
     token = mint({"sub": "u-1", "email": "alice@example.com", "groups": ["sales"]})
     decision = validate(token, "alice", "app", None, True, provisioned(),
