@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from login_loop import percentile, rotated
+from login_loop import percentile, turn_order
 from pgcluster import Cluster, pg_config, server_major
 from plan import Plan
 from report import Table, ms
@@ -154,7 +154,7 @@ class Bench:
         lines: list[str] = []
         order: list[Way] = []
         for i in range(count):
-            for way in rotated(WAYS, shift + i):
+            for way in turn_order(WAYS, shift + i):
                 index = WAYS.index(way)
                 lines.append(f"{index} {way.mode}" if way.mode == "n"
                              else f"{index} {way.mode} {self.secret(way)}")
@@ -192,7 +192,7 @@ def bearer(tb: Testbed, plan: Plan, progress: Progress) -> Table:
         samples: dict[tuple[str, Way], list[float]] = defaultdict(list)
         for r in range(plan.rounds):
             progress(f"bearer: round {r + 1}/{plan.rounds}")
-            for transport in rotated(TRANSPORTS, r):
+            for transport in turn_order(TRANSPORTS, r):
                 for way, values in bench.batch(transport, n, r).items():
                     samples[(transport, way)] += values
         rejected = bench.cluster.sql(
@@ -203,7 +203,7 @@ def bearer(tb: Testbed, plan: Plan, progress: Progress) -> Table:
 
     table = Table(
         f"{TITLE} ({plan.rounds} rounds × {n} logins per method and transport, the methods "
-        "taking turns login by login; one C libpq client for every method)",
+        "taking turns login by login in a random order each round; one C libpq client for every method)",
         ["transport", "method", "p50 ms", "p95 ms", "p50 over trust ms",
          "p50 over the token as password ms"])
     for transport in TRANSPORTS:

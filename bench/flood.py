@@ -13,7 +13,7 @@ from multiprocessing.synchronize import Event
 
 import pgwire
 import psycopg
-from login_loop import percentile, rotated
+from login_loop import percentile, turn_order
 from plan import Plan
 from report import Goal, Table, ms, ratio
 from resilience import refusal_reason, timed_login
@@ -163,7 +163,7 @@ def bad_token_flood(tb: Testbed, plan: Plan, goals: list[Goal], progress: Progre
     try:
         for r in range(plan.rounds):
             progress(f"bad-token flood: round {r + 1}/{plan.rounds}")
-            for phase in rotated(list(PHASES), r):
+            for phase in turn_order(list(PHASES), r):
                 tb.configure({RATE_LIMIT: "0" if phase == BRAKE_OFF else None})
                 tokens = [tb.mint("RS256") for _ in range(plan.flood_logins)]
                 flood = (Flood(attacker, bad, plan.flood_clients, phase)

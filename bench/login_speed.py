@@ -13,7 +13,7 @@ from login_loop import (
     login_latencies,
     median,
     percentile,
-    rotated,
+    turn_order,
 )
 from pgbench_runner import Pgbench
 from plan import Plan
@@ -60,7 +60,7 @@ def login_rate(tb: Testbed, pgbench: Pgbench, plan: Plan, count: Counted,
         progress(f"login rate: round {r + 1}/{plan.rounds}")
         for transport in TRANSPORTS:
             for clients in CLIENTS:
-                for method in rotated(tb.methods, r):
+                for method in turn_order(tb.methods, r):
                     tb.prepare(method)
                     result = pgbench.run(tb.target(method, transport), clients,
                                          plan.rate_seconds, connect_each=True)
@@ -136,14 +136,14 @@ def login_latency(tb: Testbed, plan: Plan, count: Counted, goals: list[Goal],
             logins = [Login(m.name, tb.target(m, transport),
                             tb.fresh_tokens(str(m.alg), n)
                             if m.kind == "jwt" and not m.decision_cache else None)
-                      for m in rotated(tb.methods, r)]
+                      for m in turn_order(tb.methods, r)]
             for name, values in interleaved_latencies(logins, n).items():
                 samples[(transport, name)] += values
                 count.logins += len(values)
 
     table = Table(
         f"Login latency: psycopg connect + close, 1 client ({plan.rounds} rounds × {n} "
-        "logins per method, the methods taking turns login by login)",
+        "logins per method, the methods taking turns login by login in a random order each round)",
         ["transport", "method", "p50 ms", "p99 ms", "added p50 over trust ms",
          "target ≤ 0.3 ms", "p50 over md5 ms"])
     for transport in TRANSPORTS:
@@ -188,13 +188,13 @@ def token_size(tb: Testbed, pgbench: Pgbench, plan: Plan, count: Counted,
     for r in range(plan.rounds):
         progress(f"token size: round {r + 1}/{plan.rounds}")
         for transport in TRANSPORTS:
-            for label in rotated(list(sizes), r):
+            for label in turn_order(list(sizes), r):
                 target = tb.target(RS256, transport, sizes[label])
                 result = pgbench.run(target, 4, plan.rate_seconds, connect_each=True)
                 rates[(transport, label)].append(result.tps)
                 count.logins += result.transactions
             logins = [Login(label, tb.target(RS256, transport, sizes[label]))
-                      for label in rotated(list(sizes), r)]
+                      for label in turn_order(list(sizes), r)]
             for label, values in interleaved_latencies(logins, plan.latency_logins).items():
                 latencies[(transport, label)] += values
                 count.logins += len(values)

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import psycopg
-from login_loop import login_latencies, one_login, percentile, rotated
+from login_loop import login_latencies, one_login, percentile, turn_order
 from plan import Plan
 from report import Goal, Table, ms, ratio, verdict
 from testbed import RATE_LIMIT, RS256, TOKEN_USER, Target, Testbed
@@ -127,7 +127,7 @@ def slow_issuer(tb: Testbed, plan: Plan, goals: list[Goal], progress: Progress) 
         for r in range(plan.rounds):
             progress(f"slow issuer: round {r + 1}/{plan.rounds}")
             for i in range(plan.slow_logins):
-                for delay in rotated([0.0, 2.0], r + i):
+                for delay in turn_order([0.0, 2.0], r + i):
                     tb.issuer.set_delay(delay)
                     samples[delay].append(one_login(target, target.password))
         calls = tb.network_calls() - before

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import psycopg
-from login_loop import Login, interleaved_latencies, median, percentile, rotated
+from login_loop import Login, interleaved_latencies, median, percentile, turn_order
 from pgcluster import Cluster
 from plan import Plan
 from report import Goal, Table, ms, ratio, verdict
@@ -269,7 +269,7 @@ def _back_to_back(tb: Testbed, plan: Plan, clusters: dict[str, Cluster],
     for r in range(plan.rounds):
         logins = [Login(name, floor, None) if name == TRUST_FLOOR
                   else Login(name, targets[name], _tokens(tb, plan.latency_logins))
-                  for name in rotated(names, r)]
+                  for name in turn_order(names, r)]
         for name, values in interleaved_latencies(logins, plan.latency_logins).items():
             samples[name] += values
             round_p50[name].append(percentile(values, 0.5))
@@ -280,7 +280,7 @@ def _back_to_back(tb: Testbed, plan: Plan, clusters: dict[str, Cluster],
     table = Table(
         "First-seen token logins back to back, JWT RS256, tcp+tls, 1 client "
         f"({plan.rounds} rounds × {plan.latency_logins} logins per server, the servers "
-        "taking turns login by login)",
+        "taking turns login by login in a random order each round)",
         ["configuration", "p50 ms", "p99 ms", "× one issuer, one rule", "target ≤ 1.1×",
          "in the hook p50 ms"])
     for name in names:
@@ -363,7 +363,7 @@ def _idle(tb: Testbed, plan: Plan, clusters: dict[str, Cluster], targets: dict[s
         progress(f"scale: idle round {r + 1}/{plan.scale_idle_rounds}")
         tokens = {name: _mint(tb, jti=f"idle-{r}-{time.time_ns()}") for name in targets}
         time.sleep(IDLE_SECONDS)
-        for name in rotated(names, r):
+        for name in turn_order(names, r):
             if name == TRUST_FLOOR:
                 seconds, reason = timed_login(floor, None)
             else:
@@ -398,7 +398,7 @@ def _idle(tb: Testbed, plan: Plan, clusters: dict[str, Cluster], targets: dict[s
                 to_back <= 1.2))
     table.notes.append(
         "each spell: no login on any server for 10 s (the workers' idle refresh runs twice "
-        "meanwhile), then one login to each, the order rotating. The trust server without "
+        "meanwhile), then one login to each, in a random order. The trust server without "
         "the library shows what idling costs any login on this machine (cold caches, CPUs "
         "waking up); in the hook: oauth.audit_log elapsed_ms, pg_oauth's own part.")
     return table
@@ -463,7 +463,7 @@ def _rls(tb: Testbed, plan: Plan, goals: list[Goal], progress: Progress) -> Tabl
                     raise RuntimeError(f"policy {policy} sees other rows than {constant}")
                 times: dict[str, list[float]] = {"policy": [], "constant": []}
                 for r in range(runs):
-                    for name in rotated(["policy", "constant"], r):
+                    for name in turn_order(["policy", "constant"], r):
                         started = time.perf_counter()
                         conn.execute(policed if name == "policy" else filtered).fetchone()
                         times[name].append(time.perf_counter() - started)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from login_loop import Login, interleaved_latencies, percentile, rotated
+from login_loop import Login, interleaved_latencies, percentile, turn_order
 from pgbench_runner import Pgbench
 from pgcluster import ADMIN_PASSWORD, ADMIN_USER, Cluster
 from plan import Plan
@@ -314,7 +314,7 @@ def breakdown(tb: Testbed, plan: Plan, progress: Progress) -> list[Table]:
         for transport in TRANSPORTS:
             logins = [Login(m.name, tb.target(m, transport),
                             tb.fresh_tokens("RS256", n) if m is RS256 else None)
-                      for m in rotated(methods, r)]
+                      for m in turn_order(methods, r)]
             for name, values in interleaved_latencies(logins, n).items():
                 samples[(transport, name)] += values
     time.sleep(0.3)  # the last audit lines reach the log
