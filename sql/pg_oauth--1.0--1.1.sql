@@ -893,6 +893,10 @@ CREATE FUNCTION oauth._provision(issuer text, subject text, role text, groups te
     RETURNS TABLE(action text, target text, detail text)
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
+    -- a login waits for a lock on the catalogs no longer than this (a DBA's open
+    -- ALTER ROLE, say): then it is refused provisioning_unavailable, and the
+    -- worker is free again well before pg_oauth.timeout
+    SET lock_timeout = '2s'
     AS $$
 DECLARE
     pol oauth.provisioning;

@@ -413,3 +413,15 @@ def test_a_pooled_transaction_of_a_new_user_runs_as_its_new_role(issuer):
         assert memberships(gw, name) == {"prov_sales"}
     finally:
         gw.stop()
+
+
+def test_a_locked_catalog_refuses_in_time_and_frees_the_worker(cluster, issuer, policy):
+    name = new_name()
+    token = issuer.mint({"email": email(name)}, sub=f"sub-{name}")
+    with cluster.admin() as dba:
+        dba.execute("BEGIN")
+        dba.execute("LOCK TABLE pg_catalog.pg_authid IN SHARE ROW EXCLUSIVE MODE")
+        # lock_timeout of oauth._provision (2 s), well inside pg_oauth.timeout (5 s)
+        assert attempt(cluster, name, token) == "provisioning_unavailable"
+        dba.execute("ROLLBACK")
+    assert attempt(cluster, name, issuer.mint({"email": email(name)}, sub=f"sub-{name}")) == "ok"
