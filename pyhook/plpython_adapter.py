@@ -122,7 +122,8 @@ class Adapter:
         try:
             config = self._config(config_version)
             decision = validate(
-                token, requested_role, database, client_addr, ssl, config, self.keys
+                token, requested_role, database, client_addr, ssl, config, self.keys,
+                trail=False,
             )
             if decision.ok and decision.provisioning is not None:
                 decision = self._provision(decision, explain=False)

@@ -99,15 +99,18 @@ def validate(
     keys: KeyStore,
     now: float | None = None,
     explain: bool = False,
+    trail: bool = True,
 ) -> Decision:
     """Decide whether ``token`` may log in as ``requested_role``; never raises.
 
     ``ssl`` is unused and kept: it is an argument of oauth.validate, the contract with
     the C side (DESIGN.md), which enforces pg_oauth.require_ssl before asking for a token.
     ``explain`` adds detail a DBA wants and a login does not need: one trail
-    entry per role_map rule, and where the keys came from.
+    entry per role_map rule, and where the keys came from. ``trail``: write the trail
+    of checks; the workers' logins say False, as they need the decision only (explain
+    always writes it).
     """
-    run = _Validation(config, keys, time.time() if now is None else now, explain)
+    run = _Validation(config, keys, time.time() if now is None else now, explain, trail)
     try:
         return run.execute(token, requested_role, database, client_addr)
     except ValidationError as exc:
@@ -428,16 +431,27 @@ def _matching_rules(
     return [found[rule_id] for rule_id in sorted(found)]
 
 
+if TYPE_CHECKING:
+    # a trail sentence, or what makes it (only oauth.explain() asks)
+    Lazy = str | Callable[[], str]
+
+
 class _Validation:
     """State of one validation: the trail so far and what is known to be verified."""
 
     def __init__(
-        self, config: Config, keys: KeyStore, now: float, explain: bool = False
+        self,
+        config: Config,
+        keys: KeyStore,
+        now: float,
+        explain: bool = False,
+        trail: bool = True,
     ) -> None:
         self.config = config
         self.keys = keys
         self.now = now
         self.explain = explain
+        self.tracing = explain or trail
         self.trail: list[Check] = []
         self.step = STEPS[0]
         self.input = ""  # what the current step looks at
@@ -453,14 +467,21 @@ class _Validation:
         # what the login's role needs from provisioning (oauth._provision)
         self.provisioning: ProvisioningPlan | None = None
 
-    def _begin(self, step: str, given: str = "") -> None:
-        self.step, self.input = step, given
+    # The trail is what oauth.explain() shows. A worker's login needs only the decision,
+    # so the sentences are passed as lambdas and written only when tracing: formatting
+    # them was a sixth of a validation's Python (issue 24).
+    def _begin(self, step: str, given: Lazy = "") -> None:
+        self.step = step
+        if self.tracing:
+            self.input = given() if callable(given) else given
 
-    def _pass(self, info: str) -> None:
-        self.trail.append(Check(self.step, PASS, info, self.input))
+    def _pass(self, info: Lazy) -> None:
+        if self.tracing:
+            self.trail.append(Check(self.step, PASS, info() if callable(info) else info, self.input))
 
-    def _skip(self, info: str) -> None:
-        self.trail.append(Check(self.step, SKIP, info, self.input))
+    def _skip(self, info: Lazy) -> None:
+        if self.tracing:
+            self.trail.append(Check(self.step, SKIP, info() if callable(info) else info, self.input))
 
     def refuse(self, exc: ValidationError) -> Decision:
         self.trail.append(Check(self.step, FAIL, exc.detail, self.input))
@@ -500,7 +521,8 @@ class _Validation:
         if not isinstance(alg, str):
             raise Malformed("header has no alg string")
         self.alg = alg[:16]
-        self.input = f"alg {show(alg, 40)}"
+        if self.tracing:
+            self.input = f"alg {show(alg, 40)}"
         if alg not in SUPPORTED_ALGORITHMS:
             raise UnsupportedAlgorithm(f"alg {show(alg, 40)} is not supported")
         if "crit" in header:
@@ -516,35 +538,36 @@ class _Validation:
         if typ is not None and not isinstance(typ, str):
             raise Malformed("typ is not a string")
         pointers = [name for name in _KEY_POINTERS if name in header]
-        self.input = ", ".join(
-            [
-                f"alg {alg}",
-                f"kid {show(kid, 60)}" if kid is not None else "no kid",
-                f"typ {show(typ, 40)}" if typ is not None else "no typ",
-            ]
-        )
+        if self.tracing:
+            self.input = ", ".join(
+                [
+                    f"alg {alg}",
+                    f"kid {show(kid, 60)}" if kid is not None else "no kid",
+                    f"typ {show(typ, 40)}" if typ is not None else "no typ",
+                ]
+            )
         payload = _json_object(payload_b64, "payload")
         signature = _b64decode(signature_b64)
         ignored = f"; {', '.join(pointers)} ignored (keys never come from the token)"
         self._pass(
-            f"compact JWS, header {len(header_b64)} and payload {len(payload_b64)} "
+            lambda: f"compact JWS, header {len(header_b64)} and payload {len(payload_b64)} "
             f"base64url characters" + (ignored if pointers else "")
         )
 
         self._begin("issuer")
         issuer = self._issuer(payload)
-        self._pass(f"issuer {show(issuer.issuer)} is trusted")
+        self._pass(lambda: f"issuer {show(issuer.issuer)} is trusted")
 
-        self._begin("algorithm", f"alg {alg}; allowed: {', '.join(issuer.algorithms)}")
+        self._begin("algorithm", lambda: f"alg {alg}; allowed: {', '.join(issuer.algorithms)}")
         if alg not in issuer.algorithms:
             raise UnsupportedAlgorithm(
                 f"alg {alg} is not allowed for this issuer (allowed: {', '.join(issuer.algorithms)})"
             )
-        self._pass(f"{alg} allowed")
+        self._pass(lambda: f"{alg} allowed")
 
         self._check_typ(typ, issuer)
 
-        self._begin("key", f"kid {show(kid, 60)}" if kid is not None else "no kid")
+        self._begin("key", lambda: f"kid {show(kid, 60)}" if kid is not None else "no kid")
         fetches = self.keys.fetch_count
         try:
             key = self.keys.get_key(issuer, alg, kid)
@@ -553,11 +576,11 @@ class _Validation:
             if self.explain:
                 self.input += f"; {self.keys.describe(issuer)}"
         self._pass(
-            f"kid {show(key.kid, 60)}: {key.describe()}" if key.kid else key.describe()
+            lambda: f"kid {show(key.kid, 60)}: {key.describe()}" if key.kid else key.describe()
         )
 
         self._begin(
-            "signature", f"{alg} over {len(header_b64) + len(payload_b64) + 1} bytes"
+            "signature", lambda: f"{alg} over {len(header_b64) + len(payload_b64) + 1} bytes"
         )
         signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
         # RFC 8017 8.1.2/8.2.2 (OpenSSL lets a PSS signature one byte short
@@ -577,7 +600,7 @@ class _Validation:
                 f"signature does not verify with key {show(key.kid, 60)} ({alg})"
             )
         self.claims = payload
-        self._pass(f"verified with {alg}")
+        self._pass(lambda: f"verified with {alg}")
 
         self._check_times(payload, issuer)
         self._check_audience(payload, issuer)
@@ -587,7 +610,7 @@ class _Validation:
 
         self._begin(
             "mapping",
-            f"role {show(requested_role, 60)}, database {show(database, 60)}, client "
+            lambda: f"role {show(requested_role, 60)}, database {show(database, 60)}, client "
             + ("Unix socket" if client_addr is None else show(client_addr, 60)),
         )
         self._map_roles(payload, issuer, requested_role, database, client_addr)
@@ -597,10 +620,10 @@ class _Validation:
         accepted = issuer.typ
         given = "no typ" if typ is None else f"typ {show(typ, 40)}"
         if accepted is None:
-            self._begin("typ", given)
+            self._begin("typ", lambda: given)
             self._skip("this issuer requires no particular typ")
             return
-        self._begin("typ", f"{given}; accepted: {', '.join(accepted) or 'none'}")
+        self._begin("typ", lambda: f"{given}; accepted: {', '.join(accepted) or 'none'}")
         if typ is None:
             raise UnsupportedType(
                 f"token has no typ header; this issuer requires {show(list(accepted), 100)}"
@@ -610,7 +633,7 @@ class _Validation:
                 f"typ {show(typ, 40)} is not accepted for this issuer "
                 f"(accepted: {show(list(accepted), 100)})"
             )
-        self._pass(f"typ {show(typ, 40)} accepted")
+        self._pass(lambda: f"typ {show(typ, 40)} accepted")
 
     def _issuer(self, payload: dict[str, Any]) -> IssuerConfig:
         iss = payload.get("iss")
@@ -619,7 +642,8 @@ class _Validation:
         if not isinstance(iss, str):
             raise Malformed("iss claim is not a string")
         _check_identity_text(payload, ("iss",))
-        self.input = f"iss {show(iss)}"
+        if self.tracing:
+            self.input = f"iss {show(iss)}"
         issuer = self.config.issuers.get(iss)
         if issuer is None:
             # the signature is not verified yet: the value is the sender's, and
@@ -635,17 +659,18 @@ class _Validation:
 
     def _check_times(self, payload: dict[str, Any], issuer: IssuerConfig) -> None:
         now, leeway = self.now, issuer.leeway
-        at = f"now {_when(now, self.explain)}, leeway {leeway:g} s"
+        at = f"now {_when(now, self.explain)}, leeway {leeway:g} s" if self.tracing else ""
 
-        self._begin("exp", f"no exp; {at}")
+        self._begin("exp", lambda: f"no exp; {at}")
         exp = _number(payload, "exp")
         if exp is None:
             raise MissingClaim("token has no exp claim")
-        self.input = f"exp {_when(exp, self.explain)}; {at}"
+        if self.tracing:
+            self.input = f"exp {_when(exp, self.explain)}; {at}"
         self.expires_at = _utc(exp)
         if now > exp + leeway:
             raise Expired(f"token expired {now - exp:.0f} s ago (leeway {leeway:g} s)")
-        self._pass(f"expires in {exp - now:.0f} s")
+        self._pass(lambda: f"expires in {exp - now:.0f} s")
 
         self._not_after_now(
             payload, "nbf", leeway,
@@ -663,7 +688,7 @@ class _Validation:
         limit = issuer.max_token_lifetime
         self._begin(
             "lifetime",
-            "max_token_lifetime " + ("not set" if limit is None else f"{limit:g} s"),
+            lambda: "max_token_lifetime " + ("not set" if limit is None else f"{limit:g} s"),
         )
         if limit is None:
             self._skip("no max_token_lifetime configured")
@@ -675,7 +700,7 @@ class _Validation:
                     f"token lifetime {lifetime:.0f} s (exp - {since}) exceeds "
                     f"max_token_lifetime {limit:g} s"
                 )
-            self._pass(f"lifetime {lifetime:.0f} s (exp - {since}) within {limit:g} s")
+            self._pass(lambda: f"lifetime {lifetime:.0f} s (exp - {since}) within {limit:g} s")
 
     def _not_after_now(
         self,
@@ -686,22 +711,23 @@ class _Validation:
         passed: Callable[[float], str],
     ) -> float | None:
         """One of nbf/iat: absent is fine, later than now + leeway is refused."""
-        self._begin(name, f"no {name}")
+        self._begin(name, lambda: f"no {name}")
         value = _number(payload, name)
         if value is None:
-            self._skip(f"no {name} claim")
+            self._skip(lambda: f"no {name} claim")
             return None
-        self.input = f"{name} {_when(value, self.explain)}"
+        if self.tracing:
+            self.input = f"{name} {_when(value, self.explain)}"
         if value > self.now + leeway:
             raise NotYetValid(too_early(value - self.now))
-        self._pass(passed(self.now - value))
+        self._pass(lambda: passed(self.now - value))
         return value
 
     def _check_audience(self, payload: dict[str, Any], issuer: IssuerConfig) -> None:
         aud = payload.get("aud")
         self._begin(
             "audience",
-            f"aud {show(aud, 200)}; accepted: {show(list(issuer.audiences[:10]), 200)}",
+            lambda: f"aud {show(aud, 200)}; accepted: {show(list(issuer.audiences[:10]), 200)}",
         )
         if aud is None:
             raise MissingClaim("token has no aud claim")
@@ -717,17 +743,17 @@ class _Validation:
                 f"audience {show(audiences[:10], 200)} not accepted; expected one of "
                 f"{show(list(issuer.audiences[:10]), 200)}"
             )
-        self._pass(f"audience {show(accepted[0])} accepted")
+        self._pass(lambda: f"audience {show(accepted[0])} accepted")
 
     def _check_azp(self, payload: dict[str, Any], issuer: IssuerConfig) -> None:
         azp = payload.get("azp")
         given = "no azp" if azp is None else f"azp {show(azp, 100)}"
         parties = issuer.authorized_parties
         if parties is None:
-            self._begin("azp", given)
+            self._begin("azp", lambda: given)
             self._skip("no authorized_parties configured")
             return
-        self._begin("azp", f"{given}; accepted: {show(list(parties[:10]), 200)}")
+        self._begin("azp", lambda: f"{given}; accepted: {show(list(parties[:10]), 200)}")
         if azp is None:
             raise MissingClaim("token has no azp claim (authorized_parties is set)")
         if not isinstance(azp, str):
@@ -738,13 +764,13 @@ class _Validation:
                 f"authorized party (azp) {show(azp, 100)} not accepted; expected one of "
                 f"{show(list(parties[:10]), 200)}"
             )
-        self._pass(f"azp {show(azp, 100)} accepted")
+        self._pass(lambda: f"azp {show(azp, 100)} accepted")
 
     def _check_required(self, payload: dict[str, Any], issuer: IssuerConfig) -> None:
         wanted = [r.text for r in issuer.required_claims]
         self._begin(
             "required_claims",
-            ("sub required, jti a string if present" if issuer.require_sub
+            lambda: ("sub required, jti a string if present" if issuer.require_sub
              else "sub (not required), jti strings if present")
             + (f"; required: {show(wanted, 200)}" if wanted else ""),
         )  # fmt: skip
@@ -778,7 +804,7 @@ class _Validation:
                 f"not {show(requirement.value, 100)}"
             )
         if wanted:
-            self._pass(f"{len(wanted)} required claims present")
+            self._pass(lambda: f"{len(wanted)} required claims present")
         else:
             self._pass("no required_claims configured")
 
@@ -788,7 +814,7 @@ class _Validation:
         jti = _string_claim(payload, "jti")
         self._begin(
             "revocation",
-            f"issuer {show(iss)}, subject {show(sub, 100)}, token id {show(jti, 100)}",
+            lambda: f"issuer {show(iss)}, subject {show(sub, 100)}, token id {show(jti, 100)}",
         )
         rev = self.config.revocation_for(iss, sub, jti, self.now, self.issued_at)
         if rev is not None:
@@ -799,7 +825,7 @@ class _Validation:
             )
             why = "" if not rev.reason else f": {show(rev.reason, 120)}"
             raise Revoked(f"token revoked by {rev.describe()}{until}{why}")
-        self._pass(f"not revoked ({len(self.config.revocations)} revocations loaded)")
+        self._pass(lambda: f"not revoked ({len(self.config.revocations)} revocations loaded)")
 
     def _map_roles(
         self,
@@ -869,12 +895,12 @@ class _Validation:
         )
         if requested_role in allowed:
             self._pass(
-                f"role {role} allowed; token allows {show(self.allowed_roles, 200)}"
+                lambda: f"role {role} allowed; token allows {show(self.allowed_roles, 200)}"
             )
             return
         if requested_role == "" and len(self.allowed_roles) == 1:
             # oauth.authenticate(token) names no role: the token's only one
-            self._pass(f"no role named; the token allows {show(self.allowed_roles, 200)}")
+            self._pass(lambda: f"no role named; the token allows {show(self.allowed_roles, 200)}")
             return
         if requested_role == "" and self.allowed_roles:
             raise RoleNotAllowed(
@@ -944,7 +970,7 @@ class _Validation:
             return None
         self._begin(
             "provisioning",
-            f"{policy.role_claim} -> role {show(name, 80)}"
+            lambda: f"{policy.role_claim} -> role {show(name, 80)}"
             + (f"; groups from {policy.groups_claim}" if policy.groups_claim else ""),
         )
         problem = name_problem(name)
@@ -996,7 +1022,7 @@ class _Validation:
                         )
             groups = tuple(sorted(roles))
         self._pass(
-            f"role {show(name, 80)}"
+            lambda: f"role {show(name, 80)}"
             + ("" if groups is None else f"; {count} groups give {show(list(groups), 200)}")
         )
         return ProvisioningPlan(
@@ -1011,8 +1037,8 @@ class _Validation:
 
     def _skip_provisioning(self, policy: ProvisioningPolicy, why: str) -> None:
         if self.explain:
-            self._begin("provisioning", f"{policy.role_claim} (issuer's provisioning policy)")
-            self._skip(why)
+            self._begin("provisioning", lambda: f"{policy.role_claim} (issuer's provisioning policy)")
+            self._skip(lambda: why)
 
     @staticmethod
     def _rule_check(

@@ -8,6 +8,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -1069,3 +1070,32 @@ def test_values_postgresql_cannot_store_match_no_rule(
     assert check(mint({"email": "alice@corp"}), cfg=cfg).ok
     for bad in ("alice\x00@corp", "alice\ud800@corp"):
         assert check(mint({"email": bad}), "alice", cfg=cfg).reason == "role_not_allowed"
+
+
+# -- a worker's login writes no trail -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("claims", "kw", "role"),
+    [
+        ({}, {}, "alice"),
+        ({"email": "alice@example.com"}, {"alg": "ES256"}, "alice"),
+        ({}, {"exp": NOW - 3600}, "alice"),
+        ({}, {"aud": "someone-else"}, "alice"),
+        ({"nbf": NOW + 3600}, {}, "alice"),
+        ({}, {}, "mallory"),
+        ({"iss": "https://not-trusted.example"}, {}, "alice"),
+    ],
+)
+def test_a_login_without_a_trail_decides_the_same(
+    claims: dict[str, Any], kw: dict[str, Any], role: str, mint: Mint,
+    config: Callable[..., Config],
+) -> None:
+    token = mint(claims, **kw)
+    cfg = config()
+    traced = validate(token, role, "app", "10.0.0.5", True, cfg, KeyStore(fetch=no_network),
+                      now=NOW)
+    quiet = validate(token, role, "app", "10.0.0.5", True, cfg, KeyStore(fetch=no_network),
+                     now=NOW, trail=False)
+    assert traced.trail and all(c.outcome != "pass" for c in quiet.trail)
+    assert replace(quiet, trail=[]) == replace(traced, trail=[])
