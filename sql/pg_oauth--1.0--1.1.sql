@@ -675,3 +675,12 @@ SELECT 'risk', 'gateway_database_wide',
  WHERE m.setrole = 0
 $$;
 REVOKE ALL ON FUNCTION oauth._check_gateways() FROM PUBLIC;
+
+-- The claims reach parallel workers (parallel_identity.c): the claim functions
+-- are PARALLEL SAFE, so a policy USING (tenant = oauth.claim('tenant_id')) keeps
+-- its parallel scans
+ALTER FUNCTION oauth.claims() PARALLEL SAFE;
+ALTER FUNCTION oauth.session() PARALLEL SAFE;
+ALTER FUNCTION oauth.claim(text) PARALLEL SAFE;
+ALTER FUNCTION oauth.claim_array(text) PARALLEL SAFE;
+ALTER FUNCTION oauth.claim_contains(text, text) PARALLEL SAFE;
