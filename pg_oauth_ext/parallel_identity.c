@@ -6,7 +6,7 @@
  *	  its kin can be PARALLEL SAFE: a row-level security policy written
  *	  USING (tenant = oauth.claim('tenant_id')) keeps its parallel scans.
  *
- * Why two settings.  A parallel worker is a fresh process: it gets the
+ * Why settings.  A parallel worker is a fresh process: it gets the
  * leader's GUC values (SerializeGUCState/RestoreGUCState) and libraries, not
  * its memory.  Of the two routes to a worker, settings are the one
  * PostgreSQL itself uses for per-session state, they travel inside the
@@ -15,7 +15,8 @@
  * leader would need a slot per backend sized for the largest claims, or an
  * area that can fill up.  SerializeGUCState skips PGC_POSTMASTER and
  * PGC_INTERNAL settings and those at their built-in default, so these are
- * PGC_SUSET, set by this file with source PGC_S_OVERRIDE.
+ * PGC_SUSET, set by this file with source PGC_S_OVERRIDE.  Two of them, so
+ * that ending a transaction's identity never has to rebuild the login's:
  *
  *	  pg_oauth.parallel_session_identity: what a token login left; set once,
  *	  at login.
@@ -40,9 +41,12 @@
  *
  * Why a leftover transaction identity is harmless.  Its value also names the
  * leader's local transaction id; a worker takes it only in that
- * transaction.  Emptying it at COMMIT or ROLLBACK cannot raise an error
- * there, and does not need to succeed: in the next transaction a worker
- * sees what the leader sees, the login's identity or none.
+ * transaction.  It is emptied at COMMIT or ROLLBACK with PGC_S_OVERRIDE,
+ * which also rewrites a value a RESET inside the transaction stacked for
+ * the rollback to restore; that must raise no error there (WARNING), and
+ * need not succeed: in the next transaction a worker sees what the leader
+ * sees, the login's identity or none.  The leader itself always answers
+ * from its own memory (session_state.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -90,6 +94,16 @@ guc_extra_alloc(Size size)
 	return guc_malloc(LOG, size);
 #else
 	return malloc(size);
+#endif
+}
+
+static void
+guc_extra_free(void *p)
+{
+#if PG_VERSION_NUM >= 160000
+	guc_free(p);
+#else
+	free(p);
 #endif
 }
 
@@ -179,7 +193,6 @@ decode_identity(const char *value, int *pid, LocalTransactionId *lxid)
 	const char *p = value;
 	char	   *dst;
 	uint64		n;
-	char	   *expires;
 
 	if (!read_number(&p, &n) || n > INT_MAX || *p++ != ' ')
 		return NULL;
@@ -204,30 +217,27 @@ decode_identity(const char *value, int *pid, LocalTransactionId *lxid)
 		id->session.has_expires_at = false;
 	else
 	{
-		expires = (char *) p;
-		if (*p == '-')
+		bool		negative = (*p == '-');
+
+		if (negative)
 			p++;
 		if (!read_number(&p, &n) || *p != '\0' || n > (uint64) PG_INT64_MAX)
 			goto malformed;
 		id->session.has_expires_at = true;
-		id->session.expires_at = (TimestampTz) (expires[0] == '-' ? -(int64) n : (int64) n);
+		id->session.expires_at = (TimestampTz) (negative ? -(int64) n : (int64) n);
 	}
 	id->session.active = true;
 	id->present = true;
 	return id;
 
 malformed:
-#if PG_VERSION_NUM >= 160000
-	guc_free(id);
-#else
-	free(id);
-#endif
+	guc_extra_free(id);
 	return NULL;
 }
 
 /*
- * The gate of both settings (see the head of the file).  An empty value is
- * no identity; the built-in default is one.
+ * The gate of both settings (see the head of the file).  An empty value,
+ * the built-in default, is no identity.
  */
 static bool
 check_identity(char **newval, void **extra, GucSource source, bool transaction)
@@ -263,11 +273,7 @@ check_identity(char **newval, void **extra, GucSource source, bool transaction)
 		leader = MyProc->lockGroupLeader;
 		if (leader == NULL || leader == MyProc || leader->pid != pid)
 		{
-#if PG_VERSION_NUM >= 160000
-			guc_free(id);
-#else
-			free(id);
-#endif
+			guc_extra_free(id);
 			GUC_check_errdetail("The value was not written by this worker's leader.");
 			return false;
 		}
