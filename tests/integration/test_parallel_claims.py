@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import RecordingIssuer
+from conftest import CLUSTERS, RecordingIssuer
 from pgcluster import Cluster, server_major
 from test_gateway import gateway, make_gateway_cluster, token
 
@@ -223,6 +223,27 @@ def test_startup_options_cannot_set_them(pcluster):
     for name in SETTINGS:
         with pytest.raises(psycopg.OperationalError, match="pg_oauth alone"):
             psycopg.connect(pcluster.admin_dsn(), options=f"-c {name}={escaped}").close()
+
+
+def test_a_placeholder_made_before_the_library_loads_carries_nothing():
+    """Without shared_preload_libraries (a careless DBA) the settings are placeholders
+    anyone may set; nothing reads them: the claims stay NULL, in the leader and in its
+    workers, whatever value names the leader."""
+    bare = Cluster(preload=False).init().start()
+    CLUSTERS.append(bare)
+    try:
+        bare.sql("CREATE EXTENSION pg_oauth CASCADE")
+        with psycopg.connect(bare.admin_dsn()) as conn:
+            forged = identity_value(conn.info.backend_pid, 0, "alice", '{"tenant_id": "acme"}')
+            for name in SETTINGS:
+                conn.execute(f"SET {name} = '{forged}'")
+            set_parallel(conn, force=True)
+            gather = explain(conn, ALL_FUNCTIONS)[0]
+            assert gather["Node Type"] == "Gather" and gather["Workers Launched"] == 1
+            assert conn.execute(ALL_FUNCTIONS).fetchone() == (
+                None, None, None, None, None, False)
+    finally:
+        bare.stop()
 
 
 @pytest.fixture
