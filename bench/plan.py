@@ -26,7 +26,7 @@ class Plan:
     flood_logins: int  # valid logins timed per round, with and without a bad-token flood
     flood_clients: int  # concurrent clients sending bad-signature tokens
     scale_idle_rounds: int  # logins after 10 s idle, per configuration size
-    scale_rls_runs: int  # runs of each RLS query (policy and constant)
+    scale_rls_runs: int  # runs of each RLS query (policies and constants, section rls)
     pooler_seconds: int  # one pgbench run through PgBouncer, per method and client count
 
 
@@ -35,7 +35,7 @@ DEFAULT = Plan(
     storm_seconds=15, storm_cooldown=5, slow_logins=60, refresh_seconds=16,
     refresh_interval=8, cold_starts=3, proxy_seconds=2, proxy_scale=5, call_loops=1000,
     cpu_seconds=2, flood_logins=40, flood_clients=16, scale_idle_rounds=9,
-    scale_rls_runs=7, pooler_seconds=2,
+    scale_rls_runs=41, pooler_seconds=2,
 )
 
 QUICK = Plan(
@@ -43,5 +43,5 @@ QUICK = Plan(
     storm_seconds=6, storm_cooldown=5, slow_logins=60, refresh_seconds=12,
     refresh_interval=5, cold_starts=1, proxy_seconds=2, proxy_scale=2, call_loops=300,
     cpu_seconds=2, flood_logins=20, flood_clients=16, scale_idle_rounds=3,
-    scale_rls_runs=3, pooler_seconds=1,
+    scale_rls_runs=5, pooler_seconds=1,
 )

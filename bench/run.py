@@ -41,7 +41,7 @@ from report import (
     machine_description,
 )
 from resilience import cold_start, slow_issuer, unknown_kid_storm
-from scale import scale
+from scale import rls, scale
 from testbed import Testbed, tool_path
 from time_breakdown import breakdown, cpu_per_login
 
@@ -54,7 +54,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 SECTIONS = ("rate", "latency", "size", "storm", "slow", "flood", "cold", "proxy", "cpu",
-            "breakdown", "scale", "bearer", "pooler")
+            "breakdown", "scale", "rls", "bearer", "pooler")
 
 
 def run(plan: Plan, sections: set[str],
@@ -109,6 +109,8 @@ def run(plan: Plan, sections: set[str],
             tables += breakdown(testbed, plan, progress)
         if "scale" in sections:
             tables += scale(testbed, plan, goals, progress)
+        if "rls" in sections:
+            tables.append(rls(testbed, plan, goals, progress))
         if "bearer" in sections:
             tables.append(bearer(testbed, plan, progress))
         if "pooler" in sections and pgbouncer is not None:

@@ -256,6 +256,8 @@ define_settings(void)
 							 PGC_SUSET, 0,
 							 NULL, NULL, NULL);
 
+	parallel_identity_define_settings();
+
 	MarkGUCPrefixReserved("pg_oauth");
 }
 

@@ -571,6 +571,13 @@ extern void session_state_enter_transaction(const TokenDecision *decision, const
 extern void session_state_leave_transaction(void);
 extern Jsonb *session_state_claims(void);
 extern uint64 session_state_claims_generation(void);
+extern void session_state_adopt(const OAuthSession *s);
+
+/* parallel_identity.c: the session's token identity, carried to parallel workers */
+extern void parallel_identity_define_settings(void);
+extern void parallel_identity_publish_login(const OAuthSession *s);
+extern void parallel_identity_publish_transaction(const OAuthSession *s);
+extern void parallel_identity_end_transaction(void);
 
 /* config_signal.c: the configuration version moves when a change commits */
 extern void pg_oauth_note_config_change(void);

@@ -14,6 +14,7 @@
 #include "pg_oauth.h"
 
 #include "access/htup_details.h"
+#include "access/parallel.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
@@ -56,9 +57,30 @@ keep_decision(const TokenDecision *decision, const char *role)
 	claims_generation++;
 }
 
+/* The identity a decision gives, its strings still the decision's. */
+static OAuthSession
+decision_identity(const TokenDecision *decision, const char *role)
+{
+	OAuthSession s = {0};
+
+	s.active = true;
+	s.issuer = decision->issuer;
+	s.subject = decision->subject;
+	s.token_id = decision->token_id;
+	s.claims = decision->claims;
+	s.role = (char *) role;
+	s.has_expires_at = decision->has_expires_at;
+	s.expires_at = decision->expires_at;
+	return s;
+}
+
 void
 session_state_remember(const TokenDecision *decision, const char *role)
 {
+	OAuthSession s = decision_identity(decision, role);
+
+	/* first: an error here refuses the login before anything is kept */
+	parallel_identity_publish_login(&s);
 	keep_decision(decision, role);
 	if (session_claims_jsonb != NULL)
 		pfree(session_claims_jsonb);
@@ -78,7 +100,11 @@ static bool in_transaction_identity = false;
 void
 session_state_enter_transaction(const TokenDecision *decision, const char *role)
 {
+	OAuthSession s = decision_identity(decision, role);
+
 	Assert(!in_transaction_identity);
+	/* first: an error here fails oauth.authenticate() with nothing changed */
+	parallel_identity_publish_transaction(&s);
 	login_session = pg_oauth_session;
 	login_claims_jsonb = session_claims_jsonb;
 	session_claims_jsonb = NULL;
@@ -109,6 +135,25 @@ session_state_leave_transaction(void)
 	session_claims_jsonb = login_claims_jsonb;
 	login_claims_jsonb = NULL;
 	in_transaction_identity = false;
+	claims_generation++;
+	parallel_identity_end_transaction();
+}
+
+/*
+ * A parallel worker takes its leader's identity (parallel_identity.c), or
+ * none: s points into memory the GUC machinery keeps while it is current.
+ */
+void
+session_state_adopt(const OAuthSession *s)
+{
+	Assert(IsParallelWorker());
+	if (s != NULL)
+		pg_oauth_session = *s;
+	else
+		memset(&pg_oauth_session, 0, sizeof(pg_oauth_session));
+	if (session_claims_jsonb != NULL)
+		pfree(session_claims_jsonb);
+	session_claims_jsonb = NULL;
 	claims_generation++;
 }
 

@@ -679,6 +679,15 @@ SELECT 'risk', 'gateway_database_wide',
 $$;
 REVOKE ALL ON FUNCTION oauth._check_gateways() FROM PUBLIC;
 
+-- The claims reach parallel workers (parallel_identity.c): the claim functions
+-- are PARALLEL SAFE, so a policy USING (tenant = oauth.claim('tenant_id')) keeps
+-- its parallel scans
+ALTER FUNCTION oauth.claims() PARALLEL SAFE;
+ALTER FUNCTION oauth.session() PARALLEL SAFE;
+ALTER FUNCTION oauth.claim(text) PARALLEL SAFE;
+ALTER FUNCTION oauth.claim_array(text) PARALLEL SAFE;
+ALTER FUNCTION oauth.claim_contains(text, text) PARALLEL SAFE;
+
 -- Roles from the identity provider (25-provisioning.sql)
 ------------------------------------------------------------------------------
 -- Roles from the identity provider (docs/provisioning.md): a token's role made

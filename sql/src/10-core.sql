@@ -124,7 +124,7 @@ CREATE FUNCTION oauth._config_changed() RETURNS void
 REVOKE ALL ON FUNCTION oauth._config_changed() FROM PUBLIC;
 
 CREATE FUNCTION oauth.claims() RETURNS jsonb
-    LANGUAGE c STABLE PARALLEL RESTRICTED
+    LANGUAGE c STABLE PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_claims';
 COMMENT ON FUNCTION oauth.claims() IS
     'Claims of the token this session logged in with; NULL for a session that did not log in with a token';
@@ -133,7 +133,7 @@ CREATE FUNCTION oauth.session(
         OUT issuer text, OUT subject text, OUT token_id text,
         OUT expires_at timestamptz, OUT login_role text)
     RETURNS record
-    LANGUAGE c STABLE PARALLEL RESTRICTED
+    LANGUAGE c STABLE PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_session';
 COMMENT ON FUNCTION oauth.session() IS
     'Issuer, subject, token id and expiry of this session''s token login; all NULL otherwise';
@@ -166,7 +166,7 @@ COMMENT ON FUNCTION oauth.config_version() IS
 -- In C: RLS policies call it per row, and nothing in it resolves through the
 -- caller's search_path.
 CREATE FUNCTION oauth.claim(path text) RETURNS text
-    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_claim';
 COMMENT ON FUNCTION oauth.claim(text) IS
     'One claim of this session''s token by path (e.g. ''email'', ''realm_access.roles''); NULL when absent or not a token session';

@@ -108,7 +108,7 @@ REVOKE ALL ON FUNCTION oauth._log_config_applied(bigint, bigint, text) FROM PUBL
 -- (strings unquoted, other values as JSON text), any other claim a one-element
 -- array; NULL when absent or not a token session.
 CREATE FUNCTION oauth.claim_array(path text) RETURNS text[]
-    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_claim_array';
 COMMENT ON FUNCTION oauth.claim_array(text) IS
     'A claim of this session''s token as text[] (an array claim''s elements; any other claim as one element); NULL when absent or not a token session';
@@ -116,7 +116,7 @@ COMMENT ON FUNCTION oauth.claim_array(text) IS
 -- true when an element of oauth.claim_array(path) equals value (byte for byte);
 -- false otherwise, also when absent or not a token session.
 CREATE FUNCTION oauth.claim_contains(path text, value text) RETURNS boolean
-    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_claim_contains';
 COMMENT ON FUNCTION oauth.claim_contains(text, text) IS
     'Whether the claim at path (an array claim: one of its elements) equals value; false when absent or not a token session';
