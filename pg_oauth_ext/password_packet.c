@@ -62,6 +62,8 @@ password_packet_read(LoginAttempt *a, int *len)
 		SSL_set_options(port->ssl, SSL_OP_CLEANSE_PLAINTEXT);
 #endif
 	sendAuthRequest(port, AUTH_REQ_PASSWORD, NULL, 0);
+	/* while the client answers (sendAuthRequest flushed the request) */
+	role_policy_prefetch(a->role);
 
 	pq_startmsgread();
 	mtype = pq_getbyte();

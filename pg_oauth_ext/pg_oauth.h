@@ -468,6 +468,7 @@ extern bool role_privilege_allowed(int bit);
 extern const char *role_privilege_name(int bit);
 extern int	role_reachable_privileges(Oid roleid, RolePrivilege *found, int max_found,
 									  int *nfound);
+extern void role_policy_prefetch(const char *rolename);
 
 /* housekeeper.c */
 extern void pg_oauth_register_housekeeper(void);
