@@ -697,7 +697,7 @@ def test_every_reason_code_is_produced_by_this_module() -> None:
         "bad_signature", "expired", "not_yet_valid", "lifetime_too_long", "audience_mismatch",
         "missing_claim", "role_not_allowed", "database_not_allowed", "client_not_allowed",
         "jwks_unavailable", "validator_error", "unsupported_typ", "revoked",
-        # tests/unit/test_provisioning.py; the standby's refusal in the integration tests
+        # tests/unit/test_provisioning_plan.py; the standby's refusal in the integration tests
         "provisioning_forbidden", "provisioning_unavailable",
     }  # fmt: skip
     assert ValidationError("x").detail == "x"
