@@ -62,30 +62,26 @@ def parse_metrics(text: str) -> list[Sample]:
     return samples
 
 
-def exporter_help() -> str:
-    run = subprocess.run([EXPORTER, "--help"], capture_output=True, text=True, check=False)
+def exporter_output(binary: str, flag: str) -> str:
+    run = subprocess.run([binary, flag], capture_output=True, text=True, check=False)
     return run.stdout + run.stderr
 
 
-def exporter_version() -> str:
-    run = subprocess.run([EXPORTER, "--version"], capture_output=True, text=True,
-                         check=False)  # fmt: skip
-    found = re.search(r"version (\S+)", run.stdout + run.stderr)
-    return found.group(1) if found else "unknown"
-
-
 @pytest.fixture(scope="module")
-def exporter_flags() -> list[str]:
-    if shutil.which(EXPORTER) is None:
+def exporter() -> list[str]:
+    """The exporter's path and the flags its version knows."""
+    binary = shutil.which(EXPORTER)
+    if binary is None:
         pytest.skip(f"{EXPORTER} is not installed (Debian package {EXPORTER}: make test-deps)")
-    flags = exporter_help()
-    # deprecated from 0.13 on, but the only way custom queries reach the exporter in
-    # every version Debian ships (0.11, 0.17, 0.19)
+    flags = exporter_output(binary, "--help")
+    # deprecated from 0.17's --help on, but the only way custom queries reach the
+    # exporter in every version Debian ships (0.11, 0.17, 0.19)
     if "--extend.query-path" not in flags:
-        pytest.skip(f"{EXPORTER} {exporter_version()} has no --extend.query-path: "
-                    "custom queries need another configuration there")
+        version = re.search(r"version (\S+)", exporter_output(binary, "--version"))
+        pytest.skip(f"{EXPORTER} {version.group(1) if version else '(unknown version)'} has "
+                    "no --extend.query-path: custom queries need another configuration there")
     wanted = ["--disable-default-metrics", "--disable-settings-metrics"]
-    return [f for f in wanted if f in flags]
+    return [binary, *(f for f in wanted if f in flags)]
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +97,15 @@ def mcluster(issuer) -> Iterator[Cluster]:
 
 
 @contextlib.contextmanager
-def running_exporter(cluster: Cluster, flags: list[str]) -> Iterator[str]:
+def running_exporter(cluster: Cluster, exporter: list[str]) -> Iterator[str]:
     """The exporter on 127.0.0.1 with the queries file, as the unprivileged server user
     when this is root; yields its /metrics URL."""
     queries = cluster.base / "pg_oauth_queries.yaml"
     shutil.copy(QUERIES, queries)
     os.chmod(queries, 0o644)
     port = free_port()
-    cmd = [EXPORTER, f"--extend.query-path={queries}",
+    binary, *flags = exporter
+    cmd = [binary, f"--extend.query-path={queries}",
            f"--web.listen-address=127.0.0.1:{port}", *flags]  # fmt: skip
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", SERVER_USER, "--", *cmd]
@@ -139,7 +136,7 @@ def values(samples: list[Sample], name: str, **labels: str) -> list[float]:
             if n == name and all(lab.get(k) == want for k, want in labels.items())]  # fmt: skip
 
 
-def test_the_exporter_reads_every_series(mcluster, issuer, exporter_flags):
+def test_the_exporter_reads_every_series(mcluster, issuer, exporter):
     assert mcluster.sql(f"SELECT rolsuper FROM pg_roles WHERE rolname = '{MONITOR}'") == [
         (False,)]
     token = issuer.mint(sub="alice")
@@ -149,7 +146,7 @@ def test_the_exporter_reads_every_series(mcluster, issuer, exporter_flags):
     assert attempt(mcluster, "alice", issuer.mint(sub="alice", lifetime=-120)) == "expired"
     wanted = defined_series()
     with mcluster.token_connect("bob", issuer.mint(sub="bob")) as session, \
-            running_exporter(mcluster, exporter_flags) as url:
+            running_exporter(mcluster, exporter) as url:
         session.execute("SELECT 1")
 
         def complete() -> list[Sample] | None:
