@@ -27,15 +27,13 @@ postgresql-client-$major libkrb5-dev libssl-dev gcc make python3 python3-pip ssl
 TEST_PACKAGES="python3-venv pgbouncer pgpool2 dpkg-dev default-jdk-headless libpostgresql-jdbc-java"
 # Programs of daemons the tests run themselves, on loopback (monitoring/): Debian's
 # prometheus-postgres-exporter, and promtool for the alert rules — a package of its own
-# from Debian 13 on, inside prometheus before (Debian 12).
+# from Debian 13 on, inside prometheus before (Debian 12); chosen once apt's lists are
+# fresh, below.
 DAEMON_PACKAGES=""
+need_promtool=false
 if $test; then
     DAEMON_PACKAGES="prometheus-postgres-exporter"
-    if apt-cache show promtool >/dev/null 2>&1; then
-        DAEMON_PACKAGES="$DAEMON_PACKAGES promtool"
-    else
-        DAEMON_PACKAGES="$DAEMON_PACKAGES prometheus"
-    fi
+    command -v promtool >/dev/null 2>&1 || need_promtool=true
 fi
 # psql's OAuth device flow (OAUTHBEARER tests) is a library of its own from 18 on
 if [ "$major" -ge 18 ]; then
@@ -55,8 +53,15 @@ missing=$(not_installed $PACKAGES)
 # shellcheck disable=SC2086
 missing_daemons=$(not_installed $DAEMON_PACKAGES)
 export DEBIAN_FRONTEND=noninteractive
-if [ -n "$missing$missing_daemons" ]; then
+if [ -n "$missing$missing_daemons" ] || $need_promtool; then
     apt-get update -qq
+fi
+if $need_promtool; then
+    if apt-cache show promtool >/dev/null 2>&1; then
+        missing_daemons="$missing_daemons promtool"
+    else
+        missing_daemons="$missing_daemons prometheus"
+    fi
 fi
 if [ -n "$missing" ]; then
     echo "pg_oauth: installing$missing"
