@@ -232,3 +232,29 @@ def test_the_queries_run_as_the_monitoring_role_whatever_its_search_path(mcluste
                 conn.execute("SELECT jwks FROM oauth.jwks_cache")
     finally:
         mcluster.sql("DROP SCHEMA lookalike CASCADE")
+
+
+def test_pg_read_all_stats_is_the_grant_the_queries_need(mcluster):
+    """docs/monitoring.md's grant: pg_read_all_stats alone (without the rest of
+    pg_monitor) runs every query; a role without it runs none that reads pg_oauth's
+    state."""
+    queries = yaml.safe_load(QUERIES.read_text(encoding="utf-8"))
+    mcluster.sql(f"""
+        DROP ROLE IF EXISTS stats_only; DROP ROLE IF EXISTS no_stats;
+        CREATE ROLE stats_only NOLOGIN IN ROLE pg_read_all_stats;
+        CREATE ROLE no_stats NOLOGIN;
+        GRANT stats_only, no_stats TO {MONITOR};
+    """)
+    try:
+        with psycopg.connect(host="127.0.0.1", port=mcluster.port, dbname="postgres",
+                             user=MONITOR, password=MONITOR_PASSWORD, sslmode="disable",
+                             autocommit=True) as conn:  # fmt: skip
+            conn.execute("SET ROLE stats_only")
+            for name, spec in queries.items():
+                conn.execute(spec["query"]).fetchall()
+            conn.execute("SET ROLE no_stats")
+            for name, spec in queries.items():
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(spec["query"])
+    finally:
+        mcluster.sql("DROP ROLE stats_only; DROP ROLE no_stats")
