@@ -92,3 +92,32 @@ REVOKE ALL ON FUNCTION oauth._sha256(bytea) FROM PUBLIC;
 -- role the views are granted to must be able to call what is behind them.
 GRANT EXECUTE ON FUNCTION oauth._sessions() TO pg_read_all_stats;
 GRANT EXECUTE ON FUNCTION oauth._stats() TO pg_read_all_stats;
+
+-- Worker health for monitoring (monitoring/): states and request counts,
+-- never a token (last_error is the worker's own failure).
+GRANT EXECUTE ON FUNCTION oauth.workers() TO pg_read_all_stats;
+
+-- Key age per enabled issuer whose keys come over HTTP, for monitoring: when
+-- its keys were last fetched (NULL: never, or emptied by oauth.refresh_keys()),
+-- the refresh interval they are held to (pyhook's IssuerConfig.refresh_interval:
+-- the document's max-age within jwks_refresh_min..max, else jwks_refresh), the
+-- age past which they are no longer used, and how many keys the document holds.
+-- The view reads oauth.jwks_cache with its owner's rights: the monitoring role
+-- sees the times, never the key material.
+CREATE VIEW oauth.key_freshness AS
+SELECT i.issuer,
+       c.fetched_at,
+       CASE WHEN c.max_age IS NULL THEN i.jwks_refresh
+            ELSE LEAST(GREATEST(c.max_age, i.jwks_refresh_min), i.jwks_refresh_max)
+       END AS refresh_interval,
+       i.jwks_max_stale AS max_stale,
+       pg_catalog.jsonb_array_length(
+           CASE WHEN pg_catalog.jsonb_typeof(c.jwks -> 'keys') = 'array'
+                THEN c.jwks -> 'keys' END) AS keys
+  FROM oauth.issuers AS i
+  LEFT JOIN oauth.jwks_cache AS c ON c.issuer = i.issuer
+ WHERE i.enabled AND i.jwks IS NULL;
+REVOKE ALL ON oauth.key_freshness FROM PUBLIC;
+GRANT SELECT ON oauth.key_freshness TO pg_read_all_stats;
+COMMENT ON VIEW oauth.key_freshness IS
+    'Enabled issuers whose keys come over HTTP: when the keys were last fetched (NULL: never), the refresh interval they are held to, their max staleness, and how many keys';
