@@ -1,0 +1,196 @@
+# ruff: noqa: F811  (policy: a fixture imported from test_provisioning)
+"""Attacks on provisioning (issue 23), from the security review of the feature: each
+test here is one way around a promise of docs/provisioning.md, or a check that one
+held.  Fixtures and helpers are test_provisioning.py's."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from conftest import attempt, until
+from test_provisioning import audit, email, memberships, new_name, policy  # noqa: F401
+
+
+def can_login(cluster, role: str) -> bool | None:
+    rows = cluster.sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,))
+    return rows[0][0] if rows else None
+
+
+# -- offboarding ---------------------------------------------------------------------
+
+
+def test_offboarding_never_takes_a_role_that_just_logged_in(cluster, issuer, policy):
+    """last_seen moved only once an hour, while offboard_after may be one minute:
+    a user who logs in all the time was disabled (or dropped) as "not seen"."""
+    name = new_name()
+    sub = f"sub-{name}"
+
+    def login() -> None:
+        assert attempt(cluster, name, issuer.mint({"email": email(name)}, sub=sub)) == "ok"
+
+    cluster.sql("UPDATE oauth.provisioning SET offboard_after = '1 hour', "
+                "offboard_action = 'nologin'")
+    login()
+    # its previous login was 50 minutes ago (not yet due), and it logs in now ...
+    cluster.sql("UPDATE oauth.provisioned_roles SET last_seen = now() - interval '50 minutes' "
+                "WHERE rolname = %s", (name,))
+    login()
+    # ... then 15 minutes pass without a login: seen 15 minutes ago, not 65
+    cluster.sql("UPDATE oauth.provisioned_roles SET last_seen = last_seen - interval '15 minutes'"
+                " WHERE rolname = %s", (name,))
+    taken = [r for r in cluster.sql("SELECT role, action, detail FROM oauth.offboard()")
+             if r[0] == name]
+    assert taken == [], taken
+    assert can_login(cluster, name) is True
+
+
+def test_offboarding_still_takes_a_role_really_not_seen(cluster, issuer, policy):
+    """The fix above must not keep roles forever: one not seen for offboard_after
+    and more is disabled."""
+    name = new_name()
+    sub = f"sub-{name}"
+    cluster.sql("UPDATE oauth.provisioning SET offboard_after = '1 hour', "
+                "offboard_action = 'nologin'")
+    assert attempt(cluster, name, issuer.mint({"email": email(name)}, sub=sub)) == "ok"
+    cluster.sql("UPDATE oauth.provisioned_roles SET last_seen = now() - interval '2 hours' "
+                "WHERE rolname = %s", (name,))
+    cluster.sql("SELECT count(*) FROM oauth.offboard()")  # or the housekeeper did
+    assert can_login(cluster, name) is False
+
+
+def test_offboarding_leaves_a_role_with_a_live_session(cluster, issuer, policy):
+    """A session still open (its token not yet expired) is a user still there: its role
+    was disabled or dropped under it when offboard_after is shorter than a token's life."""
+    name = new_name()
+    cluster.sql("UPDATE oauth.provisioning SET offboard_after = '1 hour', "
+                "offboard_action = 'drop'")
+    token = issuer.mint({"email": email(name)}, sub=f"sub-{name}")
+    with cluster.token_connect(name, token) as conn:
+        cluster.sql("UPDATE oauth.provisioned_roles SET last_seen = now() - interval '2 hours' "
+                    "WHERE rolname = %s", (name,))
+        cluster.sql("SELECT count(*) FROM oauth.offboard()")
+        assert can_login(cluster, name) is True
+        assert conn.execute("SELECT current_user").fetchone() == (name,)
+    until(lambda: not cluster.sql("SELECT 1 FROM pg_stat_activity WHERE usename = %s",
+                                  (name,)), timeout=20, what="the session gone")
+    cluster.sql("SELECT count(*) FROM oauth.offboard()")
+    assert can_login(cluster, name) is None
+
+
+def test_a_cached_token_never_admits_a_later_owner_of_the_name(cluster, issuer, policy,
+                                                                refused):
+    """A's token is cached for role NAME; NAME is offboarded (dropped) and made again
+    for subject B (an e-mail address handed on): A's token, presented again, must not
+    log in as B's role from the decision cache."""
+    name = new_name()
+    # offboarding is set up first: a change of oauth.provisioning empties the cache
+    cluster.sql("UPDATE oauth.provisioning SET offboard_after = '1 hour', "
+                "offboard_action = 'drop'")
+    token_a = issuer.mint({"email": email(name)}, sub=f"a-{name}")
+    assert attempt(cluster, name, token_a) == "ok"
+    assert attempt(cluster, name, token_a) == "ok"  # now in the decision cache
+    cluster.sql("UPDATE oauth.provisioned_roles SET last_seen = now() - interval '2 hours' "
+                "WHERE rolname = %s", (name,))
+    cluster.sql("SELECT count(*) FROM oauth.offboard()")
+    assert can_login(cluster, name) is None  # dropped
+    token_b = issuer.mint({"email": email(name)}, sub=f"b-{name}")
+    assert attempt(cluster, name, token_b) == "ok"
+    assert cluster.sql("SELECT subject FROM oauth.provisioned_roles WHERE rolname = %s",
+                       (name,)) == [(f"b-{name}",)]
+    assert refused(name, token_a) == "provisioning_forbidden"
+
+
+# -- group roles ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def bridge(cluster, issuer, policy):
+    """prov_bridge: NOLOGIN, no privilege, but a member of the LOGIN role prov_victim."""
+    cluster.sql("CREATE ROLE prov_bridge NOLOGIN; GRANT prov_victim TO prov_bridge")
+    cluster.sql("INSERT INTO oauth.group_roles (issuer, group_pattern, role) "
+                "VALUES (%s, 'bridge', 'prov_bridge')", (issuer.issuer,))
+    yield
+    for (role,) in cluster.sql("SELECT rolname FROM oauth.provisioned_roles"):
+        cluster.sql(f'REVOKE prov_bridge FROM "{role}"')
+    cluster.sql("DELETE FROM oauth.group_roles WHERE role = 'prov_bridge'")
+    cluster.sql("DROP ROLE prov_bridge")
+
+
+def test_a_group_role_that_is_a_member_of_a_login_role_is_not_granted(cluster, issuer,
+                                                                     bridge):
+    """Group roles are NOLOGIN because "membership would let one user act as another":
+    a NOLOGIN role that is itself a member of a LOGIN role does exactly that."""
+    name = new_name()
+    token = issuer.mint({"email": email(name), "groups": ["bridge", "sales"]},
+                        sub=f"sub-{name}")
+    assert attempt(cluster, name, token) == "ok"
+    assert "prov_bridge" not in memberships(cluster, name)
+    assert "prov_sales" in memberships(cluster, name)
+    with cluster.token_connect(name, token) as conn, pytest.raises(psycopg.Error):
+        conn.execute("SET ROLE prov_victim")
+    rows = {(s, c): f for s, c, f, _fix in cluster.sql("SELECT * FROM oauth.check_setup()")}
+    assert "prov_bridge" in rows[("risk", "provisioning_group_role_unusable")]
+
+
+def test_a_group_role_that_becomes_a_member_of_a_login_role_is_revoked(cluster, issuer,
+                                                                      policy):
+    name = new_name()
+    sub = f"sub-{name}"
+    cluster.sql("CREATE ROLE prov_later NOLOGIN")
+    cluster.sql("INSERT INTO oauth.group_roles (issuer, group_pattern, role) "
+                "VALUES (%s, 'later', 'prov_later')", (issuer.issuer,))
+    try:
+        token = issuer.mint({"email": email(name), "groups": ["later"]}, sub=sub)
+        assert attempt(cluster, name, token) == "ok"
+        assert "prov_later" in memberships(cluster, name)
+        cluster.sql("GRANT prov_victim TO prov_later")
+        token = issuer.mint({"email": email(name), "groups": ["later"], "n": 2}, sub=sub)
+        assert attempt(cluster, name, token) == "ok"
+        assert "prov_later" not in memberships(cluster, name)
+    finally:
+        cluster.sql(f'REVOKE prov_later FROM "{name}"')
+        cluster.sql("DELETE FROM oauth.group_roles WHERE role = 'prov_later'")
+        cluster.sql("DROP ROLE prov_later")
+
+
+
+# -- the server log --------------------------------------------------------------------
+
+
+def test_a_subject_writes_no_line_of_its_own_into_the_server_log(cluster, issuer, policy,
+                                                                refused):
+    """The provisioning log lines and refusals printed the subject raw (the audit line
+    of audit_log.c prints control characters as ?): a subject with a line break went
+    on on a line of its own (PostgreSQL indents it with a tab in stderr logs; other
+    destinations differ).  Low: the subject comes from the identity provider."""
+    name = new_name()
+    marker = f"FORGED-{name}"
+    sub = f"s-{name}\n2026-12-06 00:00:00.000 UTC [1] LOG:  {marker}"
+    assert attempt(cluster, name, issuer.mint({"email": email(name)}, sub=sub)) == "ok"
+    # another subject asking for the same name: refused, naming the first one
+    assert refused(name, issuer.mint({"email": email(name)}, sub=f"o-{name}")) == \
+        "provisioning_forbidden"
+    log = cluster.log_text()
+    printed = f"subject s-{name}?2026-12-06 00:00:00.000 UTC [1] LOG:  {marker})"
+    assert f"pg_oauth: created role {name} (issuer {issuer.issuer}, {printed}" in log
+    assert f"provisioned for another subject (issuer {issuer.issuer}, {printed}" in log
+
+# -- checks that held (regressions) --------------------------------------------------
+
+
+def test_a_group_role_that_gains_a_privilege_later_is_revoked(cluster, issuer, policy):
+    """Held: the target check runs on every login, and a membership pg_oauth granted
+    in a role that is no longer a valid target is revoked."""
+    name = new_name()
+    sub = f"sub-{name}"
+    token = issuer.mint({"email": email(name), "groups": ["ops"]}, sub=sub)
+    assert attempt(cluster, name, token) == "ok"
+    assert "prov_ops" in memberships(cluster, name)
+    cluster.sql("GRANT pg_read_server_files TO prov_ops")
+    try:
+        token = issuer.mint({"email": email(name), "groups": ["ops"], "n": 2}, sub=sub)
+        assert attempt(cluster, name, token) == "ok"
+        assert "prov_ops" not in memberships(cluster, name)
+    finally:
+        cluster.sql("REVOKE pg_read_server_files FROM prov_ops")
+
