@@ -140,10 +140,22 @@ END
 $$;
 REVOKE ALL ON FUNCTION oauth._provision_name_problem(text) FROM PUBLIC;
 
+-- A value from a token (a subject) as it may appear in a log line or a
+-- refusal: control characters as ?, as the audit lines of audit_log.c print them.
+CREATE FUNCTION oauth._provision_printable(value text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+SELECT pg_catalog.regexp_replace(value, '[[:cntrl:]]', '?', 'g')
+$$;
+REVOKE ALL ON FUNCTION oauth._provision_printable(text) FROM PUBLIC;
+
 -- Why a role may not be one a provisioned role is made a member of (NULL: it
 -- may): it must exist, not log in, not be PostgreSQL's own, not be a role
--- pg_oauth created, and reach no privilege token logins refuse by default
--- (whatever pg_oauth.allow_privileges says: provisioning never grants one).
+-- pg_oauth created, not be a member (at any depth) of a role that can log in
+-- or that pg_oauth created, and reach no privilege token logins refuse by
+-- default (whatever pg_oauth.allow_privileges says: provisioning never grants
+-- one).
 CREATE FUNCTION oauth._provision_target_problem(target text) RETURNS text
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
@@ -151,6 +163,7 @@ CREATE FUNCTION oauth._provision_target_problem(target text) RETURNS text
 DECLARE
     r record;
     p record;
+    via name;
 BEGIN
     SELECT a.oid, a.rolcanlogin, a.rolsuper, a.rolcreaterole, a.rolreplication, a.rolbypassrls
       INTO r FROM pg_catalog.pg_authid AS a WHERE a.rolname OPERATOR(pg_catalog.=) target;
@@ -165,6 +178,23 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM oauth.provisioned_roles AS m WHERE m.role OPERATOR(pg_catalog.=) r.oid) THEN
         RETURN 'it is a role pg_oauth created for a user';
+    END IF;
+    -- its members could SET ROLE to (or, with ADMIN, grant themselves) that role
+    WITH RECURSIVE up(oid) AS (
+        SELECT am.roleid FROM pg_catalog.pg_auth_members AS am
+         WHERE am.member OPERATOR(pg_catalog.=) r.oid
+        UNION
+        SELECT am.roleid FROM pg_catalog.pg_auth_members AS am
+          JOIN up ON am.member OPERATOR(pg_catalog.=) up.oid
+    )
+    SELECT a.rolname INTO via
+      FROM up JOIN pg_catalog.pg_authid AS a ON a.oid OPERATOR(pg_catalog.=) up.oid
+     WHERE a.rolcanlogin
+        OR EXISTS (SELECT 1 FROM oauth.provisioned_roles AS m WHERE m.role OPERATOR(pg_catalog.=) a.oid)
+     ORDER BY a.rolname LIMIT 1;
+    IF FOUND THEN
+        RETURN pg_catalog.format('it is a member of %s, a role that can log in or that pg_oauth created (membership would let one user act as another)',
+                                 pg_catalog.quote_ident(via));
     END IF;
     IF r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls THEN
         RETURN 'it has a privileged attribute (superuser, createrole, replication or bypassrls)';
@@ -189,10 +219,23 @@ BEGIN
     VALUES (pg_catalog.clock_timestamp(), 'ok', change_reason, issuer, subject, role,
             'provisioning', change);
     PERFORM oauth._log('log', pg_catalog.format('pg_oauth: %s (issuer %s, subject %s)',
-                                                change, issuer, subject));
+                                                change, oauth._provision_printable(issuer),
+                                                oauth._provision_printable(subject)));
 END
 $$;
 REVOKE ALL ON FUNCTION oauth._provision_audit(text, text, text, text, text) FROM PUBLIC;
+
+-- How stale last_seen may get: a login moves it only when it is older than
+-- this (one write an hour at most), and oauth.offboard() waits as much again
+-- past offboard_after, so a role that logs in is never taken as unseen.
+CREATE FUNCTION oauth._provision_seen_every(offboard_after interval) RETURNS interval
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+SELECT LEAST(interval '1 hour',
+             COALESCE(offboard_after, interval '1 hour') OPERATOR(pg_catalog./) 4::pg_catalog.float8)
+$$;
+REVOKE ALL ON FUNCTION oauth._provision_seen_every(interval) FROM PUBLIC;
 
 -- What a token's login needs done to its role, and (apply) doing it: one row
 -- per step.  action: refuse (target: the reason code), create, enable, join
@@ -257,7 +300,8 @@ BEGIN
            OR managed.subject OPERATOR(pg_catalog.<>) _provision.subject THEN
             RETURN QUERY SELECT 'refuse', 'provisioning_forbidden',
                 pg_catalog.format('role %s was provisioned for another subject (issuer %s, subject %s): a reused name never inherits another user''s role',
-                                  pg_catalog.quote_ident(role), managed.issuer, managed.subject);
+                                  pg_catalog.quote_ident(role), oauth._provision_printable(managed.issuer),
+                                  oauth._provision_printable(managed.subject));
             RETURN;
         END IF;
         IF NOT canlogin THEN
@@ -278,7 +322,7 @@ BEGIN
                     pg_catalog.format('enabled role %s again', pg_catalog.quote_ident(role)));
             END IF;
         ELSIF apply AND managed.last_seen OPERATOR(pg_catalog.<)
-                (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour') THEN
+                (pg_catalog.now() OPERATOR(pg_catalog.-) oauth._provision_seen_every(pol.offboard_after)) THEN
             UPDATE oauth.provisioned_roles AS r SET last_seen = pg_catalog.now()
              WHERE r.role OPERATOR(pg_catalog.=) rid;
         END IF;
@@ -398,6 +442,7 @@ CREATE FUNCTION oauth.offboard()
 DECLARE
     r record;
     why text;
+    changed boolean := false;
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
         RETURN;
@@ -408,6 +453,7 @@ BEGIN
     FOR r IN DELETE FROM oauth.provisioned_roles AS m
               WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_authid AS a WHERE a.oid OPERATOR(pg_catalog.=) m.role)
               RETURNING m.rolname LOOP
+        changed := true;
         RETURN QUERY SELECT r.rolname, 'forgotten', 'the role was dropped outside pg_oauth';
     END LOOP;
 
@@ -416,10 +462,21 @@ BEGIN
                JOIN oauth.provisioning AS p ON p.issuer OPERATOR(pg_catalog.=) m.issuer
                JOIN pg_catalog.pg_authid AS a ON a.oid OPERATOR(pg_catalog.=) m.role
               WHERE p.offboard_after IS NOT NULL AND m.disabled_at IS NULL AND a.rolcanlogin
-                AND m.last_seen OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) p.offboard_after)
+                AND m.last_seen OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) p.offboard_after
+                        OPERATOR(pg_catalog.-) oauth._provision_seen_every(p.offboard_after))
+                -- a session still open is a user still there
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS s
+                                 WHERE s.usesysid OPERATOR(pg_catalog.=) m.role)
               ORDER BY a.rolname LOOP
-        -- a login of this role decides under the same lock
+        -- a login of this role decides under the same lock; one that committed
+        -- since the loop's snapshot leaves the role alone
         PERFORM pg_catalog.pg_advisory_xact_lock(1868658037, pg_catalog.hashtext(r.rolname::text));
+        IF NOT EXISTS (SELECT 1 FROM oauth.provisioned_roles AS m
+                         JOIN pg_catalog.pg_authid AS a ON a.oid OPERATOR(pg_catalog.=) m.role
+                        WHERE m.role OPERATOR(pg_catalog.=) r.oid AND m.disabled_at IS NULL
+                          AND a.rolcanlogin AND m.last_seen OPERATOR(pg_catalog.=) r.last_seen) THEN
+            CONTINUE;
+        END IF;
         why := pg_catalog.format('not seen since %s', r.last_seen);
         IF r.offboard_action OPERATOR(pg_catalog.=) 'drop' THEN
             BEGIN
@@ -428,6 +485,7 @@ BEGIN
                 DELETE FROM oauth.provisioned_roles AS m WHERE m.role OPERATOR(pg_catalog.=) r.oid;
                 PERFORM oauth._provision_audit('dropped', r.issuer, r.subject, r.rolname::text,
                     pg_catalog.format('dropped role %s: %s', pg_catalog.quote_ident(r.rolname), why));
+                changed := true;
                 RETURN QUERY SELECT r.rolname, 'dropped', why;
                 CONTINUE;
             EXCEPTION WHEN OTHERS THEN
@@ -440,8 +498,15 @@ BEGIN
          WHERE m.role OPERATOR(pg_catalog.=) r.oid;
         PERFORM oauth._provision_audit('disabled', r.issuer, r.subject, r.rolname::text,
             pg_catalog.format('disabled role %s (NOLOGIN): %s', pg_catalog.quote_ident(r.rolname), why));
+        changed := true;
         RETURN QUERY SELECT r.rolname, 'disabled', why;
     END LOOP;
+    -- the decision cache keeps role names: a dropped role's name may be given
+    -- to another subject's role, and a disabled role is enabled again only by
+    -- a worker, never by a cached decision
+    IF changed THEN
+        PERFORM oauth._config_changed();
+    END IF;
 END
 $$;
 REVOKE ALL ON FUNCTION oauth.offboard() FROM PUBLIC;
