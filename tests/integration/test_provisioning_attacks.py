@@ -154,6 +154,49 @@ def test_a_group_role_that_becomes_a_member_of_a_login_role_is_revoked(cluster, 
 
 
 
+
+# -- who writes the provisioning tables ----------------------------------------------
+
+
+def test_only_superusers_write_the_provisioning_tables(cluster, issuer, policy):
+    """Every other table of pg_oauth has the superuser-only write guard (a role with
+    pg_write_all_data, or a grant by mistake, must not steer the superuser workers):
+    oauth.provisioned_roles had none, and one row there hands any existing role to a
+    subject of the writer's choice (the worker even sets LOGIN on a NOLOGIN one)."""
+    cluster.sql("CREATE ROLE prov_writer NOLOGIN IN ROLE pg_write_all_data")
+    try:
+        with pytest.raises(psycopg.Error, match="only superusers"):
+            cluster.sql(
+                "SET ROLE prov_writer; "
+                "INSERT INTO oauth.provisioned_roles (role, rolname, issuer, subject, "
+                "disabled_at, disabled_reason) SELECT oid, rolname, "
+                f"'{issuer.issuer}', 'mallory', now(), 'inactive' FROM pg_roles "
+                "WHERE rolname = 'prov_victim'")
+        token = issuer.mint({"email": email("prov_victim")}, sub="mallory")
+        assert attempt(cluster, "prov_victim", token) == "provisioning_forbidden"
+        for statement in (
+            "UPDATE oauth.provisioning SET member_of = '{prov_sales}' WHERE false",
+            "DELETE FROM oauth.group_roles WHERE false",
+            "DELETE FROM oauth.provisioned_memberships WHERE false",
+        ):
+            with pytest.raises(psycopg.Error, match="only superusers"):
+                cluster.sql("SET ROLE prov_writer; " + statement)
+    finally:
+        cluster.sql("DELETE FROM oauth.provisioned_roles WHERE subject = 'mallory'")
+        cluster.sql("DROP ROLE prov_writer")
+
+
+def test_provisioning_triggers_fire_for_replicated_rows(cluster, issuer, policy):
+    """Rows applied by logical replication (session_replication_role = replica) fire
+    only ALWAYS triggers, as the other configuration tables' are: the pattern check,
+    the version move and the write guard must hold for them too."""
+    with pytest.raises(psycopg.Error, match="invalid row in oauth.group_roles"):
+        cluster.sql("SET session_replication_role = replica; "
+                    "INSERT INTO oauth.group_roles (issuer, group_pattern, role) "
+                    f"VALUES ('{issuer.issuer}', '(', 'prov_sales')")
+    cluster.sql("DELETE FROM oauth.group_roles WHERE group_pattern = '('")
+
+
 # -- the server log --------------------------------------------------------------------
 
 
