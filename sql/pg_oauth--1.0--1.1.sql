@@ -795,6 +795,56 @@ CREATE TRIGGER group_roles_check
     BEFORE INSERT OR UPDATE ON oauth.group_roles
     FOR EACH ROW EXECUTE FUNCTION oauth._provisioning_check();
 
+-- The write guard every pg_oauth table has (oauth._guard_write of
+-- 50-config-database.sql, which a fresh install creates after this file): the
+-- policies are written only in pg_oauth.database, and all four tables only by
+-- superusers, whatever grants say (a row of oauth.provisioned_roles hands a
+-- role to a subject).  Rows applied by logical replication fire only ALWAYS
+-- triggers.
+CREATE FUNCTION oauth._provisioning_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_NARGS OPERATOR(pg_catalog.>) 0
+       AND TG_ARGV[0] OPERATOR(pg_catalog.=) 'configuration'
+       AND NOT oauth._in_config_database() THEN
+        RAISE EXCEPTION 'pg_oauth configuration lives in database "%" (pg_oauth.database), not in "%"',
+              COALESCE(pg_catalog.current_setting('pg_oauth.database', true), 'postgres'),
+              pg_catalog.current_database()
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Connect to that database to change the provisioning policies.';
+    END IF;
+    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles AS r
+                      WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER), false) THEN
+        RAISE EXCEPTION 'only superusers may write %.%', TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION oauth._provisioning_guard() FROM PUBLIC;
+CREATE TRIGGER provisioning_guard
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.provisioning
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._provisioning_guard('configuration');
+CREATE TRIGGER group_roles_guard
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.group_roles
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._provisioning_guard('configuration');
+CREATE TRIGGER provisioned_roles_guard
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.provisioned_roles
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._provisioning_guard();
+CREATE TRIGGER provisioned_memberships_guard
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.provisioned_memberships
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._provisioning_guard();
+ALTER TABLE oauth.provisioning ENABLE ALWAYS TRIGGER provisioning_changed;
+ALTER TABLE oauth.provisioning ENABLE ALWAYS TRIGGER provisioning_check;
+ALTER TABLE oauth.provisioning ENABLE ALWAYS TRIGGER provisioning_guard;
+ALTER TABLE oauth.group_roles ENABLE ALWAYS TRIGGER group_roles_changed;
+ALTER TABLE oauth.group_roles ENABLE ALWAYS TRIGGER group_roles_check;
+ALTER TABLE oauth.group_roles ENABLE ALWAYS TRIGGER group_roles_guard;
+ALTER TABLE oauth.provisioned_roles ENABLE ALWAYS TRIGGER provisioned_roles_guard;
+ALTER TABLE oauth.provisioned_memberships ENABLE ALWAYS TRIGGER provisioned_memberships_guard;
+
 SELECT pg_catalog.pg_extension_config_dump('oauth.provisioning', '');
 SELECT pg_catalog.pg_extension_config_dump('oauth.group_roles', '');
 SELECT pg_catalog.pg_extension_config_dump('oauth.group_roles_id_seq', '');
@@ -1228,6 +1278,7 @@ REVOKE ALL ON FUNCTION oauth._revocation_disables_roles() FROM PUBLIC;
 CREATE TRIGGER revocations_disable_roles
     AFTER INSERT ON oauth.revocations
     FOR EACH ROW EXECUTE FUNCTION oauth._revocation_disables_roles();
+ALTER TABLE oauth.revocations ENABLE ALWAYS TRIGGER revocations_disable_roles;
 
 -- check_setup's rows on provisioning policies (60-setup-check.sql): what a
 -- policy would grant that it never will, names a user can pick, and first
