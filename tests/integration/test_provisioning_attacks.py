@@ -5,6 +5,8 @@ held.  Fixtures and helpers are test_provisioning.py's."""
 
 from __future__ import annotations
 
+import threading
+
 import psycopg
 import pytest
 from conftest import attempt, until
@@ -98,6 +100,47 @@ def test_a_cached_token_never_admits_a_later_owner_of_the_name(cluster, issuer, 
     assert cluster.sql("SELECT subject FROM oauth.provisioned_roles WHERE rolname = %s",
                        (name,)) == [(f"b-{name}",)]
     assert refused(name, token_a) == "provisioning_forbidden"
+
+
+
+def test_an_advisory_lock_anyone_can_take_does_not_stall_the_workers(cluster, issuer,
+                                                                     policy):
+    """Logins and offboarding serialize on pg_advisory_xact_lock(1868658037,
+    hashtext(role)), a key any role that can connect to pg_oauth.database may hold
+    (advisory locks have no privileges), and the workers wait with lock_timeout 0: a
+    held key plus two logins of that name kept both validator workers waiting for
+    ever, and every other token login of the cluster timed out."""
+    name = new_name()
+    cluster.sql("CREATE ROLE prov_locker NOLOGIN")
+    try:
+        with cluster.admin() as locker:
+            locker.execute("SET ROLE prov_locker")
+            locker.execute("SELECT pg_advisory_lock(1868658037, hashtext(%s))", (name,))
+            token = issuer.mint({"email": email(name)}, sub=f"sub-{name}")
+            results: list[str] = []
+            threads = [threading.Thread(target=lambda: results.append(
+                attempt(cluster, name, token))) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert results == ["provisioning_unavailable"] * 2, results
+            other = new_name()
+            assert attempt(cluster, other, issuer.mint({"email": email(other)},
+                                                        sub=f"sub-{other}")) == "ok"
+            # offboarding skips a role whose key is held instead of waiting for it
+            locker.execute("SELECT pg_advisory_lock(1868658037, hashtext(%s))", (other,))
+            cluster.sql("UPDATE oauth.provisioning SET offboard_after = '1 hour'")
+            cluster.sql("UPDATE oauth.provisioned_roles SET last_seen = now() - "
+                        "interval '3 hours' WHERE rolname = %s", (other,))
+            with cluster.admin() as dba:
+                dba.execute("SET statement_timeout = '20s'")
+                dba.execute("SELECT count(*) FROM oauth.offboard()")
+            assert can_login(cluster, other) is True
+            locker.execute("SELECT pg_advisory_unlock_all()")
+        assert attempt(cluster, name, token) == "ok"
+    finally:
+        cluster.sql("DROP ROLE prov_locker")
 
 
 # -- group roles ---------------------------------------------------------------------
