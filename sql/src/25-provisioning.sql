@@ -293,12 +293,14 @@ REVOKE ALL ON FUNCTION oauth._provision_seen_every(interval) FROM PUBLIC;
 -- granted), keep (nothing to do).  mapped: oauth.role_map admits the role as
 -- well, so a role pg_oauth did not create is the DBA's to keep, not a refusal.
 -- Called by the validator worker with apply on a primary; without apply on a
--- standby and by oauth.explain().
+-- standby and by oauth.explain().  lock_timeout: the advisory key below is one
+-- any role that connects here can hold; a worker never waits for it long.
 CREATE FUNCTION oauth._provision(issuer text, subject text, role text, groups text[],
         mapped boolean, apply boolean)
     RETURNS TABLE(action text, target text, detail text)
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
+    SET lock_timeout = '2s'
     AS $$
 DECLARE
     pol oauth.provisioning;
@@ -518,9 +520,12 @@ BEGIN
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS s
                                  WHERE s.usesysid OPERATOR(pg_catalog.=) m.role)
               ORDER BY a.rolname LOOP
-        -- a login of this role decides under the same lock; one that committed
-        -- since the loop's snapshot leaves the role alone
-        PERFORM pg_catalog.pg_advisory_xact_lock(1868658037, pg_catalog.hashtext(r.rolname::text));
+        -- a login of this role decides under the same lock (one under way: the
+        -- role is not unseen; the key is one anyone may hold: never wait for it);
+        -- one that committed since the loop's snapshot leaves the role alone
+        IF NOT pg_catalog.pg_try_advisory_xact_lock(1868658037, pg_catalog.hashtext(r.rolname::text)) THEN
+            CONTINUE;
+        END IF;
         IF NOT EXISTS (SELECT 1 FROM oauth.provisioned_roles AS m
                          JOIN pg_catalog.pg_authid AS a ON a.oid OPERATOR(pg_catalog.=) m.role
                         WHERE m.role OPERATOR(pg_catalog.=) r.oid AND m.disabled_at IS NULL
