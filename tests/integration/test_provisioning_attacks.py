@@ -143,6 +143,34 @@ def test_an_advisory_lock_anyone_can_take_does_not_stall_the_workers(cluster, is
         cluster.sql("DROP ROLE prov_locker")
 
 
+
+def test_a_revoked_user_cannot_hold_up_its_revocation(cluster, issuer, policy, refused):
+    """disable_on_revoke: the revocation's trigger runs ALTER ROLE ... NOLOGIN in the
+    DBA's transaction.  A role may ALTER its own password: a session of the user being
+    revoked that did so and stays in its transaction holds the pg_authid row, and the
+    revocation waited for it (then failed, "tuple concurrently updated", if that
+    transaction committed).  The revocation must go through; disabling is extra."""
+    name = new_name()
+    sub = f"sub-{name}"
+    token = issuer.mint({"email": email(name)}, sub=sub)
+    conn = cluster.token_connect(name, token)
+    try:
+        conn.execute("BEGIN")
+        conn.execute("ALTER ROLE CURRENT_USER PASSWORD 'held-row'")
+        with cluster.admin() as dba:
+            dba.execute("SET statement_timeout = '15s'")
+            dba.execute("SELECT oauth.revoke(subject => %s, issuer => %s)", (sub, issuer.issuer))
+    finally:
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
+    assert cluster.sql("SELECT count(*) FROM oauth.revocations WHERE subject = %s",
+                       (sub,)) == [(1,)]
+    assert refused(name, issuer.mint({"email": email(name)}, sub=sub)) == "revoked"
+    cluster.sql("DELETE FROM oauth.revocations WHERE subject = %s", (sub,))
+
+
 # -- group roles ---------------------------------------------------------------------
 
 
