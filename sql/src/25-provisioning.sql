@@ -571,9 +571,12 @@ COMMENT ON FUNCTION oauth.offboard() IS
 -- A revocation of a whole subject disables the roles pg_oauth made for it
 -- (disable_on_revoke); its next valid token, once the revocation is gone,
 -- enables them again.  SECURITY DEFINER: whoever may revoke may not ALTER ROLE.
+-- The revocation itself must never wait for or fail with the disabling: a role
+-- may ALTER its own password and hold its pg_authid row in an open transaction.
 CREATE FUNCTION oauth._revocation_disables_roles() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET lock_timeout = '2s'
     AS $$
 DECLARE
     r record;
@@ -588,11 +591,17 @@ BEGIN
               WHERE m.subject OPERATOR(pg_catalog.=) NEW.subject
                 AND (NEW.issuer IS NULL OR m.issuer OPERATOR(pg_catalog.=) NEW.issuer)
                 AND p.disable_on_revoke AND a.rolcanlogin LOOP
-        EXECUTE pg_catalog.format('ALTER ROLE %I NOLOGIN', r.rolname);
-        UPDATE oauth.provisioned_roles AS m SET disabled_at = pg_catalog.now(), disabled_reason = 'revoked'
-         WHERE m.role OPERATOR(pg_catalog.=) r.oid;
-        PERFORM oauth._provision_audit('disabled', r.issuer, NEW.subject, r.rolname::text,
-            pg_catalog.format('disabled role %s (NOLOGIN): its subject was revoked', pg_catalog.quote_ident(r.rolname)));
+        BEGIN
+            EXECUTE pg_catalog.format('ALTER ROLE %I NOLOGIN', r.rolname);
+            UPDATE oauth.provisioned_roles AS m SET disabled_at = pg_catalog.now(), disabled_reason = 'revoked'
+             WHERE m.role OPERATOR(pg_catalog.=) r.oid;
+            PERFORM oauth._provision_audit('disabled', r.issuer, NEW.subject, r.rolname::text,
+                pg_catalog.format('disabled role %s (NOLOGIN): its subject was revoked', pg_catalog.quote_ident(r.rolname)));
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pg_oauth: role % of the revoked subject was not disabled: %',
+                pg_catalog.quote_ident(r.rolname), SQLERRM
+                USING HINT = 'The revocation holds: its tokens are refused and its sessions end. Run ALTER ROLE ... NOLOGIN once its sessions are gone.';
+        END;
     END LOOP;
     RETURN NULL;
 END
