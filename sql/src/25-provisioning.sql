@@ -485,11 +485,14 @@ COMMENT ON FUNCTION oauth._provision(text, text, text, text[], boolean, boolean)
 -- Disable (or drop) the roles pg_oauth created that were not seen for the
 -- policy's offboard_after; forget records of roles a DBA dropped.  Run by the
 -- housekeeper every minute and after every configuration change; a DBA may
--- run it at any time.
+-- run it at any time.  lock_timeout: a lock it cannot have fails this run (the
+-- next one tries again), never stalls the housekeeper, which also ends expired
+-- sessions.
 CREATE FUNCTION oauth.offboard()
     RETURNS TABLE(role name, action text, detail text)
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
+    SET lock_timeout = '2s'
     AS $$
 DECLARE
     r record;
