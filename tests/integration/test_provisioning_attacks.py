@@ -308,3 +308,24 @@ def test_a_group_role_that_gains_a_privilege_later_is_revoked(cluster, issuer, p
     finally:
         cluster.sql("REVOKE pg_read_server_files FROM prov_ops")
 
+
+
+# -- a careless DBA ------------------------------------------------------------------
+
+
+def test_check_setup_flags_roles_named_after_an_unverified_email(cluster, issuer, policy):
+    """A role named after an address nobody verified goes to whoever gets a token with
+    it first (Entra ID's editable email: the nOAuth attack); check_setup flagged only
+    the claims users obviously choose (preferred_username, name, ...)."""
+    rows = {(s, c) for s, c, _f, _fix in cluster.sql("SELECT * FROM oauth.check_setup()")}
+    assert ("warning", "provisioning_unverified_email") in rows
+    (before,), = cluster.sql("SELECT required_claims FROM oauth.issuers WHERE issuer = %s",
+                             (issuer.issuer,))
+    cluster.sql("UPDATE oauth.issuers SET required_claims = %s WHERE issuer = %s",
+                ([*(before or []), "email_verified=true"], issuer.issuer))
+    try:
+        rows = {(s, c) for s, c, _f, _fix in cluster.sql("SELECT * FROM oauth.check_setup()")}
+        assert ("warning", "provisioning_unverified_email") not in rows
+    finally:
+        cluster.sql("UPDATE oauth.issuers SET required_claims = %s WHERE issuer = %s",
+                    (before, issuer.issuer))
