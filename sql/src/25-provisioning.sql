@@ -668,6 +668,16 @@ BEGIN
       FROM oauth.provisioning AS p
      WHERE p.enabled AND pg_catalog.lower(p.role_claim) OPERATOR(pg_catalog.=)
            ANY ('{name,preferred_username,nickname,given_name,family_name,unique_name}'::text[]);
+    -- an address nobody verified is one anybody may register first (Entra ID's
+    -- email is editable and comes without email_verified: the nOAuth attack)
+    RETURN QUERY SELECT 'warning', 'provisioning_unverified_email',
+        pg_catalog.format('the provisioning policy of issuer %s names roles after claim email, and the issuer does not require email_verified=true (oauth.issuers.required_claims): whoever gets a token with an address first gets its role',
+                          p.issuer),
+        'Add email_verified=true to the issuer''s required_claims, or name roles after sub or oid (Entra ID sends no email_verified)'
+      FROM oauth.provisioning AS p
+      JOIN oauth.issuers AS i ON i.issuer OPERATOR(pg_catalog.=) p.issuer
+     WHERE p.enabled AND pg_catalog.lower(p.role_claim) OPERATOR(pg_catalog.=) 'email'
+       AND NOT ('email_verified=true' OPERATOR(pg_catalog.=) ANY (COALESCE(i.required_claims, '{}'::text[])));
     -- a +group column never matches a role that does not exist yet
     IF EXISTS (SELECT 1 FROM oauth.provisioning AS p WHERE p.enabled)
        AND NOT EXISTS (SELECT 1 FROM oauth._hba_lines('trust') AS h
