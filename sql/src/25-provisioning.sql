@@ -276,14 +276,15 @@ $$;
 REVOKE ALL ON FUNCTION oauth._provision_audit(text, text, text, text, text) FROM PUBLIC;
 
 -- How stale last_seen may get: a login moves it only when it is older than
--- this (one write an hour at most), and oauth.offboard() waits as much again
--- past offboard_after, so a role that logs in is never taken as unseen.
+-- this (an hour, or a quarter of offboard_after when that is shorter), and
+-- oauth.offboard() waits as much again past offboard_after, so a role that
+-- logs in is never taken as unseen.
 CREATE FUNCTION oauth._provision_seen_every(offboard_after interval) RETURNS interval
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
     AS $$
 SELECT LEAST(interval '1 hour',
-             COALESCE(offboard_after, interval '1 hour') OPERATOR(pg_catalog./) 4::pg_catalog.float8)
+             COALESCE(offboard_after OPERATOR(pg_catalog./) 4::pg_catalog.float8, interval '1 hour'))
 $$;
 REVOKE ALL ON FUNCTION oauth._provision_seen_every(interval) FROM PUBLIC;
 
