@@ -833,6 +833,56 @@ CREATE TRIGGER group_roles_check
     BEFORE INSERT OR UPDATE ON oauth.group_roles
     FOR EACH ROW EXECUTE FUNCTION oauth._provisioning_check();
 
+-- The write guard every pg_oauth table has (oauth._guard_write of
+-- 50-config-database.sql, which a fresh install creates after this file): the
+-- policies are written only in pg_oauth.database, and all four tables only by
+-- superusers, whatever grants say (a row of oauth.provisioned_roles hands a
+-- role to a subject).  Rows applied by logical replication fire only ALWAYS
+-- triggers.
+CREATE FUNCTION oauth._provisioning_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_NARGS OPERATOR(pg_catalog.>) 0
+       AND TG_ARGV[0] OPERATOR(pg_catalog.=) 'configuration'
+       AND NOT oauth._in_config_database() THEN
+        RAISE EXCEPTION 'pg_oauth configuration lives in database "%" (pg_oauth.database), not in "%"',
+              COALESCE(pg_catalog.current_setting('pg_oauth.database', true), 'postgres'),
+              pg_catalog.current_database()
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Connect to that database to change the provisioning policies.';
+    END IF;
+    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles AS r
+                      WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER), false) THEN
+        RAISE EXCEPTION 'only superusers may write %.%', TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION oauth._provisioning_guard() FROM PUBLIC;
+CREATE TRIGGER provisioning_guard
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.provisioning
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._provisioning_guard('configuration');
+CREATE TRIGGER group_roles_guard
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.group_roles
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._provisioning_guard('configuration');
+CREATE TRIGGER provisioned_roles_guard
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.provisioned_roles
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._provisioning_guard();
+CREATE TRIGGER provisioned_memberships_guard
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.provisioned_memberships
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._provisioning_guard();
+ALTER TABLE oauth.provisioning ENABLE ALWAYS TRIGGER provisioning_changed;
+ALTER TABLE oauth.provisioning ENABLE ALWAYS TRIGGER provisioning_check;
+ALTER TABLE oauth.provisioning ENABLE ALWAYS TRIGGER provisioning_guard;
+ALTER TABLE oauth.group_roles ENABLE ALWAYS TRIGGER group_roles_changed;
+ALTER TABLE oauth.group_roles ENABLE ALWAYS TRIGGER group_roles_check;
+ALTER TABLE oauth.group_roles ENABLE ALWAYS TRIGGER group_roles_guard;
+ALTER TABLE oauth.provisioned_roles ENABLE ALWAYS TRIGGER provisioned_roles_guard;
+ALTER TABLE oauth.provisioned_memberships ENABLE ALWAYS TRIGGER provisioned_memberships_guard;
+
 SELECT pg_catalog.pg_extension_config_dump('oauth.provisioning', '');
 SELECT pg_catalog.pg_extension_config_dump('oauth.group_roles', '');
 SELECT pg_catalog.pg_extension_config_dump('oauth.group_roles_id_seq', '');
@@ -860,10 +910,22 @@ END
 $$;
 REVOKE ALL ON FUNCTION oauth._provision_name_problem(text) FROM PUBLIC;
 
+-- A value from a token (a subject) as it may appear in a log line or a
+-- refusal: control characters as ?, as the audit lines of audit_log.c print them.
+CREATE FUNCTION oauth._provision_printable(value text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+SELECT pg_catalog.regexp_replace(value, '[[:cntrl:]]', '?', 'g')
+$$;
+REVOKE ALL ON FUNCTION oauth._provision_printable(text) FROM PUBLIC;
+
 -- Why a role may not be one a provisioned role is made a member of (NULL: it
 -- may): it must exist, not log in, not be PostgreSQL's own, not be a role
--- pg_oauth created, and reach no privilege token logins refuse by default
--- (whatever pg_oauth.allow_privileges says: provisioning never grants one).
+-- pg_oauth created, not be a member (at any depth) of a role that can log in
+-- or that pg_oauth created, and reach no privilege token logins refuse by
+-- default (whatever pg_oauth.allow_privileges says: provisioning never grants
+-- one).
 CREATE FUNCTION oauth._provision_target_problem(target text) RETURNS text
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
@@ -871,6 +933,7 @@ CREATE FUNCTION oauth._provision_target_problem(target text) RETURNS text
 DECLARE
     r record;
     p record;
+    via name;
 BEGIN
     SELECT a.oid, a.rolcanlogin, a.rolsuper, a.rolcreaterole, a.rolreplication, a.rolbypassrls
       INTO r FROM pg_catalog.pg_authid AS a WHERE a.rolname OPERATOR(pg_catalog.=) target;
@@ -886,6 +949,23 @@ BEGIN
     IF EXISTS (SELECT 1 FROM oauth.provisioned_roles AS m
                 WHERE m.role OPERATOR(pg_catalog.=) r.oid OR m.rolname OPERATOR(pg_catalog.=) target) THEN
         RETURN 'it is a role pg_oauth created for a user';
+    END IF;
+    -- its members could SET ROLE to (or, with ADMIN, grant themselves) that role
+    WITH RECURSIVE up(oid) AS (
+        SELECT am.roleid FROM pg_catalog.pg_auth_members AS am
+         WHERE am.member OPERATOR(pg_catalog.=) r.oid
+        UNION
+        SELECT am.roleid FROM pg_catalog.pg_auth_members AS am
+          JOIN up ON am.member OPERATOR(pg_catalog.=) up.oid
+    )
+    SELECT a.rolname INTO via
+      FROM up JOIN pg_catalog.pg_authid AS a ON a.oid OPERATOR(pg_catalog.=) up.oid
+     WHERE a.rolcanlogin
+        OR EXISTS (SELECT 1 FROM oauth.provisioned_roles AS m WHERE m.role OPERATOR(pg_catalog.=) a.oid)
+     ORDER BY a.rolname LIMIT 1;
+    IF FOUND THEN
+        RETURN pg_catalog.format('it is a member of %s, a role that can log in or that pg_oauth created (membership would let one user act as another)',
+                                 pg_catalog.quote_ident(via));
     END IF;
     IF r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls THEN
         RETURN 'it has a privileged attribute (superuser, createrole, replication or bypassrls)';
@@ -914,10 +994,24 @@ BEGIN
                 'provisioning', change);
     END IF;
     PERFORM oauth._log('log', pg_catalog.format('pg_oauth: %s (issuer %s, subject %s)',
-                                                change, issuer, subject));
+                                                change, oauth._provision_printable(issuer),
+                                                oauth._provision_printable(subject)));
 END
 $$;
 REVOKE ALL ON FUNCTION oauth._provision_audit(text, text, text, text, text) FROM PUBLIC;
+
+-- How stale last_seen may get: a login moves it only when it is older than
+-- this (an hour, or a quarter of offboard_after when that is shorter), and
+-- oauth.offboard() waits as much again past offboard_after, so a role that
+-- logs in is never taken as unseen.
+CREATE FUNCTION oauth._provision_seen_every(offboard_after interval) RETURNS interval
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+SELECT LEAST(interval '1 hour',
+             COALESCE(offboard_after OPERATOR(pg_catalog./) 4::pg_catalog.float8, interval '1 hour'))
+$$;
+REVOKE ALL ON FUNCTION oauth._provision_seen_every(interval) FROM PUBLIC;
 
 -- What a token's login needs done to its role, and (apply) doing it: one row
 -- per step.  action: refuse (target: the reason code), create, enable, join
@@ -925,15 +1019,13 @@ REVOKE ALL ON FUNCTION oauth._provision_audit(text, text, text, text, text) FROM
 -- granted), keep (nothing to do).  mapped: oauth.role_map admits the role as
 -- well, so a role pg_oauth did not create is the DBA's to keep, not a refusal.
 -- Called by the validator worker with apply on a primary; without apply on a
--- standby and by oauth.explain().
+-- standby and by oauth.explain().  lock_timeout: the advisory key below is one
+-- any role that connects here can hold; a worker never waits for it long.
 CREATE FUNCTION oauth._provision(issuer text, subject text, role text, groups text[],
         mapped boolean, apply boolean)
     RETURNS TABLE(action text, target text, detail text)
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
-    -- a login waits for a lock on the catalogs no longer than this (a DBA's open
-    -- ALTER ROLE, say): then it is refused provisioning_unavailable, and the
-    -- worker is free again well before pg_oauth.timeout
     SET lock_timeout = '2s'
     AS $$
 DECLARE
@@ -988,7 +1080,8 @@ BEGIN
            OR managed.subject OPERATOR(pg_catalog.<>) _provision.subject THEN
             RETURN QUERY SELECT 'refuse', 'provisioning_forbidden',
                 pg_catalog.format('role %s was provisioned for another subject (issuer %s, subject %s): a reused name never inherits another user''s role',
-                                  pg_catalog.quote_ident(role), managed.issuer, managed.subject);
+                                  pg_catalog.quote_ident(role), oauth._provision_printable(managed.issuer),
+                                  oauth._provision_printable(managed.subject));
             RETURN;
         END IF;
         IF NOT canlogin THEN
@@ -1009,7 +1102,7 @@ BEGIN
                     pg_catalog.format('enabled role %s again', pg_catalog.quote_ident(role)));
             END IF;
         ELSIF apply AND managed.last_seen OPERATOR(pg_catalog.<)
-                (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour') THEN
+                (pg_catalog.now() OPERATOR(pg_catalog.-) oauth._provision_seen_every(pol.offboard_after)) THEN
             UPDATE oauth.provisioned_roles AS r SET last_seen = pg_catalog.now()
              WHERE r.role OPERATOR(pg_catalog.=) rid;
         END IF;
@@ -1120,15 +1213,19 @@ COMMENT ON FUNCTION oauth._provision(text, text, text, text[], boolean, boolean)
 -- Disable (or drop) the roles pg_oauth created that were not seen for the
 -- policy's offboard_after; forget records of roles a DBA dropped.  Run by the
 -- housekeeper every minute and after every configuration change; a DBA may
--- run it at any time.
+-- run it at any time.  lock_timeout: a lock it cannot have fails this run (the
+-- next one tries again), never stalls the housekeeper, which also ends expired
+-- sessions.
 CREATE FUNCTION oauth.offboard()
     RETURNS TABLE(role name, action text, detail text)
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
+    SET lock_timeout = '2s'
     AS $$
 DECLARE
     r record;
     why text;
+    changed boolean := false;
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
         RETURN;
@@ -1142,6 +1239,7 @@ BEGIN
                                    AND a.rolname OPERATOR(pg_catalog.=) m.rolname)
               RETURNING m.role, m.rolname LOOP
         DELETE FROM oauth.provisioned_memberships AS pm WHERE pm.member OPERATOR(pg_catalog.=) r.role;
+        changed := true;
         RETURN QUERY SELECT r.rolname, 'forgotten',
             'no role of this oid and name: dropped or renamed outside pg_oauth, or a record restored into another cluster';
     END LOOP;
@@ -1155,13 +1253,28 @@ BEGIN
                JOIN pg_catalog.pg_authid AS a ON a.oid OPERATOR(pg_catalog.=) m.role
                                             AND a.rolname OPERATOR(pg_catalog.=) m.rolname
               WHERE p.enabled AND p.offboard_after IS NOT NULL
-                AND m.last_seen OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) p.offboard_after)
+                AND m.last_seen OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) p.offboard_after
+                        OPERATOR(pg_catalog.-) oauth._provision_seen_every(p.offboard_after))
                 AND ((m.disabled_at IS NULL AND a.rolcanlogin)
                      OR (p.offboard_action OPERATOR(pg_catalog.=) 'drop'
                          AND m.disabled_reason OPERATOR(pg_catalog.=) 'inactive'))
+                -- a session still open is a user still there
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS s
+                                 WHERE s.usesysid OPERATOR(pg_catalog.=) m.role)
               ORDER BY a.rolname LOOP
-        -- a login of this role decides under the same lock
-        PERFORM pg_catalog.pg_advisory_xact_lock(1868658037, pg_catalog.hashtext(r.rolname::text));
+        -- a login of this role decides under the same lock (one under way: the
+        -- role is not unseen; the key is one anyone may hold: never wait for it);
+        -- one that committed since the loop's snapshot leaves the role alone
+        IF NOT pg_catalog.pg_try_advisory_xact_lock(1868658037, pg_catalog.hashtext(r.rolname::text)) THEN
+            CONTINUE;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM oauth.provisioned_roles AS m
+                         JOIN pg_catalog.pg_authid AS a ON a.oid OPERATOR(pg_catalog.=) m.role
+                        WHERE m.role OPERATOR(pg_catalog.=) r.oid
+                          AND a.rolcanlogin OPERATOR(pg_catalog.=) r.enabled
+                          AND m.last_seen OPERATOR(pg_catalog.=) r.last_seen) THEN
+            CONTINUE;
+        END IF;
         why := pg_catalog.format('not seen since %s', r.last_seen);
         IF r.offboard_action OPERATOR(pg_catalog.=) 'drop' THEN
             BEGIN
@@ -1170,6 +1283,7 @@ BEGIN
                 DELETE FROM oauth.provisioned_roles AS m WHERE m.role OPERATOR(pg_catalog.=) r.oid;
                 PERFORM oauth._provision_audit('dropped', r.issuer, r.subject, r.rolname::text,
                     pg_catalog.format('dropped role %s: %s', pg_catalog.quote_ident(r.rolname), why));
+                changed := true;
                 RETURN QUERY SELECT r.rolname, 'dropped', why;
                 CONTINUE;
             EXCEPTION WHEN OTHERS THEN
@@ -1186,8 +1300,15 @@ BEGIN
          WHERE m.role OPERATOR(pg_catalog.=) r.oid;
         PERFORM oauth._provision_audit('disabled', r.issuer, r.subject, r.rolname::text,
             pg_catalog.format('disabled role %s (NOLOGIN): %s', pg_catalog.quote_ident(r.rolname), why));
+        changed := true;
         RETURN QUERY SELECT r.rolname, 'disabled', why;
     END LOOP;
+    -- the decision cache keeps role names: a dropped role's name may be given
+    -- to another subject's role, and a disabled role is enabled again only by
+    -- a worker, never by a cached decision
+    IF changed THEN
+        PERFORM oauth._config_changed();
+    END IF;
 END
 $$;
 REVOKE ALL ON FUNCTION oauth.offboard() FROM PUBLIC;
@@ -1197,9 +1318,12 @@ COMMENT ON FUNCTION oauth.offboard() IS
 -- A revocation of a whole subject disables the roles pg_oauth made for it
 -- (disable_on_revoke); its next valid token, once the revocation is gone,
 -- enables them again.  SECURITY DEFINER: whoever may revoke may not ALTER ROLE.
+-- The revocation itself must never wait for or fail with the disabling: a role
+-- may ALTER its own password and hold its pg_authid row in an open transaction.
 CREATE FUNCTION oauth._revocation_disables_roles() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET lock_timeout = '2s'
     AS $$
 DECLARE
     r record;
@@ -1215,11 +1339,17 @@ BEGIN
               WHERE m.subject OPERATOR(pg_catalog.=) NEW.subject
                 AND (NEW.issuer IS NULL OR m.issuer OPERATOR(pg_catalog.=) NEW.issuer)
                 AND p.enabled AND p.disable_on_revoke AND a.rolcanlogin LOOP
-        EXECUTE pg_catalog.format('ALTER ROLE %I NOLOGIN', r.rolname);
-        UPDATE oauth.provisioned_roles AS m SET disabled_at = pg_catalog.now(), disabled_reason = 'revoked'
-         WHERE m.role OPERATOR(pg_catalog.=) r.oid;
-        PERFORM oauth._provision_audit('disabled', r.issuer, NEW.subject, r.rolname::text,
-            pg_catalog.format('disabled role %s (NOLOGIN): its subject was revoked', pg_catalog.quote_ident(r.rolname)));
+        BEGIN
+            EXECUTE pg_catalog.format('ALTER ROLE %I NOLOGIN', r.rolname);
+            UPDATE oauth.provisioned_roles AS m SET disabled_at = pg_catalog.now(), disabled_reason = 'revoked'
+             WHERE m.role OPERATOR(pg_catalog.=) r.oid;
+            PERFORM oauth._provision_audit('disabled', r.issuer, NEW.subject, r.rolname::text,
+                pg_catalog.format('disabled role %s (NOLOGIN): its subject was revoked', pg_catalog.quote_ident(r.rolname)));
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pg_oauth: role % of the revoked subject was not disabled: %',
+                pg_catalog.quote_ident(r.rolname), SQLERRM
+                USING HINT = 'The revocation holds: its tokens are refused and its sessions end. Run ALTER ROLE ... NOLOGIN once its sessions are gone.';
+        END;
     END LOOP;
     RETURN NULL;
 END
@@ -1228,6 +1358,7 @@ REVOKE ALL ON FUNCTION oauth._revocation_disables_roles() FROM PUBLIC;
 CREATE TRIGGER revocations_disable_roles
     AFTER INSERT ON oauth.revocations
     FOR EACH ROW EXECUTE FUNCTION oauth._revocation_disables_roles();
+ALTER TABLE oauth.revocations ENABLE ALWAYS TRIGGER revocations_disable_roles;
 
 -- check_setup's rows on provisioning policies (60-setup-check.sql): what a
 -- policy would grant that it never will, names a user can pick, and first
@@ -1283,6 +1414,16 @@ BEGIN
       FROM oauth.provisioning AS p
      WHERE p.enabled AND pg_catalog.lower(p.role_claim) OPERATOR(pg_catalog.=)
            ANY ('{name,preferred_username,nickname,given_name,family_name,unique_name}'::text[]);
+    -- an address nobody verified is one anybody may register first (Entra ID's
+    -- email is editable and comes without email_verified: the nOAuth attack)
+    RETURN QUERY SELECT 'warning', 'provisioning_unverified_email',
+        pg_catalog.format('the provisioning policy of issuer %s names roles after claim email, and the issuer does not require email_verified=true (oauth.issuers.required_claims): whoever gets a token with an address first gets its role',
+                          p.issuer),
+        'Add email_verified=true to the issuer''s required_claims, or name roles after sub or oid (Entra ID sends no email_verified)'
+      FROM oauth.provisioning AS p
+      JOIN oauth.issuers AS i ON i.issuer OPERATOR(pg_catalog.=) p.issuer
+     WHERE p.enabled AND pg_catalog.lower(p.role_claim) OPERATOR(pg_catalog.=) 'email'
+       AND NOT ('email_verified=true' OPERATOR(pg_catalog.=) ANY (COALESCE(i.required_claims, '{}'::text[])));
     -- a +group column never matches a role that does not exist yet
     IF EXISTS (SELECT 1 FROM oauth.provisioning AS p WHERE p.enabled)
        AND NOT EXISTS (SELECT 1 FROM oauth._hba_lines('trust') AS h
