@@ -5,6 +5,11 @@ Every method logs in through one C client (login_times.c, built here against the
 own libpq), so the client costs the same for all of them and no Python runs while a login
 is timed. The methods take turns login by login; each round is one run of the client per
 transport.
+
+Beside them, when its module is installed (bench/build_peer.sh builds it from source), the
+same logins through another validator module, proddata/pg_oauth_validator, on servers of
+its own: one configured as its docs say (loaded by oauth_validator_libraries, so into each
+backend at its first OAUTHBEARER login) and one that preloads it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 from login_loop import percentile, turn_order
 from pgcluster import Cluster, pg_config, server_major
 from plan import Plan
@@ -40,6 +46,10 @@ TOKEN_SCOPE = "pg"
 CLIENT_ID = "pg-bench"
 WELL_KNOWN = "/.well-known/openid-configuration"
 
+PEER = "pg_oauth_validator"  # the peer's module: proddata/pg_oauth_validator
+PEER_BUILD_INFO = Path("/opt/pg_oauth-peer/BUILD-INFO")  # what bench/build_peer.sh built
+PEER_SCOPE = "openid pg"  # the peer requires every scope of the oauth line in the token
+
 # database postgres: OAUTHBEARER; database pwdb: the token as a password (trust line)
 HBA = """\
 local   all       {{admin}}                  scram-sha-256
@@ -48,6 +58,14 @@ local   all       {scram}                  scram-sha-256
 host    all       {scram}   127.0.0.1/32   scram-sha-256
 local   pwdb      all                      trust
 hostssl pwdb      all       127.0.0.1/32   trust
+local   postgres  all                      oauth {line}
+hostssl postgres  all       127.0.0.1/32   oauth {line}
+"""
+
+# the peer's servers: OAUTHBEARER only, its module named on the line as its docs do
+PEER_HBA = """\
+local   all       {{admin}}                  scram-sha-256
+host    all       {{admin}}   127.0.0.1/32   scram-sha-256
 local   postgres  all                      oauth {line}
 hostssl postgres  all       127.0.0.1/32   oauth {line}
 """
@@ -62,9 +80,10 @@ class Way:
     fresh: bool = False  # a token never seen before for every login
     discovery: bool = False  # OAUTHBEARER: oauth_issuer is the issuer, not its
     # discovery URI, so libpq first connects without a token to ask the server for it
+    server: str = "oauth"  # which cluster: floor, oauth (pg_oauth), peer, peer-preloaded
 
 
-TRUST = Way("trust (no library)", "n")
+TRUST = Way("trust (no library)", "n", server="floor")
 SCRAM = Way("scram-sha-256", "p")
 PASSWORD_FRESH = Way("token as password, first-seen", "p", fresh=True)
 PASSWORD_AGAIN = Way("token as password, repeated (decision cache hit)", "p")
@@ -74,9 +93,33 @@ BEARER_DISCOVERY = Way("OAUTHBEARER, repeated, discovery connection first", "b",
                        discovery=True)
 WAYS = (TRUST, SCRAM, PASSWORD_FRESH, PASSWORD_AGAIN, BEARER_FRESH, BEARER_AGAIN,
         BEARER_DISCOVERY)
+# The peer keeps no decision of its own about a token (its cache holds metadata and keys),
+# so every login checks a signature: its rows send first-seen tokens, like BEARER_FRESH.
+PEER_AS_DOCUMENTED = Way("proddata/pg_oauth_validator, as its docs say (not preloaded)",
+                         "b", fresh=True, server="peer")
+PEER_PRELOADED = Way("proddata/pg_oauth_validator, preloaded (shared_preload_libraries)",
+                     "b", fresh=True, server="peer-preloaded")
+PEER_WAYS = (PEER_AS_DOCUMENTED, PEER_PRELOADED)
 # what each OAUTHBEARER row is compared with: the same token, sent as a password
 AS_PASSWORD = {BEARER_FRESH: PASSWORD_FRESH, BEARER_AGAIN: PASSWORD_AGAIN,
                BEARER_DISCOVERY: PASSWORD_AGAIN}
+
+
+def peer_module() -> Path:
+    """Where the server under test would load the peer's module from."""
+    return Path(pg_config("--pkglibdir")) / f"{PEER}.so"
+
+
+def peer_build() -> str:
+    """What bench/build_peer.sh recorded of the peer's build, on one line."""
+    try:
+        lines = PEER_BUILD_INFO.read_text().splitlines()
+    except OSError:
+        return f"no build record ({PEER_BUILD_INFO}): not built by bench/build_peer.sh"
+    fields = dict(line.split("=", 1) for line in lines if "=" in line)
+    return "; ".join(f"{name} {fields[name]}" for name in
+                     ("peer", "libjwt", "jansson", "libcurl", "openssl", "built")
+                     if name in fields)
 
 
 def build_client(workdir: Path) -> Path:
@@ -100,12 +143,61 @@ class Bench:
         self.cluster = Cluster(
             settings={**SERVER_SETTINGS, "oauth_validator_libraries": "'pg_oauth'"},
             hba=HBA.format(scram=SCRAM_USER, line=line))
+        # the peer's servers, without pg_oauth: its settings as docs/configuration.md of
+        # the peer gives them, but for the dev issuer's http (allow_insecure_http, the
+        # only way to an http issuer) and the bench's audience
+        self.peers: dict[str, Cluster] = {}
+        self.peer_note = ""
+        if peer_module().exists():
+            peer_line = (f'issuer="{issuer}" scope="{PEER_SCOPE}" validator={PEER}')
+            peer_settings = {
+                **SERVER_SETTINGS, "oauth_validator_libraries": f"'{PEER}'",
+                f"{PEER}.audiences": f"'{AUDIENCE}'",
+                f"{PEER}.allow_insecure_http": "on",
+                f"{PEER}.required_token_type": "'at+jwt'",
+                f"{PEER}.allowed_algorithms": "'RS256'",
+            }
+            for way in PEER_WAYS:
+                preload = {"shared_preload_libraries": f"'{PEER}'"} \
+                    if way is PEER_PRELOADED else {}
+                self.peers[way.server] = Cluster(
+                    preload=False, settings={**peer_settings, **preload},
+                    hba=PEER_HBA.format(line=peer_line))
+        self.ways = WAYS + (PEER_WAYS if self.peers else ())
         self.binary = build_client(workdir)
         self.env = {**os.environ, "PGOAUTHDEBUG": "UNSAFE",  # the dev issuer is http
                     "PGPASSFILE": os.devnull, "PGCONNECT_TIMEOUT": "20"}
         for name in ("PGPASSWORD", "PGUSER", "PGDATABASE", "PGHOST", "PGPORT", "PGSSLMODE"):
             self.env.pop(name, None)
         self.repeated = {way: tb.mint(scope=TOKEN_SCOPE) for way in WAYS if way.mode != "n"}
+
+    def start_peers(self) -> None:
+        """The peer's servers, and one login through each: a peer that does not start or
+        refuses the bench's tokens leaves the table with a note, never fails the bench."""
+        if not self.peers:
+            return
+        try:
+            for cluster in self.peers.values():
+                cluster.init().start()
+                cluster.sql(f"CREATE ROLE {TOKEN_USER} LOGIN")
+            for transport in TRANSPORTS:
+                self.batch(transport, 1, 0, PEER_WAYS)
+        except (RuntimeError, OSError, subprocess.SubprocessError, psycopg.Error) as e:
+            # one line of the table's notes: libpq's warnings and the servers' last words
+            error = " ".join(line for line in str(e).splitlines()
+                             if line.strip() and "password file" not in line)
+            logs = " | ".join(line for cluster in self.peers.values()
+                              for line in cluster.log_text().splitlines()[-2:])
+            self.peer_note = (f"proddata/pg_oauth_validator was installed but not measured: "
+                              f"{error[:400]}" + (f" (server logs: {logs[:400]})"
+                                                  if logs else ""))
+            self.stop_peers()
+            self.ways = WAYS
+
+    def stop_peers(self) -> None:
+        for cluster in self.peers.values():
+            cluster.destroy()
+        self.peers = {}
 
     def start(self) -> None:
         assert self.tb.issuer is not None
@@ -129,7 +221,8 @@ class Bench:
 
     def conninfo(self, way: Way, transport: str) -> str:
         assert self.tb.floor is not None and self.tb.issuer is not None
-        cluster = self.tb.floor if way is TRUST else self.cluster
+        cluster = {"floor": self.tb.floor, "oauth": self.cluster}.get(way.server) \
+            or self.peers[way.server]
         host = str(cluster.sockdir) if transport == "unix" else "127.0.0.1"
         sslmode = "require" if transport == "tcp+tls" else "disable"
         user = SCRAM_USER if way is SCRAM else TOKEN_USER
@@ -144,23 +237,26 @@ class Bench:
     def secret(self, way: Way) -> str:
         if way is SCRAM:
             return USER_PASSWORD
+        if way in PEER_WAYS:  # an access token as RFC 9068 has it: the peer checks typ
+            return self.tb.mint(scope=PEER_SCOPE, headers={"typ": "at+jwt"})
         if way.fresh:
             return self.tb.mint(scope=TOKEN_SCOPE)  # before the client runs: never timed
         return self.repeated[way]
 
-    def batch(self, transport: str, count: int, shift: int) -> dict[Way, list[float]]:
-        """``count`` logins of every way, taking turns login by login, in one client run;
-        seconds per login."""
+    def batch(self, transport: str, count: int, shift: int,
+              ways: tuple[Way, ...] | None = None) -> dict[Way, list[float]]:
+        """``count`` logins of every way (default: all of this bench's), taking turns login
+        by login in a random order, in one client run; seconds per login."""
         lines: list[str] = []
         order: list[Way] = []
         for i in range(count):
-            for way in turn_order(WAYS, shift + i):
-                index = WAYS.index(way)
+            for way in turn_order(ways or self.ways, shift + i):
+                index = self.ways.index(way)
                 lines.append(f"{index} {way.mode}" if way.mode == "n"
                              else f"{index} {way.mode} {self.secret(way)}")
                 order.append(way)
         proc = subprocess.run(
-            [str(self.binary), *(self.conninfo(way, transport) for way in WAYS)],
+            [str(self.binary), *(self.conninfo(way, transport) for way in self.ways)],
             input="\n".join(lines) + "\n", capture_output=True, text=True, env=self.env,
             timeout=600, check=False)
         times = proc.stdout.split()
@@ -184,8 +280,10 @@ def bearer(tb: Testbed, plan: Plan, progress: Progress) -> Table:
     workdir = Path(tempfile.mkdtemp(prefix="pg_oauth-bench-bearer-"))
     bench = Bench(tb, workdir)
     try:
-        progress("bearer: starting the oauth cluster")
+        progress("bearer: starting the oauth cluster"
+                 + (" and the peer's two" if bench.peers else ""))
         bench.start()
+        bench.start_peers()
         n = plan.latency_logins
         for transport in TRANSPORTS:  # warm-up: backends, workers, the client's libraries
             bench.batch(transport, 5, 0)
@@ -197,8 +295,10 @@ def bearer(tb: Testbed, plan: Plan, progress: Progress) -> Table:
                     samples[(transport, way)] += values
         rejected = bench.cluster.sql(
             "SELECT count(*) FROM oauth.audit_log WHERE outcome <> 'ok'")[0][0]
+        ways = bench.ways
     finally:
         bench.cluster.destroy()
+        bench.stop_peers()
         shutil.rmtree(workdir, ignore_errors=True)
 
     table = Table(
@@ -208,7 +308,7 @@ def bearer(tb: Testbed, plan: Plan, progress: Progress) -> Table:
          "p50 over the token as password ms"])
     for transport in TRANSPORTS:
         trust = percentile(samples[(transport, TRUST)], 0.5)
-        for way in WAYS:
+        for way in ways:
             values = samples[(transport, way)]
             p50 = percentile(values, 0.5)
             twin = AS_PASSWORD.get(way)
@@ -219,8 +319,8 @@ def bearer(tb: Testbed, plan: Plan, progress: Progress) -> Table:
     table.notes.append(
         "login_times.c (bench/) times PQconnectdbParams to CONNECTION_OK, built against the "
         "server's libpq; trust runs on the cluster without the library, every other method "
-        "on one pg_oauth cluster with oauth_validator_libraries = 'pg_oauth', pg_oauth as "
-        f"shipped (decision cache on). oauth lines: scope=\"{SCOPE}\" "
+        "but the peer's on one pg_oauth cluster with oauth_validator_libraries = "
+        f"'pg_oauth', pg_oauth as shipped (decision cache on). oauth lines: scope=\"{SCOPE}\" "
         "delegate_ident_mapping=1, local and hostssl; tokens grant scope \"pg\". tcp+tls: "
         "sslmode=require for every method; unix: the socket without TLS.")
     table.notes.append(
@@ -230,6 +330,26 @@ def bearer(tb: Testbed, plan: Plan, progress: Progress) -> Table:
         "so every login is two connections: one that asks the server for the discovery "
         "URI and is refused, then the one with the token.")
     table.notes.append(f"refused logins in oauth.audit_log after the run: {rejected}.")
+    if PEER_AS_DOCUMENTED in ways:
+        table.notes.append(
+            "proddata/pg_oauth_validator rows: two servers of their own without pg_oauth, "
+            f"oauth_validator_libraries = '{PEER}', the second also shared_preload_libraries "
+            f"= '{PEER}' (its docs say it does not need it, not that it may not: "
+            "session_preload_libraries would load it only after authentication); oauth "
+            f"lines validator={PEER} scope=\"{PEER_SCOPE}\" without map (the token's sub is "
+            f"the role), {PEER}.audiences = '{AUDIENCE}', allow_insecure_http = on (the dev "
+            "issuer is http on 127.0.0.1), required_token_type = 'at+jwt', "
+            "allowed_algorithms = 'RS256'. Every login sends a first-seen RS256 token with "
+            f"typ at+jwt and scope \"{PEER_SCOPE}\", from the same dev issuer; it keeps "
+            "metadata and keys in shared memory, so each login checks a signature. "
+            f"Built: {peer_build()}.")
+    elif bench.peer_note:
+        table.notes.append(bench.peer_note)
+    else:
+        table.notes.append(
+            f"proddata/pg_oauth_validator was not measured: {peer_module()} is not installed "
+            "(bench/build_peer.sh builds it and libjwt from their sources into this "
+            "server's Debian root; docs/performance.md).")
 
     def p50(transport: str, way: Way) -> float:
         return percentile(samples[(transport, way)], 0.5)
@@ -243,4 +363,11 @@ def bearer(tb: Testbed, plan: Plan, progress: Progress) -> Table:
         f"{(p50(transport, BEARER_DISCOVERY) - p50(transport, BEARER_AGAIN)) * 1000:+.2f} ms, "
         f"scram-sha-256 is {(p50(transport, SCRAM) - p50(transport, TRUST)) * 1000:+.2f} ms "
         "over trust" for transport in TRANSPORTS) + ".")
+    if PEER_AS_DOCUMENTED in ways:
+        table.notes.append("Against the peer: " + "; ".join(
+            f"{transport}: pg_oauth's first-seen token "
+            f"{(p50(transport, BEARER_FRESH) - p50(transport, PEER_AS_DOCUMENTED)) * 1000:+.2f}"
+            " ms p50 against the peer as its docs say, "
+            f"{(p50(transport, BEARER_FRESH) - p50(transport, PEER_PRELOADED)) * 1000:+.2f} ms "
+            "against it preloaded" for transport in TRANSPORTS) + ".")
     return table
