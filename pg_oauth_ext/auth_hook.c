@@ -345,7 +345,7 @@ check_role(LoginAttempt *a)
 
 	/*
 	 * A worker may have just created the role or changed its memberships
-	 * (provisioning, 25-provisioning.sql) and committed: take in the
+	 * (provisioning, 55-provisioning.sql) and committed: take in the
 	 * invalidations, so that neither a negative cache entry left by the
 	 * pg_hba.conf match nor an old catalog snapshot hides what it did.
 	 */

@@ -163,7 +163,7 @@ ROLE_QUERY = (
     "AS refused_via "
     "FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $1"
 )
-# Provisioning (25-provisioning.sql): the policies, read again whenever the
+# Provisioning (55-provisioning.sql): the policies, read again whenever the
 # configuration version moves; absent before ALTER EXTENSION pg_oauth UPDATE to 1.1.
 PROVISIONING_PRESENT_QUERY = (
     "SELECT pg_catalog.to_regclass('oauth.provisioning') IS NOT NULL "

@@ -611,7 +611,7 @@ COMMENT ON FUNCTION oauth.authenticate(text, text) IS
 
 -- oauth.authenticate() calls are audited with a kind of their own; the rows
 -- already there keep NULL (no rewrite of a large table, nothing to backfill);
--- so are the changes provisioning makes to roles (25-provisioning.sql)
+-- so are the changes provisioning makes to roles (55-provisioning.sql)
 ALTER TABLE oauth.audit_log
     ADD COLUMN kind text CHECK (kind IN ('login', 'transaction', 'provisioning')),
     ADD COLUMN change text;
@@ -717,7 +717,7 @@ ALTER FUNCTION oauth.claim(text) PARALLEL SAFE;
 ALTER FUNCTION oauth.claim_array(text) PARALLEL SAFE;
 ALTER FUNCTION oauth.claim_contains(text, text) PARALLEL SAFE;
 
--- Roles from the identity provider (25-provisioning.sql)
+-- Roles from the identity provider (55-provisioning.sql)
 ------------------------------------------------------------------------------
 -- Roles from the identity provider (docs/provisioning.md): a token's role made
 -- on its first login, its memberships in group roles kept in step with the
@@ -833,47 +833,23 @@ CREATE TRIGGER group_roles_check
     BEFORE INSERT OR UPDATE ON oauth.group_roles
     FOR EACH ROW EXECUTE FUNCTION oauth._provisioning_check();
 
--- The write guard every pg_oauth table has (oauth._guard_write of
--- 50-config-database.sql, which a fresh install creates after this file): the
--- policies are written only in pg_oauth.database, and all four tables only by
--- superusers, whatever grants say (a row of oauth.provisioned_roles hands a
--- role to a subject).  Rows applied by logical replication fire only ALWAYS
--- triggers.
-CREATE FUNCTION oauth._provisioning_guard() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    IF TG_NARGS OPERATOR(pg_catalog.>) 0
-       AND TG_ARGV[0] OPERATOR(pg_catalog.=) 'configuration'
-       AND NOT oauth._in_config_database() THEN
-        RAISE EXCEPTION 'pg_oauth configuration lives in database "%" (pg_oauth.database), not in "%"',
-              COALESCE(pg_catalog.current_setting('pg_oauth.database', true), 'postgres'),
-              pg_catalog.current_database()
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Connect to that database to change the provisioning policies.';
-    END IF;
-    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles AS r
-                      WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER), false) THEN
-        RAISE EXCEPTION 'only superusers may write %.%', TG_TABLE_SCHEMA, TG_TABLE_NAME
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    RETURN NULL;
-END
-$$;
-REVOKE ALL ON FUNCTION oauth._provisioning_guard() FROM PUBLIC;
+-- The write guard every pg_oauth table has (oauth._guard_write,
+-- 50-config-database.sql): the policies are written only in pg_oauth.database,
+-- and all four tables only by superusers, whatever grants say (a row of
+-- oauth.provisioned_roles hands a role to a subject).  Rows applied by logical
+-- replication fire only ALWAYS triggers.
 CREATE TRIGGER provisioning_guard
     BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.provisioning
-    FOR EACH STATEMENT EXECUTE FUNCTION oauth._provisioning_guard('configuration');
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._guard_write('configuration');
 CREATE TRIGGER group_roles_guard
     BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.group_roles
-    FOR EACH STATEMENT EXECUTE FUNCTION oauth._provisioning_guard('configuration');
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._guard_write('configuration');
 CREATE TRIGGER provisioned_roles_guard
     BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.provisioned_roles
-    FOR EACH STATEMENT EXECUTE FUNCTION oauth._provisioning_guard();
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._guard_write();
 CREATE TRIGGER provisioned_memberships_guard
     BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON oauth.provisioned_memberships
-    FOR EACH STATEMENT EXECUTE FUNCTION oauth._provisioning_guard();
+    FOR EACH STATEMENT EXECUTE FUNCTION oauth._guard_write();
 ALTER TABLE oauth.provisioning ENABLE ALWAYS TRIGGER provisioning_changed;
 ALTER TABLE oauth.provisioning ENABLE ALWAYS TRIGGER provisioning_check;
 ALTER TABLE oauth.provisioning ENABLE ALWAYS TRIGGER provisioning_guard;
