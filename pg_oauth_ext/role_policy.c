@@ -170,7 +170,10 @@ own_privileges(Oid roleid, Form_pg_authid form)
  * first lookups read the catalogs (about 0.1 ms); done here they overlap the
  * client's round trip instead of following the decision.  check_role() does
  * the lookups again after the decision, from the caches, having taken in
- * invalidations: nothing found here decides anything.
+ * invalidations: nothing found here decides anything.  Its time depends on
+ * the role (whether it exists, how many memberships it has), as the
+ * pg_hba.conf match of a +group before it already does, and it runs inside
+ * the client's round trip.
  */
 void
 role_policy_prefetch(const char *rolename)
