@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from conftest import CLUSTERS, attempt, make_cluster, until
 from pgcluster import Cluster
+from test_standby import replayed
 
 DOMAIN = "prov.example"
 GROUP_ROLES = ("prov_sales", "prov_ops", "prov_users")
@@ -336,12 +337,6 @@ def pair(issuer) -> Iterator[tuple[Cluster, Cluster]]:
     yield primary, standby
     standby.stop()
     primary.stop()
-
-
-def replayed(primary: Cluster, standby: Cluster) -> None:
-    lsn = primary.sql("SELECT pg_current_wal_lsn()::text")[0][0]
-    until(lambda: standby.sql("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,))[0][0],
-          timeout=30, what="replay on the standby")
 
 
 def test_a_hot_standby_uses_existing_roles_only(pair, issuer):
