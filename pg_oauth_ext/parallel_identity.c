@@ -259,7 +259,11 @@ check_identity(char **newval, void **extra, GucSource source, bool transaction)
 		return false;
 	}
 	*extra = NULL;
-	if (*newval == NULL || (*newval)[0] == '\0')
+	/*
+	 * Only a parallel worker reads the value; the leader answers from its own
+	 * memory, and wrote this value itself: no decoding at every login.
+	 */
+	if (!restoring || *newval == NULL || (*newval)[0] == '\0')
 		return true;
 
 	id = decode_identity(*newval, &pid, &lxid);
@@ -268,19 +272,16 @@ check_identity(char **newval, void **extra, GucSource source, bool transaction)
 		GUC_check_errdetail("The value is not one pg_oauth wrote.");
 		return false;
 	}
-	if (restoring)
+	leader = MyProc->lockGroupLeader;
+	if (leader == NULL || leader == MyProc || leader->pid != pid)
 	{
-		leader = MyProc->lockGroupLeader;
-		if (leader == NULL || leader == MyProc || leader->pid != pid)
-		{
-			guc_extra_free(id);
-			GUC_check_errdetail("The value was not written by this worker's leader.");
-			return false;
-		}
-		/* a transaction's identity counts in that transaction only */
-		if (transaction && PGO_PROC_LXID(leader) != lxid)
-			id->present = false;
+		guc_extra_free(id);
+		GUC_check_errdetail("The value was not written by this worker's leader.");
+		return false;
 	}
+	/* a transaction's identity counts in that transaction only */
+	if (transaction && PGO_PROC_LXID(leader) != lxid)
+		id->present = false;
 	*extra = id;
 	return true;
 }
