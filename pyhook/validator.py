@@ -33,6 +33,7 @@ from pyhook.config import (
     IssuerConfig,
     PatternMatch,
     RequiredClaim,
+    RolePattern,
     RoleRule,
     normalize_typ,
 )
@@ -382,18 +383,25 @@ def _expand(match: PatternMatch, template: str) -> str:
     return "".join(parts)
 
 
-def _value_role(rule: RoleRule, value: str) -> str | None:
+def _pattern_value(regex: RolePattern, template: str, value: str) -> str | None:
+    """What ``template`` names when ``value`` fully matches ``regex`` (role_map's
+    rules, provisioning's role names and group roles); None when it does not match
+    or the template cannot be filled."""
     # RE2 sees UTF-8: a value with a lone surrogate has none, and neither it nor
     # one with NUL could become a role name PostgreSQL stores; it matches nothing
     if _unstorable(value):
         return None
-    match = rule.regex.fullmatch(value)
+    match = regex.fullmatch(value)
     if match is None:
         return None
     try:
-        return _expand(match, rule.role) or None
+        return _expand(match, template)
     except (re.error, IndexError, KeyError):
         return None
+
+
+def _value_role(rule: RoleRule, value: str) -> str | None:
+    return _pattern_value(rule.regex, rule.role, value) or None
 
 
 def _rule_roles(rule: RoleRule, claims: dict[str, Any]) -> set[str]:
@@ -947,16 +955,10 @@ class _Validation:
         was named). Raises ProvisioningForbidden when it is asked for and may not be."""
         name = None
         for value in resolve(claims, policy.role_claim):
-            if _unstorable(value):
-                continue
-            if policy.lowercase:
-                value = value.lower()
-            match = policy.regex.fullmatch(value)
-            if match is not None:
-                try:
-                    name = _expand(match, policy.role_name)
-                except (re.error, IndexError, KeyError):
-                    name = None
+            name = _pattern_value(
+                policy.regex, policy.role_name, value.lower() if policy.lowercase else value
+            )
+            if name is not None:
                 break
         if name is None:
             self._skip_provisioning(policy, "no value of the claim matches role_pattern")
@@ -999,15 +1001,9 @@ class _Validation:
                 )
             roles: set[str] = set()
             for value in values:
-                if _unstorable(value):
-                    continue
                 for rule in policy.group_rules:
-                    match = rule.regex.fullmatch(value)
-                    if match is None:
-                        continue
-                    try:
-                        role = _expand(match, rule.role)
-                    except (re.error, IndexError, KeyError):
+                    role = _pattern_value(rule.regex, rule.role, value)
+                    if role is None:
                         continue
                     # a name the DBA wrote is theirs; one a group's name made must
                     # pass the same rules as a role pg_oauth would create
