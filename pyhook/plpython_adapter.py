@@ -86,9 +86,6 @@ def written_into(token: str | bytes, statement: str | None) -> bool:
         for part in text.split(".")[1:3]
     )
 
-# the provisioning policies have not been read yet
-_NOT_READ = object()
-
 
 class Adapter:
     def __init__(self, plpy: Any) -> None:
@@ -105,9 +102,8 @@ class Adapter:
         self._reported_key_changes = 0
         # while oauth.explain() runs: what would have been logged (None: log it)
         self._notes: list[str] | None = None
-        # the provisioning policies, and the configuration version they were read at
-        self._policies: dict[str, Any] = {}
-        self._policies_version: object = _NOT_READ
+        # whether self.config carries the provisioning policies of its last full read
+        self._policies_read = False
 
     def validate(
         self,
@@ -306,22 +302,24 @@ class Adapter:
         return config
 
     def _with_provisioning(self, config: Config) -> Config:
-        """``config`` with the provisioning policies, read again after each full read
-        of the configuration: a change to oauth.provisioning or oauth.group_roles is
-        counted by no table's counter, which makes the next read a full one. None
+        """``config`` with the provisioning policies, read after each full read of the
+        configuration: a change to oauth.provisioning or oauth.group_roles is counted
+        by no table's counter, which makes the next read a full one. A configuration
+        brought up to date in place (Config.updated) keeps the policies it had. None
         before the 1.1 tables exist."""
-        if self._policies_version is _NOT_READ:
-            policies: dict[str, Any] = {}
-            skipped: list[str] = []
-            if self._execute("provisioning_present", PROVISIONING_PRESENT_QUERY)[0]["present"]:
-                policies, skipped = policies_from_rows(
-                    self._execute("provisioning", PROVISIONING_QUERY),
-                    self._execute("group_roles", GROUP_ROLES_QUERY),
-                )
-            for note in skipped:
-                self._warn(f"pg_oauth: {note}")
-            self._policies, self._policies_version = policies, config.version
-        config.provisioning = self._policies
+        if self._policies_read:
+            return config
+        policies: dict[str, Any] = {}
+        skipped: list[str] = []
+        if self._execute("provisioning_present", PROVISIONING_PRESENT_QUERY)[0]["present"]:
+            policies, skipped = policies_from_rows(
+                self._execute("provisioning", PROVISIONING_QUERY),
+                self._execute("group_roles", GROUP_ROLES_QUERY),
+            )
+        for note in skipped:
+            self._warn(f"pg_oauth: {note}")
+        config.provisioning = policies
+        self._policies_read = True
         return config
 
     def _provision(self, decision: Decision, explain: bool) -> Decision:
@@ -406,7 +404,7 @@ class Adapter:
 
     def _load(self, state: ConfigState) -> Config:
         """Everything, from scratch (a worker's first load, a re-created extension)."""
-        self._policies_version = _NOT_READ
+        self._policies_read = False
         self._missing = frozenset(
             str(row["name"]) for row in self._execute("missing_columns", MISSING_COLUMNS_QUERY)
         )
