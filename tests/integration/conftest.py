@@ -104,6 +104,16 @@ def make_cluster(issuer: RecordingIssuer, **settings) -> Cluster:
     return cluster
 
 
+def make_standby(primary: Cluster) -> Cluster:
+    """A hot standby of primary, started, its workers ready."""
+    primary.sql("CHECKPOINT")  # pg_basebackup's own checkpoint is spread: leave it nothing to do
+    standby = Cluster.standby_of(primary)
+    CLUSTERS.append(standby)
+    standby.start()
+    standby.wait_for_workers()
+    return standby
+
+
 @pytest.fixture(scope="session")
 def cluster(issuer: RecordingIssuer) -> Iterator[Cluster]:
     c = make_cluster(issuer)

@@ -8,8 +8,7 @@ import time
 
 import psycopg
 import pytest
-from conftest import CLUSTERS
-from pgcluster import Cluster
+from conftest import make_standby
 
 
 def wait_rows(cluster, query, params=None, count=1, timeout=15.0):
@@ -102,10 +101,7 @@ def test_audit_rows_never_hold_the_token(cluster, issuer):
 
 @pytest.fixture(scope="module")
 def standby(cluster):
-    s = Cluster.standby_of(cluster)
-    CLUSTERS.append(s)
-    s.start()
-    s.wait_for_workers()
+    s = make_standby(cluster)
     yield s
     s.stop()
 

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from conftest import (
-    CLUSTERS,
     RecordingIssuer,
     attempt,
     issuer_of_its_own,
     make_cluster,
+    make_standby,
     until,
 )
 from pgcluster import Cluster
@@ -157,12 +157,8 @@ def test_refresh_while_the_issuer_is_down_fails_closed(kc, own):
 def test_refresh_keys_on_a_standby(kc, own):
     """A standby's workers hold keys of their own: the call refreshes them there (it
     cannot delete the replicated rows, and hides those fetched before it)."""
-    kc.sql("CHECKPOINT")  # pg_basebackup's own checkpoint is spread: leave it nothing to do
-    standby = Cluster.standby_of(kc)
-    CLUSTERS.append(standby)
+    standby = make_standby(kc)
     try:
-        standby.start()
-        standby.wait_for_workers()
         old_kid = own.current_kid("RS256")
         token = own.mint(sub="alice", kid=old_kid)
         assert attempt(standby, "alice", token) == "ok"

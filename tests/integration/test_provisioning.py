@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import CLUSTERS, attempt, make_cluster, until
+from conftest import attempt, make_cluster, make_standby, until
 from pgcluster import Cluster
 from test_standby import replayed
 
@@ -329,11 +329,7 @@ def pair(issuer) -> Iterator[tuple[Cluster, Cluster]]:
                 (issuer.issuer, r"([a-z0-9._+-]+)@prov\.example"))
     primary.sql("INSERT INTO oauth.group_roles (issuer, group_pattern, role) VALUES "
                 "(%s, 'sales', 'prov_sales'), (%s, 'ops', 'prov_ops')", (issuer.issuer,) * 2)
-    primary.sql("CHECKPOINT")
-    standby = Cluster.standby_of(primary)
-    CLUSTERS.append(standby)
-    standby.start()
-    standby.wait_for_workers()
+    standby = make_standby(primary)
     yield primary, standby
     standby.stop()
     primary.stop()

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from conftest import (
-    CLUSTERS,
     RecordingIssuer,
     attempt,
     issuer_of_its_own,
     make_cluster,
+    make_standby,
     until,
 )
 from pgcluster import Cluster
@@ -40,11 +40,7 @@ def pair(own: RecordingIssuer) -> Iterator[tuple[Cluster, Cluster]]:
     primary = make_cluster(own)
     primary.sql("UPDATE oauth.issuers SET jwks_cooldown = '0 seconds'")
     primary.sql("CREATE ROLE dave LOGIN; CREATE ROLE erin LOGIN")
-    primary.sql("CHECKPOINT")
-    standby = Cluster.standby_of(primary)
-    CLUSTERS.append(standby)
-    standby.start()
-    standby.wait_for_workers()
+    standby = make_standby(primary)
     yield primary, standby
     standby.stop()
     primary.stop()
@@ -193,11 +189,7 @@ def test_a_promoted_standby_keeps_what_was_committed_before(own) -> None:
     standby = None
     live = None
     try:
-        primary.sql("CHECKPOINT")
-        standby = Cluster.standby_of(primary)
-        CLUSTERS.append(standby)
-        standby.start()
-        standby.wait_for_workers()
+        standby = make_standby(primary)
 
         # a key the primary fetched and persisted; the standby never fetched it itself
         own.rotate("RS256")

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import AUDIENCE, CLUSTERS, RecordingIssuer, attempt, make_cluster, until
+from conftest import (
+    AUDIENCE,
+    RecordingIssuer,
+    attempt,
+    make_cluster,
+    make_standby,
+    until,
+)
 from pg_oauth_dev.dev_issuer import DevIssuer
 from pgcluster import Cluster, free_port
 
@@ -336,10 +343,7 @@ def test_restarted_server_and_standby_start_warm_without_the_issuer(solo, second
         rows = explain(solo, tokens[1], "carol")
         key_input = next(r[3] for r in rows if r[1] == "key")
         assert "from oauth.jwks_cache" in key_input
-        standby = Cluster.standby_of(solo)
-        CLUSTERS.append(standby)
-        standby.start()
-        standby.wait_for_workers()
+        standby = make_standby(solo)
         assert attempt(standby, "carol", tokens[2]) == "ok"
     finally:
         if standby is not None:
