@@ -52,32 +52,62 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logins", type=int, default=300, help="per kind of login")
     parser.add_argument("--transport", choices=TRANSPORTS, default="unix")
+    parser.add_argument(
+        "--compare", metavar="NAME=A,B",
+        help="a pg_oauth setting and two values taken in turns, 25 rounds each, in "
+             "the same run: one table per value (e.g. pg_oauth.worker_prewarm=on,off)")
     args = parser.parse_args()
+    setting, values = None, [None]
+    if args.compare:
+        setting, _, listed = args.compare.partition("=")
+        values = listed.split(",")
+        if len(values) != 2 or not setting.startswith("pg_oauth."):
+            parser.error("--compare takes pg_oauth.NAME=A,B")
 
     tb = Testbed(4 * 3600).start()
+    latency: dict[object, dict[str, list[float]]] = {
+        v: {"trust": [], "worker": [], "cache": []} for v in values}
+    texts: dict[object, list[str]] = {v: [] for v in values}
     try:
         tb.use_default_settings()
         assert tb.main is not None
+        if setting is not None and setting not in tb.settings:
+            raise SystemExit(f"the server has no setting {setting}")
         same = tb.tokens["RS256"]
-        fresh = list(tb.fresh_tokens("RS256", args.logins))
+        fresh = iter(tb.fresh_tokens("RS256", args.logins * len(values)))
         trust = tb.target(TRUST, args.transport)
         token = tb.target(RS256, args.transport)
-        for _ in range(30):  # warm-up: workers, caches, the same token admitted once
-            one_login(token, same)
-            one_login(trust, None)
-        offset = tb.main.logfile.stat().st_size
-        latency: dict[str, list[float]] = {"trust": [], "worker": [], "cache": []}
-        for i in range(args.logins):
-            latency["trust"].append(one_login(trust, None))
-            latency["worker"].append(one_login(token, fresh[i]))
-            latency["cache"].append(one_login(token, same))
-        time.sleep(0.5)
-        with tb.main.logfile.open(errors="replace") as f:
-            f.seek(offset)
-            text = f.read()
+        block = 25 if setting is not None else args.logins
+        done = 0
+        while done < args.logins:
+            for value in values:
+                if setting is not None:
+                    tb.configure({setting: value})
+                for _ in range(30 if done == 0 else 5):  # warm-up: workers, caches
+                    one_login(token, same)
+                    one_login(trust, None)
+                offset = tb.main.logfile.stat().st_size
+                for _ in range(min(block, args.logins - done)):
+                    latency[value]["trust"].append(one_login(trust, None))
+                    latency[value]["worker"].append(one_login(token, next(fresh)))
+                    latency[value]["cache"].append(one_login(token, same))
+                time.sleep(0.2)
+                with tb.main.logfile.open(errors="replace") as f:
+                    f.seek(offset)
+                    texts[value].append(f.read())
+            done += block
     finally:
         tb.close()
 
+    for value in values:
+        if setting is not None:
+            print(f"## {setting} = {value}\n")
+        if not report("".join(texts[value]), latency[value], args):
+            return 1
+    return 0
+
+
+def report(text: str, latency: dict[str, list[float]], args: argparse.Namespace) -> bool:
     phases: dict[str, dict[str, list[int]]] = {"worker": {}, "cache": {}}
     for path, fields in TRACE_LINE.findall(text):
         for name, value in FIELD.findall(fields):
@@ -85,13 +115,13 @@ def main() -> int:
     if not phases["worker"]:
         print("no 'pg_oauth trace:' lines in the server log: install a trace build "
               "first (make clean install TRACE=1)", file=sys.stderr)
-        return 1
+        return False
 
     def p50(values: list[int] | None) -> str:
         return "" if not values else f"{percentile(values, 0.5):.0f}"
 
     print(f"### Token login phases, {args.transport}, 1 client, µs (median of "
-          f"{args.logins} logins each)\n")
+          f"{len(latency['worker'])} logins each)\n")
     print("| phase | what | fresh token (worker) | same token (decision cache) |")
     print("|---|---|---|---|")
     for name, what in PHASES.items():
@@ -110,7 +140,8 @@ def main() -> int:
                         ("cache", "same token again")):
         value = percentile(latency[kind], 0.5)
         print(f"| {label} | {value * 1000:.2f} | {(value - base) * 1000:+.2f} |")
-    return 0
+    print()
+    return True
 
 
 if __name__ == "__main__":
