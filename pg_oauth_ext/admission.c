@@ -53,7 +53,7 @@ emit_record(bool ok, const char *reason)
 	login_stats_record(admission.stats.issuer,
 					   reason, ok, admission.stats.from_cache,
 					   admission.stats.key_cache_hit, admission.stats.validation_us,
-					   admission.stats.queue_us);
+					   admission.stats.queue_us, admission.rec.elapsed_us);
 }
 
 /* The role the session would run as, for the message. */

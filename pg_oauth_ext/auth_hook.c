@@ -129,7 +129,7 @@ finish_refused_attempt(LoginAttempt *a, const char *reason)
 	audit_log_record(&rec);
 	login_stats_record(stats.issuer, reason, false,
 					   stats.from_cache, stats.key_cache_hit,
-					   stats.validation_us, stats.queue_us);
+					   stats.validation_us, stats.queue_us, rec.elapsed_us);
 }
 
 /*
@@ -651,14 +651,14 @@ token_transaction_decide(const char *role, char *token, int token_len,
 	 * each time the decision cache forgets it (a configuration or key change,
 	 * expiry, eviction); refusals always.  The counters count every call.
 	 */
+	rec.elapsed_us = (int64) (GetCurrentTimestamp() - attempt.started);
 	if (!decision->from_cache)
 	{
 		rec.ok = true;
-		rec.elapsed_us = (int64) (GetCurrentTimestamp() - attempt.started);
 		audit_log_record(&rec);
 	}
 	login_stats_record(stats.issuer, "ok", true, stats.from_cache, stats.key_cache_hit,
-					   stats.validation_us, stats.queue_us);
+					   stats.validation_us, stats.queue_us, rec.elapsed_us);
 	*roleid = attempt.roleid;
 	*granted = attempt.role;
 }

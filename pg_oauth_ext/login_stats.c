@@ -3,10 +3,13 @@
  * login_stats.c
  *	  Per-issuer counters in shared memory behind oauth.stats: attempts,
  *	  successes, refusals by reason, JWKS fetches, key cache hits, and
- *	  latency histograms (validation, queue wait).
+ *	  latency histograms (validation, queue wait, the whole login).
  *
- * Histograms have 4 buckets per power of two of microseconds; p50/p99 are
- * reported as their bucket's lower bound, at most 25 % below the true value.
+ * Histograms have 4 buckets per power of two of microseconds, and the exact
+ * sum of what they counted; p50/p99 are reported as their bucket's lower
+ * bound, at most 25 % below the true value.  oauth.stats_histogram exports
+ * them cumulatively at powers of two only: exact boundaries of the fine
+ * buckets, so its counts are counts, not estimates.
  * Issuers are told apart by their SHA-256, whatever their length; their
  * names are kept in identity_store.c.
  *
@@ -20,12 +23,14 @@
 #include "port/pg_bitutils.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
+#include "utils/float.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
 PG_FUNCTION_INFO_V1(pg_oauth_fn_stats);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_stats_reset);
+PG_FUNCTION_INFO_V1(pg_oauth_fn_stats_histogram);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_record_jwks_fetch);
 PG_FUNCTION_INFO_V1(pg_oauth_fn_keys_changed);
 
@@ -39,6 +44,40 @@ pg_oauth_fn_keys_changed(PG_FUNCTION_ARGS)
 
 #define STATS_ISSUERS		32
 #define HIST_BUCKETS		(4 * 40)
+
+/*
+ * The phases timed, in the order and with the names oauth.stats_histogram
+ * shows: a worker's decision; a login waiting for a worker; the whole
+ * attempt, from the hook's start to its decision (the audit's elapsed_ms,
+ * decision cache hits and refusals included).
+ */
+typedef enum LatencyPhase
+{
+	PHASE_VALIDATION,
+	PHASE_QUEUE_WAIT,
+	PHASE_LOGIN,
+	NPHASES
+} LatencyPhase;
+
+static const char *const phase_names[NPHASES] = {"validation", "queue_wait", "login"};
+
+typedef struct LatencyHist
+{
+	uint64		sum_us;			/* of every value counted, for an exact mean */
+	uint32		counts[HIST_BUCKETS];
+} LatencyHist;
+
+/*
+ * The upper bounds oauth.stats_histogram exports: 2^k microseconds, k from
+ * HIST_EXPORT_MIN_LOG2 (64 us) to HIST_EXPORT_MAX_LOG2 (about 8.4 s), then
+ * +Inf.  2^k is the lower bound of fine bucket 4 * (k - 1), so "below 2^k"
+ * is the sum of the fine buckets before it.  Values are whole microseconds,
+ * truncated: a time is below 2^k us exactly when its truncation is.
+ */
+#define HIST_EXPORT_MIN_LOG2	6
+#define HIST_EXPORT_MAX_LOG2	23
+StaticAssertDecl(4 * (HIST_EXPORT_MAX_LOG2 - 1) < HIST_BUCKETS - 1,
+				 "the exported bounds must lie below the last, open-ended bucket");
 
 /* Every reason code a refusal can carry; anything else counts as "other". */
 static const char *const reason_codes[] = {
@@ -67,8 +106,7 @@ typedef struct IssuerStats
 	uint64		key_cache_hits;
 	uint64		key_cache_misses;
 	uint64		decision_cache_hits;
-	uint32		validation_hist[HIST_BUCKETS];
-	uint32		queue_hist[HIST_BUCKETS];
+	LatencyHist hist[NPHASES];
 } IssuerStats;
 
 typedef struct LoginStats
@@ -203,8 +241,12 @@ reason_index(const char *reason)
 
 void
 login_stats_record(const char *issuer, const char *reason, bool ok,
-				   bool from_cache, int key_cache_hit, int64 validation_us, int64 queue_us)
+				   bool from_cache, int key_cache_hit, int64 validation_us, int64 queue_us,
+				   int64 login_us)
 {
+	int64		phase_us[NPHASES] = {validation_us, queue_us, login_us};
+	int			p;
+
 	IssuerStats *s;
 	dsa_pointer unused;
 
@@ -224,10 +266,13 @@ login_stats_record(const char *issuer, const char *reason, bool ok,
 		s->key_cache_hits++;
 	else if (key_cache_hit == 0)
 		s->key_cache_misses++;
-	if (validation_us >= 0)
-		s->validation_hist[hist_bucket(validation_us)]++;
-	if (queue_us >= 0)
-		s->queue_hist[hist_bucket(queue_us)]++;
+	for (p = 0; p < NPHASES; p++)
+	{
+		if (phase_us[p] < 0)
+			continue;			/* not timed: no worker, or not reached */
+		s->hist[p].counts[hist_bucket(phase_us[p])]++;
+		s->hist[p].sum_us += (uint64) phase_us[p];
+	}
 	LWLockRelease(stats->lock);
 	identity_text_free(unused);
 }
@@ -335,13 +380,76 @@ pg_oauth_fn_stats(PG_FUNCTION_ARGS)
 		values[5] = Int64GetDatum((int64) s.jwks_fetch_failed);
 		values[6] = Int64GetDatum((int64) s.key_cache_hits);
 		values[7] = Int64GetDatum((int64) s.key_cache_misses);
-		values[8] = percentile_ms(s.validation_hist, 0.50, &nulls[8]);
-		values[9] = percentile_ms(s.validation_hist, 0.99, &nulls[9]);
-		values[10] = percentile_ms(s.queue_hist, 0.50, &nulls[10]);
-		values[11] = percentile_ms(s.queue_hist, 0.99, &nulls[11]);
+		values[8] = percentile_ms(s.hist[PHASE_VALIDATION].counts, 0.50, &nulls[8]);
+		values[9] = percentile_ms(s.hist[PHASE_VALIDATION].counts, 0.99, &nulls[9]);
+		values[10] = percentile_ms(s.hist[PHASE_QUEUE_WAIT].counts, 0.50, &nulls[10]);
+		values[11] = percentile_ms(s.hist[PHASE_QUEUE_WAIT].counts, 0.99, &nulls[11]);
 		values[12] = Int64GetDatum((int64) s.decision_cache_hits);
 		values[13] = TimestampTzGetDatum(since);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * oauth.stats_histogram: per issuer and phase, the cumulative count of
+ * values at or below each exported bound (the last one +Inf, the total),
+ * with the exact sum; one row per bound.
+ */
+Datum
+pg_oauth_fn_stats_histogram(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (stats == NULL)
+		return (Datum) 0;
+
+	for (i = 0; i < STATS_ISSUERS; i++)
+	{
+		IssuerStats s;
+		char	   *issuer = NULL;
+		int			p;
+
+		LWLockAcquire(stats->lock, LW_SHARED);
+		s = stats->issuers[i];
+		if (s.used)
+			identity_text_fetch(s.issuer_name, &issuer, NULL, NULL);
+		LWLockRelease(stats->lock);
+		if (!s.used)
+			continue;
+
+		for (p = 0; p < NPHASES; p++)
+		{
+			const LatencyHist *h = &s.hist[p];
+			uint64		total = 0;
+			uint64		below = 0;
+			int			b = 0;
+			int			k;
+
+			for (k = 0; k < HIST_BUCKETS; k++)
+				total += h->counts[k];
+			for (k = HIST_EXPORT_MIN_LOG2; k <= HIST_EXPORT_MAX_LOG2 + 1; k++)
+			{
+				Datum		values[6];
+				bool		nulls[6];
+				bool		inf = (k > HIST_EXPORT_MAX_LOG2);
+
+				for (; !inf && b < 4 * (k - 1); b++)
+					below += h->counts[b];
+				memset(nulls, false, sizeof(nulls));
+				values[0] = issuer ? CStringGetTextDatum(issuer) : (Datum) 0;
+				nulls[0] = (issuer == NULL);
+				values[1] = CStringGetTextDatum(phase_names[p]);
+				values[2] = Float8GetDatum(inf ? get_float8_infinity() :
+										   (double) (UINT64CONST(1) << k) / 1e6);
+				values[3] = Int64GetDatum((int64) (inf ? total : below));
+				values[4] = Float8GetDatum((double) h->sum_us / 1e6);
+				values[5] = Int64GetDatum((int64) total);
+				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			}
+		}
 	}
 	return (Datum) 0;
 }

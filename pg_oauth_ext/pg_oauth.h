@@ -383,7 +383,7 @@ extern Size login_stats_shmem_size(void);
 extern void login_stats_shmem_startup(void);
 extern void login_stats_record(const char *issuer, const char *reason, bool ok,
 							   bool from_cache, int key_cache_hit,
-							   int64 validation_us, int64 queue_us);
+							   int64 validation_us, int64 queue_us, int64 login_us);
 
 /* rate_limit.c */
 extern Size rate_limit_shmem_size(void);

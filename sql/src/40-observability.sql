@@ -58,7 +58,29 @@ CREATE FUNCTION oauth.stats_reset() RETURNS void
     AS 'MODULE_PATHNAME', 'pg_oauth_fn_stats_reset';
 REVOKE ALL ON FUNCTION oauth.stats_reset() FROM PUBLIC;
 COMMENT ON FUNCTION oauth.stats_reset() IS
-    'Reset the counters of oauth.stats (every issuer) to zero';
+    'Reset the counters of oauth.stats and the histograms of oauth.stats_histogram (every issuer) to zero';
+
+-- The latency histograms behind oauth.stats' p50/p99, for Prometheus: per
+-- issuer and phase (validation: a worker's decision; queue_wait: a login
+-- waiting for a worker; login: the whole attempt, as the audit's elapsed_ms),
+-- count is how many took less than le_seconds, cumulative up to le_seconds
+-- 'Infinity' (= total); sum_seconds is their exact sum.  The bounds are
+-- powers of two of microseconds (64 us to about 8.4 s), boundaries of the
+-- histograms themselves: counts, not estimates (docs/monitoring.md).
+CREATE FUNCTION oauth._stats_histogram(
+        OUT issuer text, OUT phase text, OUT le_seconds float8, OUT count bigint,
+        OUT sum_seconds float8, OUT total bigint)
+    RETURNS SETOF record
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'pg_oauth_fn_stats_histogram';
+REVOKE ALL ON FUNCTION oauth._stats_histogram() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION oauth._stats_histogram() TO pg_read_all_stats;
+
+CREATE VIEW oauth.stats_histogram AS SELECT * FROM oauth._stats_histogram();
+REVOKE ALL ON oauth.stats_histogram FROM PUBLIC;
+GRANT SELECT ON oauth.stats_histogram TO pg_read_all_stats;
+COMMENT ON VIEW oauth.stats_histogram IS
+    'Latency histograms of oauth.stats per issuer and phase (validation, queue_wait, login): cumulative counts below powers of two of microseconds, +Inf (Infinity) last, and the exact sum; reset with oauth.stats_reset()';
 
 -- pyhook reports every discovery/JWKS fetch here.
 CREATE FUNCTION oauth._record_jwks_fetch(issuer text, ok boolean) RETURNS void

@@ -3,6 +3,7 @@ the same on a streaming standby (log line only there)."""
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -197,3 +198,91 @@ def test_monitoring_role_reads_the_views(cluster, issuer):
                 conn.execute("SELECT * FROM oauth.audit_log")
     finally:
         cluster.sql("DROP ROLE monitor")
+
+
+# oauth.stats_histogram's bounds: 2^k microseconds, 64 us to about 8.4 s, then +Inf
+HISTOGRAM_BOUNDS = [2**k / 1e6 for k in range(6, 24)] + [math.inf]
+
+
+def histograms(cluster) -> dict[tuple[str | None, str], list[tuple[float, int, float, int]]]:
+    """(issuer, phase) -> its rows (le_seconds, count, sum_seconds, total), by bound."""
+    found: dict = {}
+    for issuer, phase, le, count, total_sum, total in cluster.sql(
+            "SELECT issuer, phase, le_seconds, count, sum_seconds, total "
+            "FROM oauth.stats_histogram ORDER BY issuer, phase, le_seconds"):
+        found.setdefault((issuer, phase), []).append((le, count, total_sum, total))
+    return found
+
+
+def test_stats_histogram_counts_every_attempt_exactly(cluster, issuer, refused):
+    """Per issuer and phase, cumulative counts at the fixed bounds up to +Inf (the
+    total), the exact sum; the login phase holds every attempt with the audit's
+    elapsed_ms: bucket for bucket, and to the microsecond in the sum."""
+    cluster.sql("SELECT oauth.stats_reset()")
+    assert cluster.sql("SELECT count(*) FROM oauth.stats_histogram") == [(0,)]
+    start = cluster.sql("SELECT now()")[0][0]
+    for _ in range(3):
+        cluster.token_connect("alice", issuer.mint(sub="alice")).close()
+    again = issuer.mint(sub="alice")
+    cluster.token_connect("alice", again).close()
+    cluster.token_connect("alice", again).close()  # from the decision cache: no worker
+    assert refused("alice", issuer.mint(sub="alice", lifetime=-300)) == "expired"
+    assert refused("alice", "x.y") == "malformed"
+    attempts = {i: a for i, a in cluster.sql("SELECT issuer, attempts FROM oauth.stats")}
+    assert attempts[issuer.issuer] == 6
+
+    found = histograms(cluster)
+    assert {phase for _, phase in found} == {"validation", "queue_wait", "login"}
+    for (iss, phase), rows in found.items():
+        assert [r[0] for r in rows] == HISTOGRAM_BOUNDS, (iss, phase)
+        counts = [r[1] for r in rows]
+        assert counts == sorted(counts), (iss, phase, counts)
+        assert {(r[2], r[3]) for r in rows} == {(rows[0][2], counts[-1])}, (iss, phase)
+        # the sum lies within what the buckets allow
+        lower = upper = 0.0
+        for i, (le, count, _, _) in enumerate(rows):
+            n = count - (rows[i - 1][1] if i else 0)
+            if n:
+                lower += n * (rows[i - 1][0] if i else 0.0)
+                upper += n * le
+        assert lower - 1e-9 <= rows[0][2] <= upper + 1e-9, (iss, phase, rows)
+    mine = {phase: rows for (iss, phase), rows in found.items() if iss == issuer.issuer}
+    # a worker decided five (four first-seen tokens, one expired), the cache one
+    assert mine["validation"][-1][1] == 5 and mine["validation"][0][2] > 0
+    assert mine["queue_wait"][-1][1] == 5
+    assert mine["login"][-1][1] == attempts[issuer.issuer]
+    assert found[(None, "login")][-1][1] == attempts[None]
+
+    # every attempt is audited with the same elapsed time the login phase counted
+    audited = wait_rows(cluster, "SELECT round(elapsed_ms * 1000)::int8 FROM oauth.audit_log "
+                        "WHERE at >= %s", (start,), count=sum(attempts.values()))  # fmt: skip
+    assert len(audited) == sum(attempts.values())
+    elapsed_us = [us for (us,) in audited]
+    logins = [rows for (_, phase), rows in found.items() if phase == "login"]
+    assert round(sum(rows[0][2] for rows in logins) * 1e6) == sum(elapsed_us)
+    for i, le in enumerate(HISTOGRAM_BOUNDS):
+        below = sum(1 for us in elapsed_us if us < le * 1e6)
+        assert sum(rows[i][1] for rows in logins) == below, (le, elapsed_us)
+
+    cluster.sql("SELECT oauth.stats_reset()")
+    assert cluster.sql("SELECT count(*) FROM oauth.stats_histogram") == [(0,)]
+
+
+def test_stats_histogram_is_for_pg_read_all_stats_only(cluster, issuer):
+    cluster.token_connect("alice", issuer.mint(sub="alice")).close()
+    cluster.sql("DROP ROLE IF EXISTS hist_reader; DROP ROLE IF EXISTS hist_nobody")
+    cluster.sql("CREATE ROLE hist_reader NOLOGIN IN ROLE pg_read_all_stats; "
+                "CREATE ROLE hist_nobody NOLOGIN")
+    try:
+        with cluster.admin() as conn:
+            conn.execute("SET ROLE hist_reader")
+            assert conn.execute("SELECT count(*) FROM oauth.stats_histogram "
+                                "WHERE phase = 'login'").fetchone()[0] >= 19
+            conn.execute("RESET ROLE")
+            conn.execute("SET ROLE hist_nobody")
+            for query in ("SELECT * FROM oauth.stats_histogram",
+                          "SELECT * FROM oauth._stats_histogram()"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(query)
+    finally:
+        cluster.sql("DROP ROLE hist_reader; DROP ROLE hist_nobody")

@@ -6,6 +6,7 @@ series the queries file defines is there, with the values those logins imply."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -35,13 +36,20 @@ Sample = tuple[str, dict[str, str], float]
 
 
 def defined_series() -> set[str]:
-    """<namespace>_<column> of every COUNTER and GAUGE column of the queries file."""
+    """<namespace>_<column> of every COUNTER and GAUGE column of the queries file, and
+    <namespace>_<column>_bucket, _sum and _count of every HISTOGRAM column."""
     queries = yaml.safe_load(QUERIES.read_text(encoding="utf-8"))
-    return {f"{namespace}_{column}"
+    return {f"{namespace}_{column}{suffix}"
             for namespace, spec in queries.items()
             for metric in spec["metrics"]
             for column, what in metric.items()
-            if what["usage"] != "LABEL"}  # fmt: skip
+            if what["usage"] != "LABEL"
+            for suffix in (("_bucket", "_sum", "_count") if what["usage"] == "HISTOGRAM"
+                           else ("",))}  # fmt: skip
+
+
+# pg_oauth_duration_seconds' bucket bounds (oauth.stats_histogram): 2^k microseconds
+HISTOGRAM_BOUNDS = [2**k / 1e6 for k in range(6, 24)] + [math.inf]
 
 
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$")
@@ -139,6 +147,8 @@ def values(samples: list[Sample], name: str, **labels: str) -> list[float]:
 def test_the_exporter_reads_every_series(mcluster, issuer, exporter):
     assert mcluster.sql(f"SELECT rolsuper FROM pg_roles WHERE rolname = '{MONITOR}'") == [
         (False,)]
+    before = dict(mcluster.sql("SELECT phase, total FROM oauth.stats_histogram "
+                               "WHERE issuer = %s AND le_seconds = 'Infinity'", (issuer.issuer,)))
     token = issuer.mint(sub="alice")
     assert attempt(mcluster, "alice", token) == "ok"
     # the same token again: admitted from the decision cache
@@ -181,6 +191,28 @@ def test_the_exporter_reads_every_series(mcluster, issuer, exporter):
                      quantile="0.99")  # fmt: skip
         assert len(p50) == len(p99) == 1, (phase, p50, p99)
         assert 0 <= p50[0] <= p99[0] < 30, (phase, p50, p99)
+    # the histograms: per phase, cumulative counts at the bounds, +Inf equal to the count;
+    # a worker decided three logins (alice's first, the expired one, bob's), and the
+    # login phase counts every attempt
+    for phase in ("validation", "queue_wait", "login"):
+        buckets = sorted((float(lab["le"]), v) for n, lab, v in samples
+                         if n == "pg_oauth_duration_seconds_bucket"
+                         and lab.get("issuer") == iss and lab.get("phase") == phase)  # fmt: skip
+        assert [le for le, _ in buckets] == HISTOGRAM_BOUNDS, (phase, buckets)
+        counts = [v for _, v in buckets]
+        assert counts == sorted(counts), (phase, counts)
+        count = values(samples, "pg_oauth_duration_seconds_count", issuer=iss, phase=phase)
+        assert count == [counts[-1]], (phase, count, counts)
+        total = values(samples, "pg_oauth_duration_seconds_sum", issuer=iss, phase=phase)
+        # a wait for a worker may take no whole microsecond
+        assert total[0] > 0 or (phase == "queue_wait" and total == [0]), (phase, total)
+    for phase in ("validation", "queue_wait"):
+        assert values(samples, "pg_oauth_duration_seconds_count", issuer=iss, phase=phase) \
+            == [before.get(phase, 0) + 3], phase
+    assert values(samples, "pg_oauth_duration_seconds_count", issuer=iss, phase="login") \
+        == values(samples, "pg_oauth_logins_attempts_total", issuer=iss)
+    assert values(samples, "pg_oauth_duration_seconds_count", issuer=iss, phase="login") \
+        == [before.get("login", 0) + 4]
     assert values(samples, "pg_oauth_sessions_live")[0] >= 1
     assert values(samples, "pg_oauth_sessions_past_expiry") == [0]
     assert values(samples, "pg_oauth_brake_enabled") == [1]

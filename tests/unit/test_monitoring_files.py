@@ -34,20 +34,39 @@ def queries() -> dict[str, Any]:
     return yaml.safe_load(QUERIES.read_text(encoding="utf-8"))
 
 
+# the series the exporter makes of a HISTOGRAM column (the bare name is none of them)
+HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+
+
+def series_of(namespace: str, column: str, usage: str) -> set[str]:
+    """The series the exporter makes of one column of a query."""
+    name = f"{namespace}_{column}"
+    if usage == "LABEL":
+        return set()
+    if usage == "HISTOGRAM":
+        return {name + suffix for suffix in HISTOGRAM_SERIES}
+    return {name}
+
+
 def defined_series() -> set[str]:
-    return {f"{namespace}_{column}"
+    return {series
             for namespace, spec in queries().items()
             for metric in spec["metrics"]
             for column, what in metric.items()
-            if what["usage"] != "LABEL"}  # fmt: skip
+            for series in series_of(namespace, column, what["usage"])}  # fmt: skip
 
 
 def defined_labels() -> set[str]:
-    return {column
-            for spec in queries().values()
-            for metric in spec["metrics"]
-            for column, what in metric.items()
-            if what["usage"] == "LABEL"}  # fmt: skip
+    """The LABEL columns, and le where a HISTOGRAM column gives its buckets one."""
+    labels = set()
+    for spec in queries().values():
+        for metric in spec["metrics"]:
+            for column, what in metric.items():
+                if what["usage"] == "LABEL":
+                    labels.add(column)
+                elif what["usage"] == "HISTOGRAM":
+                    labels.add("le")
+    return labels
 
 
 def grafana_to_promql(expr: str) -> str:
@@ -101,6 +120,19 @@ def alert_expressions() -> list[str]:
     exprs = [r["expr"] for group in rules["groups"] for r in group["rules"]]
     assert exprs, "no alert rules"
     return exprs
+
+
+def test_a_histogram_column_defines_its_bucket_sum_and_count_series() -> None:
+    assert series_of("pg_oauth_x", "seconds", "HISTOGRAM") == {
+        "pg_oauth_x_seconds_bucket", "pg_oauth_x_seconds_sum", "pg_oauth_x_seconds_count"}
+    assert series_of("pg_oauth_x", "total", "COUNTER") == {"pg_oauth_x_total"}
+    assert series_of("pg_oauth_x", "issuer", "LABEL") == set()
+    # the queries file has one, and the bare name of its column is no series
+    histograms = {f"{n}_{c}" for n, spec in queries().items() for m in spec["metrics"]
+                  for c, what in m.items() if what["usage"] == "HISTOGRAM"}  # fmt: skip
+    assert histograms
+    assert not histograms & defined_series()
+    assert "le" in defined_labels()
 
 
 def test_the_checker_sees_series_and_labels() -> None:
@@ -163,10 +195,16 @@ def test_the_queries_file_has_the_exporter_format_and_qualified_names() -> None:
         query = spec["query"]
         for metric in spec["metrics"]:
             ((column, what),) = metric.items()
-            assert what["usage"] in {"LABEL", "COUNTER", "GAUGE"}, (namespace, column)
+            assert what["usage"] in {"LABEL", "COUNTER", "GAUGE", "HISTOGRAM"}, \
+                (namespace, column)
             assert what["description"].strip(), (namespace, column)
             assert what["usage"] != "COUNTER" or column.endswith("total"), (namespace, column)
             assert re.search(rf"\b{column}\b", query), f"{namespace}: no column {column}"
+            # the exporter reads a histogram's counts, sum and count from columns of
+            # their own beside the bounds' (a missing one: no series, an error logged)
+            for suffix in HISTOGRAM_SERIES if what["usage"] == "HISTOGRAM" else ():
+                assert re.search(rf"\bAS {column}{suffix}\b", query), \
+                    f"{namespace}: no column {column}{suffix}"
         for relation in re.findall(r"\b(?:FROM|JOIN)\s+(?!LATERAL\b|\()([\w.]+)", query):
             assert relation.startswith("oauth."), f"{namespace}: {relation} unqualified"
         calls = re.findall(r"(?<![\w.])(?<!AS )([A-Za-z_]\w*)\s*\(", query)
