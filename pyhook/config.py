@@ -409,6 +409,11 @@ class ClaimRules:
     claim: str
     by_value: dict[str, tuple[RoleRule, ...]]
     others: tuple[RoleRule, ...]
+    # (rule id, value) -> the role a literal rule gives that value, or None: filled
+    # by logins, bounded by the rules' literals, gone with this configuration
+    literal_roles: dict[tuple[int, str], str | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def build(cls, claim: str, rules: Iterable[RoleRule]) -> ClaimRules:

@@ -11,9 +11,7 @@ followed: keys come from the issuer's configuration only.
 
 from __future__ import annotations
 
-import base64
 import binascii
-import functools
 import hashlib
 import ipaddress
 import json
@@ -133,16 +131,23 @@ def _algorithm(alg: str) -> Algorithm:
     return _algorithms[alg]
 
 
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64decode(segment: str) -> bytes:
     """The bytes of a base64url segment, which must be their one canonical spelling."""
     if len(segment) % 4 == 1:
         raise Malformed("a token segment has an impossible base64url length")
+    # what base64.urlsafe_b64decode/urlsafe_b64encode do, without their wrappers
     try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
+        data = segment.encode("ascii")
+        raw = binascii.a2b_base64(data.translate(_TO_STANDARD) + b"=" * (-len(data) % 4))
+    except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
         raise Malformed("a token segment is not valid base64url") from None
-    # set spare bits in the last character would give one token many spellings
-    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+    # set spare bits in the last character would give one token many spellings, and
+    # the decoder skips characters outside the alphabet: only the one spelling passes
+    if binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=") != data:
         raise Malformed("a token segment is not canonical base64url")
     return raw
 
@@ -188,22 +193,27 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
+# one decoder for every token (json.loads with hooks would build one per call)
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_object,
+    parse_constant=_reject_constant,
+    parse_float=_finite_float,
+)
+
+
 def _json_object(segment: str, part: str) -> dict[str, Any]:
     raw = _b64decode(segment)
     try:
-        value = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_unique_object,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-        )
+        value = _DECODER.decode(raw.decode("utf-8"))
     except _DuplicateMember as exc:
         raise Malformed(f"{part} has a duplicate member {show(str(exc), 40)}") from None
     except (ValueError, RecursionError):
         raise Malformed(f"{part} is not valid UTF-8 JSON") from None
     if not isinstance(value, dict):
         raise Malformed(f"{part} is not a JSON object")
-    if _too_deep(value, MAX_JSON_DEPTH):
+    # each level opens with a bracket: with no more brackets than levels allowed
+    # in the whole text (strings included), the walk below cannot find too many
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _too_deep(value, MAX_JSON_DEPTH):
         raise Malformed(f"{part} is nested deeper than {MAX_JSON_DEPTH} levels")
     return value
 
@@ -428,7 +438,11 @@ def _matching_rules(
             continue
         for value in values:
             for rule in group.by_value.get(value, ()):
-                role = _value_role(rule, value)
+                key = (rule.id, value)
+                if key in group.literal_roles:
+                    role = group.literal_roles[key]
+                else:
+                    role = group.literal_roles[key] = _value_role(rule, value)
                 if role is not None:
                     found.setdefault(rule.id, (rule, set()))[1].add(role)
         for rule in group.others:
@@ -843,8 +857,14 @@ class _Validation:
         database: str,
         client_addr: str | None,
     ) -> None:
-        # parsed only if a rule limits client addresses
-        client_ip = functools.cache(lambda: _client_ip(client_addr))
+        # parsed only if a rule limits client addresses, then once
+        parsed: list[Any] = []
+
+        def client_ip() -> Any:
+            if not parsed:
+                parsed.append(_client_ip(client_addr))
+            return parsed[0]
+
         allowed: set[str] = set()
         limits: list[int] = []
         excluded_by_database: set[str] = set()
