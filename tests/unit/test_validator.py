@@ -1099,3 +1099,45 @@ def test_a_login_without_a_trail_decides_the_same(
                      now=NOW, trail=False)
     assert traced.trail and all(c.outcome != "pass" for c in quiet.trail)
     assert replace(quiet, trail=[]) == replace(traced, trail=[])
+
+
+# -- the shortcuts of the hot path decide as the long way does --------------------------------
+
+
+@pytest.mark.parametrize("bad", ["!", "+", "/", "=", "é", "\\x00"])
+def test_characters_outside_base64url_are_malformed_anywhere(
+    bad: str, mint: Mint, check: Check
+) -> None:
+    # the decoder skips characters outside its alphabet; only the one spelling passes
+    token = mint()
+    header, payload, signature = token.split(".")
+    for spoiled in (
+        f"{header[:5]}{bad}{header[5:]}.{payload}.{signature}",
+        f"{header}.{payload[:9]}{bad}{payload[9:]}.{signature}",
+        f"{header}.{payload}.{signature[:7]}{bad}{signature[7:]}",
+    ):
+        decision = check(spoiled)
+        assert_refused(decision, "malformed", spoiled)
+        assert "base64url" in decision.detail
+
+
+def test_brackets_in_strings_do_not_make_a_token_deep(mint: Mint, check: Check) -> None:
+    # more brackets than levels allowed, all of them inside strings: the depth walk
+    # runs and finds two levels
+    decision = check(mint({"sub": "alice", "note": "[{" * 40, "groups": ["]}" * 40]}))
+    assert (decision.reason, decision.allowed_roles) == ("ok", ["alice"])
+
+
+def test_a_literal_rule_gives_the_role_of_its_own_configuration(
+    mint: Mint, check: Check, config: Callable[..., Config]
+) -> None:
+    # the role a literal rule gives a value is kept with the configuration: the same
+    # rule id in a new configuration, with another role, gives the new role
+    token = mint({"sub": "alice"})
+    first = config([{"id": 7, "issuer": ISS, "claim": "sub", "pattern": "alice", "role": "alice"}])
+    second = config([{"id": 7, "issuer": ISS, "claim": "sub", "pattern": "alice", "role": "bob"}])
+    for _ in range(2):
+        assert check(token, cfg=first).allowed_roles == ["alice"]
+        assert check(token, "bob", cfg=second).allowed_roles == ["bob"]
+    # a value the literal does not name never reaches it
+    assert check(mint({"sub": "alicex"}), cfg=first).reason == "role_not_allowed"
