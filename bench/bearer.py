@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,9 @@ PEER_AS_DOCUMENTED = Way("proddata/pg_oauth_validator, as its docs say (not prel
 PEER_PRELOADED = Way("proddata/pg_oauth_validator, preloaded (shared_preload_libraries)",
                      "b", fresh=True, server="peer-preloaded")
 PEER_WAYS = (PEER_AS_DOCUMENTED, PEER_PRELOADED)
+# the ways measured again with CLIENTS clients at once
+CLIENTS = 4
+WAYS_TOGETHER = (TRUST, SCRAM, PASSWORD_FRESH, PASSWORD_AGAIN, BEARER_FRESH, BEARER_AGAIN)
 # what each OAUTHBEARER row is compared with: the same token, sent as a password
 AS_PASSWORD = {BEARER_FRESH: PASSWORD_FRESH, BEARER_AGAIN: PASSWORD_AGAIN,
                BEARER_DISCOVERY: PASSWORD_AGAIN}
@@ -244,39 +248,51 @@ class Bench:
         return self.repeated[way]
 
     def batch(self, transport: str, count: int, shift: int,
-              ways: tuple[Way, ...] | None = None) -> dict[Way, list[float]]:
+              ways: tuple[Way, ...] | None = None, clients: int = 1) -> dict[Way, list[float]]:
         """``count`` logins of every way (default: all of this bench's), taking turns login
-        by login in a random order, in one client run; seconds per login."""
+        by login in a random order, in one client run; seconds per login. ``clients``: as
+        many client runs at once, each with its own order and its own tokens."""
+        runs = [self._lines(count, shift + 1000 * c, ways or self.ways) for c in range(clients)]
+        procs = [subprocess.Popen(
+            [str(self.binary), *(self.conninfo(way, transport) for way in self.ways)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=self.env) for _ in runs]
+        # every client gets its input before any is read: they run at the same time
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            outputs = list(pool.map(lambda pair: pair[0].communicate(pair[1], timeout=600),
+                                    [(proc, "\n".join(lines) + "\n")
+                                     for proc, (lines, _) in zip(procs, runs)]))
+        out: dict[Way, list[float]] = defaultdict(list)
+        for proc, (stdout, stderr), (_, order) in zip(procs, outputs, runs):
+            times = stdout.split()
+            if proc.returncode != 0 or len(times) != len(order):
+                failed = order[len(times)].name if len(times) < len(order) else "?"
+                raise RuntimeError(f"bearer bench, {transport}, {failed}: {stderr.strip()}")
+            for way, micros in zip(order, times):
+                out[way].append(float(micros) / 1e6)
+        return out
+
+    def _lines(self, count: int, shift: int,
+               ways: tuple[Way, ...]) -> tuple[list[str], list[Way]]:
         lines: list[str] = []
         order: list[Way] = []
         for i in range(count):
-            for way in turn_order(ways or self.ways, shift + i):
+            for way in turn_order(ways, shift + i):
                 index = self.ways.index(way)
                 lines.append(f"{index} {way.mode}" if way.mode == "n"
                              else f"{index} {way.mode} {self.secret(way)}")
                 order.append(way)
-        proc = subprocess.run(
-            [str(self.binary), *(self.conninfo(way, transport) for way in self.ways)],
-            input="\n".join(lines) + "\n", capture_output=True, text=True, env=self.env,
-            timeout=600, check=False)
-        times = proc.stdout.split()
-        if proc.returncode != 0 or len(times) != len(order):
-            failed = order[len(times)].name if len(times) < len(order) else "?"
-            raise RuntimeError(f"bearer bench, {transport}, {failed}: {proc.stderr.strip()}")
-        out: dict[Way, list[float]] = defaultdict(list)
-        for way, micros in zip(order, times):
-            out[way].append(float(micros) / 1e6)
-        return out
+        return lines, order
 
 
-def bearer(tb: Testbed, plan: Plan, progress: Progress) -> Table:
+def bearer(tb: Testbed, plan: Plan, progress: Progress) -> list[Table]:
     major = server_major()
     if major < 18:
         progress(f"bearer: skipped (the oauth pg_hba method needs PostgreSQL 18+; "
                  f"the server under test is {major})")
-        return Table(TITLE, ["skipped"], [[
+        return [Table(TITLE, ["skipped"], [[
             (f"the server under test is PostgreSQL {major}: the oauth pg_hba method needs "
-             "18+ (make PG=18 bench)")]])
+             "18+ (make PG=18 bench)")]])]
     workdir = Path(tempfile.mkdtemp(prefix="pg_oauth-bench-bearer-"))
     bench = Bench(tb, workdir)
     try:
@@ -293,9 +309,19 @@ def bearer(tb: Testbed, plan: Plan, progress: Progress) -> Table:
             for transport in turn_order(TRANSPORTS, r):
                 for way, values in bench.batch(transport, n, r).items():
                     samples[(transport, way)] += values
+        # the same at CLIENTS clients at once, each taking its own turns
+        ways = bench.ways
+        together = tuple(w for w in (*WAYS_TOGETHER, PEER_PRELOADED) if w in ways)
+        per_client = max(1, n // CLIENTS)
+        together_samples: dict[tuple[str, Way], list[float]] = defaultdict(list)
+        for r in range(plan.rounds):
+            progress(f"bearer: {CLIENTS} clients, round {r + 1}/{plan.rounds}")
+            for transport in turn_order(TRANSPORTS, r):
+                for way, values in bench.batch(transport, per_client, r, together,
+                                               CLIENTS).items():
+                    together_samples[(transport, way)] += values
         rejected = bench.cluster.sql(
             "SELECT count(*) FROM oauth.audit_log WHERE outcome <> 'ok'")[0][0]
-        ways = bench.ways
     finally:
         bench.cluster.destroy()
         bench.stop_peers()
@@ -370,4 +396,24 @@ def bearer(tb: Testbed, plan: Plan, progress: Progress) -> Table:
             " ms p50 against the peer as its docs say, "
             f"{(p50(transport, BEARER_FRESH) - p50(transport, PEER_PRELOADED)) * 1000:+.2f} ms "
             "against it preloaded" for transport in TRANSPORTS) + ".")
+    return [table, _together_table(together_samples, together, plan.rounds, per_client)]
+
+
+def _together_table(samples: dict[tuple[str, Way], list[float]], ways: tuple[Way, ...],
+                    rounds: int, per_client: int) -> Table:
+    table = Table(
+        f"{TITLE}, {CLIENTS} clients at once ({rounds} rounds × {per_client} logins per method, "
+        f"transport and client; each client takes its own random turns)",
+        ["transport", "method", "p50 ms", "p95 ms", "p50 over trust ms"])
+    for transport in TRANSPORTS:
+        trust = percentile(samples[(transport, TRUST)], 0.5)
+        for way in ways:
+            values = samples[(transport, way)]
+            p50 = percentile(values, 0.5)
+            table.add(transport, way.name, ms(p50), ms(percentile(values, 0.95)),
+                      "" if way is TRUST else f"{(p50 - trust) * 1000:+.2f}")
+    table.notes.append(
+        f"{CLIENTS} copies of the same C client run at once, each with its own tokens (a "
+        "first-seen token is new in every login of every client); the two CPUs are shared "
+        "by the clients, the postmaster, the backends and the validator workers.")
     return table

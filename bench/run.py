@@ -112,7 +112,7 @@ def run(plan: Plan, sections: set[str],
         if "rls" in sections:
             tables.append(rls(testbed, plan, goals, progress))
         if "bearer" in sections:
-            tables.append(bearer(testbed, plan, progress))
+            tables.extend(bearer(testbed, plan, progress))
         if "pooler" in sections and pgbouncer is not None:
             tables += pooler(testbed, pgbench, plan, goals, progress, stack.callback)
         elif "pooler" in sections:
