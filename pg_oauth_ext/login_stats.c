@@ -342,6 +342,25 @@ refusals_jsonb(const IssuerStats *s)
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
 }
 
+/*
+ * A copy of issuer slot i, its name (NULL: attempts refused before an issuer
+ * was known, or a name that did not fit) and the time of the last reset,
+ * taken under the lock: a reset frees the name.  False: the slot is unused.
+ */
+static bool
+issuer_snapshot(int i, IssuerStats *s, char **issuer, TimestampTz *since)
+{
+	LWLockAcquire(stats->lock, LW_SHARED);
+	*s = stats->issuers[i];
+	if (since)
+		*since = stats->since;
+	*issuer = NULL;
+	if (s->used)
+		identity_text_fetch(s->issuer_name, issuer, NULL, NULL);
+	LWLockRelease(stats->lock);
+	return s->used;
+}
+
 Datum
 pg_oauth_fn_stats(PG_FUNCTION_ARGS)
 {
@@ -360,14 +379,7 @@ pg_oauth_fn_stats(PG_FUNCTION_ARGS)
 		Datum		values[14];
 		bool		nulls[14];
 
-		LWLockAcquire(stats->lock, LW_SHARED);
-		s = stats->issuers[i];
-		since = stats->since;
-		/* a reset frees the name: copy it under the lock */
-		if (s.used)
-			identity_text_fetch(s.issuer_name, &issuer, NULL, NULL);
-		LWLockRelease(stats->lock);
-		if (!s.used)
+		if (!issuer_snapshot(i, &s, &issuer, &since))
 			continue;
 
 		memset(nulls, false, sizeof(nulls));
@@ -393,8 +405,8 @@ pg_oauth_fn_stats(PG_FUNCTION_ARGS)
 
 /*
  * oauth.stats_histogram: per issuer and phase, the cumulative count of
- * values at or below each exported bound (the last one +Inf, the total),
- * with the exact sum; one row per bound.
+ * values below each exported bound (the last one +Inf, the total), with the
+ * exact sum; one row per bound.
  */
 Datum
 pg_oauth_fn_stats_histogram(PG_FUNCTION_ARGS)
@@ -412,12 +424,7 @@ pg_oauth_fn_stats_histogram(PG_FUNCTION_ARGS)
 		char	   *issuer = NULL;
 		int			p;
 
-		LWLockAcquire(stats->lock, LW_SHARED);
-		s = stats->issuers[i];
-		if (s.used)
-			identity_text_fetch(s.issuer_name, &issuer, NULL, NULL);
-		LWLockRelease(stats->lock);
-		if (!s.used)
+		if (!issuer_snapshot(i, &s, &issuer, NULL))
 			continue;
 
 		for (p = 0; p < NPHASES; p++)
