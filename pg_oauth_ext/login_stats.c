@@ -64,7 +64,7 @@ static const char *const phase_names[NPHASES] = {"validation", "queue_wait", "lo
 typedef struct LatencyHist
 {
 	uint64		sum_us;			/* of every value counted, for an exact mean */
-	uint32		counts[HIST_BUCKETS];
+	uint64		counts[HIST_BUCKETS];	/* 64-bit: a flood must not wrap one */
 } LatencyHist;
 
 /*
@@ -301,7 +301,7 @@ pg_oauth_fn_record_jwks_fetch(PG_FUNCTION_ARGS)
 }
 
 static Datum
-percentile_ms(const uint32 *hist, double q, bool *isnull)
+percentile_ms(const uint64 *hist, double q, bool *isnull)
 {
 	uint64		total = 0,
 				seen = 0;

@@ -411,6 +411,8 @@ def _pattern_value(regex: RolePattern, template: str, value: str) -> str | None:
 
 
 def _value_role(rule: RoleRule, value: str) -> str | None:
+    # a function of the rule's pattern and template and the value only:
+    # _matching_rules keeps its answers for literal rules (ClaimRules.literal_roles)
     return _pattern_value(rule.regex, rule.role, value) or None
 
 

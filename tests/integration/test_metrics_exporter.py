@@ -294,3 +294,31 @@ def test_pg_read_all_stats_is_the_grant_the_queries_need(mcluster):
             assert refused == list(queries)
     finally:
         mcluster.sql("DROP ROLE stats_only; DROP ROLE no_stats")
+
+
+def test_the_histogram_query_adds_up_rows_without_an_issuer_name(mcluster):
+    """Two slots without a name (refused before an issuer was known; a name the identity
+    store had no room for) become one series per phase, their counts added up: never two
+    series with the same labels, nor bounds listed twice."""
+    query = yaml.safe_load(QUERIES.read_text(encoding="utf-8"))["pg_oauth_duration"]["query"]
+    assert "oauth.stats_histogram" in query
+    rows = []
+    for issuer, counts, total in ((None, [1, 2, 3], 4), (None, [10, 20, 30], 40),
+                                  ("https://a.example", [5, 5, 6], 6)):
+        for le, count in zip([6.4e-05, 0.000128, 0.000256, float("inf")], [*counts, total]):
+            rows.append((issuer, "login", le, count, total / 1000, total))
+    with psycopg.connect(host="127.0.0.1", port=mcluster.port, dbname="postgres",
+                         user=MONITOR, password=MONITOR_PASSWORD, sslmode="disable",
+                         autocommit=True) as conn:  # fmt: skip
+        conn.execute("CREATE TEMP TABLE fake_hist (issuer text, phase text, le_seconds float8,"
+                     " count bigint, sum_seconds float8, total bigint)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO pg_temp.fake_hist VALUES (%s, %s, %s, %s, %s, %s)", rows)
+        got = conn.execute(query.replace("oauth.stats_histogram", "pg_temp.fake_hist")).fetchall()
+    by_issuer = {issuer: (bounds, counts, total_sum, count) for
+                 issuer, phase, bounds, counts, total_sum, count in got}
+    assert len(got) == 2 and set(by_issuer) == {"", "https://a.example"}
+    bounds, counts, seconds, count = by_issuer[""]
+    assert bounds == [6.4e-05, 0.000128, 0.000256]
+    assert counts == [11, 22, 33] and count == 44 and seconds == pytest.approx(0.044)
+    assert by_issuer["https://a.example"][1:] == ([5, 5, 6], pytest.approx(0.006), 6)

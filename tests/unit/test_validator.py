@@ -1141,3 +1141,44 @@ def test_a_literal_rule_gives_the_role_of_its_own_configuration(
         assert check(token, "bob", cfg=second).allowed_roles == ["bob"]
     # a value the literal does not name never reaches it
     assert check(mint({"sub": "alicex"}), cfg=first).reason == "role_not_allowed"
+
+
+def _reference_b64decode(segment: str) -> bytes | None:
+    """base64url as the standard library spells it, canonical only; None: refused."""
+    if len(segment) % 4 == 1:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (ValueError, TypeError):
+        return None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        return None
+    return raw
+
+
+def test_b64decode_decides_as_the_standard_library() -> None:
+    # _b64decode itself, not through _split (whose shape check refuses most of these
+    # first): every string of up to 4 characters over an alphabet with the awkward ones,
+    # and random longer ones
+    import itertools
+    import random
+
+    from pyhook.validator import _b64decode
+
+    def ours(segment: str) -> bytes | None:
+        try:
+            return _b64decode(segment)
+        except ValidationError:
+            return None
+
+    alphabet = "AQg_-+/= \x00é"
+    for n in range(5):
+        for chars in itertools.product(alphabet, repeat=n):
+            segment = "".join(chars)
+            assert ours(segment) == _reference_b64decode(segment), repr(segment)
+    rng = random.Random(24)
+    pool = _B64URL + "+/= \x00é\n"
+    for _ in range(20000):
+        segment = "".join(rng.choice(pool if rng.random() < 0.1 else _B64URL)
+                          for _ in range(rng.randrange(1, 40)))
+        assert ours(segment) == _reference_b64decode(segment), repr(segment)
