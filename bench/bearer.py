@@ -40,7 +40,8 @@ from testbed import (
 )
 
 Progress = Callable[[str], None]
-TITLE = "OAUTHBEARER (PostgreSQL 18+): login latency, 1 client"
+LATENCY = "OAUTHBEARER (PostgreSQL 18+): login latency"
+TITLE = f"{LATENCY}, 1 client"
 SOURCE = Path(__file__).resolve().parent / "login_times.c"
 SCOPE = "openid pg"  # the oauth lines' scope; tokens grant "pg" (OpenID Connect's aside)
 TOKEN_SCOPE = "pg"
@@ -253,21 +254,22 @@ class Bench:
         by login in a random order, in one client run; seconds per login. ``clients``: as
         many client runs at once, each with its own order and its own tokens."""
         runs = [self._lines(count, shift + 1000 * c, ways or self.ways) for c in range(clients)]
-        procs = [subprocess.Popen(
-            [str(self.binary), *(self.conninfo(way, transport) for way in self.ways)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=self.env) for _ in runs]
-        # every client gets its input before any is read: they run at the same time
+        command = [str(self.binary), *(self.conninfo(way, transport) for way in self.ways)]
+
+        def client(lines: list[str]) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(command, input="\n".join(lines) + "\n",
+                                  capture_output=True, text=True, env=self.env,
+                                  timeout=600, check=False)
+
+        # one thread per client, so that they all run at the same time
         with ThreadPoolExecutor(max_workers=clients) as pool:
-            outputs = list(pool.map(lambda pair: pair[0].communicate(pair[1], timeout=600),
-                                    [(proc, "\n".join(lines) + "\n")
-                                     for proc, (lines, _) in zip(procs, runs)]))
+            procs = list(pool.map(client, [lines for lines, _ in runs]))
         out: dict[Way, list[float]] = defaultdict(list)
-        for proc, (stdout, stderr), (_, order) in zip(procs, outputs, runs):
-            times = stdout.split()
+        for proc, (_, order) in zip(procs, runs):
+            times = proc.stdout.split()
             if proc.returncode != 0 or len(times) != len(order):
                 failed = order[len(times)].name if len(times) < len(order) else "?"
-                raise RuntimeError(f"bearer bench, {transport}, {failed}: {stderr.strip()}")
+                raise RuntimeError(f"bearer bench, {transport}, {failed}: {proc.stderr.strip()}")
             for way, micros in zip(order, times):
                 out[way].append(float(micros) / 1e6)
         return out
@@ -402,7 +404,7 @@ def bearer(tb: Testbed, plan: Plan, progress: Progress) -> list[Table]:
 def _together_table(samples: dict[tuple[str, Way], list[float]], ways: tuple[Way, ...],
                     rounds: int, per_client: int) -> Table:
     table = Table(
-        f"{TITLE}, {CLIENTS} clients at once ({rounds} rounds × {per_client} logins per method, "
+        f"{LATENCY}, {CLIENTS} clients at once ({rounds} rounds × {per_client} logins per method, "
         f"transport and client; each client takes its own random turns)",
         ["transport", "method", "p50 ms", "p95 ms", "p50 over trust ms"])
     for transport in TRANSPORTS:
